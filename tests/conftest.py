@@ -1,0 +1,83 @@
+"""Shared fixtures: the real MNIST files, tiny IDX files, and a temporary MLflow store."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from resnet_mnist import data as D
+
+REPO = Path(__file__).resolve().parents[1]
+REAL_ROOT = Path(os.environ.get("RESNET_MNIST_DATA", REPO / "data")).resolve()
+BIN = Path(sys.executable).parent
+
+
+def real_data_present() -> bool:
+    return all((D.raw_dir(REAL_ROOT) / name).is_file() for name in D.SHA256)
+
+
+needs_data = pytest.mark.skipif(not real_data_present(),
+                                reason="MNIST not fetched (run `resnet-mnist data fetch`)")
+
+
+@pytest.fixture(scope="session")
+def real_root() -> Path:
+    if not real_data_present():
+        pytest.skip("MNIST not fetched (run `resnet-mnist data fetch`)")
+    return REAL_ROOT
+
+
+@pytest.fixture(scope="session")
+def mnist(real_root: Path) -> D.Mnist:
+    return D.load(real_root)
+
+
+def idx_bytes(array: np.ndarray) -> bytes:
+    """Encode a uint8 array as an IDX file (magic 0x0000080N, big-endian dimensions)."""
+    header = struct.pack(">I", 0x0800 + array.ndim)
+    header += b"".join(struct.pack(">I", d) for d in array.shape)
+    return header + array.astype(np.uint8).tobytes()
+
+
+@pytest.fixture
+def tiny_files(monkeypatch: pytest.MonkeyPatch) -> dict[str, bytes]:
+    """Four tiny IDX files (60 train, 12 test images) with SHA256 patched to match them."""
+    rng = np.random.default_rng(0)
+    files = {
+        "train-images-idx3-ubyte": idx_bytes(rng.integers(0, 256, (60, 28, 28))),
+        "train-labels-idx1-ubyte": idx_bytes(np.arange(60) % 10),
+        "t10k-images-idx3-ubyte": idx_bytes(rng.integers(0, 256, (12, 28, 28))),
+        "t10k-labels-idx1-ubyte": idx_bytes(np.arange(12) % 10),
+    }
+    monkeypatch.setattr(D, "SHA256", {k: hashlib.sha256(v).hexdigest() for k, v in files.items()})
+    return files
+
+
+@pytest.fixture
+def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A real MLflow sqlite store (artifacts in ./mlruns) in a fresh working directory."""
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    monkeypatch.setenv("RESNET_MNIST_DATA", str(REAL_ROOT))
+    import mlflow
+
+    mlflow.set_tracking_uri(uri)
+    return uri
+
+
+def cli(*args: str, cwd: Path, env: dict[str, str] | None = None,
+        timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    """Run the installed `resnet-mnist` console script as a user would."""
+    full_env = os.environ.copy() | {"RESNET_MNIST_DATA": str(REAL_ROOT)} | (env or {})
+    full_env.pop("MLFLOW_RUN_ID", None)
+    return subprocess.run([str(BIN / "resnet-mnist"), *args], cwd=cwd, env=full_env,
+                          capture_output=True, text=True, timeout=timeout)

@@ -1,0 +1,144 @@
+"""The CLI and the MLflow Project, run as a user runs them: real subprocesses, a temp store."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import mlflow
+import pytest
+from mlflow.tracking import MlflowClient
+
+from resnet_mnist import data as D
+from tests.conftest import BIN, REPO, cli
+
+
+def runs_in(uri: str, experiment: str = "resnet18-mnist") -> list:
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(experiment)
+    return [] if exp is None else client.search_runs([exp.experiment_id])
+
+
+def test_help_lists_commands(tmp_path: Path) -> None:
+    out = cli("--help", cwd=tmp_path)
+    assert out.returncode == 0
+    for command in ("data", "summary", "train", "verify-torchvision"):
+        assert command in out.stdout
+
+
+def test_summary_and_verify(tmp_path: Path) -> None:
+    out = cli("summary", cwd=tmp_path)
+    assert out.returncode == 0 and "11,175,370" in out.stdout and "MACs" in out.stdout
+    out = cli("verify-torchvision", "--size", "64", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "max |difference|" in out.stdout and "equivalent" in out.stdout
+
+
+def test_verify_with_weights_file_and_bad_file(tmp_path: Path) -> None:
+    import torch
+    import torchvision
+
+    weights = tmp_path / "resnet18.pth"
+    torch.save(torchvision.models.resnet18().state_dict(), weights)
+    assert cli("verify-torchvision", "--size", "64", "--weights", str(weights),
+               cwd=tmp_path).returncode == 0
+    (tmp_path / "bad.pth").write_bytes(b"not a checkpoint")
+    out = cli("verify-torchvision", "--weights", str(tmp_path / "bad.pth"), cwd=tmp_path)
+    assert out.returncode == 1 and "cannot load torchvision weights" in out.stderr
+
+
+@pytest.fixture
+def data_copy(real_root: Path, tmp_path: Path) -> Path:
+    root = tmp_path / "datacopy"
+    shutil.copytree(D.raw_dir(real_root), D.raw_dir(root))
+    return root
+
+
+def test_data_fetch_twice_is_idempotent(data_copy: Path, tmp_path: Path) -> None:
+    before = {p.name: p.stat().st_mtime_ns for p in D.raw_dir(data_copy).iterdir()}
+    for _ in range(2):
+        out = cli("data", "fetch", "--root", str(data_copy), cwd=tmp_path)
+        assert out.returncode == 0 and "verified" in out.stdout
+    after = {p.name: p.stat().st_mtime_ns for p in D.raw_dir(data_copy).iterdir()}
+    assert before == after
+
+
+def test_corrupted_file_is_refused_by_name(data_copy: Path, tmp_path: Path) -> None:
+    path = D.raw_dir(data_copy) / "train-labels-idx1-ubyte"
+    content = bytearray(path.read_bytes())
+    content[100] ^= 0xFF
+    path.write_bytes(bytes(content))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    out = cli("train", "--preset", "smoke", "--root", str(data_copy), cwd=tmp_path,
+              env={"MLFLOW_TRACKING_URI": uri})
+    assert out.returncode == 1
+    assert "train-labels-idx1-ubyte" in out.stderr and "SHA-256 mismatch" in out.stderr
+    assert runs_in(uri) == []
+
+
+def test_train_smoke_through_cli(tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    out = cli("train", "--preset", "smoke", "--no-use-residual", "--epochs", "1",
+              cwd=tmp_path, env={"MLFLOW_TRACKING_URI": uri})
+    assert out.returncode == 0, out.stderr
+    assert "[Train] epoch: 0/1, step: 0/16, loss:" in out.stdout
+    assert "[Evaluate] dev score:" in out.stdout
+    (run,) = runs_in(uri)
+    assert run.info.status == "FINISHED" and run.data.params["variant"] == "plain"
+    assert f"runs:/{run.info.run_id}/model" in out.stdout
+    assert run.data.params["epochs"] == "1"
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--lr", "0"], "lr=0.0 must be a finite number > 0"),
+    (["--batch-size", "0"], "batch_size=0 must be >= 1"),
+    (["--test-size", "20000"], "test_size=20000 must be in 1..10000"),
+    (["--preset", "nope"], "unknown preset 'nope'"),
+    (["--residual", "maybe"], "use_residual must be true or false"),
+])
+def test_invalid_parameters_exit_nonzero_without_a_run(
+    tmp_path: Path, args: list[str], message: str
+) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    out = cli("train", "--preset", "smoke", *args, cwd=tmp_path, env={"MLFLOW_TRACKING_URI": uri})
+    assert out.returncode == 2
+    assert message in " ".join((out.stderr + out.stdout).split())
+    assert runs_in(uri) == []
+
+
+def test_mlflow_run_entry_point(tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    env = os.environ.copy() | {"MLFLOW_TRACKING_URI": uri, "PATH": f"{BIN}:{os.environ['PATH']}"}
+    env.pop("MLFLOW_RUN_ID", None)
+    out = subprocess.run(
+        [str(BIN / "mlflow"), "run", str(REPO), "--env-manager", "local", "--experiment-name",
+         "resnet18-mnist", "-P", "use_residual=true", "-P", "preset=smoke", "-P", "epochs=1"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    runs = {r.data.tags.get("run_type", "project"): r for r in runs_in(uri)}
+    assert set(runs) == {"project", "train"}
+    train, project = runs["train"], runs["project"]
+    assert train.info.status == project.info.status == "FINISHED"
+    assert train.data.tags["mlflow.parentRunId"] == project.info.run_id
+    assert project.data.params["lr"] == "preset" and train.data.params["lr"] == "0.01"
+    assert train.data.params["epochs"] == "1" and train.data.params["use_residual"] == "True"
+    history = MlflowClient(uri).get_metric_history(train.info.run_id, "train_loss")
+    assert [m.step for m in history] == list(range(16))
+    mlflow.set_tracking_uri(uri)
+    assert mlflow.pyfunc.load_model(f"runs:/{train.info.run_id}/model").metadata.signature
+
+
+def test_mlflow_run_rejects_bad_use_residual(tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    env = os.environ.copy() | {"MLFLOW_TRACKING_URI": uri, "PATH": f"{BIN}:{os.environ['PATH']}"}
+    out = subprocess.run(
+        [str(BIN / "mlflow"), "run", str(REPO), "--env-manager", "local",
+         "-P", "use_residual=maybe", "-P", "preset=smoke"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert out.returncode != 0
+    assert "use_residual must be true or false" in out.stderr + out.stdout
+    assert all(r.info.status != "RUNNING" for r in runs_in(uri, "Default"))

@@ -1,0 +1,61 @@
+"""Config: presets, per-variant values, overrides, and clear errors for bad input."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from resnet_mnist.config import ConfigError, build_config
+
+
+def test_seed_preset_is_the_books_setting() -> None:
+    plain = build_config("seed", use_residual=False)
+    residual = build_config("seed", use_residual=True)
+    assert (plain.lr, plain.batch_size, residual.lr, residual.batch_size) == (0.005, 64, 0.01, 128)
+    for cfg in (plain, residual):
+        assert (cfg.train_size, cfg.dev_size, cfg.test_size) == (2000, 200, 200)
+        assert (cfg.epochs, cfg.eval_steps, cfg.log_steps, cfg.seed) == (5, 15, 15, 100)
+        assert cfg.normalize == "seed" and cfg.momentum == 0.0 and cfg.preset == "seed"
+
+
+def test_overrides_win_and_none_keeps_preset() -> None:
+    cfg = build_config("seed", True, {"lr": 0.02, "epochs": None, "seed": 7})
+    assert (cfg.lr, cfg.epochs, cfg.seed) == (0.02, 5, 7)
+    assert cfg.params()["variant"] == "residual"
+
+
+@pytest.mark.parametrize("overrides,message", [
+    ({"lr": 0.0}, "lr=0.0 must be a finite number > 0"),
+    ({"lr": float("nan")}, "lr=nan"),
+    ({"batch_size": 0}, "batch_size=0 must be >= 1"),
+    ({"epochs": 0}, "epochs=0"),
+    ({"eval_steps": -1}, "eval_steps=-1"),
+    ({"dev_size": 10001}, "dev_size=10001 must be in 1..10000"),
+    ({"train_size": 50001}, "train_size=50001"),
+    ({"device": "tpu"}, "device='tpu'"),
+    ({"normalize": "zscore"}, "normalize='zscore'"),
+])
+def test_invalid_values_are_refused(overrides: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(".", r"\.")):
+        build_config("seed", True, overrides)
+
+
+def test_unknown_preset_lists_known_ones() -> None:
+    with pytest.raises(ConfigError, match="unknown preset 'nope'; known presets: .*seed"):
+        build_config("nope", True)
+
+
+def test_bad_yaml_and_unknown_keys(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("lr: [0.1\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        build_config(str(bad), True)
+    unknown = tmp_path / "unknown.yaml"
+    unknown.write_text("lr: 0.1\nlearning_rate: 0.2\n")
+    with pytest.raises(ConfigError, match="unknown keys learning_rate"):
+        build_config(str(unknown), True)
+    wrong_type = tmp_path / "wrong.yaml"
+    wrong_type.write_text("batch_size: many\n")
+    with pytest.raises(ConfigError, match="batch_size must be of type int"):
+        build_config(str(wrong_type), True)

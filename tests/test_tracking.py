@@ -1,0 +1,105 @@
+"""Tracking: a real MLflow store in a temp dir; what a run records, how runs end."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import mlflow
+import numpy as np
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from resnet_mnist.config import build_config
+from resnet_mnist.tracking import train_and_track
+from resnet_mnist.train import Callback
+
+
+@pytest.fixture
+def smoke_config(real_root):
+    return dataclasses.replace(build_config("smoke", True), data_root=str(real_root))
+
+
+def test_finished_run_records_everything(store, smoke_config, mnist, tmp_path) -> None:
+    run_id, result, model_uri = train_and_track(smoke_config, experiment="exp")
+    client = MlflowClient()
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert run.info.run_name == "resnet18-residual-seed0"
+    assert client.get_experiment(run.info.experiment_id).name == "exp"
+    params = run.data.params
+    assert params["lr"] == "0.01" and params["batch_size"] == "32" and params["preset"] == "smoke"
+    assert params["variant"] == "residual" and params["device"] == "cpu"
+    assert "data_root" not in params
+    tags = run.data.tags
+    assert tags["run_type"] == "train" and tags["torch_version"].startswith("2.14")
+
+    total = 16 * 3
+    train_loss = client.get_metric_history(run_id, "train_loss")
+    assert [m.step for m in train_loss] == list(range(total))
+    dev = client.get_metric_history(run_id, "dev_accuracy")
+    assert [m.step for m in dev] == [8, 16, 24, 32, 40, 47]
+    assert [m.step for m in client.get_metric_history(run_id, "train_epoch_loss")] == [0, 1, 2]
+    metrics = run.data.metrics
+    assert metrics["param_count"] == 11_175_370 and 35e6 < metrics["macs"] < 36e6
+    assert metrics["best_dev_accuracy"] == max(m.value for m in dev) == result.best_dev_accuracy
+    assert metrics["test_accuracy"] == pytest.approx(result.test_accuracy)
+    for key in ("test_loss", "flops", "train_images_per_s", "train_time_s", "best_step"):
+        assert key in metrics
+
+    inputs = run.inputs.dataset_inputs
+    assert {i.dataset.name for i in inputs} == {"mnist-train", "mnist-dev", "mnist-test"}
+
+    artifacts = {a.path for a in client.list_artifacts(run_id, "plots")}
+    assert artifacts == {"plots/curves.png", "plots/curves.pdf"}
+    local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="checkpoints",
+                                                dst_path=str(tmp_path / "dl"))
+    state = torch.load(f"{local}/best_model.pt", weights_only=True)
+    assert all(torch.equal(state[k], result.best_state[k]) for k in state)
+    assert "summary/layers.txt" in {a.path for a in client.list_artifacts(run_id, "summary")}
+
+    # The logged model takes raw uint8 digits and classifies real test images.
+    assert model_uri == f"runs:/{run_id}/model"
+    digits, labels = mnist.test_images[:200].copy(), mnist.test_labels[:200]
+    probs = mlflow.pyfunc.load_model(model_uri).predict(digits)
+    assert probs.shape == (200, 10) and np.allclose(probs.sum(1), 1, atol=1e-4)
+    assert (probs.argmax(1) == labels).mean() > 0.7
+    torch_model = mlflow.pytorch.load_model(model_uri)
+    torch_probs = torch_model(torch.from_numpy(digits)).detach().numpy()
+    assert np.allclose(torch_probs, probs, atol=1e-5)
+
+
+class Boom(Callback):
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+    def on_eval(self, step: int, dev_loss: float, dev_accuracy: float) -> None:
+        if step >= 16:
+            raise self.exc
+
+
+@pytest.mark.parametrize("exc,status", [(RuntimeError("disk full"), "FAILED"),
+                                        (KeyboardInterrupt(), "KILLED")])
+def test_runs_never_stay_running(store, smoke_config, exc, status) -> None:
+    with pytest.raises(type(exc)):
+        train_and_track(smoke_config, experiment="exp", callbacks=[Boom(exc)])
+    runs = MlflowClient().search_runs([mlflow.get_experiment_by_name("exp").experiment_id])
+    assert [r.info.status for r in runs] == [status]
+    run = runs[0]
+    if status == "FAILED":
+        assert run.data.tags["error"] == "RuntimeError: disk full"
+    # the best checkpoint reached before the failure is kept
+    assert "checkpoints/best_model.pt" in {
+        a.path for a in MlflowClient().list_artifacts(run.info.run_id, "checkpoints")}
+
+
+def test_non_finite_loss_fails_with_step_tag(store, smoke_config) -> None:
+    config = dataclasses.replace(smoke_config, lr=1e30)
+    with pytest.raises(Exception, match="non-finite"):
+        train_and_track(config, experiment="exp")
+    run = MlflowClient().search_runs([mlflow.get_experiment_by_name("exp").experiment_id])[0]
+    assert run.info.status == "FAILED"
+    assert run.data.tags["failure_reason"] == "NonFiniteLossError"
+    assert int(run.data.tags["failed_at_step"]) >= 0
+
+

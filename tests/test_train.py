@@ -1,0 +1,108 @@
+"""Trainer: the book's schedule of events, best checkpoint, determinism, non-finite loss."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from resnet_mnist.config import build_config
+from resnet_mnist.train import (
+    Callback,
+    NonFiniteLossError,
+    Result,
+    Trainer,
+    build_model,
+    load_tensors,
+)
+
+CPU = torch.device("cpu")
+
+
+class Recorder(Callback):
+    def __init__(self) -> None:
+        self.steps: list[tuple[int, int, float]] = []
+        self.evals: list[tuple[int, float, float]] = []
+        self.best: list[tuple[int, float]] = []
+        self.epochs: list[tuple[int, float]] = []
+        self.logs: list[int] = []
+        self.result: Result | None = None
+
+    def on_step(self, step: int, epoch: int, loss: float) -> None:
+        self.steps.append((step, epoch, loss))
+
+    def on_log(self, step: int, epoch: int, loss: float, images_per_s: float) -> None:
+        self.logs.append(step)
+
+    def on_eval(self, step: int, dev_loss: float, dev_accuracy: float) -> None:
+        self.evals.append((step, dev_loss, dev_accuracy))
+
+    def on_best(self, step: int, dev_accuracy: float) -> None:
+        self.best.append((step, dev_accuracy))
+
+    def on_epoch_end(self, epoch: int, mean_loss: float) -> None:
+        self.epochs.append((epoch, mean_loss))
+
+    def on_end(self, result: Result) -> None:
+        self.result = result
+
+
+@pytest.fixture(scope="module")
+def smoke(real_root):
+    config = dataclasses.replace(build_config("smoke", True), data_root=str(real_root))
+    return config, load_tensors(config, CPU)
+
+
+def train(config, tensors) -> Recorder:
+    recorder = Recorder()
+    Trainer(config, build_model(config, CPU), [recorder]).fit(tensors)
+    return recorder
+
+
+def test_schedule_of_events_follows_the_book(smoke) -> None:
+    config, tensors = smoke
+    rec = train(config, tensors)
+    per_epoch = -(-config.train_size // config.batch_size)
+    total = per_epoch * config.epochs
+    assert [s for s, _, _ in rec.steps] == list(range(total))
+    assert [e for _, e, _ in rec.steps] == [s // per_epoch for s in range(total)]
+    expected_evals = [s for s in range(1, total) if s % config.eval_steps == 0]
+    expected_evals += [total - 1] if (total - 1) not in expected_evals else []
+    assert [s for s, _, _ in rec.evals] == expected_evals
+    assert [e for e, _ in rec.epochs] == list(range(config.epochs))
+    # best improves strictly and the result reports the best one
+    accs = [a for _, a in rec.best]
+    assert accs == sorted(set(accs))
+    assert rec.result.best_dev_accuracy == max(a for _, _, a in rec.evals) == accs[-1]
+    assert rec.result.best_step == rec.best[-1][0]
+    assert set(rec.result.best_state) == set(build_model(config, CPU).state_dict())
+    # it learns: far above chance on the held-out test images
+    assert rec.result.test_accuracy > 0.5
+    assert rec.steps[-1][2] < rec.steps[0][2]
+
+
+def test_same_seed_same_metrics(smoke) -> None:
+    config, tensors = smoke
+    short = dataclasses.replace(config, epochs=1)
+    a, b = train(short, tensors), train(short, tensors)
+    assert [s[2] for s in a.steps] == [s[2] for s in b.steps]
+    assert a.evals == b.evals
+    c = train(dataclasses.replace(short, seed=1), tensors)
+    assert [s[2] for s in c.steps] != [s[2] for s in a.steps]
+
+
+def test_eval_steps_zero_evaluates_only_at_the_end(smoke) -> None:
+    config, tensors = smoke
+    rec = train(dataclasses.replace(config, epochs=1, eval_steps=0), tensors)
+    assert [s for s, _, _ in rec.evals] == [len(rec.steps) - 1]
+
+
+def test_non_finite_loss_stops_at_once(smoke) -> None:
+    config, tensors = smoke
+    recorder = Recorder()
+    trainer = Trainer(dataclasses.replace(config, lr=1e30), build_model(config, CPU), [recorder])
+    with pytest.raises(NonFiniteLossError) as info:
+        trainer.fit(tensors)
+    assert info.value.step <= len(recorder.steps) + config.log_steps
+    assert recorder.result is None
