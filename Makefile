@@ -9,7 +9,10 @@ PRESET ?= seed
 PORT ?= 5000
 PYTEST_ARGS ?=
 
-.PHONY: install data run train train-both test lint ui summary verify clean
+FORCE ?=
+SEEDS ?=
+
+.PHONY: install data run compare train test lint ui summary verify clean
 
 install: $(STAMP) $(DATA)
 
@@ -26,18 +29,18 @@ $(DATA): | $(STAMP)
 data: $(STAMP)
 	$(BIN)/resnet-mnist data fetch
 
-# The main job: check the model against torchvision, then train both variants of the book.
+# The main job: train both variants of the book's setting (reusing finished runs with the same
+# parameters unless FORCE=1), compare them, register the winner as @champion.
 run: install
-	$(BIN)/resnet-mnist verify-torchvision
-	$(MAKE) train-both PRESET=$(PRESET)
+	$(MAKE) compare
+
+compare: install
+	$(BIN)/resnet-mnist compare --preset $(PRESET) --train-missing \
+		$(if $(FORCE),--force,) $(if $(SEEDS),--seeds $(SEEDS),)
 
 train: install
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/mlflow run . --env-manager local \
 		--experiment-name resnet18-mnist -P use_residual=$(RESIDUAL) -P preset=$(PRESET)
-
-train-both: install
-	$(MAKE) train RESIDUAL=false PRESET=$(PRESET)
-	$(MAKE) train RESIDUAL=true PRESET=$(PRESET)
 
 summary: install
 	$(BIN)/resnet-mnist summary

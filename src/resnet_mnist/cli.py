@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
@@ -18,8 +19,8 @@ app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False,
                   pretty_exceptions_enable=False)
 data_app = typer.Typer(help="Get and check the MNIST IDX files.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
-console = Console()
-err = Console(stderr=True)
+console = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
 
 
 class Device(StrEnum):
@@ -218,6 +219,139 @@ def train(
     for key, value in rows:
         table.add_row(key, value)
     console.print(table)
+
+
+def _parse_seeds(value: str | None) -> list[int] | None:
+    """`5` means seeds 0..4; `0,1,2` lists them; `preset` (or nothing) keeps the preset's seed."""
+    if value is None or value.strip().lower() in ("", "preset"):
+        return None
+    try:
+        if "," not in value:
+            count = int(value)
+            if count < 1:
+                raise ValueError
+            return list(range(count))
+        seeds = [int(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise typer.BadParameter(f"--seeds takes a count >= 1 or a list like 0,1,2; got {value!r}",
+                                 param_hint="--seeds") from None
+    if len(set(seeds)) != len(seeds) or not seeds:
+        raise typer.BadParameter(f"--seeds {value!r} repeats a seed", param_hint="--seeds")
+    return seeds
+
+
+@app.command()
+def compare(
+    preset: Annotated[str, typer.Option(help="Preset whose runs to compare or train.")] = "seed",
+    seeds: Annotated[str | None, typer.Option(
+        help="Train missing runs so each variant has these seeds (`5` = 0..4, or `0,1,2`), "
+             "nested under one seed-group run, and compare mean ± std.")] = None,
+    train_missing: Annotated[bool, typer.Option(
+        help="Train a variant that has no FINISHED run with the preset's parameters.")] = False,
+    force: Annotated[bool, typer.Option(help="Retrain even when matching runs exist.")] = False,
+    runs: Annotated[str | None, typer.Option(help="Compare exactly these run ids (comma list).")]
+    = None,
+    filter: Annotated[str | None, typer.Option(
+        "--filter", help="An MLflow search string choosing the runs, e.g. \"params.seed = '1'\".")]
+    = None,
+    experiment: Annotated[str, typer.Option(help="MLflow experiment.")] = "resnet18-mnist",
+    model_name: Annotated[str, typer.Option(help="Registered model name.")] = "resnet18-mnist",
+    register: Annotated[bool, typer.Option(help="Register the dev winner as @champion.")] = True,
+    out: Annotated[Path, typer.Option(help="Where the figure, table and verdict go.")]
+    = Path("reports/compare"),
+    device: Annotated[Device, typer.Option(help="Device for any training.")] = Device.auto,
+    data_root: RootOption = None,
+) -> None:
+    """Plain vs residual: curves, table, verdict and statistics; registers the winner.
+
+    By default the newest FINISHED run of each variant of the preset is compared. The winner is
+    chosen by dev accuracy (never test accuracy) and gets the alias `champion`.
+    """
+    from mlflow.tracking import MlflowClient
+
+    from resnet_mnist import compare as C
+    from resnet_mnist.progress import for_console
+    from resnet_mnist.tracking import configure, experiment_for, project_run_id, train_and_track
+
+    seed_list = _parse_seeds(seeds)
+    configure()
+    client = MlflowClient()
+    root = str(data_root) if data_root else None
+
+    def train_one(config, parent):
+        import dataclasses
+
+        config = dataclasses.replace(config, device=device.value, data_root=root or "")
+        console.print(f"training {config.variant} seed {config.seed} ({config.preset})")
+        run_id, _, _ = train_and_track(config, experiment, callbacks=[for_console(console)],
+                                       parent_run_id=parent)
+        return run_id
+
+    try:
+        started = time.perf_counter()
+        if runs:
+            selected = C.select_runs(client, experiment, run_ids=[r.strip() for r in runs.split(",")])
+        elif filter:
+            selected = C.select_runs(client, experiment, where=filter)
+        elif seed_list or train_missing or force:
+            ids = C.ensure_runs(client, experiment_for(experiment), preset, seed_list, train_one,
+                                force=force)
+            selected = [client.get_run(i) for i in ids]
+        else:
+            selected = C.select_runs(client, experiment, preset)
+        if not selected:
+            raise C.CompareError(f"no FINISHED training runs to compare in {experiment!r} "
+                                 f"(preset {preset!r}); run `make compare` or "
+                                 "`resnet-mnist compare --train-missing`")
+        exp_id = client.get_run(selected[0].info.run_id).info.experiment_id
+        result = C.compare(client, selected, out, exp_id, model_name if register else None, root,
+                           project_run_id())
+    except (C.CompareError, ConfigError, D.DataError) as exc:
+        raise fail(str(exc), 2 if isinstance(exc, ConfigError) else 1) from None
+    except KeyboardInterrupt:
+        raise fail("interrupted; the run in progress was ended KILLED", 130) from None
+    table = Table(title="plain vs residual")
+    for column in C.COLUMNS:
+        table.add_column(column, justify="left" if column in ("variant", "run id") else "right")
+    for row in result.rows:
+        table.add_row(*row)
+    console.print(table, width=max(console.width, 160))
+    console.print(result.verdict)
+    console.print(f"figure, table and verdict in {out}/; comparison run {result.run_id}")
+    if result.champion_uri:
+        console.print(f"champion: {result.champion_uri} (version {result.champion_version})")
+    console.print(f"wall time {time.perf_counter() - started:.1f} s")
+
+
+@app.command()
+def predict(
+    images: Annotated[list[Path] | None, typer.Argument(help="PNG/JPG digit images.")] = None,
+    model_uri: Annotated[str, typer.Option(help="Any MLflow model URI: models:/NAME@ALIAS, "
+                                           "runs:/ID/model, …")] = "models:/resnet18-mnist@champion",
+    mnist_test: Annotated[int | None, typer.Option(
+        help="Also score the first N official test images.")] = None,
+    data_root: RootOption = None,
+) -> None:
+    """Classify digit images with a model loaded by URI (the champion by default)."""
+    import numpy as np
+
+    from resnet_mnist import predict as P
+    from resnet_mnist.tracking import configure
+
+    if not images and mnist_test is None:
+        raise typer.BadParameter("give image files and/or --mnist-test N")
+    configure()
+    try:
+        digits = np.stack([P.load_digit(p) for p in images]) if images else None
+        model = P.load_model(model_uri)
+        if digits is not None:
+            for path, pred in zip(images, P.predict(model, digits), strict=True):
+                console.print(f"{path}: {pred.digit} (p={pred.probability:.3f})", highlight=False)
+        if mnist_test is not None:
+            acc = P.mnist_test_accuracy(model, mnist_test, str(data_root) if data_root else None)
+            console.print(f"accuracy on the first {mnist_test} MNIST test images: {acc:.4f}")
+    except (P.PredictError, D.DataError) as exc:
+        raise fail(str(exc)) from None
 
 
 def main() -> None:

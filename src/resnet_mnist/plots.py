@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -22,15 +23,17 @@ class History:
     dev_accuracy: list[float] = field(default_factory=list)
 
 
-def smooth(values: list[float], window: int = 15) -> list[float]:
-    """Trailing moving average: readable curves without hiding the raw noise."""
-    out, total = [], 0.0
-    for i, v in enumerate(values):
-        total += v
-        if i >= window:
-            total -= values[i - window]
-        out.append(total / min(i + 1, window))
-    return out
+def smooth(values: list[float], window: int = 9) -> list[float]:
+    """Centred moving average (shrinking at the ends): readable curves that do not lag the raw
+    ones, which are drawn faintly beside them."""
+    if not values:
+        return []
+    array = np.asarray(values, dtype=float)
+    half = max(0, min(window, len(array) // 5) // 2)
+    cumsum = np.concatenate([[0.0], np.cumsum(array)])
+    idx = np.arange(len(array))
+    lo, hi = np.maximum(idx - half, 0), np.minimum(idx + half + 1, len(array))
+    return list((cumsum[hi] - cumsum[lo]) / (hi - lo))
 
 
 def plot_curves(histories: dict[str, History], path: Path, title: str = "") -> list[Path]:

@@ -35,11 +35,34 @@ DEFAULT_EXPERIMENT = "resnet18-mnist"
 MAX_BATCH = 1000
 
 
+_PROJECT_RUN: list[str | None] = []
+
+
 def configure() -> str:
     """Use `$MLFLOW_TRACKING_URI`, else the embedded store `sqlite:///mlflow.db` (+ `./mlruns`)."""
     uri = os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
     mlflow.set_tracking_uri(uri)
     return uri
+
+
+def project_run_id() -> str | None:
+    """The run `mlflow run` created for this process (it passes MLFLOW_RUN_ID), if any.
+
+    That run holds the project's parameters (with `preset` placeholders); our runs become its
+    children so that their params are the resolved values. Read once: the variable is removed
+    so that MLflow's fluent API never resumes that run by itself.
+    """
+    if not _PROJECT_RUN:
+        _PROJECT_RUN.append(os.environ.pop("MLFLOW_RUN_ID", None))
+    return _PROJECT_RUN[0]
+
+
+def experiment_for(experiment: str) -> str:
+    """The experiment id to write to: the project run's when under `mlflow run`, else by name."""
+    parent = project_run_id()
+    if parent:
+        return MlflowClient().get_run(parent).info.experiment_id
+    return mlflow.set_experiment(experiment).experiment_id
 
 
 def git_commit() -> str | None:
@@ -120,29 +143,25 @@ class MlflowTracker(Callback):
 @contextmanager
 def tracked_run(
     config: TrainConfig, experiment: str = DEFAULT_EXPERIMENT, run_name: str | None = None,
-    device: str = "cpu", tags: dict[str, str] | None = None,
+    device: str = "cpu", tags: dict[str, str] | None = None, parent_run_id: str | None = None,
 ) -> Iterator[mlflow.ActiveRun]:
     """Start a run, log the config, and make sure it ends in the right state whatever happens.
+
+    `parent_run_id` nests the run (a seed group's child); under `mlflow run` the project's run
+    is the parent.
 
     SIGTERM is turned into KeyboardInterrupt for the duration so that `kill` ends the run KILLED.
     """
     configure()
     client = MlflowClient()
-    # `mlflow run` creates a run holding the project's parameters (with `preset` placeholders)
-    # and passes it in MLFLOW_RUN_ID. Training gets its own child run, so its params are the
-    # resolved values; both show nested in the UI, in the project run's experiment.
-    project_run_id = os.environ.pop("MLFLOW_RUN_ID", None)
-    experiment_id = None
-    if project_run_id:
-        experiment_id = client.get_run(project_run_id).info.experiment_id
-    else:
-        experiment_id = mlflow.set_experiment(experiment).experiment_id
+    experiment_id = experiment_for(experiment)
+    parent = parent_run_id or project_run_id()
     name = run_name or f"resnet18-{config.variant}-seed{config.seed}"
     run_tags = {"variant": config.variant, "preset": config.preset, "run_type": "train",
                 "torch_version": _version(torch), "mlflow_version": _version(mlflow),
                 **(tags or {})}
-    if project_run_id:
-        run_tags["mlflow.parentRunId"] = project_run_id
+    if parent:
+        run_tags["mlflow.parentRunId"] = parent
     commit = git_commit()
     if commit:
         run_tags["git_commit"] = commit
@@ -224,11 +243,13 @@ def log_model(model: nn.Module, normalize: str, example_images: np.ndarray) -> N
     with torch.inference_mode():
         output = classifier(torch.from_numpy(example)).numpy()
     signature = mlflow.models.infer_signature(example, output)
-    mlflow.pytorch.log_model(
+    info = mlflow.pytorch.log_model(
         classifier, name="model", signature=signature, input_example=example,
         pip_requirements=[f"torch=={_version(torch)}", f"mlflow=={_version(mlflow)}",
                           f"numpy=={_version(np)}"],
     )
+    # MLflow 3 keeps the model as a LoggedModel; registering its own URI avoids a lookup.
+    mlflow.set_tag("logged_model_uri", info.model_uri)
 
 
 def log_failure_checkpoint(result_state: dict[str, torch.Tensor]) -> None:
@@ -244,6 +265,7 @@ def log_failure_checkpoint(result_state: dict[str, torch.Tensor]) -> None:
 def train_and_track(
     config: TrainConfig, experiment: str = DEFAULT_EXPERIMENT, run_name: str | None = None,
     callbacks: list[Callback] | None = None, tags: dict[str, str] | None = None,
+    parent_run_id: str | None = None,
 ) -> tuple[str, Result, str]:
     """Validate, load data, then train one variant inside one MLflow run.
 
@@ -258,7 +280,7 @@ def train_and_track(
     model = build_model(config, device)
     complexity = measure(model)
     example = D.book_split(D.load(config.data_root or None, verify=False), 1, 4, 1)["dev"].images
-    with tracked_run(config, experiment, run_name, str(device), tags) as run:
+    with tracked_run(config, experiment, run_name, str(device), tags, parent_run_id) as run:
         tracker = MlflowTracker(run.info.run_id)
         log_inputs(config, tensors)
         log_complexity(complexity)

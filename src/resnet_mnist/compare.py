@@ -1,0 +1,441 @@
+"""Plain vs residual, answered from what MLflow recorded: curves, statistics, verdict, registry.
+
+Runs are found in the store, their full metric histories fetched, every best-dev checkpoint scored
+on the full 10,000-image test set (the book's 200 test images move by about 1.5 points between
+seeds, more than the effect it reports), and the winner, chosen by dev accuracy and never by test
+accuracy, registered with the alias `champion`.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import torch
+from mlflow.entities import Run
+from mlflow.tracking import MlflowClient
+
+from resnet_mnist import data as D
+from resnet_mnist.config import TrainConfig, build_config
+from resnet_mnist.model import ResNet18
+from resnet_mnist.plots import History, smooth
+from resnet_mnist.train import evaluate
+
+VARIANTS = ("plain", "residual")
+DEFAULT_MODEL_NAME = "resnet18-mnist"
+CHAMPION = "champion"
+
+
+class CompareError(RuntimeError):
+    """Nothing (or not enough) to compare; the message says what to run."""
+
+
+@dataclass
+class RunSummary:
+    """One training run as the comparison sees it."""
+
+    run_id: str
+    variant: str
+    seed: int
+    best_dev_accuracy: float
+    test_accuracy: float
+    test_loss: float
+    test_accuracy_full: float
+    test_loss_full: float
+    param_count: int
+    macs: int
+    train_time_s: float
+    history: History = field(repr=False)
+
+
+# -- finding and training runs ------------------------------------------------------------------
+
+def _quote(value: str) -> str:
+    return "'" + value.replace("'", "\\'") + "'"
+
+
+def train_runs(client: MlflowClient, experiment_ids: list[str], where: str = "") -> list[Run]:
+    """FINISHED training runs, newest first, optionally narrowed by an MLflow search string."""
+    query = "tags.run_type = 'train' and attributes.status = 'FINISHED'"
+    if where:
+        query += f" and {where}"
+    return client.search_runs(experiment_ids, query, order_by=["attributes.start_time DESC"],
+                              max_results=1000)
+
+
+def same_params(run: Run, config: TrainConfig) -> bool:
+    """Whether `run` was trained with exactly `config` (device aside)."""
+    wanted = {k: str(v) for k, v in config.params().items() if k != "device"}
+    return all(run.data.params.get(k) == v for k, v in wanted.items())
+
+
+def seed_group(client: MlflowClient, experiment_id: str, preset: str, seeds: list[int]) -> str:
+    """The parent run that holds one preset's seeds as children; created on first use."""
+    seeds_tag = ",".join(map(str, seeds))
+    found = client.search_runs(
+        [experiment_id],
+        f"tags.run_type = 'seed_group' and tags.preset = {_quote(preset)} "
+        f"and tags.seeds = {_quote(seeds_tag)}",
+        order_by=["attributes.start_time DESC"], max_results=1)
+    if found:
+        return found[0].info.run_id
+    run = client.create_run(experiment_id, run_name=f"seeds-{preset}-{seeds_tag}",
+                            tags={"run_type": "seed_group", "preset": preset, "seeds": seeds_tag})
+    client.set_terminated(run.info.run_id, "FINISHED")
+    return run.info.run_id
+
+
+TrainFn = Callable[[TrainConfig, str | None], str]
+
+
+def ensure_runs(
+    client: MlflowClient, experiment_id: str, preset: str, seeds: list[int] | None,
+    train: TrainFn, overrides: dict | None = None, force: bool = False,
+) -> list[str]:
+    """Make sure each variant has a FINISHED run per seed with the preset's parameters.
+
+    A run with the same parameters is reused unless `force`; missing ones are trained with
+    `train(config, parent_run_id)`. With `seeds`, runs are children of one seed-group run.
+    Returns the run ids, plain first.
+    """
+    parent = seed_group(client, experiment_id, preset, seeds) if seeds else None
+    where = f"tags.`mlflow.parentRunId` = {_quote(parent)}" if parent else ""
+    existing = train_runs(client, [experiment_id], where)
+    ids = []
+    for variant in VARIANTS:
+        for seed in seeds or [None]:
+            extra = (overrides or {}) | ({"seed": seed} if seed is not None else {})
+            config = build_config(preset, variant == "residual", extra)
+            match = None if force else next(
+                (r for r in existing if same_params(r, config)), None)
+            ids.append(match.info.run_id if match else train(config, parent))
+    return ids
+
+
+def select_runs(
+    client: MlflowClient, experiment: str, preset: str | None = None,
+    run_ids: list[str] | None = None, where: str = "",
+) -> list[Run]:
+    """Explicit ids, or a search string, or by default the newest FINISHED run per variant."""
+    if run_ids:
+        return [client.get_run(run_id) for run_id in run_ids]
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        raise CompareError(f"experiment {experiment!r} does not exist: train first "
+                           "(`resnet-mnist train` or `make compare`)")
+    narrow = where or (f"tags.preset = {_quote(preset)}" if preset else "")
+    runs = train_runs(client, [exp.experiment_id], narrow)
+    if where:
+        return runs
+    latest = {}
+    for run in runs:
+        latest.setdefault(run.data.tags.get("variant"), run)
+    return [latest[v] for v in VARIANTS if v in latest]
+
+
+# -- reading runs -------------------------------------------------------------------------------
+
+def history(client: MlflowClient, run_id: str) -> History:
+    """The full per-step histories, not just the last values."""
+    train = client.get_metric_history(run_id, "train_loss")
+    dev_loss = {m.step: m.value for m in client.get_metric_history(run_id, "dev_loss")}
+    dev_acc = sorted((m.step, m.value) for m in client.get_metric_history(run_id, "dev_accuracy"))
+    train = sorted((m.step, m.value) for m in train)
+    return History(
+        steps=[s for s, _ in train], train_loss=[v for _, v in train],
+        eval_steps=[s for s, _ in dev_acc], dev_loss=[dev_loss[s] for s, _ in dev_acc],
+        dev_accuracy=[v for _, v in dev_acc],
+    )
+
+
+class FullTestScorer:
+    """Scores a run's best-dev checkpoint on all 10,000 official test images, once per run.
+
+    The result is logged to the run itself (`test_accuracy_full`, `test_loss_full`), so a second
+    comparison reads it back instead of recomputing.
+    """
+
+    def __init__(self, client: MlflowClient, data_root: str | None = None) -> None:
+        self.client = client
+        self.data_root = data_root
+        self.tensors: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def __call__(self, run: Run) -> tuple[float, float]:
+        metrics = run.data.metrics
+        if "test_accuracy_full" in metrics:
+            return metrics["test_loss_full"], metrics["test_accuracy_full"]
+        normalize = run.data.params.get("normalize", "seed")
+        if normalize not in self.tensors:
+            mnist = D.load(self.data_root)
+            test = D.book_split(mnist, 1, 1, D.TEST_SIZE)["test"]
+            self.tensors[normalize] = D.to_tensors(test, normalize)
+        with tempfile.TemporaryDirectory() as tmp:
+            path = mlflow.artifacts.download_artifacts(
+                run_id=run.info.run_id, artifact_path="checkpoints/best_model.pt", dst_path=tmp)
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        model = ResNet18(1, 10, use_residual=run.data.tags.get("variant") == "residual")
+        model.load_state_dict(state)
+        loss, accuracy = evaluate(model, *self.tensors[normalize], batch_size=1000)
+        step = int(metrics.get("best_step", 0))
+        self.client.log_batch(run.info.run_id, metrics=[
+            mlflow.entities.Metric("test_accuracy_full", accuracy, int(time.time() * 1000), step),
+            mlflow.entities.Metric("test_loss_full", loss, int(time.time() * 1000), step),
+        ])
+        return loss, accuracy
+
+
+def summarize(client: MlflowClient, runs: list[Run], scorer: FullTestScorer) -> list[RunSummary]:
+    out = []
+    for run in runs:
+        m, p = run.data.metrics, run.data.params
+        variant = run.data.tags.get("variant") or p.get("variant")
+        if variant not in VARIANTS:
+            raise CompareError(f"run {run.info.run_id} is not a training run (no variant tag)")
+        loss_full, acc_full = scorer(run)
+        out.append(RunSummary(
+            run_id=run.info.run_id, variant=variant, seed=int(p.get("seed", -1)),
+            best_dev_accuracy=m["best_dev_accuracy"], test_accuracy=m["test_accuracy"],
+            test_loss=m["test_loss"], test_accuracy_full=acc_full, test_loss_full=loss_full,
+            param_count=int(m.get("param_count", 0)), macs=int(m.get("macs", 0)),
+            train_time_s=m.get("train_time_s", float("nan")), history=history(client, run.info.run_id),
+        ))
+    return out
+
+
+# -- statistics ---------------------------------------------------------------------------------
+
+@dataclass
+class Stats:
+    """Per-variant means/stds and the residual-minus-plain difference with a 95 % interval."""
+
+    n: dict[str, int]
+    mean: dict[str, dict[str, float]]
+    std: dict[str, dict[str, float]]
+    diff: float
+    ci: tuple[float, float]
+    method: str
+    dev_winner: str
+
+
+METRICS = ("best_dev_accuracy", "test_accuracy", "test_accuracy_full", "test_loss_full")
+
+
+def statistics(summaries: list[RunSummary], metric: str = "test_accuracy_full") -> Stats:
+    """Paired-by-seed t interval when every seed has both variants and n >= 2; otherwise the
+    binomial sampling interval of the two test accuracies (test-set noise only: seed-to-seed noise
+    is then unmeasured, and the verdict says so)."""
+    from scipy import stats as st
+
+    by = {v: [s for s in summaries if s.variant == v] for v in VARIANTS}
+    missing = [v for v in VARIANTS if not by[v]]
+    if missing:
+        have = ", ".join(v for v in VARIANTS if by[v]) or "none"
+        raise CompareError(f"need both variants to compare; found only: {have}. Train the "
+                           f"missing one (`resnet-mnist train --{'no-' if missing[0] == 'plain' else ''}"
+                           "use-residual`) or run `resnet-mnist compare --train-missing`.")
+    mean = {v: {k: float(np.mean([getattr(s, k) for s in by[v]])) for k in METRICS} for v in VARIANTS}
+    std = {v: {k: float(np.std([getattr(s, k) for s in by[v]], ddof=1)) if len(by[v]) > 1
+               else float("nan") for k in METRICS} for v in VARIANTS}
+    plain = {s.seed: getattr(s, metric) for s in by["plain"]}
+    residual = {s.seed: getattr(s, metric) for s in by["residual"]}
+    paired = sorted(set(plain) & set(residual))
+    if len(paired) >= 2 and len(paired) == len(plain) == len(residual):
+        d = np.array([residual[k] - plain[k] for k in paired])
+        half = st.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / math.sqrt(len(d))
+        diff, ci, method = float(d.mean()), (float(d.mean() - half), float(d.mean() + half)), \
+            f"paired t over {len(d)} seeds"
+    else:
+        p1, p2 = mean["residual"][metric], mean["plain"][metric]
+        n = D.TEST_SIZE if metric.endswith("_full") else None
+        if n is None:
+            raise CompareError("an unpaired comparison needs the full-test metric")
+        se = math.sqrt(p1 * (1 - p1) / n + p2 * (1 - p2) / n)
+        diff = p1 - p2
+        ci, method = (diff - 1.96 * se, diff + 1.96 * se), "binomial test-set interval, 1 seed"
+    dev_winner = max(VARIANTS, key=lambda v: (mean[v]["best_dev_accuracy"], v == "residual"))
+    return Stats({v: len(by[v]) for v in VARIANTS}, mean, std, diff, ci, method, dev_winner)
+
+
+def verdict(s: Stats) -> str:
+    """One honest paragraph: who won, by how much, and whether that exceeds the noise."""
+    pts = 100 * s.diff
+    leader, other = ("residual", "plain") if s.diff >= 0 else ("plain", "residual")
+    lo, hi = 100 * s.ci[0], 100 * s.ci[1]
+    acc = {v: 100 * s.mean[v]["test_accuracy_full"] for v in VARIANTS}
+    text = (f"On the full 10,000-image test set the {leader} network scores "
+            f"{acc[leader]:.2f} % against {acc[other]:.2f} % for the {other} one "
+            f"(difference residual - plain {pts:+.2f} points, 95 % interval [{lo:+.2f}, {hi:+.2f}], "
+            f"{s.method}). ")
+    if lo > 0 or hi < 0:
+        text += f"The difference is larger than the noise: {leader} wins."
+    else:
+        text += "The interval includes zero: the difference is within the noise, no winner."
+    if "1 seed" in s.method:
+        text += (" With one seed per variant the seed-to-seed variation is not measured; "
+                 "`--seeds 5` measures it.")
+    dev = {v: 100 * s.mean[v]["best_dev_accuracy"] for v in VARIANTS}
+    if dev["plain"] == dev["residual"]:
+        text += (f" Dev accuracy, which alone chooses the registered model, ties at "
+                 f"{dev['plain']:.2f} %; the residual variant is registered.")
+    else:
+        loser = "plain" if s.dev_winner == "residual" else "residual"
+        text += (f" By dev accuracy, which alone chooses the registered model, {s.dev_winner} "
+                 f"leads: {dev[s.dev_winner]:.2f} % against {dev[loser]:.2f} %.")
+    return text
+
+
+# -- outputs ------------------------------------------------------------------------------------
+
+def plot(summaries: list[RunSummary], path: Path, title: str) -> list[Path]:
+    """The book's two panels, plain vs residual; the mean over seeds with a min-max band."""
+    import matplotlib.pyplot as plt
+
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for index, variant in enumerate(VARIANTS):
+        runs = [s.history for s in summaries if s.variant == variant]
+        if not runs:
+            continue
+        color, n = f"C{index}", len(runs)
+        label = variant + (f" (mean of {n} seeds)" if n > 1 else "")
+        steps = min((h.steps for h in runs), key=len)
+        loss = np.array([h.train_loss[: len(steps)] for h in runs])
+        evals = min((h.eval_steps for h in runs), key=len)
+        dev_loss = np.array([h.dev_loss[: len(evals)] for h in runs])
+        dev_acc = np.array([h.dev_accuracy[: len(evals)] for h in runs])
+        ax_loss.plot(steps, loss.mean(0), color=color, alpha=0.2, linewidth=0.8)
+        ax_loss.plot(steps, smooth(list(loss.mean(0))), color=color, label=f"{label} train loss")
+        ax_loss.plot(evals, dev_loss.mean(0), color=color, linestyle="--", marker=".",
+                     label=f"{variant} dev loss")
+        ax_acc.plot(evals, dev_acc.mean(0), color=color, marker=".", label=label)
+        if n > 1:
+            ax_loss.fill_between(steps, loss.min(0), loss.max(0), color=color, alpha=0.1)
+            ax_acc.fill_between(evals, dev_acc.min(0), dev_acc.max(0), color=color, alpha=0.15)
+    ax_loss.set(xlabel="step", ylabel="loss", title="train loss (raw, smoothed) and dev loss")
+    ax_acc.set(xlabel="step", ylabel="accuracy", title="dev accuracy")
+    for ax in (ax_loss, ax_acc):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    written = [path.with_suffix(".png"), path.with_suffix(".pdf")]
+    for out in written:
+        fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return written
+
+
+COLUMNS = ("variant", "run id", "seeds", "best dev acc", "test acc (book)", "test acc (10k)",
+           "test loss (book)", "test loss (10k)", "params", "MACs", "train time s")
+
+
+def table_rows(summaries: list[RunSummary]) -> list[list[str]]:
+    """One row per variant (mean, and ± std over seeds when there are several)."""
+    rows = []
+    for variant in VARIANTS:
+        group = [s for s in summaries if s.variant == variant]
+        if not group:
+            continue
+
+        def cell(key: str, scale: float = 1.0, fmt: str = ".4f", group=group) -> str:
+            values = np.array([getattr(s, key) for s in group]) * scale
+            text = format(values.mean(), fmt)
+            return text + (f" ± {format(values.std(ddof=1), fmt)}" if len(values) > 1 else "")
+
+        rows.append([
+            variant, ",".join(s.run_id[:8] for s in group),
+            ",".join(str(s.seed) for s in group), cell("best_dev_accuracy"),
+            cell("test_accuracy"), cell("test_accuracy_full"), cell("test_loss"),
+            cell("test_loss_full"), f"{group[0].param_count:,}", f"{group[0].macs:,}",
+            cell("train_time_s", fmt=".1f"),
+        ])
+    return rows
+
+
+def write_table(rows: list[list[str]], out_dir: Path) -> list[Path]:
+    md = out_dir / "comparison.md"
+    md.write_text("| " + " | ".join(COLUMNS) + " |\n|" + "---|" * len(COLUMNS) + "\n"
+                  + "".join("| " + " | ".join(r) + " |\n" for r in rows))
+    csv_path = out_dir / "comparison.csv"
+    with open(csv_path, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(COLUMNS)
+        writer.writerows(rows)
+    return [md, csv_path]
+
+
+def register_champion(
+    client: MlflowClient, summary: RunSummary, name: str, tags: dict[str, str]
+) -> str:
+    """Register the run's model as a new version of `name` and move the `champion` alias to it."""
+    run = client.get_run(summary.run_id)
+    source = run.data.tags.get("logged_model_uri", f"runs:/{summary.run_id}/model")
+    version = mlflow.register_model(source, name,
+                                    tags=tags | {"variant": summary.variant})
+    client.set_registered_model_alias(name, CHAMPION, version.version)
+    return str(version.version)
+
+
+@dataclass
+class Comparison:
+    run_id: str
+    summaries: list[RunSummary]
+    stats: Stats
+    verdict: str
+    rows: list[list[str]]
+    files: list[Path]
+    champion_uri: str | None
+    champion_version: str | None
+
+
+def compare(
+    client: MlflowClient, runs: list[Run], out_dir: Path, experiment_id: str,
+    model_name: str | None = DEFAULT_MODEL_NAME, data_root: str | None = None,
+    parent_run_id: str | None = None,
+) -> Comparison:
+    """Summarise, plot, tabulate, judge, log a `comparison` run, and register the dev winner."""
+    summaries = summarize(client, runs, FullTestScorer(client, data_root))
+    stats = statistics(summaries)
+    text = verdict(stats)
+    rows = table_rows(summaries)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    presets = sorted({r.data.tags.get("preset", "?") for r in runs})
+    title = f"ResNet18 on MNIST, plain vs residual ({', '.join(presets)})"
+    files = plot(summaries, out_dir / "comparison", title) + write_table(rows, out_dir)
+    (out_dir / "verdict.txt").write_text(text + "\n")
+    files.append(out_dir / "verdict.txt")
+    ids = [s.run_id for s in summaries]
+    tags = {"run_type": "comparison", "compared_run_ids": ",".join(ids),
+            "preset": ",".join(presets), "dev_winner": stats.dev_winner}
+    if parent_run_id:
+        tags["mlflow.parentRunId"] = parent_run_id
+    champion_uri = version = None
+    with mlflow.start_run(experiment_id=experiment_id, run_name=f"compare-{'-'.join(presets)}",
+                          tags=tags) as run:
+        mlflow.log_metrics({
+            "diff_test_accuracy_full": stats.diff, "diff_ci_low": stats.ci[0],
+            "diff_ci_high": stats.ci[1], "n_plain": stats.n["plain"],
+            "n_residual": stats.n["residual"],
+            **{f"{v}_{k}_mean": stats.mean[v][k] for v in VARIANTS for k in METRICS},
+        })
+        mlflow.set_tag("mlflow.note.content", text)
+        for path in files:
+            mlflow.log_artifact(str(path), "comparison")
+        if model_name:
+            best = max((s for s in summaries if s.variant == stats.dev_winner),
+                       key=lambda s: s.best_dev_accuracy)
+            version = register_champion(client, best, model_name, {
+                "preset": ",".join(presets), "best_dev_accuracy": f"{best.best_dev_accuracy:.4f}",
+                "test_accuracy_full": f"{best.test_accuracy_full:.4f}",
+                "compared_runs": ",".join(ids), "comparison_run": run.info.run_id,
+            })
+            champion_uri = f"models:/{model_name}@{CHAMPION}"
+            mlflow.set_tags({"champion_version": version, "champion_run": best.run_id})
+    return Comparison(run.info.run_id, summaries, stats, text, rows, files, champion_uri, version)

@@ -1,0 +1,91 @@
+"""Predict and compare through the CLI, as a user runs them: seeds, champion, real digit images."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from mlflow.tracking import MlflowClient
+from PIL import Image
+
+from resnet_mnist import data as D
+from resnet_mnist.predict import PredictError, load_digit
+from tests.conftest import cli
+
+
+def save_digits(mnist: D.Mnist, folder: Path, count: int) -> list[tuple[Path, int]]:
+    """Real test digits as files: some as MNIST has them, some dark-on-light, larger, RGB JPEG."""
+    folder.mkdir()
+    out = []
+    for i in range(count):
+        image = Image.fromarray(mnist.test_images[i])
+        if i % 2:
+            path = folder / f"digit{i}.jpg"
+            Image.fromarray(255 - mnist.test_images[i]).resize((112, 112)).convert("RGB").save(path)
+        else:
+            path = folder / f"digit{i}.png"
+            image.save(path)
+        out.append((path, int(mnist.test_labels[i])))
+    return out
+
+
+def test_load_digit_inverts_dark_on_light(tmp_path: Path, mnist: D.Mnist) -> None:
+    ((png, _), (jpg, _)) = save_digits(mnist, tmp_path / "d", 2)
+    assert np.array_equal(load_digit(png), mnist.test_images[0])
+    restored = load_digit(jpg).astype(int)
+    assert np.abs(restored - mnist.test_images[1]).mean() < 20
+    (tmp_path / "x.png").write_text("not an image")
+    with pytest.raises(PredictError, match="not an image"):
+        load_digit(tmp_path / "x.png")
+
+
+def test_compare_seeds_then_predict_with_champion(tmp_path: Path, mnist: D.Mnist) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    env = {"MLFLOW_TRACKING_URI": uri}
+
+    empty = cli("compare", "--preset", "smoke", cwd=tmp_path, env=env)
+    assert empty.returncode == 1 and "does not exist" in empty.stderr
+
+    out = cli("compare", "--preset", "smoke", "--seeds", "2", cwd=tmp_path, env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "models:/resnet18-mnist@champion" in out.stdout
+    assert "paired t over 2 seeds" in " ".join(out.stdout.split())
+    assert (tmp_path / "reports" / "compare" / "comparison.png").is_file()
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("resnet18-mnist")
+    runs = client.search_runs([exp.experiment_id])
+    groups = [r for r in runs if r.data.tags.get("run_type") == "seed_group"]
+    trains = [r for r in runs if r.data.tags.get("run_type") == "train"]
+    assert len(groups) == 1 and len(trains) == 4
+    assert {r.data.tags["mlflow.parentRunId"] for r in trains} == {groups[0].info.run_id}
+    assert sorted((r.data.tags["variant"], r.data.params["seed"]) for r in trains) == [
+        ("plain", "0"), ("plain", "1"), ("residual", "0"), ("residual", "1")]
+    assert all(r.info.status == "FINISHED" for r in runs)
+
+    again = cli("compare", "--preset", "smoke", "--seeds", "2", "--no-register", cwd=tmp_path,
+                env=env)
+    assert again.returncode == 0
+    assert len(client.search_runs([exp.experiment_id], "tags.run_type = 'train'")) == 4
+
+    digits = save_digits(mnist, tmp_path / "digits", 10)
+    pred = cli("predict", *[str(p) for p, _ in digits], "--mnist-test", "500", cwd=tmp_path,
+               env=env)
+    assert pred.returncode == 0, pred.stderr[-3000:]
+    answers = {line.rsplit(": ", 1)[0]: int(line.rsplit(": ", 1)[1].split()[0])
+               for line in pred.stdout.splitlines() if line.startswith(str(tmp_path))}
+    correct = sum(answers[str(p)] == label for p, label in digits)
+    assert correct >= 7, pred.stdout
+    accuracy = float(pred.stdout.split("MNIST test images:")[1].split()[0])
+    assert accuracy > 0.6
+
+
+def test_predict_errors(tmp_path: Path, mnist: D.Mnist) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    ((png, _),) = save_digits(mnist, tmp_path / "d", 1)
+    out = cli("predict", str(png), "--model-uri", "models:/nothing@champion", cwd=tmp_path,
+              env={"MLFLOW_TRACKING_URI": uri})
+    assert out.returncode == 1 and "cannot load model 'models:/nothing@champion'" in out.stderr
+    (tmp_path / "fake.png").write_bytes(b"\x89PNG garbage")
+    out = cli("predict", str(tmp_path / "fake.png"), cwd=tmp_path, env={"MLFLOW_TRACKING_URI": uri})
+    assert out.returncode == 1 and "fake.png: not an image" in out.stderr
