@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 FORCE ?=
 SEEDS ?=
 
-.PHONY: install data run compare train test lint ui summary verify clean
+.PHONY: install data run compare train bench test lint ui summary verify clean
 
 install: $(STAMP) $(DATA)
 
@@ -41,6 +41,9 @@ compare: install
 train: install
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/mlflow run . --env-manager local \
 		--experiment-name resnet18-mnist -P use_residual=$(RESIDUAL) -P preset=$(PRESET)
+
+bench: install
+	$(BIN)/resnet-mnist bench
 
 summary: install
 	$(BIN)/resnet-mnist summary

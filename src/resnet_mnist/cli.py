@@ -14,12 +14,13 @@ from rich.table import Table
 
 from resnet_mnist import data as D
 from resnet_mnist.config import ConfigError
+from resnet_mnist.train import StopRequested
 
 app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False,
                   pretty_exceptions_enable=False)
 data_app = typer.Typer(help="Get and check the MNIST IDX files.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
-console = Console(soft_wrap=True)
+console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True, soft_wrap=True)
 
 
@@ -139,6 +140,13 @@ def _hp(kind: type, help: str) -> typer.models.OptionInfo:
                         metavar=kind.__name__.upper())
 
 
+def _last_run_id() -> str:
+    import mlflow
+
+    run = mlflow.last_active_run()
+    return run.info.run_id if run else "RUN_ID"
+
+
 def _parse_bool(value: str, name: str) -> bool:
     lowered = value.strip().lower()
     if lowered in ("true", "1", "yes"):
@@ -174,6 +182,16 @@ def train(
     normalize: Annotated[str | None, _hp(str, "seed (book: mean 1, std 1) or mnist.")] = None,
     seed: Annotated[int | None, _hp(int, "Torch seed (init and shuffling).")] = None,
     device: Annotated[Device, typer.Option(help="auto picks CUDA when available.")] = Device.auto,
+    precision: Annotated[str | None, _hp(str, "auto (bf16 on CUDA, fp32 on CPU), fp32 or bf16.")]
+    = None,
+    channels_last: Annotated[str | None, _hp(str, "auto (on CUDA only), true or false.")] = None,
+    compile: Annotated[str | None, _hp(bool, "torch.compile the model (eager if it fails).")]
+    = None,
+    checkpoint_every: Annotated[int | None, _hp(
+        int, "Save a resumable checkpoint every N steps (0: only when stopped).")] = None,
+    resume: Annotated[str | None, typer.Option(
+        help="Continue this KILLED/FAILED run from its resumable checkpoint, in the same run "
+             "(its logged settings are used; other options are ignored).")] = None,
     data_root: RootOption = None,
     experiment: Annotated[str, typer.Option(help="MLflow experiment name.")] = "resnet18-mnist",
     run_name: Annotated[str | None, typer.Option(help="Default resnet18-VARIANT-seedN.")] = None,
@@ -182,9 +200,17 @@ def train(
 
     The store is $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db with artifacts in ./mlruns.
     """
-    from resnet_mnist.config import build_config
+    from mlflow.tracking import MlflowClient
+
+    from resnet_mnist.config import build_config, from_params
     from resnet_mnist.progress import for_console
-    from resnet_mnist.tracking import configure, train_and_track
+    from resnet_mnist.tracking import (
+        ResumeError,
+        TrackingUnavailable,
+        configure,
+        resume_and_track,
+        train_and_track,
+    )
 
     residual_value = use_residual if residual is None else _parse_bool(residual, "use_residual")
     overrides = dict(
@@ -192,16 +218,26 @@ def train(
         weight_decay=weight_decay, schedule=schedule, label_smoothing=label_smoothing,
         train_size=train_size, dev_size=dev_size, test_size=test_size, eval_steps=eval_steps,
         log_steps=log_steps, normalize=normalize, seed=seed, device=device.value,
+        precision=precision, channels_last=channels_last, compile=compile,
+        checkpoint_every=checkpoint_every,
         data_root=str(data_root) if data_root else None,
     )
     try:
-        config = build_config(preset, residual_value, overrides)
-        run_id, result, model_uri = train_and_track(
-            config, experiment, run_name, callbacks=[for_console(console)])
-    except (ConfigError, D.DataError) as exc:
+        if resume:
+            run_id, result, model_uri = resume_and_track(
+                resume, str(data_root) if data_root else "",
+                None if device is Device.auto else device.value, [for_console(console)])
+            config = from_params(MlflowClient().get_run(run_id).data.params)
+        else:
+            config = build_config(preset, residual_value, overrides)
+            run_id, result, model_uri = train_and_track(
+                config, experiment, run_name, callbacks=[for_console(console)])
+    except (ConfigError, D.DataError, ResumeError, TrackingUnavailable) as exc:
         raise fail(str(exc), 2 if isinstance(exc, ConfigError) else 1) from None
-    except KeyboardInterrupt:
-        raise fail("interrupted; the run was ended KILLED", 130) from None
+    except KeyboardInterrupt as exc:
+        hint = (f"; resume with `resnet-mnist train --resume {_last_run_id()}`"
+                if isinstance(exc, StopRequested) else "")
+        raise fail(f"interrupted; the run was ended KILLED{hint}", 130) from None
     except RuntimeError as exc:
         raise fail(str(exc)) from None
     table = Table(title=f"resnet18 {config.variant} ({config.preset})")
@@ -271,10 +307,15 @@ def compare(
 
     from resnet_mnist import compare as C
     from resnet_mnist.progress import for_console
-    from resnet_mnist.tracking import configure, experiment_for, project_run_id, train_and_track
+    from resnet_mnist.tracking import (
+        TrackingUnavailable,
+        check_store,
+        experiment_for,
+        project_run_id,
+        train_and_track,
+    )
 
     seed_list = _parse_seeds(seeds)
-    configure()
     client = MlflowClient()
     root = str(data_root) if data_root else None
 
@@ -289,6 +330,7 @@ def compare(
 
     try:
         started = time.perf_counter()
+        check_store()
         if runs:
             selected = C.select_runs(client, experiment, run_ids=[r.strip() for r in runs.split(",")])
         elif filter:
@@ -306,7 +348,7 @@ def compare(
         exp_id = client.get_run(selected[0].info.run_id).info.experiment_id
         result = C.compare(client, selected, out, exp_id, model_name if register else None, root,
                            project_run_id())
-    except (C.CompareError, ConfigError, D.DataError) as exc:
+    except (C.CompareError, ConfigError, D.DataError, TrackingUnavailable) as exc:
         raise fail(str(exc), 2 if isinstance(exc, ConfigError) else 1) from None
     except KeyboardInterrupt:
         raise fail("interrupted; the run in progress was ended KILLED", 130) from None
@@ -336,12 +378,12 @@ def predict(
     import numpy as np
 
     from resnet_mnist import predict as P
-    from resnet_mnist.tracking import configure
+    from resnet_mnist.tracking import TrackingUnavailable, check_store
 
     if not images and mnist_test is None:
         raise typer.BadParameter("give image files and/or --mnist-test N")
-    configure()
     try:
+        check_store()
         digits = np.stack([P.load_digit(p) for p in images]) if images else None
         model = P.load_model(model_uri)
         if digits is not None:
@@ -350,8 +392,33 @@ def predict(
         if mnist_test is not None:
             acc = P.mnist_test_accuracy(model, mnist_test, str(data_root) if data_root else None)
             console.print(f"accuracy on the first {mnist_test} MNIST test images: {acc:.4f}")
-    except (P.PredictError, D.DataError) as exc:
+    except (P.PredictError, D.DataError, TrackingUnavailable) as exc:
         raise fail(str(exc)) from None
+
+
+@app.command()
+def bench(
+    out: Annotated[Path, typer.Option(help="Where bench.json and bench.md go.")]
+    = Path("reports/bench"),
+    repeats: Annotated[int, typer.Option(min=1, help="Repeats per measurement.")] = 3,
+    quick: Annotated[bool, typer.Option(help="Small sizes and one epoch: a smoke test.")] = False,
+    time_to_accuracy: Annotated[bool, typer.Option(
+        help="Also train the full preset to 99.0/99.5 % (minutes on a GPU, hours on a CPU).",
+    )] = False,
+    device: Annotated[Device, typer.Option(help="auto picks CUDA when available.")] = Device.auto,
+    data_root: RootOption = None,
+) -> None:
+    """Measure throughput, the book's experiment against a book-style loop, tracking overhead."""
+    from resnet_mnist import bench as B
+    from resnet_mnist.train import resolve_device
+
+    try:
+        dev = resolve_device(device.value)
+        B.run(out, dev, repeats, quick, time_to_accuracy, str(data_root) if data_root else "",
+              log=lambda line: err.print(line, highlight=False))
+    except (RuntimeError, D.DataError) as exc:
+        raise fail(str(exc)) from None
+    console.print((out / "bench.md").read_text(), markup=False, highlight=False)
 
 
 def main() -> None:

@@ -19,6 +19,8 @@ from resnet_mnist.data import DEV_SIZE, NORMALIZATIONS, TEST_SIZE, TRAIN_SIZE
 
 PRESET_DIRS = (Path("mlproject"), Path(__file__).resolve().parents[2] / "mlproject")
 SCHEDULES = ("constant", "onecycle")
+PRECISIONS = ("auto", "fp32", "bf16")
+SWITCHES = ("auto", "true", "false")
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -49,6 +51,10 @@ class TrainConfig:
     normalize: str = "seed"
     seed: int = 100
     device: str = "auto"
+    precision: str = "auto"
+    channels_last: str = "auto"
+    compile: bool = False
+    checkpoint_every: int = 0
     data_root: str = field(default="", metadata={"log": False})
 
     @property
@@ -68,6 +74,8 @@ class TrainConfig:
             (self.epochs >= 1, f"epochs={self.epochs} must be >= 1"),
             (self.eval_steps >= 0, f"eval_steps={self.eval_steps} must be >= 0 (0: at the end)"),
             (self.log_steps >= 1, f"log_steps={self.log_steps} must be >= 1"),
+            (self.checkpoint_every >= 0,
+             f"checkpoint_every={self.checkpoint_every} must be >= 0 (0: only when stopped)"),
             (1 <= self.train_size <= TRAIN_SIZE,
              f"train_size={self.train_size} must be in 1..{TRAIN_SIZE} (the train split)"),
             (1 <= self.dev_size <= DEV_SIZE,
@@ -86,6 +94,10 @@ class TrainConfig:
             (self.normalize in NORMALIZATIONS,
              f"normalize={self.normalize!r} must be one of {', '.join(NORMALIZATIONS)}"),
             (self.device in DEVICES, f"device={self.device!r} must be one of {', '.join(DEVICES)}"),
+            (self.precision in PRECISIONS,
+             f"precision={self.precision!r} must be one of {', '.join(PRECISIONS)}"),
+            (self.channels_last in SWITCHES,
+             f"channels_last={self.channels_last!r} must be one of {', '.join(SWITCHES)}"),
         ]
         errors = [message for ok, message in checks if not ok]
         if errors:
@@ -94,6 +106,22 @@ class TrainConfig:
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+
+
+def from_params(params: dict[str, str], **overrides: Any) -> TrainConfig:
+    """Rebuild the config a run logged (MLflow params are strings), e.g. to resume it."""
+    values: dict[str, Any] = {}
+    for name in FIELDS:
+        if name not in params:
+            continue
+        kind, raw = type(getattr(TrainConfig(), name)), params[name]
+        if kind is bool:
+            values[name] = raw == "True"
+        elif kind in (int, float):
+            values[name] = kind(raw)
+        else:
+            values[name] = raw
+    return TrainConfig(**(values | overrides)).validate()
 
 
 def find_preset(name: str) -> Path:

@@ -308,16 +308,18 @@ def batches(
     labels: torch.Tensor,
     batch_size: int,
     generator: torch.Generator | None = None,
+    skip: int = 0,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Yield mini-batches in the generator's shuffled order (sequential when `generator` is None).
 
-    The last batch may be smaller, as a DataLoader with `drop_last=False`.
+    The last batch may be smaller, as a DataLoader with `drop_last=False`. `skip` drops the first
+    batches of the order (a resumed epoch) without materialising them.
     """
     n = len(labels)
     order = torch.randperm(n, generator=generator) if generator is not None else None
     if order is not None:
         order = order.to(images.device)
-    for start in range(0, n, batch_size):
+    for start in range(skip * batch_size, n, batch_size):
         if order is None:
             yield images[start : start + batch_size], labels[start : start + batch_size]
         else:

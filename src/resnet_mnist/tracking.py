@@ -8,6 +8,7 @@ ends: FINISHED, FAILED (with the error in tags) or KILLED (Ctrl-C / SIGTERM); ne
 from __future__ import annotations
 
 import os
+import pickle
 import signal
 import subprocess
 import tempfile
@@ -28,7 +29,15 @@ from resnet_mnist import data as D
 from resnet_mnist.complexity import Complexity, format_table
 from resnet_mnist.config import TrainConfig
 from resnet_mnist.plots import History, plot_curves
-from resnet_mnist.train import Callback, NonFiniteLossError, Result, Tensors
+from resnet_mnist.train import (
+    Callback,
+    NonFiniteLossError,
+    Result,
+    StopRequested,
+    Tensors,
+    clear_stop,
+    request_stop,
+)
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 DEFAULT_EXPERIMENT = "resnet18-mnist"
@@ -42,6 +51,41 @@ def configure() -> str:
     """Use `$MLFLOW_TRACKING_URI`, else the embedded store `sqlite:///mlflow.db` (+ `./mlruns`)."""
     uri = os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
     mlflow.set_tracking_uri(uri)
+    return uri
+
+
+class TrackingUnavailable(RuntimeError):
+    """The tracking store cannot be reached; raised before any training starts."""
+
+
+def check_store(timeout_s: int = 5) -> str:
+    """Fail fast, with the URI in the message, when the tracking store does not answer.
+
+    MLflow's HTTP client retries with back-off for minutes by default; for this one probe the
+    retries are off and the timeout short (unless the user set them).
+    """
+    from mlflow.exceptions import MlflowException
+
+    uri = configure()
+    if not uri.startswith(("http://", "https://")):
+        return uri
+    saved = {k: os.environ.get(k) for k in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES",
+                                            "MLFLOW_HTTP_REQUEST_TIMEOUT")}
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(timeout_s))
+    try:
+        MlflowClient().search_experiments(max_results=1)
+    except (MlflowException, OSError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        raise TrackingUnavailable(
+            f"the tracking server at {uri} does not answer ({first}). Start it (`make server`) "
+            "or unset MLFLOW_TRACKING_URI to use the local sqlite:///mlflow.db store.") from None
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
     return uri
 
 
@@ -96,14 +140,19 @@ class DigitClassifier(nn.Module):
 class MlflowTracker(Callback):
     """Listens to the Trainer and writes metrics to the active run in batches."""
 
-    def __init__(self, run_id: str, client: MlflowClient | None = None) -> None:
+    def __init__(self, run_id: str, client: MlflowClient | None = None,
+                 history: History | None = None, logged: dict[str, int] | None = None) -> None:
         self.run_id = run_id
         self.client = client or MlflowClient()
         self.buffer: list[Metric] = []
-        self.history = History()
+        self.history = history or History()
         self.log_seconds = 0.0
+        # On resume: the last step already in the store per metric; those steps are not re-sent.
+        self.logged = logged or {}
 
     def _add(self, key: str, value: float, step: int) -> None:
+        if step <= self.logged.get(key, -1):
+            return
         self.buffer.append(Metric(key, float(value), int(time.time() * 1000), int(step)))
 
     def flush(self) -> None:
@@ -115,8 +164,18 @@ class MlflowTracker(Callback):
 
     def on_step(self, step: int, epoch: int, loss: float) -> None:
         self._add("train_loss", loss, step)
-        self.history.steps.append(step)
-        self.history.train_loss.append(loss)
+        if not self.history.steps or step > self.history.steps[-1]:
+            self.history.steps.append(step)
+            self.history.train_loss.append(loss)
+
+    def on_checkpoint(self, step: int, checkpoint: dict) -> None:
+        """A resumable checkpoint (`checkpoints/resume.pt`), replaced at each save."""
+        self.flush()
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "resume.pt"
+            torch.save(checkpoint, path)
+            self.client.log_artifact(self.run_id, str(path), "checkpoints")
+        self.client.set_tag(self.run_id, "resume_step", str(step))
 
     def on_log(self, step: int, epoch: int, loss: float, images_per_s: float) -> None:
         self.flush()
@@ -124,6 +183,8 @@ class MlflowTracker(Callback):
     def on_eval(self, step: int, dev_loss: float, dev_accuracy: float) -> None:
         self._add("dev_loss", dev_loss, step)
         self._add("dev_accuracy", dev_accuracy, step)
+        if self.history.eval_steps and step <= self.history.eval_steps[-1]:
+            return
         self.history.eval_steps.append(step)
         self.history.dev_loss.append(dev_loss)
         self.history.dev_accuracy.append(dev_accuracy)
@@ -141,55 +202,79 @@ class MlflowTracker(Callback):
 
 
 @contextmanager
+def stop_signals() -> Iterator[None]:
+    """Ctrl-C and SIGTERM ask the Trainer to stop at the next step boundary (it saves a resumable
+    checkpoint first); a second signal interrupts at once."""
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    received: list[int] = []
+
+    def handler(signum: int, frame: object) -> None:
+        received.append(signum)
+        if len(received) > 1:
+            raise KeyboardInterrupt(f"signal {signum}")
+        request_stop()
+
+    clear_stop()
+    for sig in previous:
+        signal.signal(sig, handler)
+    try:
+        yield
+    finally:
+        clear_stop()
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+@contextmanager
 def tracked_run(
     config: TrainConfig, experiment: str = DEFAULT_EXPERIMENT, run_name: str | None = None,
     device: str = "cpu", tags: dict[str, str] | None = None, parent_run_id: str | None = None,
+    resume_run_id: str | None = None,
 ) -> Iterator[mlflow.ActiveRun]:
-    """Start a run, log the config, and make sure it ends in the right state whatever happens.
+    """Start (or, with `resume_run_id`, reopen) a run and make sure it ends in the right state.
 
-    `parent_run_id` nests the run (a seed group's child); under `mlflow run` the project's run
-    is the parent.
-
-    SIGTERM is turned into KeyboardInterrupt for the duration so that `kill` ends the run KILLED.
+    FINISHED on success; KILLED on Ctrl-C or SIGTERM; FAILED with `error` and `failure_reason`
+    tags on any error (`failed_at_step` too for a non-finite loss). `parent_run_id` nests the run
+    (a seed group's child); under `mlflow run` the project's run is the parent.
     """
     configure()
     client = MlflowClient()
-    experiment_id = experiment_for(experiment)
-    parent = parent_run_id or project_run_id()
-    name = run_name or f"resnet18-{config.variant}-seed{config.seed}"
-    run_tags = {"variant": config.variant, "preset": config.preset, "run_type": "train",
-                "torch_version": _version(torch), "mlflow_version": _version(mlflow),
-                **(tags or {})}
-    if parent:
-        run_tags["mlflow.parentRunId"] = parent
-    commit = git_commit()
-    if commit:
-        run_tags["git_commit"] = commit
-    previous = signal.getsignal(signal.SIGTERM)
-
-    def on_sigterm(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    signal.signal(signal.SIGTERM, on_sigterm)
-    run = mlflow.start_run(run_name=name, experiment_id=experiment_id, tags=run_tags)
+    if resume_run_id:
+        run = mlflow.start_run(run_id=resume_run_id)
+    else:
+        experiment_id = experiment_for(experiment)
+        parent = parent_run_id or project_run_id()
+        name = run_name or f"resnet18-{config.variant}-seed{config.seed}"
+        run_tags = {"variant": config.variant, "preset": config.preset, "run_type": "train",
+                    "torch_version": _version(torch), "mlflow_version": _version(mlflow),
+                    **(tags or {})}
+        if parent:
+            run_tags["mlflow.parentRunId"] = parent
+        commit = git_commit()
+        if commit:
+            run_tags["git_commit"] = commit
+        run = mlflow.start_run(run_name=name, experiment_id=experiment_id, tags=run_tags)
+    run_id = run.info.run_id
     try:
-        mlflow.log_params(config.params() | {"device": device})
-        yield run
-    except KeyboardInterrupt:
-        client.set_tag(run.info.run_id, "failure_reason", "interrupted (Ctrl-C or SIGTERM)")
+        with stop_signals():
+            if not resume_run_id:
+                mlflow.log_params(config.params() | {"device": device})
+            yield run
+    except KeyboardInterrupt as exc:
+        client.set_tag(run_id, "failure_reason", "interrupted (Ctrl-C or SIGTERM)")
+        if isinstance(exc, StopRequested):
+            client.set_tag(run_id, "stopped_at_step", str(exc.step))
         mlflow.end_run(RunStatus.to_string(RunStatus.KILLED))
         raise
     except BaseException as exc:
-        client.set_tag(run.info.run_id, "error", f"{type(exc).__name__}: {exc}"[:5000])
-        client.set_tag(run.info.run_id, "failure_reason", type(exc).__name__)
+        client.set_tag(run_id, "error", f"{type(exc).__name__}: {exc}"[:5000])
+        client.set_tag(run_id, "failure_reason", type(exc).__name__)
         if isinstance(exc, NonFiniteLossError):
-            client.set_tag(run.info.run_id, "failed_at_step", str(exc.step))
+            client.set_tag(run_id, "failed_at_step", str(exc.step))
         mlflow.end_run(RunStatus.to_string(RunStatus.FAILED))
         raise
     else:
         mlflow.end_run(RunStatus.to_string(RunStatus.FINISHED))
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def log_inputs(config: TrainConfig, tensors: Tensors) -> None:
@@ -273,25 +358,91 @@ def train_and_track(
     Returns (run_id, result, model_uri).
     """
     from resnet_mnist.complexity import measure
-    from resnet_mnist.train import Trainer, build_model, load_tensors, resolve_device
+    from resnet_mnist.train import build_model, load_tensors, resolve_device
 
     device = resolve_device(config.device)
     tensors = load_tensors(config, device)
+    check_store()
     model = build_model(config, device)
     complexity = measure(model)
-    example = D.book_split(D.load(config.data_root or None, verify=False), 1, 4, 1)["dev"].images
     with tracked_run(config, experiment, run_name, str(device), tags, parent_run_id) as run:
-        tracker = MlflowTracker(run.info.run_id)
         log_inputs(config, tensors)
         log_complexity(complexity)
         mlflow.log_text(str(model), "summary/model.txt")
-        trainer = Trainer(config, model, [tracker, *(callbacks or [])])
+        tracker = MlflowTracker(run.info.run_id)
+        return _fit(config, model, tensors, tracker, callbacks, None)
+
+
+def _fit(
+    config: TrainConfig, model: nn.Module, tensors: Tensors, tracker: MlflowTracker,
+    callbacks: list[Callback] | None, resume: dict | None,
+) -> tuple[str, Result, str]:
+    """Train inside the active run, keep what was learned on failure, log the results."""
+    from resnet_mnist.train import Trainer
+
+    trainer = Trainer(config, model, [tracker, *(callbacks or [])])
+    try:
+        result = trainer.fit(tensors, resume=resume)
+    except BaseException:
+        tracker.flush()
+        log_failure_checkpoint(trainer.best_state)
+        raise
+    mlflow.log_metric("tracking_log_seconds", tracker.log_seconds)
+    example = D.book_split(D.load(config.data_root or None, verify=False), 1, 4, 1)["dev"].images
+    model_uri = log_result_artifacts(config, model, result, tracker.history, example)
+    return tracker.run_id, result, model_uri
+
+
+class ResumeError(RuntimeError):
+    """The run cannot be resumed; the message says why."""
+
+
+def resume_and_track(
+    run_id: str, data_root: str = "", device: str | None = None,
+    callbacks: list[Callback] | None = None,
+) -> tuple[str, Result, str]:
+    """Continue a KILLED or FAILED run from its `checkpoints/resume.pt`, in the same run.
+
+    Metrics already in the store are not sent again, so the histories have no duplicates; on a
+    CPU the resumed run ends with the same metrics as an uninterrupted one.
+    """
+    from mlflow.exceptions import MlflowException
+
+    from resnet_mnist.compare import history
+    from resnet_mnist.config import from_params
+    from resnet_mnist.train import build_model, load_tensors, resolve_device
+
+    check_store()
+    client = MlflowClient()
+    try:
+        run = client.get_run(run_id)
+    except MlflowException as exc:
+        raise ResumeError(f"no run {run_id!r} in {mlflow.get_tracking_uri()}: {exc}") from None
+    if run.info.status == "FINISHED":
+        raise ResumeError(f"run {run_id} is already FINISHED; nothing to resume")
+    if run.info.status == "RUNNING":
+        raise ResumeError(f"run {run_id} is RUNNING; stop it first")
+    overrides = {"data_root": data_root} | ({"device": device} if device else {})
+    config = from_params(run.data.params, **overrides)
+    with tempfile.TemporaryDirectory() as tmp:
         try:
-            result = trainer.fit(tensors)
-        except BaseException:
-            tracker.flush()
-            log_failure_checkpoint(trainer.best_state)
-            raise
-        mlflow.log_metric("tracking_log_seconds", tracker.log_seconds)
-        model_uri = log_result_artifacts(config, model, result, tracker.history, example)
-        return run.info.run_id, result, model_uri
+            path = mlflow.artifacts.download_artifacts(
+                run_id=run_id, artifact_path="checkpoints/resume.pt", dst_path=tmp)
+        except (MlflowException, OSError):
+            raise ResumeError(f"run {run_id} has no resumable checkpoint (checkpoints/resume.pt);"
+                              " it stopped before any was written") from None
+        try:
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as exc:
+            raise ResumeError(f"refused checkpoints/resume.pt of run {run_id}: it holds objects "
+                              f"other than tensors and plain values ({str(exc)[:200]})") from None
+    dev = resolve_device(config.device)
+    tensors = load_tensors(config, dev)
+    model = build_model(config, dev)
+    logged = {key: max((m.step for m in client.get_metric_history(run_id, key)), default=-1)
+              for key in ("train_loss", "dev_loss", "dev_accuracy", "train_epoch_loss")}
+    past = history(client, run_id)
+    with tracked_run(config, resume_run_id=run_id) as active:
+        mlflow.set_tag("resumed_from_step", str(checkpoint["state"]["step"]))
+        tracker = MlflowTracker(active.info.run_id, history=past, logged=logged)
+        return _fit(config, model, tensors, tracker, callbacks, checkpoint)

@@ -8,8 +8,11 @@ after 0 and at the last step; the best-dev checkpoint is scored on the test spli
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import threading
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -58,6 +61,48 @@ class Result:
     best_state: dict[str, torch.Tensor] = field(repr=False, default_factory=dict)
 
 
+CHECKPOINT_FORMAT = "resnet-mnist-resume-1"
+
+
+class StopRequested(KeyboardInterrupt):
+    """Training stopped at a clean step boundary on request (Ctrl-C or SIGTERM)."""
+
+    def __init__(self, step: int) -> None:
+        super().__init__(f"stopped at step {step}")
+        self.step = step
+
+
+_STOP = threading.Event()
+
+
+def request_stop() -> None:
+    """Ask a running Trainer to stop after its current step (safe from a signal handler)."""
+    _STOP.set()
+
+
+def clear_stop() -> None:
+    _STOP.clear()
+
+
+@dataclass
+class TrainState:
+    """Where training stands; with the model and optimiser it is a resumable checkpoint."""
+
+    step: int = 0
+    epoch: int = 0
+    epoch_rng: torch.Tensor | None = None
+    epoch_loss: float = 0.0
+    best_accuracy: float = -1.0
+    best_step: int = -1
+    images_seen: int = 0
+    train_time: float = 0.0
+    eval_time: float = 0.0
+    best_state: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def images_per_s(self) -> float:
+        return self.images_seen / max(self.train_time, 1e-9)
+
+
 class Callback:
     """Hooks the Trainer calls; every method is optional."""
 
@@ -67,6 +112,7 @@ class Callback:
     def on_eval(self, step: int, dev_loss: float, dev_accuracy: float) -> None: ...
     def on_best(self, step: int, dev_accuracy: float) -> None: ...
     def on_epoch_end(self, epoch: int, mean_loss: float) -> None: ...
+    def on_checkpoint(self, step: int, checkpoint: dict) -> None: ...
     def on_end(self, result: Result) -> None: ...
 
 
@@ -93,17 +139,43 @@ def load_tensors(config: TrainConfig, device: torch.device) -> Tensors:
                      for name in ("train", "dev", "test")))
 
 
+@dataclass(frozen=True)
+class Speed:
+    """How the step runs on this device: `auto` means bf16 + channels_last on CUDA, fp32 on CPU
+    (where neither helps)."""
+
+    bf16: bool
+    channels_last: bool
+    compile: bool
+
+    @classmethod
+    def resolve(cls, config: TrainConfig, device: torch.device) -> Speed:
+        cuda = device.type == "cuda"
+        bf16 = config.precision == "bf16" or (config.precision == "auto" and cuda)
+        cl = config.channels_last == "true" or (config.channels_last == "auto" and cuda)
+        return cls(bf16=bf16, channels_last=cl, compile=config.compile)
+
+    def autocast(self, device: torch.device) -> torch.autocast:
+        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.bf16)
+
+    def images(self, x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+
 @torch.inference_mode()
 def evaluate(
-    model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int
+    model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int,
+    speed: Speed | None = None,
 ) -> tuple[float, float]:
     """Mean cross-entropy and accuracy over a whole split, in eval mode."""
     was_training = model.training
     model.eval()
+    speed = speed or Speed(False, False, False)
     loss_sum = torch.zeros((), device=images.device)
     correct = torch.zeros((), device=images.device, dtype=torch.long)
-    for x, y in D.batches(images, labels, batch_size):
-        logits = model(x)
+    for x, y in D.batches(speed.images(images), labels, batch_size):
+        with speed.autocast(images.device):
+            logits = model(x).float()
         loss_sum += F.cross_entropy(logits, y, reduction="sum")
         correct += (logits.argmax(1) == y).sum()
     model.train(was_training)
@@ -120,11 +192,44 @@ class Trainer:
         self.config = config
         self.model = model
         self.callbacks = list(callbacks)
-        self.best_state: dict[str, torch.Tensor] = {}
+        self.state = TrainState()
+        self.scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
+        self.device = next(model.parameters()).device
+        self.speed = Speed.resolve(config, self.device)
+        if self.speed.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        self.forward = self._compiled() if self.speed.compile else self.model
         self.optimizer = torch.optim.SGD(
             model.parameters(), lr=config.lr, momentum=config.momentum,
             nesterov=config.nesterov, weight_decay=config.weight_decay,
         )
+
+    def _compiled(self) -> nn.Module:
+        """torch.compile (CUDA graphs via reduce-overhead there); eager if it cannot compile."""
+        mode = "reduce-overhead" if self.device.type == "cuda" else None
+        return torch.compile(self.model, mode=mode)
+
+    def _train_step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        with self.speed.autocast(self.device):
+            logits = self.forward(x)
+        loss = F.cross_entropy(logits.float(), y, label_smoothing=self.config.label_smoothing)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return loss.detach()
+
+    def _first_step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Compilation happens on the first call; if it fails, warn once and stay eager."""
+        if self.forward is self.model:
+            return self._train_step(x, y)
+        try:
+            return self._train_step(x, y)
+        except Exception as exc:  # noqa: BLE001 - any compiler failure means: fall back
+            warnings.warn(f"torch.compile failed ({type(exc).__name__}: {str(exc)[:200]}); "
+                          "training eagerly", stacklevel=2)
+            self.forward = self.model
+            self.optimizer.zero_grad(set_to_none=True)
+            return self._train_step(x, y)
 
     def _emit(self, event: str, *args: object) -> None:
         for callback in self.callbacks:
@@ -134,84 +239,136 @@ class Trainer:
         every = self.config.eval_steps
         return step == total - 1 or (every > 0 and step > 0 and step % every == 0)
 
-    def fit(self, tensors: Tensors) -> Result:
+    def fit(self, tensors: Tensors, resume: dict | None = None) -> Result:
+        """Train to the end; `resume` is a checkpoint from `checkpoint()` of the same config.
+
+        A stop request (Ctrl-C, SIGTERM: see `request_stop`) is honoured between steps: the
+        losses so far are flushed, a checkpoint is emitted, and `StopRequested` is raised.
+        """
         cfg = self.config
-        x_train, y_train = tensors.train
-        n_train = len(y_train)
-        per_epoch = D.steps_per_epoch(n_train, cfg.batch_size)
+        x_train, y_train = self.speed.images(tensors.train[0]), tensors.train[1]
+        per_epoch = D.steps_per_epoch(len(y_train), cfg.batch_size)
         total = per_epoch * cfg.epochs
-        scheduler = None
+        self.scheduler = None
         if cfg.schedule == "onecycle":
-            scheduler = torch.optim.lr_scheduler.OneCycleLR(
+            self.scheduler = torch.optim.lr_scheduler.OneCycleLR(
                 self.optimizer, max_lr=cfg.lr, total_steps=total)
         generator = torch.Generator().manual_seed(cfg.seed)
+        st = self.state = TrainState(epoch_rng=generator.get_state())
+        if resume is not None:
+            st = self.state = self._restore(resume)
+            generator.set_state(st.epoch_rng)
         self.model.train()
         self._emit("on_start", self, total)
 
-        best_acc, best_step = -1.0, -1
-        self.best_state: dict[str, torch.Tensor] = {}
-        train_time = eval_time = 0.0
-        images_seen = 0
         pending: list[torch.Tensor] = []
-        pending_start = 0
-        step = 0
-        for epoch in range(cfg.epochs):
+        pending_start = st.step
+        while st.epoch < cfg.epochs:
+            epoch = st.epoch
+            st.epoch_rng = generator.get_state()
             epoch_loss = torch.zeros((), device=x_train.device)
-            epoch_start_step = step
+            skip = st.step - epoch * per_epoch
             tick = time.perf_counter()
-            for x, y in D.batches(x_train, y_train, cfg.batch_size, generator):
-                loss = F.cross_entropy(self.model(x), y, label_smoothing=cfg.label_smoothing)
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                self.optimizer.step()
-                if scheduler is not None:
-                    scheduler.step()
-                detached = loss.detach()
+            for x, y in D.batches(x_train, y_train, cfg.batch_size, generator, skip):
+                step = st.step
+                detached = (self._first_step if step == 0 else self._train_step)(x, y)
+                if self.scheduler is not None:
+                    self.scheduler.step()
                 epoch_loss += detached
                 pending.append(detached)
-                images_seen += len(y)
+                st.images_seen += len(y)
+                st.step += 1
                 evaluate_now = self._should_eval(step, total)
-                if step % cfg.log_steps == 0 or evaluate_now or step == total - 1:
-                    losses = torch.stack(pending).tolist()
-                    train_time += time.perf_counter() - tick
-                    self._flush(pending_start, epoch, losses, images_seen / max(train_time, 1e-9))
-                    pending, pending_start = [], step + 1
+                checkpoint_now = bool(cfg.checkpoint_every) and st.step % cfg.checkpoint_every == 0
+                stop = _STOP.is_set()
+                if (step % cfg.log_steps == 0 or evaluate_now or st.step == total
+                        or checkpoint_now or stop):
+                    st.train_time += time.perf_counter() - tick
+                    st.epoch_loss += float(epoch_loss.item())
+                    epoch_loss.zero_()
+                    self._flush(pending_start, epoch, torch.stack(pending).tolist())
+                    pending, pending_start = [], st.step
                     if evaluate_now:
-                        t0 = time.perf_counter()
-                        dev_loss, dev_acc = evaluate(self.model, *tensors.dev, cfg.eval_batch_size)
-                        eval_time += time.perf_counter() - t0
-                        self._emit("on_eval", step, dev_loss, dev_acc)
-                        if dev_acc > best_acc:
-                            best_acc, best_step = dev_acc, step
-                            self.best_state = {k: v.detach().to("cpu", copy=True)
-                                               for k, v in self.model.state_dict().items()}
-                            self._emit("on_best", step, dev_acc)
+                        self._evaluate(step, tensors)
+                    if checkpoint_now or stop:
+                        self._emit("on_checkpoint", st.step, self.checkpoint())
+                    if stop:
+                        _STOP.clear()
+                        raise StopRequested(st.step)
                     tick = time.perf_counter()
-                step += 1
-            train_time += time.perf_counter() - tick
+            st.train_time += time.perf_counter() - tick
+            st.epoch_loss += float(epoch_loss.item())
             if pending:
-                losses = torch.stack(pending).tolist()
-                self._flush(pending_start, epoch, losses, images_seen / max(train_time, 1e-9))
-                pending, pending_start = [], step
-            self._emit("on_epoch_end", epoch, epoch_loss.item() / (step - epoch_start_step))
+                self._flush(pending_start, epoch, torch.stack(pending).tolist())
+                pending, pending_start = [], st.step
+            self._emit("on_epoch_end", epoch, st.epoch_loss / per_epoch)
+            st.epoch, st.epoch_loss = epoch + 1, 0.0
 
         t0 = time.perf_counter()
-        self.model.load_state_dict(self.best_state)
-        test_loss, test_acc = evaluate(self.model, *tensors.test, cfg.eval_batch_size)
-        eval_time += time.perf_counter() - t0
+        self.model.load_state_dict(st.best_state)
+        test_loss, test_acc = evaluate(self.model, *tensors.test, cfg.eval_batch_size, self.speed)
+        st.eval_time += time.perf_counter() - t0
         result = Result(
-            best_dev_accuracy=best_acc, best_step=best_step, test_accuracy=test_acc,
-            test_loss=test_loss, steps=total, train_time_s=train_time, eval_time_s=eval_time,
-            train_images_per_s=images_seen / max(train_time, 1e-9), best_state=self.best_state,
+            best_dev_accuracy=st.best_accuracy, best_step=st.best_step, test_accuracy=test_acc,
+            test_loss=test_loss, steps=total, train_time_s=st.train_time,
+            eval_time_s=st.eval_time, train_images_per_s=st.images_per_s(),
+            best_state=st.best_state,
         )
         self._emit("on_end", result)
         return result
 
-    def _flush(self, first_step: int, epoch: int, losses: list[float], images_per_s: float) -> None:
+    @property
+    def best_state(self) -> dict[str, torch.Tensor]:
+        return self.state.best_state
+
+    def _evaluate(self, step: int, tensors: Tensors) -> None:
+        st = self.state
+        t0 = time.perf_counter()
+        dev_loss, dev_acc = evaluate(self.model, *tensors.dev, self.config.eval_batch_size,
+                                     self.speed)
+        st.eval_time += time.perf_counter() - t0
+        self._emit("on_eval", step, dev_loss, dev_acc)
+        if dev_acc > st.best_accuracy:
+            st.best_accuracy, st.best_step = dev_acc, step
+            st.best_state = {k: v.detach().to("cpu", copy=True)
+                             for k, v in self.model.state_dict().items()}
+            self._emit("on_best", step, dev_acc)
+
+    def checkpoint(self) -> dict:
+        """Everything needed to continue exactly: weights, optimiser, schedule, data order,
+        best-so-far. Plain tensors and numbers only, so it loads with `weights_only=True`."""
+        st = self.state
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "params": {k: str(v) for k, v in self.config.params().items()},
+            "model": {k: v.detach().to("cpu") for k, v in self.model.state_dict().items()},
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "torch_rng": torch.get_rng_state(),
+            "state": {f.name: getattr(st, f.name) for f in dataclasses.fields(st)
+                      if f.name != "best_state"},
+            "best_state": st.best_state,
+        }
+
+    def _restore(self, ckpt: dict) -> TrainState:
+        if ckpt.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError("not a resnet-mnist resume checkpoint")
+        mine = {k: str(v) for k, v in self.config.params().items()}
+        differs = sorted(k for k in ckpt["params"] if k != "device" and ckpt["params"][k] != mine.get(k))
+        if differs:
+            raise ValueError(f"checkpoint was made with other settings: {', '.join(differs)}")
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        if self.scheduler is not None and ckpt["scheduler"] is not None:
+            self.scheduler.load_state_dict(ckpt["scheduler"])
+        torch.set_rng_state(ckpt["torch_rng"])
+        return TrainState(**ckpt["state"], best_state=ckpt["best_state"])
+
+    def _flush(self, first_step: int, epoch: int, losses: list[float]) -> None:
         """Hand the buffered per-step losses to the callbacks; stop at the first non-finite one."""
         for offset, value in enumerate(losses):
             if not math.isfinite(value):
                 raise NonFiniteLossError(first_step + offset, value)
             self._emit("on_step", first_step + offset, epoch, value)
         last = first_step + len(losses) - 1
-        self._emit("on_log", last, epoch, losses[-1], images_per_s)
+        self._emit("on_log", last, epoch, losses[-1], self.state.images_per_s())

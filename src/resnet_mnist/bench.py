@@ -1,0 +1,322 @@
+"""The benchmark: measured figures, never asserted. Writes a JSON and a Markdown report.
+
+Four measurements, each repeated with min/median/max reported:
+  * train-step throughput at 32x32 per batch size, precision and memory format;
+  * the book's experiment end to end (both variants, seed preset, tracking on) as `resnet-mnist
+    train` processes, start-up included, against a reference loop written like the book (per-item
+    PIL transforms through a DataLoader, fp32, `.item()` every step) run in this process;
+  * per-step tracking overhead: the same training with the MLflow callback on and off;
+  * optionally, time to accuracy on the full preset (minutes on a CPU, seconds on a GPU).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from resnet_mnist import data as D
+from resnet_mnist.config import TrainConfig, build_config
+from resnet_mnist.model import ResNet18
+from resnet_mnist.train import Callback, Speed, Trainer, build_model, load_tensors
+
+
+def spread(values: list[float]) -> dict[str, float]:
+    return {"min": min(values), "median": statistics.median(values), "max": max(values),
+            "n": len(values)}
+
+
+def machine(device: torch.device) -> dict[str, Any]:
+    info = {"python": platform.python_version(), "torch": torch.__version__,
+            "platform": platform.platform(), "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(), "device": str(device)}
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def step_throughput(
+    device: torch.device, batch_size: int, bf16: bool, channels_last: bool,
+    steps: int, repeats: int,
+) -> dict[str, Any]:
+    """Images/s of forward+backward+SGD step on random 1x32x32 inputs (data already on device)."""
+    torch.manual_seed(0)
+    model = ResNet18().to(device)
+    speed = Speed(bf16=bf16, channels_last=channels_last, compile=False)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    x = speed.images(torch.randn(batch_size, 1, 32, 32, device=device))
+    y = torch.randint(0, 10, (batch_size,), device=device)
+
+    def step() -> None:
+        with speed.autocast(device):
+            loss = F.cross_entropy(model(x).float(), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    step()  # warm-up (allocator, kernels)
+    rates = []
+    for _ in range(repeats):
+        _sync(device)
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            step()
+        _sync(device)
+        rates.append(batch_size * steps / (time.perf_counter() - t0))
+    return {"batch_size": batch_size, "precision": "bf16" if bf16 else "fp32",
+            "memory_format": "channels_last" if channels_last else "contiguous",
+            "images_per_s": spread(rates)}
+
+
+# -- the book-style reference -------------------------------------------------------------------
+
+class PilDataset(torch.utils.data.Dataset):
+    """The book's dataset: every item goes through PIL and torchvision transforms when drawn."""
+
+    def __init__(self, split: D.Split) -> None:
+        from torchvision import transforms
+
+        self.split = split
+        self.transform = transforms.Compose([
+            transforms.Resize(32), transforms.ToTensor(),
+            transforms.Normalize(mean=[1.0], std=[1.0])])
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        from PIL import Image
+
+        image = Image.fromarray(self.split.images[index], mode="L")
+        return self.transform(image), int(self.split.labels[index])
+
+
+def book_reference(config: TrainConfig, device: torch.device, workdir: Path) -> dict[str, float]:
+    """The book's RunnerV3 loop: DataLoader over PIL items, `.item()` every step, dev evaluation
+    every `eval_steps`, best model saved to disk, best model scored on test. Returns its seconds
+    and accuracies, for a side-by-side ratio."""
+    start = time.perf_counter()
+    splits = D.book_split(D.load(config.data_root or None), config.train_size, config.dev_size,
+                          config.test_size)
+    torch.manual_seed(config.seed)
+    loaders = {name: torch.utils.data.DataLoader(PilDataset(split), batch_size=config.batch_size,
+                                                 shuffle=name == "train")
+               for name, split in splits.items()}
+    model = ResNet18(use_residual=config.use_residual).to(device)
+    opt = torch.optim.SGD(model.parameters(), lr=config.lr)
+    total = len(loaders["train"]) * config.epochs
+    best, step, path = 0.0, 0, workdir / "best.pdparams"
+
+    def evaluate(loader: torch.utils.data.DataLoader) -> float:
+        model.eval()
+        correct = seen = 0
+        with torch.no_grad():
+            for x, y in loader:
+                logits = model(x.to(device))
+                F.cross_entropy(logits, y.to(device)).item()
+                correct += (logits.argmax(1).cpu() == y).sum().item()
+                seen += len(y)
+        model.train()
+        return correct / seen
+
+    for _epoch in range(config.epochs):
+        for x, y in loaders["train"]:
+            loss = F.cross_entropy(model(x.to(device)), y.to(device))
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+            loss.item()
+            if step > 0 and (step % config.eval_steps == 0 or step == total - 1):
+                score = evaluate(loaders["dev"])
+                if score > best:
+                    torch.save(model.state_dict(), path)
+                    best = score
+            step += 1
+    model.load_state_dict(torch.load(path, weights_only=True))
+    test = evaluate(loaders["test"])
+    return {"seconds": time.perf_counter() - start, "best_dev_accuracy": best,
+            "test_accuracy": test}
+
+
+def cli_train_seconds(variant: str, workdir: Path, extra: list[str] | None = None) -> float:
+    """Wall time of one whole `resnet-mnist train` process, start-up and tracking included."""
+    exe = Path(sys.executable).parent / "resnet-mnist"
+    env = os.environ | {"MLFLOW_TRACKING_URI": f"sqlite:///{workdir / 'mlflow.db'}"}
+    env.pop("MLFLOW_RUN_ID", None)
+    start = time.perf_counter()
+    subprocess.run([str(exe), "train", "--preset", "seed", "--residual", variant,
+                    "--device", "cpu", *(extra or [])], cwd=workdir, env=env, check=True,
+                   capture_output=True)
+    return time.perf_counter() - start
+
+
+def fit_seconds(config: TrainConfig, device: torch.device, callbacks: list[Callback]) -> float:
+    tensors = load_tensors(config, device)
+    model = build_model(config, device)
+    start = time.perf_counter()
+    Trainer(config, model, callbacks).fit(tensors)
+    _sync(device)
+    return time.perf_counter() - start
+
+
+def tracking_overhead(config: TrainConfig, device: torch.device, repeats: int) -> dict[str, Any]:
+    """Training with the MLflow callback against the same training without it, interleaved."""
+    import mlflow
+
+    from resnet_mnist.tracking import MlflowTracker
+
+    with tempfile.TemporaryDirectory() as tmp:
+        mlflow.set_tracking_uri(f"sqlite:///{Path(tmp) / 'mlflow.db'}")
+        mlflow.set_experiment("bench")
+        on, off = [], []
+        for _ in range(repeats):
+            off.append(fit_seconds(config, device, []))
+            with mlflow.start_run() as run:
+                on.append(fit_seconds(config, device, [MlflowTracker(run.info.run_id)]))
+    ratios = [a / b for a, b in zip(on, off, strict=True)]
+    return {"tracked_s": spread(on), "untracked_s": spread(off), "ratio": spread(ratios)}
+
+
+class AccuracyClock(Callback):
+    """Wall seconds from the start of `fit` (evaluations included) until the evaluated split's
+    accuracy first reaches each target."""
+
+    def __init__(self, targets: tuple[float, ...]) -> None:
+        self.targets = targets
+        self.reached: dict[str, float | None] = {f"{t:.3f}": None for t in targets}
+        self.start = time.perf_counter()
+        self.eval_seconds = 0.0
+
+    def on_eval(self, step: int, dev_loss: float, dev_accuracy: float) -> None:
+        for target in self.targets:
+            key = f"{target:.3f}"
+            if self.reached[key] is None and dev_accuracy >= target:
+                self.reached[key] = time.perf_counter() - self.start
+
+
+def time_to_accuracy(device: torch.device, data_root: str) -> dict[str, Any]:
+    """Full preset with the test split as the evaluated split: seconds until >= 99.0 / 99.5 %."""
+    config = dataclasses.replace(build_config("full", True), data_root=data_root,
+                                 device=device.type)
+    tensors = load_tensors(config, device)
+    tensors.dev = tensors.test  # the clock watches test accuracy, as the target is stated
+    clock = AccuracyClock((0.99, 0.995))
+    model = build_model(config, device)
+    trainer = Trainer(config, model, [clock])
+    clock.start = time.perf_counter()
+    result = trainer.fit(tensors)
+    return {"reached_s": clock.reached, "final_test_accuracy": result.test_accuracy,
+            "train_time_s": result.train_time_s, "epochs": config.epochs}
+
+
+def run(
+    out_dir: Path, device: torch.device, repeats: int = 3, quick: bool = False,
+    with_time_to_accuracy: bool = False, data_root: str = "",
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Run every measurement and write `bench.json` and `bench.md` in `out_dir`."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    report: dict[str, Any] = {"machine": machine(device), "date": time.strftime("%Y-%m-%d %H:%M")}
+    sizes = [128, 512] if quick else [128, 512, 2048] + ([8192] if device.type == "cuda" else [])
+    modes = [(False, False), (False, True)]
+    if device.type == "cuda":
+        modes += [(True, False), (True, True)]
+    report["throughput"] = []
+    for batch in sizes:
+        steps = max(2, min(20, 4096 // batch)) if device.type == "cpu" else 50
+        for bf16, cl in modes:
+            log(f"throughput batch {batch} {'bf16' if bf16 else 'fp32'} "
+                f"{'channels_last' if cl else 'contiguous'}")
+            report["throughput"].append(step_throughput(device, batch, bf16, cl, steps, repeats))
+
+    book = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for variant in ("false", "true"):
+            config = dataclasses.replace(build_config("seed", variant == "true"),
+                                         data_root=data_root, device=device.type)
+            if quick:
+                config = dataclasses.replace(config, epochs=1)
+            extra = ["--epochs", "1"] if quick else []
+            ours, ref = [], []
+            for _ in range(repeats):
+                log(f"book setting, use_residual={variant}: resnet-mnist train vs reference loop")
+                ours.append(cli_train_seconds(variant, Path(tmp), extra))
+                ref_result = book_reference(config, device, Path(tmp))
+                ref.append(ref_result["seconds"])
+            book[variant] = {"cli_process_s": spread(ours), "reference_loop_s": spread(ref),
+                             "ratio": spread([a / b for a, b in zip(ours, ref, strict=True)]),
+                             "reference_test_accuracy": ref_result["test_accuracy"]}
+    report["book_experiment"] = book
+
+    log("tracking overhead (residual, seed preset)")
+    config = dataclasses.replace(build_config("seed", True), data_root=data_root,
+                                 device=device.type)
+    if quick:
+        config = dataclasses.replace(config, epochs=1)
+    report["tracking_overhead"] = tracking_overhead(config, device, repeats)
+    if with_time_to_accuracy:
+        log("time to accuracy (full preset)")
+        report["time_to_accuracy"] = time_to_accuracy(device, data_root)
+    (out_dir / "bench.json").write_text(json.dumps(report, indent=2))
+    (out_dir / "bench.md").write_text(markdown(report))
+    return report
+
+
+def markdown(report: dict[str, Any]) -> str:
+    m = report["machine"]
+    lines = [f"# Benchmark ({report['date']})", "",
+             f"Machine: {m['platform']}, {m['cpu_count']} CPUs, torch {m['torch']}, "
+             f"device {m['device']}{' (' + m['gpu'] + ')' if 'gpu' in m else ''}.", "",
+             "## Train-step throughput (images/s, median [min–max])", "",
+             "| batch | precision | memory format | images/s |", "|---|---|---|---|"]
+    for row in report["throughput"]:
+        s = row["images_per_s"]
+        lines.append(f"| {row['batch_size']} | {row['precision']} | {row['memory_format']} | "
+                     f"{s['median']:,.0f} [{s['min']:,.0f}–{s['max']:,.0f}] |")
+    lines += ["", "## The book's experiment (seed preset), seconds, median [min–max]", "",
+              "| variant | `resnet-mnist train` process | book-style loop | ratio |",
+              "|---|---|---|---|"]
+    for variant, row in report["book_experiment"].items():
+        if variant not in ("false", "true"):
+            continue
+        a, b, r = row["cli_process_s"], row["reference_loop_s"], row["ratio"]
+        lines.append(f"| {'residual' if variant == 'true' else 'plain'} | "
+                     f"{a['median']:.1f} [{a['min']:.1f}–{a['max']:.1f}] | "
+                     f"{b['median']:.1f} [{b['min']:.1f}–{b['max']:.1f}] | {r['median']:.2f} |")
+    t = report["tracking_overhead"]
+    lines += ["", "## Per-step tracking overhead (residual, seed preset)", "",
+              f"Tracked {t['tracked_s']['median']:.2f} s, untracked {t['untracked_s']['median']:.2f} s"
+              f" (medians of {t['ratio']['n']}); ratio median {t['ratio']['median']:.3f} "
+              f"[{t['ratio']['min']:.3f}–{t['ratio']['max']:.3f}]."]
+    if "time_to_accuracy" in report:
+        tta = report["time_to_accuracy"]
+        lines += ["", "## Time to accuracy (full preset)", "",
+                  "Wall seconds from the start of training until test accuracy >= 99.0 %: "
+                  f"{tta['reached_s']['0.990']}; "
+                  f">= 99.5 %: {tta['reached_s']['0.995']}; final {tta['final_test_accuracy']:.4f} "
+                  f"after {tta['epochs']} epochs ({tta['train_time_s']:.1f} s of training)."]
+    else:
+        lines += ["", "Time to accuracy: not measured (pass `--time-to-accuracy`)."]
+    if "gpu" not in m:
+        lines += ["", "GPU figures: not measured (no GPU on this machine)."]
+    return "\n".join(lines) + "\n"
+
