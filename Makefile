@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 FORCE ?=
 SEEDS ?=
 
-.PHONY: install data run compare train bench test lint ui summary verify clean
+.PHONY: install data run compare train bench server test lint ui summary verify clean
 
 install: $(STAMP) $(DATA)
 
@@ -33,6 +33,8 @@ data: $(STAMP)
 # parameters unless FORCE=1), compare them, register the winner as @champion.
 run: install
 	$(MAKE) compare
+	$(BIN)/resnet-mnist data samples --out reports/digits --count 5
+	$(BIN)/resnet-mnist predict reports/digits/*.png
 
 compare: install
 	$(BIN)/resnet-mnist compare --preset $(PRESET) --train-missing \
@@ -56,6 +58,12 @@ test: install
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests
+
+# A tracking server on loopback with the sqlite backend; artifacts served from ./mlartifacts.
+# Point clients at it with MLFLOW_TRACKING_URI=http://127.0.0.1:$(PORT).
+server: $(STAMP)
+	$(BIN)/mlflow server --host 127.0.0.1 --port $(PORT) \
+		--backend-store-uri sqlite:///mlflow-server.db --artifacts-destination ./mlartifacts
 
 # The MLflow UI against the default store, on loopback only.
 ui: $(STAMP)

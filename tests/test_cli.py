@@ -142,3 +142,15 @@ def test_mlflow_run_rejects_bad_use_residual(tmp_path: Path) -> None:
     assert out.returncode != 0
     assert "use_residual must be true or false" in out.stderr + out.stdout
     assert all(r.info.status != "RUNNING" for r in runs_in(uri, "Default"))
+
+
+def test_data_samples_writes_labelled_pngs(tmp_path: Path, mnist) -> None:
+    out = cli("data", "samples", "--out", str(tmp_path / "d"), "--count", "3", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    files = sorted((tmp_path / "d").glob("*.png"))
+    assert [f.name for f in files] == [
+        f"test{i:05d}_label{mnist.test_labels[i]}.png" for i in range(3)]
+    import numpy as np
+    from PIL import Image
+
+    assert np.array_equal(np.asarray(Image.open(files[1])), mnist.test_images[1])

@@ -157,15 +157,20 @@ def book_reference(config: TrainConfig, device: torch.device, workdir: Path) -> 
             "test_accuracy": test}
 
 
-def cli_train_seconds(variant: str, workdir: Path, extra: list[str] | None = None) -> float:
+def cli_train_seconds(
+    variant: str, workdir: Path, data_root: str, device: torch.device, extra: list[str] | None = None,
+) -> float:
     """Wall time of one whole `resnet-mnist train` process, start-up and tracking included."""
     exe = Path(sys.executable).parent / "resnet-mnist"
-    env = os.environ | {"MLFLOW_TRACKING_URI": f"sqlite:///{workdir / 'mlflow.db'}"}
+    env = os.environ | {"MLFLOW_TRACKING_URI": f"sqlite:///{workdir / 'mlflow.db'}",
+                        "RESNET_MNIST_DATA": str(Path(data_root or D.default_root()).resolve())}
     env.pop("MLFLOW_RUN_ID", None)
     start = time.perf_counter()
-    subprocess.run([str(exe), "train", "--preset", "seed", "--residual", variant,
-                    "--device", "cpu", *(extra or [])], cwd=workdir, env=env, check=True,
-                   capture_output=True)
+    proc = subprocess.run([str(exe), "train", "--preset", "seed", "--residual", variant,
+                           "--device", device.type, *(extra or [])], cwd=workdir, env=env,
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"resnet-mnist train failed: {proc.stderr.strip()[-500:]}")
     return time.perf_counter() - start
 
 
@@ -259,7 +264,7 @@ def run(
             ours, ref = [], []
             for _ in range(repeats):
                 log(f"book setting, use_residual={variant}: resnet-mnist train vs reference loop")
-                ours.append(cli_train_seconds(variant, Path(tmp), extra))
+                ours.append(cli_train_seconds(variant, Path(tmp), data_root, device, extra))
                 ref_result = book_reference(config, device, Path(tmp))
                 ref.append(ref_result["seconds"])
             book[variant] = {"cli_process_s": spread(ours), "reference_loop_s": spread(ref),

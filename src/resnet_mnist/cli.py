@@ -57,6 +57,26 @@ def data_fetch(root: RootOption = None) -> None:
         console.print(f"  {name}  sha256 {digest[:16]}…  ok")
 
 
+@data_app.command("samples")
+def data_samples(
+    out: Annotated[Path, typer.Option(help="Folder for the PNG files.")] = Path("reports/digits"),
+    count: Annotated[int, typer.Option(min=1, max=10_000, help="How many test digits.")] = 5,
+    root: RootOption = None,
+) -> None:
+    """Save the first N official test digits as PNG files named by their label (to try predict)."""
+    from PIL import Image
+
+    try:
+        mnist = D.load(root)
+    except D.DataError as exc:
+        raise fail(str(exc)) from None
+    out.mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        path = out / f"test{i:05d}_label{mnist.test_labels[i]}.png"
+        Image.fromarray(mnist.test_images[i]).save(path)
+        console.print(str(path), highlight=False)
+
+
 @app.command()
 def summary(
     use_residual: Annotated[bool, typer.Option(help="Residual or plain variant.")] = True,
@@ -140,6 +160,19 @@ def _hp(kind: type, help: str) -> typer.models.OptionInfo:
                         metavar=kind.__name__.upper())
 
 
+def _without_nproc(argv: list[str]) -> list[str]:
+    """The command line minus `--nproc N` / `--nproc=N`, for the processes torchrun starts."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            out.append(arg)
+    return out
+
+
 def _last_run_id() -> str:
     import mlflow
 
@@ -189,6 +222,11 @@ def train(
     = None,
     checkpoint_every: Annotated[int | None, _hp(
         int, "Save a resumable checkpoint every N steps (0: only when stopped).")] = None,
+    nproc: Annotated[int, typer.Option(
+        min=1, help="Data-parallel processes on this machine (torchrun; gloo on CPU, NCCL on "
+        "GPUs). For several machines run torchrun yourself: see the README.")] = 1,
+    sync_bn: Annotated[str | None, _hp(bool, "SyncBatchNorm across processes (CUDA only).")]
+    = None,
     resume: Annotated[str | None, typer.Option(
         help="Continue this KILLED/FAILED run from its resumable checkpoint, in the same run "
              "(its logged settings are used; other options are ignored).")] = None,
@@ -211,15 +249,23 @@ def train(
         resume_and_track,
         train_and_track,
     )
+    from resnet_mnist.train import resolve_device
 
     residual_value = use_residual if residual is None else _parse_bool(residual, "use_residual")
+    from resnet_mnist import distributed
+
+    if nproc > 1 and not distributed.launched():
+        if resume:
+            raise typer.BadParameter("--resume continues in one process; drop --nproc",
+                                     param_hint="--nproc")
+        raise typer.Exit(distributed.launch(nproc, _without_nproc(sys.argv[1:])))
     overrides = dict(
         lr=lr, batch_size=batch_size, epochs=epochs, momentum=momentum, nesterov=nesterov,
         weight_decay=weight_decay, schedule=schedule, label_smoothing=label_smoothing,
         train_size=train_size, dev_size=dev_size, test_size=test_size, eval_steps=eval_steps,
         log_steps=log_steps, normalize=normalize, seed=seed, device=device.value,
         precision=precision, channels_last=channels_last, compile=compile,
-        checkpoint_every=checkpoint_every,
+        checkpoint_every=checkpoint_every, sync_bn=sync_bn,
         data_root=str(data_root) if data_root else None,
     )
     try:
@@ -230,8 +276,18 @@ def train(
             config = from_params(MlflowClient().get_run(run_id).data.params)
         else:
             config = build_config(preset, residual_value, overrides)
-            run_id, result, model_uri = train_and_track(
-                config, experiment, run_name, callbacks=[for_console(console)])
+            dist = None
+            if distributed.launched():
+                dist = distributed.init(resolve_device(config.device).type)
+            main_rank = dist is None or dist.is_main
+            try:
+                run_id, result, model_uri = train_and_track(
+                    config, experiment, run_name,
+                    callbacks=[for_console(console)] if main_rank else [], dist=dist)
+            finally:
+                distributed.close()
+            if not main_rank:
+                return
     except (ConfigError, D.DataError, ResumeError, TrackingUnavailable) as exc:
         raise fail(str(exc), 2 if isinstance(exc, ConfigError) else 1) from None
     except KeyboardInterrupt as exc:

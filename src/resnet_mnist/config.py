@@ -55,6 +55,7 @@ class TrainConfig:
     channels_last: str = "auto"
     compile: bool = False
     checkpoint_every: int = 0
+    sync_bn: bool = False
     data_root: str = field(default="", metadata={"log": False})
 
     @property
@@ -93,6 +94,8 @@ class TrainConfig:
              f"schedule={self.schedule!r} must be one of {', '.join(SCHEDULES)}"),
             (self.normalize in NORMALIZATIONS,
              f"normalize={self.normalize!r} must be one of {', '.join(NORMALIZATIONS)}"),
+            (not self.sync_bn or self.device != "cpu",
+             "sync_bn needs CUDA (PyTorch's SyncBatchNorm has no CPU kernel)"),
             (self.device in DEVICES, f"device={self.device!r} must be one of {', '.join(DEVICES)}"),
             (self.precision in PRECISIONS,
              f"precision={self.precision!r} must be one of {', '.join(PRECISIONS)}"),

@@ -14,9 +14,10 @@ import subprocess
 import tempfile
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TypeVar
 
 import mlflow
 import numpy as np
@@ -28,6 +29,7 @@ from torch import nn
 from resnet_mnist import data as D
 from resnet_mnist.complexity import Complexity, format_table
 from resnet_mnist.config import TrainConfig
+from resnet_mnist.distributed import Dist
 from resnet_mnist.plots import History, plot_curves
 from resnet_mnist.train import (
     Callback,
@@ -39,6 +41,7 @@ from resnet_mnist.train import (
     request_stop,
 )
 
+T = TypeVar("T")
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 DEFAULT_EXPERIMENT = "resnet18-mnist"
 MAX_BATCH = 1000
@@ -58,16 +61,54 @@ class TrackingUnavailable(RuntimeError):
     """The tracking store cannot be reached; raised before any training starts."""
 
 
+@contextmanager
+def store_lock(uri: str) -> Iterator[None]:
+    """Serialise first-time set-up of a sqlite store between processes.
+
+    Several processes opening a new `mlflow.db` at once all run MLflow's schema migrations and
+    collide ("duplicate column name"); the same goes for creating one experiment twice. A file
+    lock beside the database makes the first process do it and the others wait.
+    """
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    import fcntl
+
+    db = Path(uri.removeprefix("sqlite:///"))
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(db.with_name(db.name + ".lock"), "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def retry_locked(call: Callable[[], T], attempts: int = 20) -> T:
+    """Retry a store write that sqlite refused with "database is locked" (another writer)."""
+    for attempt in range(attempts):
+        try:
+            return call()
+        except Exception as exc:  # noqa: BLE001 - MLflow wraps sqlite errors in several types
+            if "database is locked" not in str(exc) or attempt == attempts - 1:
+                raise
+            time.sleep(min(0.05 * 2**attempt, 2.0))
+    raise AssertionError("unreachable")
+
+
 def check_store(timeout_s: int = 5) -> str:
     """Fail fast, with the URI in the message, when the tracking store does not answer.
 
     MLflow's HTTP client retries with back-off for minutes by default; for this one probe the
-    retries are off and the timeout short (unless the user set them).
+    retries are off and the timeout short (unless the user set them). A sqlite store is created
+    (schema migrated) here, under a lock.
     """
     from mlflow.exceptions import MlflowException
 
     uri = configure()
     if not uri.startswith(("http://", "https://")):
+        with store_lock(uri):
+            MlflowClient().search_experiments(max_results=1)
         return uri
     saved = {k: os.environ.get(k) for k in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES",
                                             "MLFLOW_HTTP_REQUEST_TIMEOUT")}
@@ -106,7 +147,8 @@ def experiment_for(experiment: str) -> str:
     parent = project_run_id()
     if parent:
         return MlflowClient().get_run(parent).info.experiment_id
-    return mlflow.set_experiment(experiment).experiment_id
+    with store_lock(mlflow.get_tracking_uri()):
+        return mlflow.set_experiment(experiment).experiment_id
 
 
 def git_commit() -> str | None:
@@ -159,7 +201,8 @@ class MlflowTracker(Callback):
         t0 = time.perf_counter()
         while self.buffer:
             chunk, self.buffer = self.buffer[:MAX_BATCH], self.buffer[MAX_BATCH:]
-            self.client.log_batch(self.run_id, metrics=chunk, synchronous=True)
+            retry_locked(lambda chunk=chunk: self.client.log_batch(
+                self.run_id, metrics=chunk, synchronous=True))
         self.log_seconds += time.perf_counter() - t0
 
     def on_step(self, step: int, epoch: int, loss: float) -> None:
@@ -291,7 +334,10 @@ def log_inputs(config: TrainConfig, tensors: Tensors) -> None:
                 labels, source=source, name=f"mnist-{key}",
                 digest=f"{D.dataset_digest()}-{key}{sizes[key]}",
             )
-        mlflow.log_input(dataset, context=context)
+        # Datasets are shared by the experiment: two processes adding the same one at once
+        # collide on a unique key, so this too is serialised.
+        with store_lock(mlflow.get_tracking_uri()):
+            mlflow.log_input(dataset, context=context)
 
 
 def log_complexity(c: Complexity) -> None:
@@ -350,37 +396,48 @@ def log_failure_checkpoint(result_state: dict[str, torch.Tensor]) -> None:
 def train_and_track(
     config: TrainConfig, experiment: str = DEFAULT_EXPERIMENT, run_name: str | None = None,
     callbacks: list[Callback] | None = None, tags: dict[str, str] | None = None,
-    parent_run_id: str | None = None,
+    parent_run_id: str | None = None, dist: Dist | None = None,
 ) -> tuple[str, Result, str]:
     """Validate, load data, then train one variant inside one MLflow run.
 
     Everything that can fail on bad input (device, data files) fails before the run starts.
-    Returns (run_id, result, model_uri).
+    With `dist` (torchrun), every rank trains and only rank 0 talks to MLflow.
+    Returns (run_id, result, model_uri); other ranks get empty ids.
     """
     from resnet_mnist.complexity import measure
-    from resnet_mnist.train import build_model, load_tensors, resolve_device
+    from resnet_mnist.distributed import device_for
+    from resnet_mnist.train import Trainer, build_model, load_tensors, resolve_device
 
     device = resolve_device(config.device)
+    if dist is not None:
+        device = device_for(dist, device)
     tensors = load_tensors(config, device)
+    if dist is not None and not dist.is_main:
+        return "", Trainer(config, build_model(config, device), [], dist).fit(tensors), ""
     check_store()
     model = build_model(config, device)
     complexity = measure(model)
     with tracked_run(config, experiment, run_name, str(device), tags, parent_run_id) as run:
+        if dist is not None:
+            per_rank = -(-config.batch_size // dist.world)
+            mlflow.log_params({"world_size": dist.world, "backend": dist.backend,
+                               "global_batch_size": config.batch_size,
+                               "per_rank_batch_size": per_rank})
         log_inputs(config, tensors)
         log_complexity(complexity)
         mlflow.log_text(str(model), "summary/model.txt")
         tracker = MlflowTracker(run.info.run_id)
-        return _fit(config, model, tensors, tracker, callbacks, None)
+        return _fit(config, model, tensors, tracker, callbacks, None, dist)
 
 
 def _fit(
     config: TrainConfig, model: nn.Module, tensors: Tensors, tracker: MlflowTracker,
-    callbacks: list[Callback] | None, resume: dict | None,
+    callbacks: list[Callback] | None, resume: dict | None, dist: Dist | None = None,
 ) -> tuple[str, Result, str]:
     """Train inside the active run, keep what was learned on failure, log the results."""
     from resnet_mnist.train import Trainer
 
-    trainer = Trainer(config, model, [tracker, *(callbacks or [])])
+    trainer = Trainer(config, model, [tracker, *(callbacks or [])], dist)
     try:
         result = trainer.fit(tensors, resume=resume)
     except BaseException:

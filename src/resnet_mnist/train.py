@@ -22,6 +22,7 @@ from torch import nn
 
 from resnet_mnist import data as D
 from resnet_mnist.config import TrainConfig
+from resnet_mnist.distributed import Dist
 from resnet_mnist.model import ResNet18
 
 
@@ -165,40 +166,56 @@ class Speed:
 @torch.inference_mode()
 def evaluate(
     model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int,
-    speed: Speed | None = None,
+    speed: Speed | None = None, dist: Dist | None = None,
 ) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy over a whole split, in eval mode."""
+    """Mean cross-entropy and accuracy over a whole split, in eval mode; with `dist` each rank
+    scores its shard and the sums are all-reduced."""
     was_training = model.training
     model.eval()
     speed = speed or Speed(False, False, False)
-    loss_sum = torch.zeros((), device=images.device)
-    correct = torch.zeros((), device=images.device, dtype=torch.long)
+    n = len(labels)
+    if dist is not None:
+        images, labels = dist.shard(images), dist.shard(labels)
+    sums = torch.zeros(2, device=images.device)
     for x, y in D.batches(speed.images(images), labels, batch_size):
         with speed.autocast(images.device):
             logits = model(x).float()
-        loss_sum += F.cross_entropy(logits, y, reduction="sum")
-        correct += (logits.argmax(1) == y).sum()
+        sums[0] += F.cross_entropy(logits, y, reduction="sum")
+        sums[1] += (logits.argmax(1) == y).sum()
+    if dist is not None:
+        dist.sum(sums)
     model.train(was_training)
-    n = len(labels)
-    return loss_sum.item() / n, correct.item() / n
+    loss_sum, correct = sums.tolist()
+    return loss_sum / n, correct / n
 
 
 class Trainer:
     """SGD with cross-entropy over preprocessed tensors; see the module docstring for the schedule."""
 
     def __init__(
-        self, config: TrainConfig, model: nn.Module, callbacks: Sequence[Callback] = ()
+        self, config: TrainConfig, model: nn.Module, callbacks: Sequence[Callback] = (),
+        dist: Dist | None = None,
     ) -> None:
         self.config = config
+        self.dist = dist
+        self.device = next(model.parameters()).device
+        if dist is not None and config.sync_bn:
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         self.model = model
         self.callbacks = list(callbacks)
         self.state = TrainState()
         self.scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
-        self.device = next(model.parameters()).device
         self.speed = Speed.resolve(config, self.device)
         if self.speed.channels_last:
             self.model.to(memory_format=torch.channels_last)
-        self.forward = self._compiled() if self.speed.compile else self.model
+        self.forward: nn.Module = self.model
+        if dist is not None:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.forward = DistributedDataParallel(self.model, device_ids=ids)
+        if self.speed.compile:
+            self.forward = self._compiled()
         self.optimizer = torch.optim.SGD(
             model.parameters(), lr=config.lr, momentum=config.momentum,
             nesterov=config.nesterov, weight_decay=config.weight_decay,
@@ -207,7 +224,7 @@ class Trainer:
     def _compiled(self) -> nn.Module:
         """torch.compile (CUDA graphs via reduce-overhead there); eager if it cannot compile."""
         mode = "reduce-overhead" if self.device.type == "cuda" else None
-        return torch.compile(self.model, mode=mode)
+        return torch.compile(self.forward, mode=mode)
 
     def _train_step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         with self.speed.autocast(self.device):
@@ -266,27 +283,27 @@ class Trainer:
         while st.epoch < cfg.epochs:
             epoch = st.epoch
             st.epoch_rng = generator.get_state()
-            epoch_loss = torch.zeros((), device=x_train.device)
             skip = st.step - epoch * per_epoch
             tick = time.perf_counter()
             for x, y in D.batches(x_train, y_train, cfg.batch_size, generator, skip):
                 step = st.step
+                st.images_seen += len(y)
+                if self.dist is not None:
+                    x, y = self.dist.shard(x), self.dist.shard(y)
                 detached = (self._first_step if step == 0 else self._train_step)(x, y)
                 if self.scheduler is not None:
                     self.scheduler.step()
-                epoch_loss += detached
                 pending.append(detached)
-                st.images_seen += len(y)
                 st.step += 1
                 evaluate_now = self._should_eval(step, total)
                 checkpoint_now = bool(cfg.checkpoint_every) and st.step % cfg.checkpoint_every == 0
                 stop = _STOP.is_set()
+                if self.dist is not None:
+                    stop = self.dist.any(stop, self.device)
                 if (step % cfg.log_steps == 0 or evaluate_now or st.step == total
                         or checkpoint_now or stop):
                     st.train_time += time.perf_counter() - tick
-                    st.epoch_loss += float(epoch_loss.item())
-                    epoch_loss.zero_()
-                    self._flush(pending_start, epoch, torch.stack(pending).tolist())
+                    self._flush(pending_start, epoch, self._mean(torch.stack(pending)).tolist())
                     pending, pending_start = [], st.step
                     if evaluate_now:
                         self._evaluate(step, tensors)
@@ -297,16 +314,16 @@ class Trainer:
                         raise StopRequested(st.step)
                     tick = time.perf_counter()
             st.train_time += time.perf_counter() - tick
-            st.epoch_loss += float(epoch_loss.item())
             if pending:
-                self._flush(pending_start, epoch, torch.stack(pending).tolist())
+                self._flush(pending_start, epoch, self._mean(torch.stack(pending)).tolist())
                 pending, pending_start = [], st.step
             self._emit("on_epoch_end", epoch, st.epoch_loss / per_epoch)
             st.epoch, st.epoch_loss = epoch + 1, 0.0
 
         t0 = time.perf_counter()
         self.model.load_state_dict(st.best_state)
-        test_loss, test_acc = evaluate(self.model, *tensors.test, cfg.eval_batch_size, self.speed)
+        test_loss, test_acc = evaluate(self.model, *tensors.test, cfg.eval_batch_size, self.speed,
+                                       self.dist)
         st.eval_time += time.perf_counter() - t0
         result = Result(
             best_dev_accuracy=st.best_accuracy, best_step=st.best_step, test_accuracy=test_acc,
@@ -317,6 +334,12 @@ class Trainer:
         self._emit("on_end", result)
         return result
 
+    def _mean(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Per-rank values -> the mean over ranks (what the global batch saw)."""
+        if self.dist is None:
+            return tensor
+        return self.dist.sum(tensor.clone()) / self.dist.world
+
     @property
     def best_state(self) -> dict[str, torch.Tensor]:
         return self.state.best_state
@@ -325,7 +348,7 @@ class Trainer:
         st = self.state
         t0 = time.perf_counter()
         dev_loss, dev_acc = evaluate(self.model, *tensors.dev, self.config.eval_batch_size,
-                                     self.speed)
+                                     self.speed, self.dist)
         st.eval_time += time.perf_counter() - t0
         self._emit("on_eval", step, dev_loss, dev_acc)
         if dev_acc > st.best_accuracy:
@@ -369,6 +392,7 @@ class Trainer:
         for offset, value in enumerate(losses):
             if not math.isfinite(value):
                 raise NonFiniteLossError(first_step + offset, value)
+            self.state.epoch_loss += value
             self._emit("on_step", first_step + offset, epoch, value)
         last = first_step + len(losses) - 1
         self._emit("on_log", last, epoch, losses[-1], self.state.images_per_s())

@@ -1,0 +1,5 @@
+"""`python -m resnet_mnist …` is the `resnet-mnist` CLI (what torchrun starts on every rank)."""
+
+from resnet_mnist.cli import main
+
+main()

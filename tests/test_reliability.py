@@ -1,0 +1,263 @@
+"""Reliability, for real: signals to subprocesses, resume, concurrent writers, a tracking server,
+refused pickles, and bad input that never leaves a RUNNING run."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+from mlflow.tracking import MlflowClient
+from PIL import Image
+
+from tests.conftest import BIN, REAL_ROOT, cli
+
+FINAL = ("best_dev_accuracy", "best_step", "test_accuracy", "test_loss")
+
+
+def env_for(uri: str) -> dict[str, str]:
+    env = os.environ.copy() | {"MLFLOW_TRACKING_URI": uri, "RESNET_MNIST_DATA": str(REAL_ROOT),
+                               "PYTHONUNBUFFERED": "1"}
+    env.pop("MLFLOW_RUN_ID", None)
+    return env
+
+
+def runs(uri: str, experiment: str = "resnet18-mnist") -> list:
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(experiment)
+    return [] if exp is None else client.search_runs([exp.experiment_id])
+
+
+def start_train(tmp: Path, uri: str, *args: str) -> subprocess.Popen:
+    return subprocess.Popen([str(BIN / "resnet-mnist"), "train", "--preset", "smoke", *args],
+                            cwd=tmp, env=env_for(uri), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def stop_after(proc: subprocess.Popen, marker: str, sig: int) -> tuple[int, str, str]:
+    """Send `sig` once the process has printed `marker`, then wait for it."""
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if marker in line:
+            proc.send_signal(sig)
+            break
+    out, err = proc.communicate(timeout=120)
+    return proc.returncode, "".join(seen) + out, err
+
+
+def test_sigterm_then_resume_equals_uninterrupted(tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    straight = cli("train", "--preset", "smoke", cwd=tmp_path, env={"MLFLOW_TRACKING_URI": uri})
+    assert straight.returncode == 0, straight.stderr
+    (reference,) = runs(uri)
+
+    code, _, err = stop_after(start_train(tmp_path, uri), "step: 16/48", signal.SIGTERM)
+    assert code == 130 and "KILLED" in err and "--resume" in err
+    killed = next(r for r in runs(uri) if r.info.run_id != reference.info.run_id)
+    assert killed.info.status == "KILLED"
+    stopped = int(killed.data.tags["stopped_at_step"])
+    assert 17 <= stopped < 48
+    client = MlflowClient(uri)
+    assert "checkpoints/resume.pt" in {
+        a.path for a in client.list_artifacts(killed.info.run_id, "checkpoints")}
+    logged = [m.step for m in client.get_metric_history(killed.info.run_id, "train_loss")]
+    assert logged == list(range(stopped))
+
+    resumed = cli("train", "--resume", killed.info.run_id, cwd=tmp_path,
+                  env={"MLFLOW_TRACKING_URI": uri})
+    assert resumed.returncode == 0, resumed.stderr
+    done = client.get_run(killed.info.run_id)
+    assert done.info.status == "FINISHED"
+    assert done.data.tags["resumed_from_step"] == str(stopped)
+    for key in ("train_loss", "dev_accuracy", "dev_loss", "train_epoch_loss"):
+        got = client.get_metric_history(done.info.run_id, key)
+        want = client.get_metric_history(reference.info.run_id, key)
+        assert [m.step for m in got] == [m.step for m in want], key
+        assert [m.value for m in got] == [m.value for m in want], key
+    for key in FINAL:
+        assert done.data.metrics[key] == reference.data.metrics[key], key
+
+
+def test_ctrl_c_ends_killed_with_checkpoint(tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    code, _, _ = stop_after(start_train(tmp_path, uri), "step: 8/48", signal.SIGINT)
+    assert code == 130
+    (run,) = runs(uri)
+    assert run.info.status == "KILLED"
+    assert run.data.tags["failure_reason"].startswith("interrupted")
+
+
+def test_periodic_checkpoints(tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    out = cli("train", "--preset", "smoke", "--epochs", "1", "--checkpoint-every", "5",
+              cwd=tmp_path, env={"MLFLOW_TRACKING_URI": uri})
+    assert out.returncode == 0, out.stderr
+    (run,) = runs(uri)
+    assert run.data.tags["resume_step"] == "15"
+
+
+def test_resume_refusals(tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    env = {"MLFLOW_TRACKING_URI": uri}
+    assert cli("train", "--preset", "smoke", "--epochs", "1", cwd=tmp_path, env=env).returncode == 0
+    (finished,) = runs(uri)
+    out = cli("train", "--resume", finished.info.run_id, cwd=tmp_path, env=env)
+    assert out.returncode == 1 and "already FINISHED" in out.stderr
+    out = cli("train", "--resume", "0123456789abcdef", cwd=tmp_path, env=env)
+    assert out.returncode == 1 and "no run '0123456789abcdef'" in out.stderr
+
+    # A KILLED run whose resume checkpoint was replaced by a pickle that runs code when loaded.
+    client = MlflowClient(uri)
+    victim = client.create_run(finished.info.experiment_id)
+    for key, value in finished.data.params.items():
+        client.log_param(victim.info.run_id, key, value)
+    marker = tmp_path / "pwned"
+
+    class Exploit:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    evil = tmp_path / "resume.pt"
+    evil.write_bytes(pickle.dumps({"format": Exploit()}))
+    client.log_artifact(victim.info.run_id, str(evil), "checkpoints")
+    client.set_terminated(victim.info.run_id, "KILLED")
+    out = cli("train", "--resume", victim.info.run_id, cwd=tmp_path, env=env)
+    assert out.returncode == 1 and "refused checkpoints/resume.pt" in out.stderr
+    assert not marker.exists()
+    assert client.get_run(victim.info.run_id).info.status == "KILLED"
+
+
+def test_concurrent_writers_lose_nothing(tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    procs = [start_train(tmp_path, uri, "--epochs", "1", "--seed", str(seed),
+                         "--checkpoint-every", "4") for seed in range(4)]
+    results = [p.communicate(timeout=600) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0, 0], [err[-1500:] for _, err in results]
+    finished = runs(uri)
+    assert len(finished) == 4 and {r.info.status for r in finished} == {"FINISHED"}
+    client = MlflowClient(uri)
+    for run in finished:
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "train_loss")]
+        assert steps == list(range(16))
+        assert [m.step for m in client.get_metric_history(run.info.run_id, "dev_accuracy")] == [
+            8, 15]
+        assert set(FINAL) <= set(run.data.metrics)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_unreachable_tracking_server_fails_fast(tmp_path: Path) -> None:
+    start = time.perf_counter()
+    out = cli("train", "--preset", "smoke", cwd=tmp_path,
+              env={"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{free_port()}"})
+    assert out.returncode == 1 and "does not answer" in out.stderr
+    assert time.perf_counter() - start < 60
+
+
+@pytest.fixture
+def server(tmp_path: Path):
+    port = free_port()
+    proc = subprocess.Popen(
+        [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
+         "--workers", "1", "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
+         "--artifacts-destination", str(tmp_path / "server-artifacts")],
+        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env=env_for("") | {"PATH": f"{BIN}:{os.environ['PATH']}"}, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 90
+    while time.time() < deadline:
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+                if response.status == 200:
+                    break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        os.killpg(proc.pid, signal.SIGTERM)
+        pytest.fail("mlflow server did not start")
+    yield url
+    os.killpg(proc.pid, signal.SIGTERM)
+    proc.wait(timeout=30)
+
+
+def test_everything_through_a_tracking_server(tmp_path: Path, server: str, mnist) -> None:
+    env = {"MLFLOW_TRACKING_URI": server}
+    out = cli("compare", "--preset", "smoke", "--train-missing", cwd=tmp_path, env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "models:/resnet18-mnist@champion" in out.stdout
+    client = MlflowClient(server)
+    trains = [r for r in runs(server) if r.data.tags.get("run_type") == "train"]
+    assert sorted(r.data.tags["variant"] for r in trains) == ["plain", "residual"]
+    assert all(r.info.artifact_uri.startswith("mlflow-artifacts:") for r in trains)
+    assert client.get_model_version_by_alias("resnet18-mnist", "champion")
+    assert not (tmp_path / "mlflow.db").exists(), "nothing may go to the local store"
+    digit = tmp_path / "digit.png"
+    Image.fromarray(mnist.test_images[0]).save(digit)
+    out = cli("predict", str(digit), cwd=tmp_path, env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert f"{digit}: {mnist.test_labels[0]}" in out.stdout
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="linux only")
+def test_bad_input_never_leaves_a_run(tmp_path: Path) -> None:
+    import torch
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    env = {"MLFLOW_TRACKING_URI": uri}
+    bad_yaml = tmp_path / "bad.yaml"
+    bad_yaml.write_text("lr: [0.1\n")
+    extra_key = tmp_path / "extra.yaml"
+    extra_key.write_text("lr: 0.1\nbatchsize: 3\n")
+    cases = [
+        (["--preset", str(bad_yaml)], 2, "not valid YAML"),
+        (["--preset", str(extra_key)], 2, "unknown keys batchsize"),
+        (["--preset", "smoke", "--lr", "inf"], 2, "lr=inf must be a finite number > 0"),
+        (["--preset", "smoke", "--epochs", "0"], 2, "epochs=0 must be >= 1"),
+        (["--preset", "smoke", "--eval-steps", "-1"], 2, "eval_steps=-1 must be >= 0"),
+        (["--preset", "smoke", "--device", "tpu"], 2, "tpu"),
+        (["--preset", "smoke", "--root", str(tmp_path / "nodata")], 1, "resnet-mnist data fetch"),
+    ]
+    if not torch.cuda.is_available():
+        cases.append((["--preset", "smoke", "--device", "cuda"], 1, "no CUDA GPU is available"))
+    for args, code, message in cases:
+        out = cli("train", *args, cwd=tmp_path, env=env)
+        assert out.returncode == code, (args, out.stderr)
+        assert message in " ".join((out.stderr + out.stdout).split()), (args, out.stderr)
+    assert runs(uri) == []
+
+
+def test_non_finite_loss_through_cli(tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    out = cli("train", "--preset", "smoke", "--lr", "1e30", cwd=tmp_path,
+              env={"MLFLOW_TRACKING_URI": uri})
+    assert out.returncode == 1 and "non-finite training loss" in out.stderr
+    (run,) = runs(uri)
+    assert run.info.status == "FAILED"
+    assert run.data.tags["failure_reason"] == "NonFiniteLossError"
+    assert int(run.data.tags["failed_at_step"]) >= 0
+
+
+def test_state_dicts_load_weights_only(tmp_path: Path) -> None:
+    """The best checkpoint is plain tensors: it loads with weights_only=True, a pickle does not."""
+    import torch
+
+    good = tmp_path / "good.pt"
+    torch.save({"w": torch.zeros(2)}, good)
+    assert torch.equal(torch.load(good, weights_only=True)["w"], torch.zeros(2))
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(pickle.dumps({"w": np.zeros(2, dtype=object)}))
+    with pytest.raises(pickle.UnpicklingError):
+        torch.load(bad, weights_only=True)
