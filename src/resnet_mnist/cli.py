@@ -240,6 +240,7 @@ def train(
     """
     from mlflow.tracking import MlflowClient
 
+    from resnet_mnist import distributed
     from resnet_mnist.config import build_config, from_params
     from resnet_mnist.progress import for_console
     from resnet_mnist.tracking import (
@@ -252,13 +253,9 @@ def train(
     from resnet_mnist.train import resolve_device
 
     residual_value = use_residual if residual is None else _parse_bool(residual, "use_residual")
-    from resnet_mnist import distributed
-
-    if nproc > 1 and not distributed.launched():
-        if resume:
-            raise typer.BadParameter("--resume continues in one process; drop --nproc",
-                                     param_hint="--nproc")
-        raise typer.Exit(distributed.launch(nproc, _without_nproc(sys.argv[1:])))
+    if nproc > 1 and resume:
+        raise typer.BadParameter("--resume continues in one process; drop --nproc",
+                                 param_hint="--nproc")
     overrides = dict(
         lr=lr, batch_size=batch_size, epochs=epochs, momentum=momentum, nesterov=nesterov,
         weight_decay=weight_decay, schedule=schedule, label_smoothing=label_smoothing,
@@ -276,6 +273,9 @@ def train(
             config = from_params(MlflowClient().get_run(run_id).data.params)
         else:
             config = build_config(preset, residual_value, overrides)
+            if nproc > 1 and not distributed.launched():
+                # Validated above; now the same command runs under torchrun on every rank.
+                raise typer.Exit(distributed.launch(nproc, _without_nproc(sys.argv[1:])))
             dist = None
             if distributed.launched():
                 dist = distributed.init(resolve_device(config.device).type)
