@@ -120,3 +120,15 @@ def test_train_nproc_2_logs_one_run_like_a_single_process(tmp_path: Path) -> Non
     final = history["dev_accuracy"][-1].value, reference[-1].value
     assert abs(final[0] - final[1]) <= 0.10 and min(final) > 0.6
     assert ddp.data.metrics["test_accuracy"] > 0.6
+
+
+def test_bad_settings_fail_before_any_process_starts(tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    out = cli("train", "--preset", "smoke", "--nproc", "2", "--lr", "0", cwd=tmp_path,
+              env={"MLFLOW_TRACKING_URI": uri})
+    assert out.returncode == 2 and "lr=0.0 must be a finite number > 0" in out.stderr
+    assert "torch.distributed" not in out.stderr
+    out = cli("train", "--resume", "abc", "--nproc", "2", cwd=tmp_path,
+              env={"MLFLOW_TRACKING_URI": uri})
+    assert out.returncode == 2 and "--resume continues in one process" in " ".join(
+        out.stderr.split())

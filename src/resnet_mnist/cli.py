@@ -294,6 +294,8 @@ def train(
         hint = (f"; resume with `resnet-mnist train --resume {_last_run_id()}`"
                 if isinstance(exc, StopRequested) else "")
         raise fail(f"interrupted; the run was ended KILLED{hint}", 130) from None
+    except typer.Exit:
+        raise
     except RuntimeError as exc:
         raise fail(str(exc)) from None
     table = Table(title=f"resnet18 {config.variant} ({config.preset})")
