@@ -25,7 +25,7 @@ from mlflow.tracking import MlflowClient
 from resnet_mnist import data as D
 from resnet_mnist.config import TrainConfig, build_config
 from resnet_mnist.model import ResNet18
-from resnet_mnist.plots import History, smooth
+from resnet_mnist.plots import History, plot_curves
 from resnet_mnist.train import evaluate
 
 VARIANTS = ("plain", "residual")
@@ -294,42 +294,9 @@ def verdict(s: Stats) -> str:
 # -- outputs ------------------------------------------------------------------------------------
 
 def plot(summaries: list[RunSummary], path: Path, title: str) -> list[Path]:
-    """The book's two panels, plain vs residual; the mean over seeds with a min-max band."""
-    import matplotlib.pyplot as plt
-
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(12, 4.5))
-    for index, variant in enumerate(VARIANTS):
-        runs = [s.history for s in summaries if s.variant == variant]
-        if not runs:
-            continue
-        color, n = f"C{index}", len(runs)
-        label = variant + (f" (mean of {n} seeds)" if n > 1 else "")
-        steps = min((h.steps for h in runs), key=len)
-        loss = np.array([h.train_loss[: len(steps)] for h in runs])
-        evals = min((h.eval_steps for h in runs), key=len)
-        dev_loss = np.array([h.dev_loss[: len(evals)] for h in runs])
-        dev_acc = np.array([h.dev_accuracy[: len(evals)] for h in runs])
-        ax_loss.plot(steps, loss.mean(0), color=color, alpha=0.2, linewidth=0.8)
-        ax_loss.plot(steps, smooth(list(loss.mean(0))), color=color, label=f"{label} train loss")
-        ax_loss.plot(evals, dev_loss.mean(0), color=color, linestyle="--", marker=".",
-                     label=f"{variant} dev loss")
-        ax_acc.plot(evals, dev_acc.mean(0), color=color, marker=".", label=label)
-        if n > 1:
-            ax_loss.fill_between(steps, loss.min(0), loss.max(0), color=color, alpha=0.1)
-            ax_acc.fill_between(evals, dev_acc.min(0), dev_acc.max(0), color=color, alpha=0.15)
-    ax_loss.set(xlabel="step", ylabel="loss", title="train loss (raw, smoothed) and dev loss")
-    ax_acc.set(xlabel="step", ylabel="accuracy", title="dev accuracy")
-    for ax in (ax_loss, ax_acc):
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.suptitle(title)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    written = [path.with_suffix(".png"), path.with_suffix(".pdf")]
-    for out in written:
-        fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return written
+    """Plain vs residual; with several seeds, the mean curve and a min-max band per variant."""
+    return plot_curves({v: [s.history for s in summaries if s.variant == v] for v in VARIANTS},
+                       path, title)
 
 
 COLUMNS = ("variant", "run id", "seeds", "best dev acc", "test acc (book)", "test acc (10k)",

@@ -36,18 +36,30 @@ def smooth(values: list[float], window: int = 9) -> list[float]:
     return list((cumsum[hi] - cumsum[lo]) / (hi - lo))
 
 
-def plot_curves(histories: dict[str, History], path: Path, title: str = "") -> list[Path]:
-    """Two panels, one line per label; writes `path` (and a PDF beside a PNG) and returns them."""
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
-    for index, (label, h) in enumerate(histories.items()):
-        color = f"C{index}"
-        ax_loss.plot(h.steps, h.train_loss, color=color, alpha=0.25, linewidth=0.8)
-        ax_loss.plot(h.steps, smooth(h.train_loss), color=color, label=f"{label} train loss")
-        ax_loss.plot(h.eval_steps, h.dev_loss, color=color, linestyle="--", marker=".",
+def plot_curves(groups: dict[str, list[History]], path: Path, title: str = "") -> list[Path]:
+    """The book's two panels, one colour per label: train loss per step (raw, faint, and smoothed)
+    with dev loss, and dev accuracy per step. A label with several runs (seeds) is drawn as their
+    mean with a min-max band. Writes `path` as PNG and PDF and returns both paths."""
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for index, (label, runs) in enumerate(groups.items()):
+        if not runs:
+            continue
+        color, n = f"C{index}", len(runs)
+        name = label + (f" (mean of {n} seeds)" if n > 1 else "")
+        steps = min((h.steps for h in runs), key=len)
+        loss = np.array([h.train_loss[: len(steps)] for h in runs])
+        evals = min((h.eval_steps for h in runs), key=len)
+        dev_loss = np.array([h.dev_loss[: len(evals)] for h in runs])
+        dev_acc = np.array([h.dev_accuracy[: len(evals)] for h in runs])
+        ax_loss.plot(steps, loss.mean(0), color=color, alpha=0.25, linewidth=0.8)
+        ax_loss.plot(steps, smooth(list(loss.mean(0))), color=color, label=f"{name} train loss")
+        ax_loss.plot(evals, dev_loss.mean(0), color=color, linestyle="--", marker=".",
                      label=f"{label} dev loss")
-        ax_acc.plot(h.eval_steps, h.dev_accuracy, color=color, marker=".",
-                    label=f"{label} dev accuracy")
-    ax_loss.set(xlabel="step", ylabel="loss", title="loss")
+        ax_acc.plot(evals, dev_acc.mean(0), color=color, marker=".", label=name)
+        if n > 1:
+            ax_loss.fill_between(steps, loss.min(0), loss.max(0), color=color, alpha=0.1)
+            ax_acc.fill_between(evals, dev_acc.min(0), dev_acc.max(0), color=color, alpha=0.15)
+    ax_loss.set(xlabel="step", ylabel="loss", title="train loss (raw, smoothed) and dev loss")
     ax_acc.set(xlabel="step", ylabel="accuracy", title="dev accuracy")
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
@@ -56,10 +68,8 @@ def plot_curves(histories: dict[str, History], path: Path, title: str = "") -> l
         fig.suptitle(title)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    written = [path]
-    fig.savefig(path, dpi=120)
-    if path.suffix == ".png":
-        written.append(path.with_suffix(".pdf"))
-        fig.savefig(written[-1])
+    written = [path.with_suffix(".png"), path.with_suffix(".pdf")]
+    for out in written:
+        fig.savefig(out, dpi=120)
     plt.close(fig)
     return written

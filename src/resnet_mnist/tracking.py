@@ -352,11 +352,9 @@ def log_result_artifacts(
     """Best checkpoint, curves, and the raw-digit model; returns the model URI `runs:/<id>/model`."""
     run = mlflow.active_run()
     assert run is not None, "log_result_artifacts needs an active run"
+    log_best_checkpoint(result.best_state)
     with tempfile.TemporaryDirectory() as tmp:
-        checkpoint = Path(tmp) / "best_model.pt"
-        torch.save(result.best_state, checkpoint)
-        mlflow.log_artifact(str(checkpoint), "checkpoints")
-        for path in plot_curves({config.variant: history}, Path(tmp) / "curves.png",
+        for path in plot_curves({config.variant: [history]}, Path(tmp) / "curves.png",
                                 title=run.info.run_name or ""):
             mlflow.log_artifact(str(path), "plots")
     log_model(model, config.normalize, example_images)
@@ -383,13 +381,14 @@ def log_model(model: nn.Module, normalize: str, example_images: np.ndarray) -> N
     mlflow.set_tag("logged_model_uri", info.model_uri)
 
 
-def log_failure_checkpoint(result_state: dict[str, torch.Tensor]) -> None:
-    """Keep the best state reached before a failure, so nothing learned is lost."""
-    if not result_state:
+def log_best_checkpoint(state: dict[str, torch.Tensor]) -> None:
+    """`checkpoints/best_model.pt`: the best-dev state_dict, at the end or after a failure (so
+    nothing learned is lost). Plain tensors: it loads with `weights_only=True`."""
+    if not state:
         return
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = Path(tmp) / "best_model.pt"
-        torch.save(result_state, checkpoint)
+        torch.save(state, checkpoint)
         mlflow.log_artifact(str(checkpoint), "checkpoints")
 
 
@@ -442,7 +441,7 @@ def _fit(
         result = trainer.fit(tensors, resume=resume)
     except BaseException:
         tracker.flush()
-        log_failure_checkpoint(trainer.best_state)
+        log_best_checkpoint(trainer.best_state)
         raise
     mlflow.log_metric("tracking_log_seconds", tracker.log_seconds)
     example = D.book_split(D.load(config.data_root or None, verify=False), 1, 4, 1)["dev"].images

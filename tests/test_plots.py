@@ -1,0 +1,32 @@
+"""Plots: centred smoothing, and one figure function for single runs and seed groups."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from resnet_mnist.plots import History, plot_curves, smooth
+
+
+def test_smooth_is_centred_and_keeps_length() -> None:
+    values = [float(v) for v in range(1, 11)]
+    out = smooth(values, window=9)
+    assert len(out) == 10
+    assert out[4] == pytest.approx(5.0)  # a straight line is unchanged in the middle
+    assert out[0] == pytest.approx(1.5) and out[-1] == pytest.approx(9.5)
+    assert smooth([]) == [] and smooth([3.0]) == [3.0]
+
+
+def history(offset: float) -> History:
+    steps = list(range(20))
+    return History(steps, [2.0 - 0.05 * s + offset for s in steps], [5, 10, 19],
+                   [1.0 + offset, 0.5, 0.3], [0.5, 0.8 + offset, 0.9])
+
+
+def test_plot_curves_writes_png_and_pdf(tmp_path: Path) -> None:
+    written = plot_curves({"plain": [history(0.0), history(0.1)], "residual": [history(-0.1)],
+                           "empty": []}, tmp_path / "fig.png", "title")
+    assert written == [tmp_path / "fig.png", tmp_path / "fig.pdf"]
+    assert all(p.stat().st_size > 1000 for p in written)
+    assert (tmp_path / "fig.png").read_bytes()[:4] == b"\x89PNG"
