@@ -67,6 +67,7 @@ def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
     monkeypatch.setenv("RESNET_MNIST_DATA", str(REAL_ROOT))
     import mlflow
 
@@ -78,6 +79,8 @@ def cli(*args: str, cwd: Path, env: dict[str, str] | None = None,
         timeout: float = 600) -> subprocess.CompletedProcess[str]:
     """Run the installed `resnet-mnist` console script as a user would."""
     full_env = os.environ.copy() | {"RESNET_MNIST_DATA": str(REAL_ROOT)} | (env or {})
-    full_env.pop("MLFLOW_RUN_ID", None)
+    # In-process tests call mlflow.set_experiment, which exports MLFLOW_EXPERIMENT_ID.
+    for key in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID"):
+        full_env.pop(key, None)
     return subprocess.run([str(BIN / "resnet-mnist"), *args], cwd=cwd, env=full_env,
                           capture_output=True, text=True, timeout=timeout)

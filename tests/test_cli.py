@@ -111,7 +111,8 @@ def test_invalid_parameters_exit_nonzero_without_a_run(
 def test_mlflow_run_entry_point(tmp_path: Path) -> None:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     env = os.environ.copy() | {"MLFLOW_TRACKING_URI": uri, "PATH": f"{BIN}:{os.environ['PATH']}"}
-    env.pop("MLFLOW_RUN_ID", None)
+    for key in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID"):
+        env.pop(key, None)
     out = subprocess.run(
         [str(BIN / "mlflow"), "run", str(REPO), "--env-manager", "local", "--experiment-name",
          "resnet18-mnist", "-P", "use_residual=true", "-P", "preset=smoke", "-P", "epochs=1"],
@@ -134,6 +135,7 @@ def test_mlflow_run_entry_point(tmp_path: Path) -> None:
 def test_mlflow_run_rejects_bad_use_residual(tmp_path: Path) -> None:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     env = os.environ.copy() | {"MLFLOW_TRACKING_URI": uri, "PATH": f"{BIN}:{os.environ['PATH']}"}
+    env.pop("MLFLOW_EXPERIMENT_ID", None)
     out = subprocess.run(
         [str(BIN / "mlflow"), "run", str(REPO), "--env-manager", "local",
          "-P", "use_residual=maybe", "-P", "preset=smoke"],

@@ -26,7 +26,8 @@ FINAL = ("best_dev_accuracy", "best_step", "test_accuracy", "test_loss")
 def env_for(uri: str) -> dict[str, str]:
     env = os.environ.copy() | {"MLFLOW_TRACKING_URI": uri, "RESNET_MNIST_DATA": str(REAL_ROOT),
                                "PYTHONUNBUFFERED": "1"}
-    env.pop("MLFLOW_RUN_ID", None)
+    for key in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID"):
+        env.pop(key, None)
     return env
 
 

@@ -164,7 +164,8 @@ def cli_train_seconds(
     exe = Path(sys.executable).parent / "resnet-mnist"
     env = os.environ | {"MLFLOW_TRACKING_URI": f"sqlite:///{workdir / 'mlflow.db'}",
                         "RESNET_MNIST_DATA": str(Path(data_root or D.default_root()).resolve())}
-    env.pop("MLFLOW_RUN_ID", None)
+    for key in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID"):  # set_experiment exports the latter
+        env.pop(key, None)
     start = time.perf_counter()
     proc = subprocess.run([str(exe), "train", "--preset", "seed", "--residual", variant,
                            "--device", device.type, *(extra or [])], cwd=workdir, env=env,

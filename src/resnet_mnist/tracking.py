@@ -444,8 +444,7 @@ def _fit(
         log_best_checkpoint(trainer.best_state)
         raise
     mlflow.log_metric("tracking_log_seconds", tracker.log_seconds)
-    example = D.book_split(D.load(config.data_root or None, verify=False), 1, 4, 1)["dev"].images
-    model_uri = log_result_artifacts(config, model, result, tracker.history, example)
+    model_uri = log_result_artifacts(config, model, result, tracker.history, tensors.raw_examples)
     return tracker.run_id, result, model_uri
 
 

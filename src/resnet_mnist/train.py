@@ -16,6 +16,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -42,6 +43,8 @@ class Tensors:
     train: tuple[torch.Tensor, torch.Tensor]
     dev: tuple[torch.Tensor, torch.Tensor]
     test: tuple[torch.Tensor, torch.Tensor]
+    #: a few raw uint8 dev digits (N, 28, 28): the logged model's input example
+    raw_examples: np.ndarray | None = None
 
     def sizes(self) -> dict[str, int]:
         return {"train": len(self.train[1]), "dev": len(self.dev[1]), "test": len(self.test[1])}
@@ -137,7 +140,8 @@ def load_tensors(config: TrainConfig, device: torch.device) -> Tensors:
     mnist = D.load(config.data_root or None)
     splits = D.book_split(mnist, config.train_size, config.dev_size, config.test_size)
     return Tensors(*(D.to_tensors(splits[name], config.normalize, device)
-                     for name in ("train", "dev", "test")))
+                     for name in ("train", "dev", "test")),
+                   raw_examples=splits["dev"].images[:4].copy())
 
 
 @dataclass(frozen=True)
