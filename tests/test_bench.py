@@ -1,0 +1,41 @@
+"""The benchmark harness runs end to end and writes a self-consistent report (no timing asserted)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import cli, needs_data
+
+
+@needs_data
+def test_quick_bench_writes_consistent_report(tmp_path: Path) -> None:
+    out = cli("bench", "--quick", "--repeats", "1", "--device", "cpu", "--out", "report",
+              cwd=tmp_path, env={"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'unused.db'}"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    report = json.loads((tmp_path / "report" / "bench.json").read_text())
+
+    sizes = {(r["batch_size"], r["memory_format"]) for r in report["throughput"]}
+    assert sizes == {(b, f) for b in (128, 512) for f in ("contiguous", "channels_last")}
+    assert all(r["images_per_s"]["median"] > 0 for r in report["throughput"])
+
+    for variant in ("false", "true"):
+        row = report["book_experiment"][variant]
+        process, inside = row["cli_process_s"]["median"], row["cli_train_and_eval_s"]["median"]
+        # The run's own training + evaluation time is read back from its MLflow run: it is part
+        # of the process, and the rest is what start-up, the store and model logging cost.
+        assert 0 < inside < process
+        assert row["cli_rest_s"]["median"] == pytest.approx(process - inside)
+        assert row["ratio"]["median"] == pytest.approx(
+            process / row["reference_loop_s"]["median"])
+        assert 0.0 <= row["reference_test_accuracy"] <= 1.0
+    share = report["tracking_overhead"]["share_in_mlflow_calls"]["median"]
+    assert 0 < share < 1
+
+    md = (tmp_path / "report" / "bench.md").read_text()
+    assert "| plain |" in md and "| residual |" in md
+    assert "GPU figures: not measured" in md
+    # The benchmark's own temporary store, not the caller's, holds its runs.
+    assert not (tmp_path / "unused.db").exists()
