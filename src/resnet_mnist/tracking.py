@@ -325,7 +325,7 @@ def log_inputs(config: TrainConfig, tensors: Tensors) -> None:
     source = str(D.raw_dir(config.data_root or None).resolve())
     sizes = tensors.sizes()
     for context, key in (("training", "train"), ("dev", "dev"), ("test", "test")):
-        labels = tensors.__getattribute__(key)[1].cpu().numpy()
+        labels = getattr(tensors, key)[1].cpu().numpy()
         with warnings.catch_warnings():
             # MLflow registers its local-file source class twice and warns that a path is
             # ambiguous between the two identical candidates.

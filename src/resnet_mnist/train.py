@@ -230,7 +230,9 @@ class Trainer:
         mode = "reduce-overhead" if self.device.type == "cuda" else None
         return torch.compile(self.forward, mode=mode)
 
-    def _train_step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """One SGD step on a batch already in the step's memory format; the loss stays on the
+        device."""
         with self.speed.autocast(self.device):
             logits = self.forward(x)
         loss = F.cross_entropy(logits.float(), y, label_smoothing=self.config.label_smoothing)
@@ -242,15 +244,15 @@ class Trainer:
     def _first_step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Compilation happens on the first call; if it fails, warn once and stay eager."""
         if self.forward is self.model:
-            return self._train_step(x, y)
+            return self.train_step(x, y)
         try:
-            return self._train_step(x, y)
+            return self.train_step(x, y)
         except Exception as exc:  # noqa: BLE001 - any compiler failure means: fall back
             warnings.warn(f"torch.compile failed ({type(exc).__name__}: {str(exc)[:200]}); "
                           "training eagerly", stacklevel=2)
             self.forward = self.model
             self.optimizer.zero_grad(set_to_none=True)
-            return self._train_step(x, y)
+            return self.train_step(x, y)
 
     def _emit(self, event: str, *args: object) -> None:
         for callback in self.callbacks:
@@ -294,7 +296,7 @@ class Trainer:
                 st.images_seen += len(y)
                 if self.dist is not None:
                     x, y = self.dist.shard(x), self.dist.shard(y)
-                detached = (self._first_step if step == 0 else self._train_step)(x, y)
+                detached = (self._first_step if step == 0 else self.train_step)(x, y)
                 if self.scheduler is not None:
                     self.scheduler.step()
                 pending.append(detached)
