@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 FORCE ?=
 SEEDS ?=
 
-.PHONY: install data run compare train bench server test lint ui summary verify clean
+.PHONY: install data run compare train bench server test test-fast lint ui summary verify clean
 
 install: $(STAMP) $(DATA)
 
@@ -53,8 +53,13 @@ summary: install
 verify: install
 	$(BIN)/resnet-mnist verify-torchvision
 
+# Both tiers: the fast one and the slow one (subprocesses, `mlflow run`, DDP, signals, servers).
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The fast tier only (pure functions, in-process CLI validation, small in-process trainings).
+test-fast: install
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests

@@ -9,6 +9,8 @@ import pytest
 
 from tests.conftest import cli, needs_data
 
+pytestmark = pytest.mark.slow  # real processes
+
 
 @needs_data
 def test_quick_bench_writes_consistent_report(tmp_path: Path) -> None:

@@ -14,6 +14,8 @@ from mlflow.tracking import MlflowClient
 from resnet_mnist import data as D
 from tests.conftest import BIN, REPO, cli
 
+pytestmark = pytest.mark.slow  # real processes
+
 
 def runs_in(uri: str, experiment: str = "resnet18-mnist") -> list:
     client = MlflowClient(uri)
@@ -80,7 +82,7 @@ def test_corrupted_file_is_refused_by_name(data_copy: Path, tmp_path: Path) -> N
 
 def test_train_smoke_through_cli(tmp_path: Path) -> None:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    out = cli("train", "--preset", "smoke", "--no-use-residual", "--epochs", "1",
+    out = cli("train", "--preset", "smoke", "--use-residual", "false", "--epochs", "1",
               cwd=tmp_path, env={"MLFLOW_TRACKING_URI": uri})
     assert out.returncode == 0, out.stderr
     assert "[Train] epoch: 0/1, step: 0/16, loss:" in out.stdout
@@ -91,12 +93,17 @@ def test_train_smoke_through_cli(tmp_path: Path) -> None:
     assert run.data.params["epochs"] == "1"
 
 
+def flat(text: str) -> str:
+    """Output as one line of words, without the frame rich draws around usage errors."""
+    return " ".join(text.replace("│", " ").split())
+
+
 @pytest.mark.parametrize("args,message", [
     (["--lr", "0"], "lr=0.0 must be a finite number > 0"),
     (["--batch-size", "0"], "batch_size=0 must be >= 1"),
     (["--test-size", "20000"], "test_size=20000 must be in 1..10000"),
     (["--preset", "nope"], "unknown preset 'nope'"),
-    (["--residual", "maybe"], "use_residual must be true or false"),
+    (["--use-residual", "maybe"], "'maybe' is not true or false"),
 ])
 def test_invalid_parameters_exit_nonzero_without_a_run(
     tmp_path: Path, args: list[str], message: str
@@ -104,46 +111,59 @@ def test_invalid_parameters_exit_nonzero_without_a_run(
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     out = cli("train", "--preset", "smoke", *args, cwd=tmp_path, env={"MLFLOW_TRACKING_URI": uri})
     assert out.returncode == 2
-    assert message in " ".join((out.stderr + out.stdout).split())
+    assert message in flat(out.stderr + out.stdout)
     assert runs_in(uri) == []
 
 
-def test_mlflow_run_entry_point(tmp_path: Path) -> None:
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+def mlflow_run(tmp_path: Path, uri: str, *params: str, experiment: str = "resnet18-mnist"
+               ) -> subprocess.CompletedProcess[str]:
+    """`mlflow run` of this project in the local environment, as the README shows it."""
     env = os.environ.copy() | {"MLFLOW_TRACKING_URI": uri, "PATH": f"{BIN}:{os.environ['PATH']}"}
     for key in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID"):
         env.pop(key, None)
-    out = subprocess.run(
+    args = [a for p in params for a in ("-P", p)]
+    return subprocess.run(
         [str(BIN / "mlflow"), "run", str(REPO), "--env-manager", "local", "--experiment-name",
-         "resnet18-mnist", "-P", "use_residual=true", "-P", "preset=smoke", "-P", "epochs=1"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
-    )
-    assert out.returncode == 0, out.stderr[-2000:]
-    runs = {r.data.tags.get("run_type", "project"): r for r in runs_in(uri)}
-    assert set(runs) == {"project", "train"}
-    train, project = runs["train"], runs["project"]
-    assert train.info.status == project.info.status == "FINISHED"
-    assert train.data.tags["mlflow.parentRunId"] == project.info.run_id
-    assert project.data.params["lr"] == "preset" and train.data.params["lr"] == "0.01"
-    assert train.data.params["epochs"] == "1" and train.data.params["use_residual"] == "True"
-    history = MlflowClient(uri).get_metric_history(train.info.run_id, "train_loss")
-    assert [m.step for m in history] == list(range(16))
-    mlflow.set_tracking_uri(uri)
-    assert mlflow.pyfunc.load_model(f"runs:/{train.info.run_id}/model").metadata.signature
+         experiment, *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
 
 
-def test_mlflow_run_rejects_bad_use_residual(tmp_path: Path) -> None:
+def test_mlflow_run_is_one_run_with_the_resolved_values(tmp_path: Path) -> None:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    env = os.environ.copy() | {"MLFLOW_TRACKING_URI": uri, "PATH": f"{BIN}:{os.environ['PATH']}"}
-    env.pop("MLFLOW_EXPERIMENT_ID", None)
-    out = subprocess.run(
-        [str(BIN / "mlflow"), "run", str(REPO), "--env-manager", "local",
-         "-P", "use_residual=maybe", "-P", "preset=smoke"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
-    )
+    out = mlflow_run(tmp_path, uri, "use_residual=false", "preset=smoke", "lr=0.02", "epochs=2",
+                     "eval_batch_size=250")
+    assert out.returncode == 0, out.stderr[-2000:]
+    (run,) = runs_in(uri)
+    assert run.info.status == "FINISHED" and run.data.tags["run_type"] == "train"
+    assert "mlflow.parentRunId" not in run.data.tags
+    assert run.data.tags["mlflow.project.entryPoint"] == "main"
+    assert run.info.run_name == "resnet18-plain-seed0"
+    params = run.data.params
+    # -P values as MLflow logged them, and the preset's values the run actually used
+    assert (params["use_residual"], params["lr"], params["epochs"]) == ("false", "0.02", "2")
+    assert (params["batch_size"], params["eval_batch_size"], params["variant"]) == (
+        "32", "250", "plain")
+    client = MlflowClient(uri)
+    history = client.get_metric_history(run.info.run_id, "train_loss")
+    assert [m.step for m in history] == list(range(32))
+    assert {"best_dev_accuracy", "test_accuracy", "param_count"} <= set(run.data.metrics)
+    mlflow.set_tracking_uri(uri)
+    assert mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model").metadata.signature
+
+
+@pytest.mark.parametrize("param,message", [
+    ("use_residual=maybe", "'maybe' is not true or false"),
+    ("bacth_size=8", "No such option: --bacth-size"),
+    ("epochs=0", "epochs=0 must be >= 1"),
+])
+def test_mlflow_run_refuses_bad_parameters_before_training(
+    tmp_path: Path, param: str, message: str
+) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    out = mlflow_run(tmp_path, uri, "preset=smoke", param)
     assert out.returncode != 0
-    assert "use_residual must be true or false" in out.stderr + out.stdout
-    assert all(r.info.status != "RUNNING" for r in runs_in(uri, "Default"))
+    assert message in flat(out.stderr + out.stdout)
+    (run,) = runs_in(uri)
+    assert run.info.status == "FAILED" and not run.data.metrics
 
 
 def test_data_samples_writes_labelled_pngs(tmp_path: Path, mnist) -> None:

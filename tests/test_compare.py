@@ -11,8 +11,8 @@ from mlflow.tracking import MlflowClient
 
 from resnet_mnist import compare as C
 from resnet_mnist.config import build_config
-from resnet_mnist.plots import History
-from resnet_mnist.tracking import train_and_track
+from resnet_mnist.history import History
+from resnet_mnist.runner import train
 from tests.conftest import REAL_ROOT
 
 EXP = "resnet18-mnist"
@@ -31,7 +31,7 @@ def trained(tmp_path_factory):
         ids = {}
         for variant in C.VARIANTS:
             config = build_config("smoke", variant == "residual")
-            ids[variant], _, _ = train_and_track(config, EXP)
+            ids[variant] = train(config, EXP).run_id
         yield tmp, uri, ids
 
 

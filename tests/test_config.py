@@ -59,3 +59,36 @@ def test_bad_yaml_and_unknown_keys(tmp_path: Path) -> None:
     wrong_type.write_text("batch_size: many\n")
     with pytest.raises(ConfigError, match="batch_size must be of type int"):
         build_config(str(wrong_type), True)
+
+
+def test_text_values_are_read_in_the_fields_type() -> None:
+    from resnet_mnist.config import Schedule, coerce, from_params, parse_bool, same_value
+
+    assert [parse_bool(v) for v in ("true", "False", "1", "no", "ON")] == [True, False, True,
+                                                                            False, True]
+    with pytest.raises(ValueError, match="'maybe' is not true or false"):
+        parse_bool("maybe")
+    assert coerce("lr", "2e-2") == 0.02 and coerce("epochs", "3") == 3
+    assert coerce("schedule", "onecycle") is Schedule.onecycle
+    with pytest.raises(ValueError, match="schedule='cosine' must be one of constant, onecycle"):
+        coerce("schedule", "cosine")
+    with pytest.raises(ValueError, match="epochs must be of type int"):
+        coerce("epochs", 2.5)
+    # what `mlflow run -P` logged, compared with the value used
+    assert same_value("lr", "2e-2", 0.02) and not same_value("lr", "0.03", 0.02)
+    assert same_value("use_residual", "true", True) and not same_value("use_residual", "no", True)
+    assert same_value("preset", "mlproject/seed.yaml", "seed")
+    # a logged run's params rebuild the same config
+    config = build_config("full", True)
+    assert from_params({k: str(v) for k, v in config.params().items()}) == config
+
+
+def test_preset_values_must_have_the_fields_type(tmp_path: Path) -> None:
+    for text, message in (("schedule: cosine\n", "schedule='cosine' must be one of"),
+                          ("nesterov: 1\n", "nesterov must be true or false"),
+                          ("epochs: 2.5\n", "epochs must be of type int"),
+                          ("use_residual: true\n", "unknown keys use_residual")):
+        preset = tmp_path / "p.yaml"
+        preset.write_text(text)
+        with pytest.raises(ConfigError, match=message):
+            build_config(str(preset), True)

@@ -116,6 +116,7 @@ def test_fetch_replaces_a_corrupted_file(tmp_path: Path, tiny_files: dict[str, b
     D.load(tmp_path)
 
 
+@pytest.mark.slow
 def test_mirror_source_fails_fast_when_unreachable(tmp_path: Path) -> None:
     source = D.mirror_source("http://127.0.0.1:9/", timeout=2)
     start = time.perf_counter()
@@ -172,6 +173,7 @@ def test_batches_are_seeded_shuffled_and_complete() -> None:
     assert sum(sequential, []) == list(range(10))
 
 
+@pytest.mark.slow
 def test_npm_source_gives_the_official_files(tmp_path: Path) -> None:
     import shutil
 

@@ -77,6 +77,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_processes_equal_one_on_a_batchnorm_free_model(tmp_path: Path) -> None:
     model, tensors = tiny_problem()
     single = Losses()
@@ -91,6 +92,7 @@ def test_two_processes_equal_one_on_a_batchnorm_free_model(tmp_path: Path) -> No
     assert got["test"] == pytest.approx(reference.test_loss, abs=1e-5)
 
 
+@pytest.mark.slow
 def test_train_nproc_2_logs_one_run_like_a_single_process(tmp_path: Path) -> None:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     env = {"MLFLOW_TRACKING_URI": uri}
@@ -122,6 +124,7 @@ def test_train_nproc_2_logs_one_run_like_a_single_process(tmp_path: Path) -> Non
     assert ddp.data.metrics["test_accuracy"] > 0.6
 
 
+@pytest.mark.slow
 def test_bad_settings_fail_before_any_process_starts(tmp_path: Path) -> None:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     out = cli("train", "--preset", "smoke", "--nproc", "2", "--lr", "0", cwd=tmp_path,

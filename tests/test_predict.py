@@ -40,6 +40,7 @@ def test_load_digit_inverts_dark_on_light(tmp_path: Path, mnist: D.Mnist) -> Non
         load_digit(tmp_path / "x.png")
 
 
+@pytest.mark.slow
 def test_compare_seeds_then_predict_with_champion(tmp_path: Path, mnist: D.Mnist) -> None:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     env = {"MLFLOW_TRACKING_URI": uri}
@@ -80,6 +81,7 @@ def test_compare_seeds_then_predict_with_champion(tmp_path: Path, mnist: D.Mnist
     assert accuracy > 0.6
 
 
+@pytest.mark.slow
 def test_predict_errors(tmp_path: Path, mnist: D.Mnist) -> None:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     ((png, _),) = save_digits(mnist, tmp_path / "d", 1)

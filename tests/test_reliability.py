@@ -20,6 +20,8 @@ from PIL import Image
 
 from tests.conftest import BIN, REAL_ROOT, cli
 
+pytestmark = pytest.mark.slow  # real processes
+
 FINAL = ("best_dev_accuracy", "best_step", "test_accuracy", "test_loss")
 
 

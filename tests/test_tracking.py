@@ -11,7 +11,7 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from resnet_mnist.config import build_config
-from resnet_mnist.tracking import train_and_track
+from resnet_mnist.runner import train
 from resnet_mnist.train import Callback
 
 
@@ -21,7 +21,8 @@ def smoke_config(real_root):
 
 
 def test_finished_run_records_everything(store, smoke_config, mnist, tmp_path) -> None:
-    run_id, result, model_uri = train_and_track(smoke_config, experiment="exp")
+    trained = train(smoke_config, experiment="exp")
+    run_id, result, model_uri = trained.run_id, trained.result, trained.model_uri
     client = MlflowClient()
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED"
@@ -82,7 +83,7 @@ class Boom(Callback):
                                         (KeyboardInterrupt(), "KILLED")])
 def test_runs_never_stay_running(store, smoke_config, exc, status) -> None:
     with pytest.raises(type(exc)):
-        train_and_track(smoke_config, experiment="exp", callbacks=[Boom(exc)])
+        train(smoke_config, experiment="exp", callbacks=[Boom(exc)])
     runs = MlflowClient().search_runs([mlflow.get_experiment_by_name("exp").experiment_id])
     assert [r.info.status for r in runs] == [status]
     run = runs[0]
@@ -96,7 +97,7 @@ def test_runs_never_stay_running(store, smoke_config, exc, status) -> None:
 def test_non_finite_loss_fails_with_step_tag(store, smoke_config) -> None:
     config = dataclasses.replace(smoke_config, lr=1e30)
     with pytest.raises(Exception, match="non-finite"):
-        train_and_track(config, experiment="exp")
+        train(config, experiment="exp")
     run = MlflowClient().search_runs([mlflow.get_experiment_by_name("exp").experiment_id])[0]
     assert run.info.status == "FAILED"
     assert run.data.tags["failure_reason"] == "NonFiniteLossError"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import threading
 
 import pytest
 import torch
@@ -12,6 +13,7 @@ from resnet_mnist.train import (
     Callback,
     NonFiniteLossError,
     Result,
+    StopRequested,
     Trainer,
     build_model,
     load_tensors,
@@ -105,4 +107,49 @@ def test_non_finite_loss_stops_at_once(smoke) -> None:
     with pytest.raises(NonFiniteLossError) as info:
         trainer.fit(tensors)
     assert info.value.step <= len(recorder.steps) + config.log_steps
+    assert recorder.result is None
+
+
+def test_step_boundary_follows_the_schedule() -> None:
+    config = dataclasses.replace(build_config("smoke", True), eval_steps=8, log_steps=5,
+                                 checkpoint_every=7)
+    trainer = Trainer(config, torch.nn.Linear(2, 2))
+    total = 20
+    todo = [trainer.at_step_boundary(step, total) for step in range(total)]
+    assert [s for s, t in enumerate(todo) if t.evaluate] == [8, 16, 19]
+    assert [s for s, t in enumerate(todo) if t.log] == [0, 5, 10, 15, 19]
+    assert [s for s, t in enumerate(todo) if t.checkpoint] == [6, 13]
+    assert not any(t.stop for t in todo)
+    assert [s for s, t in enumerate(todo) if t.flush] == [0, 5, 6, 8, 10, 13, 15, 16, 19]
+    trainer.stop.set()
+    assert trainer.at_step_boundary(3, total).stop and trainer.at_step_boundary(3, total).flush
+
+
+class StopAfterFirstReport(Recorder):
+    """Asks to stop while the losses of step 0 are being reported (as a signal handler would)."""
+
+    def __init__(self, stop: threading.Event) -> None:
+        super().__init__()
+        self.stop = stop
+        self.checkpoints: list[tuple[int, dict]] = []
+
+    def on_step(self, step: int, epoch: int, loss: float) -> None:
+        super().on_step(step, epoch, loss)
+        self.stop.set()
+
+    def on_checkpoint(self, step: int, checkpoint: dict) -> None:
+        self.checkpoints.append((step, checkpoint))
+
+
+def test_stop_request_ends_at_the_next_boundary_with_a_checkpoint(smoke) -> None:
+    config, tensors = smoke
+    stop = threading.Event()
+    recorder = StopAfterFirstReport(stop)
+    trainer = Trainer(config, build_model(config, CPU), [recorder], stop=stop)
+    with pytest.raises(StopRequested) as info:
+        trainer.fit(tensors)
+    assert info.value.step == 2
+    assert [s for s, _, _ in recorder.steps] == [0, 1]
+    ((step, checkpoint),) = recorder.checkpoints
+    assert step == 2 and checkpoint["state"]["step"] == 2
     assert recorder.result is None

@@ -160,7 +160,7 @@ def cli_train_seconds(
     for key in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID"):  # set_experiment exports the latter
         env.pop(key, None)
     start = time.perf_counter()
-    proc = subprocess.run([str(exe), "train", "--preset", "seed", "--residual", variant,
+    proc = subprocess.run([str(exe), "train", "--preset", "seed", "--use-residual", variant,
                            "--device", device.type, *(extra or [])], cwd=workdir, env=env,
                           capture_output=True, text=True)
     if proc.returncode != 0:
@@ -189,7 +189,7 @@ def tracking_overhead(config: TrainConfig, device: torch.device, repeats: int) -
     """Training with the MLflow callback against the same training without it, interleaved."""
     import mlflow
 
-    from resnet_mnist.tracking import MlflowTracker
+    from resnet_mnist.tracker import MlflowTracker
 
     with tempfile.TemporaryDirectory() as tmp:
         mlflow.set_tracking_uri(f"sqlite:///{Path(tmp) / 'mlflow.db'}")

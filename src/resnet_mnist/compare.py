@@ -9,7 +9,6 @@ accuracy, registered with the alias `champion`.
 from __future__ import annotations
 
 import csv
-import math
 import tempfile
 import time
 from collections.abc import Callable
@@ -24,17 +23,14 @@ from mlflow.tracking import MlflowClient
 
 from resnet_mnist import data as D
 from resnet_mnist.config import TrainConfig, build_config
+from resnet_mnist.history import History, read_history
 from resnet_mnist.model import ResNet18
-from resnet_mnist.plots import History, plot_curves
+from resnet_mnist.plots import plot_curves
+from resnet_mnist.stats import METRICS, VARIANTS, CompareError, Stats, statistics, verdict
 from resnet_mnist.train import evaluate
 
-VARIANTS = ("plain", "residual")
 DEFAULT_MODEL_NAME = "resnet18-mnist"
 CHAMPION = "champion"
-
-
-class CompareError(RuntimeError):
-    """Nothing (or not enough) to compare; the message says what to run."""
 
 
 @dataclass
@@ -142,19 +138,6 @@ def select_runs(
 
 # -- reading runs -------------------------------------------------------------------------------
 
-def history(client: MlflowClient, run_id: str) -> History:
-    """The full per-step histories, not just the last values."""
-    train = client.get_metric_history(run_id, "train_loss")
-    dev_loss = {m.step: m.value for m in client.get_metric_history(run_id, "dev_loss")}
-    dev_acc = sorted((m.step, m.value) for m in client.get_metric_history(run_id, "dev_accuracy"))
-    train = sorted((m.step, m.value) for m in train)
-    return History(
-        steps=[s for s, _ in train], train_loss=[v for _, v in train],
-        eval_steps=[s for s, _ in dev_acc], dev_loss=[dev_loss[s] for s, _ in dev_acc],
-        dev_accuracy=[v for _, v in dev_acc],
-    )
-
-
 class FullTestScorer:
     """Scores a run's best-dev checkpoint on all 10,000 official test images, once per run.
 
@@ -204,91 +187,9 @@ def summarize(client: MlflowClient, runs: list[Run], scorer: FullTestScorer) -> 
             best_dev_accuracy=m["best_dev_accuracy"], test_accuracy=m["test_accuracy"],
             test_loss=m["test_loss"], test_accuracy_full=acc_full, test_loss_full=loss_full,
             param_count=int(m.get("param_count", 0)), macs=int(m.get("macs", 0)),
-            train_time_s=m.get("train_time_s", float("nan")), history=history(client, run.info.run_id),
+            train_time_s=m.get("train_time_s", float("nan")), history=read_history(client, run.info.run_id),
         ))
     return out
-
-
-# -- statistics ---------------------------------------------------------------------------------
-
-@dataclass
-class Stats:
-    """Per-variant means/stds and the residual-minus-plain difference with a 95 % interval."""
-
-    n: dict[str, int]
-    mean: dict[str, dict[str, float]]
-    std: dict[str, dict[str, float]]
-    diff: float
-    ci: tuple[float, float]
-    method: str
-    dev_winner: str
-
-
-METRICS = ("best_dev_accuracy", "test_accuracy", "test_accuracy_full", "test_loss_full")
-
-
-def statistics(summaries: list[RunSummary], metric: str = "test_accuracy_full") -> Stats:
-    """Paired-by-seed t interval when every seed has both variants and n >= 2; otherwise the
-    binomial sampling interval of the two test accuracies (test-set noise only: seed-to-seed noise
-    is then unmeasured, and the verdict says so)."""
-    from scipy import stats as st
-
-    by = {v: [s for s in summaries if s.variant == v] for v in VARIANTS}
-    missing = [v for v in VARIANTS if not by[v]]
-    if missing:
-        have = ", ".join(v for v in VARIANTS if by[v]) or "none"
-        raise CompareError(f"need both variants to compare; found only: {have}. Train the "
-                           f"missing one (`resnet-mnist train --{'no-' if missing[0] == 'plain' else ''}"
-                           "use-residual`) or run `resnet-mnist compare --train-missing`.")
-    mean = {v: {k: float(np.mean([getattr(s, k) for s in by[v]])) for k in METRICS} for v in VARIANTS}
-    std = {v: {k: float(np.std([getattr(s, k) for s in by[v]], ddof=1)) if len(by[v]) > 1
-               else float("nan") for k in METRICS} for v in VARIANTS}
-    plain = {s.seed: getattr(s, metric) for s in by["plain"]}
-    residual = {s.seed: getattr(s, metric) for s in by["residual"]}
-    paired = sorted(set(plain) & set(residual))
-    if len(paired) >= 2 and len(paired) == len(plain) == len(residual):
-        d = np.array([residual[k] - plain[k] for k in paired])
-        half = st.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / math.sqrt(len(d))
-        diff, ci, method = float(d.mean()), (float(d.mean() - half), float(d.mean() + half)), \
-            f"paired t over {len(d)} seeds"
-    else:
-        p1, p2 = mean["residual"][metric], mean["plain"][metric]
-        n = D.TEST_SIZE if metric.endswith("_full") else None
-        if n is None:
-            raise CompareError("an unpaired comparison needs the full-test metric")
-        se = math.sqrt(p1 * (1 - p1) / n + p2 * (1 - p2) / n)
-        diff = p1 - p2
-        ci, method = (diff - 1.96 * se, diff + 1.96 * se), "binomial test-set interval, 1 seed"
-    dev_winner = max(VARIANTS, key=lambda v: (mean[v]["best_dev_accuracy"], v == "residual"))
-    return Stats({v: len(by[v]) for v in VARIANTS}, mean, std, diff, ci, method, dev_winner)
-
-
-def verdict(s: Stats) -> str:
-    """One honest paragraph: who won, by how much, and whether that exceeds the noise."""
-    pts = 100 * s.diff
-    leader, other = ("residual", "plain") if s.diff >= 0 else ("plain", "residual")
-    lo, hi = 100 * s.ci[0], 100 * s.ci[1]
-    acc = {v: 100 * s.mean[v]["test_accuracy_full"] for v in VARIANTS}
-    text = (f"On the full 10,000-image test set the {leader} network scores "
-            f"{acc[leader]:.2f} % against {acc[other]:.2f} % for the {other} one "
-            f"(difference residual - plain {pts:+.2f} points, 95 % interval [{lo:+.2f}, {hi:+.2f}], "
-            f"{s.method}). ")
-    if lo > 0 or hi < 0:
-        text += f"The difference is larger than the noise: {leader} wins."
-    else:
-        text += "The interval includes zero: the difference is within the noise, no winner."
-    if "1 seed" in s.method:
-        text += (" With one seed per variant the seed-to-seed variation is not measured; "
-                 "`--seeds 5` measures it.")
-    dev = {v: 100 * s.mean[v]["best_dev_accuracy"] for v in VARIANTS}
-    if dev["plain"] == dev["residual"]:
-        text += (f" Dev accuracy, which alone chooses the registered model, ties at "
-                 f"{dev['plain']:.2f} %; the residual variant is registered.")
-    else:
-        loser = "plain" if s.dev_winner == "residual" else "residual"
-        text += (f" By dev accuracy, which alone chooses the registered model, {s.dev_winner} "
-                 f"leads: {dev[s.dev_winner]:.2f} % against {dev[loser]:.2f} %.")
-    return text
 
 
 # -- outputs ------------------------------------------------------------------------------------
@@ -365,9 +266,13 @@ class Comparison:
 def compare(
     client: MlflowClient, runs: list[Run], out_dir: Path, experiment_id: str,
     model_name: str | None = DEFAULT_MODEL_NAME, data_root: str | None = None,
-    parent_run_id: str | None = None,
+    run_id: str | None = None,
 ) -> Comparison:
-    """Summarise, plot, tabulate, judge, log a `comparison` run, and register the dev winner."""
+    """Summarise, plot, tabulate, judge, log a `comparison` run, and register the dev winner.
+
+    `run_id` (the run `mlflow run -e compare` made) becomes the comparison run; otherwise a new
+    run is made in `experiment_id`.
+    """
     summaries = summarize(client, runs, FullTestScorer(client, data_root))
     stats = statistics(summaries)
     text = verdict(stats)
@@ -381,11 +286,14 @@ def compare(
     ids = [s.run_id for s in summaries]
     tags = {"run_type": "comparison", "compared_run_ids": ",".join(ids),
             "preset": ",".join(presets), "dev_winner": stats.dev_winner}
-    if parent_run_id:
-        tags["mlflow.parentRunId"] = parent_run_id
     champion_uri = version = None
-    with mlflow.start_run(experiment_id=experiment_id, run_name=f"compare-{'-'.join(presets)}",
-                          tags=tags) as run:
+    name = f"compare-{'-'.join(presets)}"
+    started = mlflow.start_run(run_id=run_id) if run_id else mlflow.start_run(
+        experiment_id=experiment_id, run_name=name)
+    if run_id:
+        client.update_run(run_id, name=name)
+    with started as run:
+        mlflow.set_tags(tags)
         mlflow.log_metrics({
             "diff_test_accuracy_full": stats.diff, "diff_ci_low": stats.ci[0],
             "diff_ci_high": stats.ci[1], "n_plain": stats.n["plain"],

@@ -1,15 +1,19 @@
 """Training settings: one validated dataclass, filled from a preset file and then overrides.
 
-Presets live in `mlproject/` as YAML (data only). A preset may hold per-variant values under
-`variants: {plain: {...}, residual: {...}}`, as the book trains the two with different settings.
-Everything is validated before any run starts, so bad input never leaves a half-made run.
+`TrainConfig` is the single source of every hyper-parameter: its fields carry their type and help
+text, and the CLI's options, the MLflow Project's `-P` parameters and the logged params all follow
+from it, so a new setting is one field here. Presets live in `mlproject/` as YAML (data only); a
+preset may hold per-variant values under `variants: {plain: {...}, residual: {...}}`, as the book
+trains the two with different settings. Everything is validated before any run starts.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import typing
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -18,52 +22,88 @@ import yaml
 from resnet_mnist.data import DEV_SIZE, NORMALIZATIONS, TEST_SIZE, TRAIN_SIZE
 
 PRESET_DIRS = (Path("mlproject"), Path(__file__).resolve().parents[2] / "mlproject")
-SCHEDULES = ("constant", "onecycle")
-PRECISIONS = ("auto", "fp32", "bf16")
-SWITCHES = ("auto", "true", "false")
-DEVICES = ("auto", "cpu", "cuda")
+
+
+class Schedule(StrEnum):
+    constant = "constant"
+    onecycle = "onecycle"
+
+
+class Precision(StrEnum):
+    auto = "auto"
+    fp32 = "fp32"
+    bf16 = "bf16"
+
+
+class Switch(StrEnum):
+    """A setting that is on, off, or chosen by the device (`auto`)."""
+
+    auto = "auto"
+    true = "true"
+    false = "false"
+
+
+class Device(StrEnum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+Normalize = StrEnum("Normalize", {name: name for name in NORMALIZATIONS})
 
 
 class ConfigError(ValueError):
     """A preset or parameter is invalid; the message names it and the allowed range."""
 
 
+def setting(default: Any, help: str, **meta: Any) -> Any:
+    """A TrainConfig field with its help text (shown by `resnet-mnist train --help`)."""
+    return field(default=default, metadata={"help": help, **meta})
+
+
 @dataclass(frozen=True)
 class TrainConfig:
-    """Every setting a training run uses; all of it is logged as MLflow params."""
+    """Every setting a training run uses; all of it (but local paths) is logged as MLflow params."""
 
-    use_residual: bool = True
-    preset: str = "custom"
-    train_size: int = 2000
-    dev_size: int = 200
-    test_size: int = 200
-    epochs: int = 5
-    batch_size: int = 128
-    eval_batch_size: int = 1000
-    lr: float = 0.01
-    momentum: float = 0.0
-    nesterov: bool = False
-    weight_decay: float = 0.0
-    schedule: str = "constant"
-    label_smoothing: float = 0.0
-    eval_steps: int = 15
-    log_steps: int = 15
-    normalize: str = "seed"
-    seed: int = 100
-    device: str = "auto"
-    precision: str = "auto"
-    channels_last: str = "auto"
-    compile: bool = False
-    checkpoint_every: int = 0
-    sync_bn: bool = False
-    data_root: str = field(default="", metadata={"log": False})
+    use_residual: bool = setting(True, "ResNet18 with shortcuts (true) or the plain network "
+                                 "without them (false).", preset=False)
+    preset: str = setting("custom", "", cli=False, preset=False)
+    train_size: int = setting(2000, "Train on the first N of the 50,000 training images.")
+    dev_size: int = setting(200, "Evaluate on the first N of the 10,000 dev images.")
+    test_size: int = setting(200, "Score the best checkpoint on the first N of the 10,000 test "
+                             "images.")
+    epochs: int = setting(5, "Passes over the training subset.")
+    batch_size: int = setting(128, "Mini-batch size (the global batch under --nproc).")
+    eval_batch_size: int = setting(1000, "Batch size for evaluation.")
+    lr: float = setting(0.01, "Learning rate (> 0); the peak rate with the onecycle schedule.")
+    momentum: float = setting(0.0, "SGD momentum in [0, 1) (the book: 0).")
+    nesterov: bool = setting(False, "Nesterov momentum (needs momentum > 0).")
+    weight_decay: float = setting(0.0, "L2 weight decay (>= 0).")
+    schedule: Schedule = setting(Schedule.constant, "Learning-rate schedule.")
+    label_smoothing: float = setting(0.0, "Cross-entropy label smoothing in [0, 1).")
+    eval_steps: int = setting(15, "Evaluate on dev every N steps and at the last step (0: only at "
+                              "the last).")
+    log_steps: int = setting(15, "Fetch and report the training loss every N steps.")
+    normalize: Normalize = setting(Normalize.seed, "Input normalisation: seed (the book's mean 1, "
+                                   "std 1) or mnist (mean 0.1307, std 0.3081).")
+    seed: int = setting(100, "Torch seed: initial weights and batch order.")
+    device: Device = setting(Device.auto, "auto picks CUDA when available.")
+    precision: Precision = setting(Precision.auto, "auto: bf16 autocast on CUDA, fp32 on CPU.")
+    channels_last: Switch = setting(Switch.auto, "channels_last memory format (auto: on CUDA).")
+    compile: bool = setting(False, "torch.compile the model (eager with a warning if it fails).")
+    checkpoint_every: int = setting(0, "Save a resumable checkpoint every N steps (0: only when "
+                                    "stopped by Ctrl-C or SIGTERM).")
+    sync_bn: bool = setting(False, "SyncBatchNorm across processes under --nproc (CUDA only).")
+    data_root: str = setting("", "Data root (files in ROOT/MNIST/raw); default "
+                             "$RESNET_MNIST_DATA or ./data.", log=False, flag="--root",
+                             preset=False)
 
     @property
     def variant(self) -> str:
         return "residual" if self.use_residual else "plain"
 
     def params(self) -> dict[str, Any]:
-        """The values to log: everything except local paths."""
+        """The values to log: everything except local paths, plus the variant."""
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
                 if f.metadata.get("log", True)} | {"variant": self.variant}
 
@@ -90,18 +130,14 @@ class TrainConfig:
              f"weight_decay={self.weight_decay} must be >= 0"),
             (0 <= self.label_smoothing < 1,
              f"label_smoothing={self.label_smoothing} must be in [0, 1)"),
-            (self.schedule in SCHEDULES,
-             f"schedule={self.schedule!r} must be one of {', '.join(SCHEDULES)}"),
-            (self.normalize in NORMALIZATIONS,
-             f"normalize={self.normalize!r} must be one of {', '.join(NORMALIZATIONS)}"),
             (not self.sync_bn or self.device != "cpu",
              "sync_bn needs CUDA (PyTorch's SyncBatchNorm has no CPU kernel)"),
-            (self.device in DEVICES, f"device={self.device!r} must be one of {', '.join(DEVICES)}"),
-            (self.precision in PRECISIONS,
-             f"precision={self.precision!r} must be one of {', '.join(PRECISIONS)}"),
-            (self.channels_last in SWITCHES,
-             f"channels_last={self.channels_last!r} must be one of {', '.join(SWITCHES)}"),
         ]
+        for name, kind in TYPES.items():
+            if isinstance(kind, type) and issubclass(kind, StrEnum):
+                value = getattr(self, name)
+                checks.append((value in list(kind), f"{name}={value!r} must be one of "
+                               f"{', '.join(kind)}"))
         errors = [message for ok, message in checks if not ok]
         if errors:
             raise ConfigError("; ".join(errors))
@@ -109,22 +145,61 @@ class TrainConfig:
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+TYPES: dict[str, type] = typing.get_type_hints(TrainConfig)
+TRUE, FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
+
+
+def parse_bool(value: str | bool) -> bool:
+    """`true`/`false` (also 1/0, yes/no, on/off, any case): how booleans arrive as text."""
+    if isinstance(value, bool):
+        return value
+    lowered = str(value).strip().lower()
+    if lowered in TRUE:
+        return True
+    if lowered in FALSE:
+        return False
+    raise ValueError(f"{value!r} is not true or false")
+
+
+def coerce(name: str, value: Any) -> Any:
+    """A value for field `name` from text (logged params, `-P`) or YAML, in the field's type.
+
+    Raises ValueError with a message that says what was expected.
+    """
+    kind = TYPES[name]
+    if kind is bool:
+        return parse_bool(value)
+    if isinstance(value, bool):
+        raise ValueError(f"{name} must be of type {kind.__name__}, got {value!r}")
+    if issubclass(kind, StrEnum):
+        try:
+            return kind(str(value))
+        except ValueError:
+            raise ValueError(f"{name}={value!r} must be one of {', '.join(kind)}") from None
+    if kind is int and isinstance(value, float) and not value.is_integer():
+        raise ValueError(f"{name} must be of type int, got {value!r}")
+    try:
+        return kind(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be of type {kind.__name__}, got {value!r}") from None
 
 
 def from_params(params: dict[str, str], **overrides: Any) -> TrainConfig:
     """Rebuild the config a run logged (MLflow params are strings), e.g. to resume it."""
-    values: dict[str, Any] = {}
-    for name in FIELDS:
-        if name not in params:
-            continue
-        kind, raw = type(getattr(TrainConfig(), name)), params[name]
-        if kind is bool:
-            values[name] = raw == "True"
-        elif kind in (int, float):
-            values[name] = kind(raw)
-        else:
-            values[name] = raw
+    values = {name: coerce(name, raw) for name, raw in params.items() if name in FIELDS}
     return TrainConfig(**(values | overrides)).validate()
+
+
+def same_value(name: str, logged: str, value: Any) -> bool:
+    """Whether a param already logged as text (e.g. by `mlflow run -P`) means `value`."""
+    if name == "preset":
+        return Path(logged).stem == str(value)
+    if name not in FIELDS:
+        return logged == str(value)
+    try:
+        return coerce(name, logged) == value
+    except ValueError:
+        return False
 
 
 def find_preset(name: str) -> Path:
@@ -142,15 +217,21 @@ def find_preset(name: str) -> Path:
     raise ConfigError(f"unknown preset {name!r}; known presets: {', '.join(known) or 'none'}")
 
 
-def _coerce(name: str, value: Any, source: str) -> Any:
-    kind = type(getattr(TrainConfig(), name))
+PRESET_KEYS = [name for name, f in FIELDS.items() if f.metadata.get("preset", True)]
+
+
+def _from_yaml(name: str, value: Any, source: str) -> Any:
+    """YAML already typed its values: only int -> float widening and enum names are accepted."""
+    kind = TYPES[name]
     if kind is bool and not isinstance(value, bool):
         raise ConfigError(f"{source}: {name} must be true or false, got {value!r}")
-    if kind is float and isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
-    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+    if kind in (int, float) and (isinstance(value, bool) or not isinstance(value, int | float)
+                                 or (kind is int and isinstance(value, float))):
         raise ConfigError(f"{source}: {name} must be of type {kind.__name__}, got {value!r}")
-    return value
+    try:
+        return coerce(name, value)
+    except ValueError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
 
 
 def load_preset(name: str, use_residual: bool) -> dict[str, Any]:
@@ -166,11 +247,11 @@ def load_preset(name: str, use_residual: bool) -> dict[str, Any]:
     if not isinstance(variants, dict) or set(variants) - {"plain", "residual"}:
         raise ConfigError(f"preset {path}: `variants` may only hold `plain` and `residual`")
     values = dict(raw) | dict(variants.get("residual" if use_residual else "plain") or {})
-    unknown = set(values) - set(FIELDS) | ({"use_residual", "preset"} & set(values))
+    unknown = set(values) - set(PRESET_KEYS)
     if unknown:
-        raise ConfigError(f"preset {path}: unknown keys {', '.join(sorted(unknown))}; "
-                          f"allowed: {', '.join(k for k in FIELDS if k not in ('preset',))}")
-    return {k: _coerce(k, v, str(path)) for k, v in values.items()}
+        raise ConfigError(f"preset {path}: unknown keys {', '.join(sorted(map(str, unknown)))}; "
+                          f"allowed: {', '.join(PRESET_KEYS)}")
+    return {k: _from_yaml(k, v, str(path)) for k, v in values.items()}
 
 
 def build_config(

@@ -94,3 +94,19 @@ def load_torchvision_weights(model: ResNet18, state: Mapping[str, torch.Tensor])
     if not model.use_residual:
         raise ValueError("torchvision's resnet18 is the residual variant; use use_residual=True")
     model.load_state_dict(from_torchvision_state_dict(state), strict=True)
+
+
+class DigitClassifier(nn.Module):
+    """The served model: raw 28x28 digits (uint8, 0-255) in, class probabilities out.
+
+    It carries the run's own preprocessing (`resnet_mnist.data.Preprocess` with the run's
+    normalisation), so callers never need to know how the network was fed during training.
+    """
+
+    def __init__(self, model: nn.Module, preprocess: nn.Module) -> None:
+        super().__init__()
+        self.preprocess = preprocess
+        self.model = model
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.model(self.preprocess(images)), dim=1)

@@ -2,25 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import matplotlib
 import numpy as np
 
+from resnet_mnist.history import History
+
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-
-
-@dataclass
-class History:
-    """Per-step train loss and per-evaluation dev loss/accuracy of one run."""
-
-    steps: list[int] = field(default_factory=list)
-    train_loss: list[float] = field(default_factory=list)
-    eval_steps: list[int] = field(default_factory=list)
-    dev_loss: list[float] = field(default_factory=list)
-    dev_accuracy: list[float] = field(default_factory=list)
 
 
 def smooth(values: list[float], window: int = 9) -> list[float]:

@@ -76,18 +76,6 @@ class StopRequested(KeyboardInterrupt):
         self.step = step
 
 
-_STOP = threading.Event()
-
-
-def request_stop() -> None:
-    """Ask a running Trainer to stop after its current step (safe from a signal handler)."""
-    _STOP.set()
-
-
-def clear_stop() -> None:
-    _STOP.clear()
-
-
 @dataclass
 class TrainState:
     """Where training stands; with the model and optimiser it is a resumable checkpoint."""
@@ -120,13 +108,22 @@ class Callback:
     def on_end(self, result: Result) -> None: ...
 
 
+class DeviceUnavailable(RuntimeError):
+    """The device asked for is not on this machine."""
+
+
+class CheckpointError(ValueError):
+    """A resume checkpoint that is not ours or was made with other settings."""
+
+
 def resolve_device(name: str) -> torch.device:
     """`auto` picks CUDA when present; asking for CUDA without a GPU is an error, not a fallback."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device=cuda was asked for but no CUDA GPU is available; use --device cpu")
-    return torch.device(name)
+        raise DeviceUnavailable("device=cuda was asked for but no CUDA GPU is available; "
+                                "use --device cpu")
+    return torch.device(str(name))
 
 
 def build_model(config: TrainConfig, device: torch.device) -> ResNet18:
@@ -193,33 +190,55 @@ def evaluate(
     return loss_sum / n, correct / n
 
 
+@dataclass(frozen=True)
+class Boundary:
+    """What happens after a step: report the losses, evaluate on dev, save a resumable
+    checkpoint, stop. Any of them first hands the pending losses to the callbacks."""
+
+    log: bool
+    evaluate: bool
+    checkpoint: bool
+    stop: bool
+
+    @property
+    def flush(self) -> bool:
+        return self.log or self.evaluate or self.checkpoint or self.stop
+
+
 class Trainer:
-    """SGD with cross-entropy over preprocessed tensors; see the module docstring for the schedule."""
+    """SGD with cross-entropy over preprocessed tensors; see the module docstring for the schedule.
+
+    `model` is what the step calls (wrapped in DistributedDataParallel and/or torch.compile when
+    asked); `model_without_ddp` is the plain module whose weights are evaluated and saved, as in
+    torchvision's reference scripts. `stop` (set by the CLI's signal handler) asks the loop to
+    stop at the next step boundary.
+    """
 
     def __init__(
         self, config: TrainConfig, model: nn.Module, callbacks: Sequence[Callback] = (),
-        dist: Dist | None = None,
+        dist: Dist | None = None, stop: threading.Event | None = None,
     ) -> None:
         self.config = config
         self.dist = dist
+        self.stop = stop or threading.Event()
         self.device = next(model.parameters()).device
         if dist is not None and config.sync_bn:
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        self.model = model
         self.callbacks = list(callbacks)
         self.state = TrainState()
         self.scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
         self.speed = Speed.resolve(config, self.device)
         if self.speed.channels_last:
-            self.model.to(memory_format=torch.channels_last)
-        self.forward: nn.Module = self.model
+            model.to(memory_format=torch.channels_last)
+        self.model_without_ddp = model
+        self.model: nn.Module = model
         if dist is not None:
             from torch.nn.parallel import DistributedDataParallel
 
             ids = [self.device.index] if self.device.type == "cuda" else None
-            self.forward = DistributedDataParallel(self.model, device_ids=ids)
+            self.model = DistributedDataParallel(model, device_ids=ids)
         if self.speed.compile:
-            self.forward = self._compiled()
+            self.model = self._compiled()
         self.optimizer = torch.optim.SGD(
             model.parameters(), lr=config.lr, momentum=config.momentum,
             nesterov=config.nesterov, weight_decay=config.weight_decay,
@@ -228,13 +247,13 @@ class Trainer:
     def _compiled(self) -> nn.Module:
         """torch.compile (CUDA graphs via reduce-overhead there); eager if it cannot compile."""
         mode = "reduce-overhead" if self.device.type == "cuda" else None
-        return torch.compile(self.forward, mode=mode)
+        return torch.compile(self.model, mode=mode)
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """One SGD step on a batch already in the step's memory format; the loss stays on the
         device."""
         with self.speed.autocast(self.device):
-            logits = self.forward(x)
+            logits = self.model(x)
         loss = F.cross_entropy(logits.float(), y, label_smoothing=self.config.label_smoothing)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -243,14 +262,14 @@ class Trainer:
 
     def _first_step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Compilation happens on the first call; if it fails, warn once and stay eager."""
-        if self.forward is self.model:
+        if not self.speed.compile:
             return self.train_step(x, y)
         try:
             return self.train_step(x, y)
         except Exception as exc:  # noqa: BLE001 - any compiler failure means: fall back
             warnings.warn(f"torch.compile failed ({type(exc).__name__}: {str(exc)[:200]}); "
                           "training eagerly", stacklevel=2)
-            self.forward = self.model
+            self.model = self.model._orig_mod if hasattr(self.model, "_orig_mod") else self.model
             self.optimizer.zero_grad(set_to_none=True)
             return self.train_step(x, y)
 
@@ -258,78 +277,107 @@ class Trainer:
         for callback in self.callbacks:
             getattr(callback, event)(*args)
 
-    def _should_eval(self, step: int, total: int) -> bool:
-        every = self.config.eval_steps
-        return step == total - 1 or (every > 0 and step > 0 and step % every == 0)
+    def at_step_boundary(self, step: int, total: int) -> Boundary:
+        """Decide what happens after global step `step` (0-based) of `total`.
+
+        The book's schedule: dev evaluation at every `eval_steps`-th step after 0 and at the last
+        step; losses reported every `log_steps` steps and at the end; a checkpoint every
+        `checkpoint_every` steps; a stop as soon as one is requested (on every rank at once).
+        """
+        cfg, done = self.config, step + 1
+        stop = self.stop.is_set()
+        if self.dist is not None:
+            stop = self.dist.any(stop, self.device)
+        every = cfg.eval_steps
+        return Boundary(
+            log=step % cfg.log_steps == 0 or done == total,
+            evaluate=step == total - 1 or (every > 0 and step > 0 and step % every == 0),
+            checkpoint=bool(cfg.checkpoint_every) and done % cfg.checkpoint_every == 0,
+            stop=stop,
+        )
 
     def fit(self, tensors: Tensors, resume: dict | None = None) -> Result:
-        """Train to the end; `resume` is a checkpoint from `checkpoint()` of the same config.
+        """Train to the end, then score the best-dev checkpoint on test.
 
-        A stop request (Ctrl-C, SIGTERM: see `request_stop`) is honoured between steps: the
-        losses so far are flushed, a checkpoint is emitted, and `StopRequested` is raised.
+        `resume` is a checkpoint from `checkpoint()` of the same config. A stop request is
+        honoured between steps: the losses so far are reported, a checkpoint is emitted, and
+        `StopRequested` is raised.
         """
         cfg = self.config
-        x_train, y_train = self.speed.images(tensors.train[0]), tensors.train[1]
-        per_epoch = D.steps_per_epoch(len(y_train), cfg.batch_size)
+        # -- set-up: schedule, data order, state (fresh or restored) --
+        per_epoch = D.steps_per_epoch(len(tensors.train[1]), cfg.batch_size)
         total = per_epoch * cfg.epochs
         self.scheduler = None
         if cfg.schedule == "onecycle":
             self.scheduler = torch.optim.lr_scheduler.OneCycleLR(
                 self.optimizer, max_lr=cfg.lr, total_steps=total)
         generator = torch.Generator().manual_seed(cfg.seed)
-        st = self.state = TrainState(epoch_rng=generator.get_state())
+        self.state = TrainState(epoch_rng=generator.get_state())
         if resume is not None:
-            st = self.state = self._restore(resume)
-            generator.set_state(st.epoch_rng)
+            self.state = self._restore(resume)
+            generator.set_state(self.state.epoch_rng)
         self.model.train()
         self._emit("on_start", self, total)
 
+        # -- train: epoch after epoch, each from where the state stands --
+        train = self.speed.images(tensors.train[0]), tensors.train[1]
+        while self.state.epoch < cfg.epochs:
+            self.train_one_epoch(train, tensors, generator, per_epoch, total)
+
+        # -- test: the best-dev checkpoint on the test split --
+        return self._test(tensors, total)
+
+    def train_one_epoch(
+        self, train: tuple[torch.Tensor, torch.Tensor], tensors: Tensors,
+        generator: torch.Generator, per_epoch: int, total: int,
+    ) -> None:
+        """The rest of the current epoch (all of it unless resuming mid-epoch); `tensors.dev` is
+        what the boundary evaluates."""
+        st, cfg = self.state, self.config
+        epoch = st.epoch
+        x_train, y_train = train
+        st.epoch_rng = generator.get_state()
+        skip = st.step - epoch * per_epoch
         pending: list[torch.Tensor] = []
         pending_start = st.step
-        while st.epoch < cfg.epochs:
-            epoch = st.epoch
-            st.epoch_rng = generator.get_state()
-            skip = st.step - epoch * per_epoch
-            tick = time.perf_counter()
-            for x, y in D.batches(x_train, y_train, cfg.batch_size, generator, skip):
-                step = st.step
-                st.images_seen += len(y)
-                if self.dist is not None:
-                    x, y = self.dist.shard(x), self.dist.shard(y)
-                detached = (self._first_step if step == 0 else self.train_step)(x, y)
-                if self.scheduler is not None:
-                    self.scheduler.step()
-                pending.append(detached)
-                st.step += 1
-                evaluate_now = self._should_eval(step, total)
-                checkpoint_now = bool(cfg.checkpoint_every) and st.step % cfg.checkpoint_every == 0
-                stop = _STOP.is_set()
-                if self.dist is not None:
-                    stop = self.dist.any(stop, self.device)
-                if (step % cfg.log_steps == 0 or evaluate_now or st.step == total
-                        or checkpoint_now or stop):
-                    st.train_time += time.perf_counter() - tick
-                    self._flush(pending_start, epoch, self._mean(torch.stack(pending)).tolist())
-                    pending, pending_start = [], st.step
-                    if evaluate_now:
-                        self._evaluate(step, tensors)
-                    if checkpoint_now or stop:
-                        self._emit("on_checkpoint", st.step, self.checkpoint())
-                    if stop:
-                        _STOP.clear()
-                        raise StopRequested(st.step)
-                    tick = time.perf_counter()
+        tick = time.perf_counter()
+        for x, y in D.batches(x_train, y_train, cfg.batch_size, generator, skip):
+            # -- one step --
+            step = st.step
+            st.images_seen += len(y)
+            if self.dist is not None:
+                x, y = self.dist.shard(x), self.dist.shard(y)
+            pending.append((self._first_step if step == 0 else self.train_step)(x, y))
+            if self.scheduler is not None:
+                self.scheduler.step()
+            st.step += 1
+            # -- the step boundary: report, evaluate, checkpoint, stop --
+            todo = self.at_step_boundary(step, total)
+            if not todo.flush:
+                continue
             st.train_time += time.perf_counter() - tick
-            if pending:
-                self._flush(pending_start, epoch, self._mean(torch.stack(pending)).tolist())
-                pending, pending_start = [], st.step
-            self._emit("on_epoch_end", epoch, st.epoch_loss / per_epoch)
-            st.epoch, st.epoch_loss = epoch + 1, 0.0
+            self._report(pending_start, epoch, pending)
+            pending, pending_start = [], st.step
+            if todo.evaluate:
+                self._evaluate(step, tensors)
+            if todo.checkpoint or todo.stop:
+                self._emit("on_checkpoint", st.step, self.checkpoint())
+            if todo.stop:
+                raise StopRequested(st.step)
+            tick = time.perf_counter()
+        # -- the end of the epoch --
+        st.train_time += time.perf_counter() - tick
+        if pending:
+            self._report(pending_start, epoch, pending)
+        self._emit("on_epoch_end", epoch, st.epoch_loss / per_epoch)
+        st.epoch, st.epoch_loss = epoch + 1, 0.0
 
+    def _test(self, tensors: Tensors, total: int) -> Result:
+        st = self.state
         t0 = time.perf_counter()
-        self.model.load_state_dict(st.best_state)
-        test_loss, test_acc = evaluate(self.model, *tensors.test, cfg.eval_batch_size, self.speed,
-                                       self.dist)
+        self.model_without_ddp.load_state_dict(st.best_state)
+        test_loss, test_acc = evaluate(self.model_without_ddp, *tensors.test,
+                                       self.config.eval_batch_size, self.speed, self.dist)
         st.eval_time += time.perf_counter() - t0
         result = Result(
             best_dev_accuracy=st.best_accuracy, best_step=st.best_step, test_accuracy=test_acc,
@@ -353,14 +401,14 @@ class Trainer:
     def _evaluate(self, step: int, tensors: Tensors) -> None:
         st = self.state
         t0 = time.perf_counter()
-        dev_loss, dev_acc = evaluate(self.model, *tensors.dev, self.config.eval_batch_size,
-                                     self.speed, self.dist)
+        dev_loss, dev_acc = evaluate(self.model_without_ddp, *tensors.dev,
+                                     self.config.eval_batch_size, self.speed, self.dist)
         st.eval_time += time.perf_counter() - t0
         self._emit("on_eval", step, dev_loss, dev_acc)
         if dev_acc > st.best_accuracy:
             st.best_accuracy, st.best_step = dev_acc, step
             st.best_state = {k: v.detach().to("cpu", copy=True)
-                             for k, v in self.model.state_dict().items()}
+                             for k, v in self.model_without_ddp.state_dict().items()}
             self._emit("on_best", step, dev_acc)
 
     def checkpoint(self) -> dict:
@@ -370,7 +418,7 @@ class Trainer:
         return {
             "format": CHECKPOINT_FORMAT,
             "params": {k: str(v) for k, v in self.config.params().items()},
-            "model": {k: v.detach().to("cpu") for k, v in self.model.state_dict().items()},
+            "model": {k: v.detach().to("cpu") for k, v in self.model_without_ddp.state_dict().items()},
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
             "torch_rng": torch.get_rng_state(),
@@ -381,20 +429,23 @@ class Trainer:
 
     def _restore(self, ckpt: dict) -> TrainState:
         if ckpt.get("format") != CHECKPOINT_FORMAT:
-            raise ValueError("not a resnet-mnist resume checkpoint")
+            raise CheckpointError("not a resnet-mnist resume checkpoint")
         mine = {k: str(v) for k, v in self.config.params().items()}
-        differs = sorted(k for k in ckpt["params"] if k != "device" and ckpt["params"][k] != mine.get(k))
+        differs = sorted(k for k in ckpt["params"]
+                         if k != "device" and ckpt["params"][k] != mine.get(k))
         if differs:
-            raise ValueError(f"checkpoint was made with other settings: {', '.join(differs)}")
-        self.model.load_state_dict(ckpt["model"])
+            raise CheckpointError(f"checkpoint was made with other settings: {', '.join(differs)}")
+        self.model_without_ddp.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         if self.scheduler is not None and ckpt["scheduler"] is not None:
             self.scheduler.load_state_dict(ckpt["scheduler"])
         torch.set_rng_state(ckpt["torch_rng"])
         return TrainState(**ckpt["state"], best_state=ckpt["best_state"])
 
-    def _flush(self, first_step: int, epoch: int, losses: list[float]) -> None:
-        """Hand the buffered per-step losses to the callbacks; stop at the first non-finite one."""
+    def _report(self, first_step: int, epoch: int, pending: list[torch.Tensor]) -> None:
+        """Hand the pending per-step losses (one host sync) to the callbacks; stop at the first
+        non-finite one."""
+        losses = self._mean(torch.stack(pending)).tolist()
         for offset, value in enumerate(losses):
             if not math.isfinite(value):
                 raise NonFiniteLossError(first_step + offset, value)

@@ -1,0 +1,99 @@
+"""The process boundary: what escapes a command becomes one line and an exit code, and Ctrl-C or
+SIGTERM becomes a stop request that the Trainer honours at its next step boundary.
+
+The project's own errors are expected: their message is the whole story (exit 2 for invalid
+settings, 1 otherwise). Anything else is a bug or an environment problem: one line, and the
+traceback with `--debug` or RESNET_MNIST_DEBUG=1.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import click
+import typer
+from rich.console import Console
+from typer.core import TyperGroup
+from typer.exceptions import TyperException
+
+from resnet_mnist import data as D
+from resnet_mnist.config import ConfigError
+from resnet_mnist.store import TrackingUnavailable
+
+err = Console(stderr=True, soft_wrap=True)
+DEBUG_ENV = "RESNET_MNIST_DEBUG"
+
+
+def fail(message: str, code: int = 1) -> typer.Exit:
+    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    return typer.Exit(code)
+
+
+def _project_errors() -> dict[type[BaseException], int]:
+    """The project's own errors and their exit codes (2: invalid settings, 1: anything else)."""
+    from resnet_mnist.compare import CompareError
+    from resnet_mnist.predict import PredictError
+    from resnet_mnist.runner import ResumeError
+    from resnet_mnist.train import CheckpointError, DeviceUnavailable, NonFiniteLossError
+
+    return {ConfigError: 2, D.DataError: 1, TrackingUnavailable: 1, ResumeError: 1,
+            CompareError: 1, PredictError: 1, DeviceUnavailable: 1, NonFiniteLossError: 1,
+            CheckpointError: 1}
+
+
+class ErrorBoundary(TyperGroup):
+    """Runs a command and maps what escapes it to one line on stderr and an exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        debug = bool(ctx.params.get("debug")) or os.environ.get(DEBUG_ENV, "") not in ("", "0")
+        try:
+            return super().invoke(ctx)
+        except (typer.Exit, typer.Abort, TyperException, click.exceptions.Exit,
+                click.ClickException, click.Abort):
+            raise
+        except KeyboardInterrupt as exc:
+            from resnet_mnist.runs import RunInterrupted
+
+            if isinstance(exc, RunInterrupted):
+                hint = (f"; resume with `resnet-mnist train --resume {exc.run_id}`"
+                        if exc.step is not None else "")
+                raise fail(f"interrupted; run {exc.run_id} was ended KILLED{hint}", 130) from None
+            raise fail("interrupted", 130) from None
+        except Exception as exc:
+            code = next((c for kind, c in _project_errors().items() if isinstance(exc, kind)), None)
+            if code is not None:
+                raise fail(str(exc), code) from None
+            if debug:
+                raise
+            first = (str(exc).strip().splitlines() or [""])[0][:500]
+            raise fail(f"unexpected {type(exc).__name__}" + (f": {first}" if first else "")
+                       + f" (rerun with --debug or {DEBUG_ENV}=1 for the traceback)") from None
+
+
+@contextmanager
+def stop_on_signals() -> Iterator[threading.Event]:
+    """Ctrl-C and SIGTERM set the returned event: the Trainer stops at the next step boundary
+    (after saving a resumable checkpoint). A second signal interrupts at once."""
+    stop = threading.Event()
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def handler(signum: int, frame: object) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt(f"signal {signum}")
+        stop.set()
+        print("stopping at the next step boundary (again to interrupt at once)",
+              file=sys.stderr, flush=True)
+
+    for sig in previous:
+        signal.signal(sig, handler)
+    try:
+        yield stop
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)

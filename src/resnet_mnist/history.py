@@ -1,0 +1,39 @@
+"""Reading a run's curves back from MLflow: the full per-step histories, not the last values."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from mlflow.tracking import MlflowClient
+
+CURVES = ("train_loss", "dev_loss", "dev_accuracy", "train_epoch_loss")
+
+
+@dataclass
+class History:
+    """Per-step train loss and per-evaluation dev loss/accuracy of one run."""
+
+    steps: list[int] = field(default_factory=list)
+    train_loss: list[float] = field(default_factory=list)
+    eval_steps: list[int] = field(default_factory=list)
+    dev_loss: list[float] = field(default_factory=list)
+    dev_accuracy: list[float] = field(default_factory=list)
+
+
+def read_history(client: MlflowClient, run_id: str) -> History:
+    """The run's train loss at every step and dev loss/accuracy at every evaluation."""
+    train = sorted((m.step, m.value) for m in client.get_metric_history(run_id, "train_loss"))
+    dev_loss = {m.step: m.value for m in client.get_metric_history(run_id, "dev_loss")}
+    dev_acc = sorted((m.step, m.value) for m in client.get_metric_history(run_id, "dev_accuracy"))
+    return History(
+        steps=[s for s, _ in train], train_loss=[v for _, v in train],
+        eval_steps=[s for s, _ in dev_acc], dev_loss=[dev_loss[s] for s, _ in dev_acc],
+        dev_accuracy=[v for _, v in dev_acc],
+    )
+
+
+def last_logged_steps(client: MlflowClient, run_id: str) -> dict[str, int]:
+    """The last step already in the store for each curve (-1 when none): what a resumed run
+    must not send again."""
+    return {key: max((m.step for m in client.get_metric_history(run_id, key)), default=-1)
+            for key in CURVES}

@@ -1,0 +1,150 @@
+"""Train or resume one variant as one tracked MLflow run: validate, load, track, fit, log.
+
+Everything that can fail on bad input (device, data files, store) fails before the run starts.
+With `dist` (torchrun) every rank trains and only rank 0 talks to MLflow.
+"""
+
+from __future__ import annotations
+
+import pickle
+import tempfile
+import threading
+from dataclasses import dataclass
+
+import mlflow
+import torch
+from mlflow.tracking import MlflowClient
+from torch import nn
+
+from resnet_mnist.complexity import measure
+from resnet_mnist.config import TrainConfig, from_params
+from resnet_mnist.distributed import Dist, device_for
+from resnet_mnist.history import last_logged_steps, read_history
+from resnet_mnist.runs import tracked_run
+from resnet_mnist.store import DEFAULT_EXPERIMENT, check_store
+from resnet_mnist.tracker import (
+    MlflowTracker,
+    log_best_checkpoint,
+    log_complexity,
+    log_curves,
+    log_inputs,
+    log_model,
+)
+from resnet_mnist.train import Callback, Result, Tensors, Trainer, build_model, load_tensors, resolve_device
+
+
+class ResumeError(RuntimeError):
+    """The run cannot be resumed; the message says why."""
+
+
+@dataclass
+class Trained:
+    """What a tracked training produced (empty ids on ranks other than 0)."""
+
+    run_id: str
+    result: Result
+    model_uri: str
+    config: TrainConfig
+
+
+def train(
+    config: TrainConfig, experiment: str = DEFAULT_EXPERIMENT, run_name: str | None = None,
+    callbacks: list[Callback] | None = None, tags: dict[str, str] | None = None,
+    parent_run_id: str | None = None, run_id: str | None = None, dist: Dist | None = None,
+    stop: threading.Event | None = None,
+) -> Trained:
+    """Train one variant inside one MLflow run: a new one, or `run_id` (the `mlflow run` one)."""
+    device = resolve_device(config.device)
+    if dist is not None:
+        device = device_for(dist, device)
+    tensors = load_tensors(config, device)
+    if dist is not None and not dist.is_main:
+        result = Trainer(config, build_model(config, device), [], dist, stop).fit(tensors)
+        return Trained("", result, "", config)
+    check_store()
+    model = build_model(config, device)
+    complexity = measure(model)
+    with tracked_run(config, experiment, run_name, str(device), tags, parent_run_id,
+                     run_id) as run:
+        if dist is not None:
+            mlflow.log_params({"world_size": dist.world, "backend": dist.backend,
+                               "global_batch_size": config.batch_size,
+                               "per_rank_batch_size": -(-config.batch_size // dist.world)})
+        log_inputs(config, tensors)
+        log_complexity(complexity)
+        mlflow.log_text(str(model), "summary/model.txt")
+        tracker = MlflowTracker(run.info.run_id)
+        return _fit(config, model, tensors, tracker, callbacks, None, dist, stop)
+
+
+def resume(
+    run_id: str, data_root: str = "", device: str | None = None,
+    callbacks: list[Callback] | None = None, stop: threading.Event | None = None,
+) -> Trained:
+    """Continue a KILLED or FAILED run from its `checkpoints/resume.pt`, in the same run.
+
+    Metrics already in the store are not sent again, so the histories have no duplicates; on a
+    CPU the resumed run ends with the same metrics as an uninterrupted one.
+    """
+    from mlflow.exceptions import MlflowException
+
+    check_store()
+    client = MlflowClient()
+    try:
+        run = client.get_run(run_id)
+    except MlflowException as exc:
+        raise ResumeError(f"no run {run_id!r} in {mlflow.get_tracking_uri()}: {exc}") from None
+    if run.info.status == "FINISHED":
+        raise ResumeError(f"run {run_id} is already FINISHED; nothing to resume")
+    if run.info.status == "RUNNING":
+        raise ResumeError(f"run {run_id} is RUNNING; stop it first")
+    overrides = {"data_root": data_root} | ({"device": device} if device else {})
+    config = from_params(run.data.params, **overrides)
+    checkpoint = _download_checkpoint(run_id)
+    dev = resolve_device(config.device)
+    tensors = load_tensors(config, dev)
+    model = build_model(config, dev)
+    logged, past = last_logged_steps(client, run_id), read_history(client, run_id)
+    with tracked_run(config, run_id=run_id, resume=True) as active:
+        mlflow.set_tag("resumed_from_step", str(checkpoint["state"]["step"]))
+        tracker = MlflowTracker(active.info.run_id, history=past, logged=logged)
+        return _fit(config, model, tensors, tracker, callbacks, checkpoint, None, stop)
+
+
+def _download_checkpoint(run_id: str) -> dict:
+    """The run's resumable checkpoint, loaded with `weights_only=True` (no code runs)."""
+    from mlflow.exceptions import MlflowException
+
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            path = mlflow.artifacts.download_artifacts(
+                run_id=run_id, artifact_path="checkpoints/resume.pt", dst_path=tmp)
+        except (MlflowException, OSError):
+            raise ResumeError(f"run {run_id} has no resumable checkpoint (checkpoints/resume.pt);"
+                              " it stopped before any was written") from None
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as exc:
+            raise ResumeError(f"refused checkpoints/resume.pt of run {run_id}: it holds objects "
+                              f"other than tensors and plain values ({str(exc)[:200]})") from None
+
+
+def _fit(
+    config: TrainConfig, model: nn.Module, tensors: Tensors, tracker: MlflowTracker,
+    callbacks: list[Callback] | None, checkpoint: dict | None, dist: Dist | None,
+    stop: threading.Event | None,
+) -> Trained:
+    """Train inside the active run, keep what was learned on failure, log the results."""
+    trainer = Trainer(config, model, [tracker, *(callbacks or [])], dist, stop)
+    try:
+        result = trainer.fit(tensors, resume=checkpoint)
+    except BaseException:
+        tracker.flush()
+        log_best_checkpoint(trainer.best_state)
+        raise
+    mlflow.log_metric("tracking_log_seconds", tracker.log_seconds)
+    log_best_checkpoint(result.best_state)
+    run = mlflow.active_run()
+    log_curves(tracker.history, config.variant, run.info.run_name or "")
+    model_uri = log_model(model, config.normalize, tensors.raw_examples)
+    return Trained(tracker.run_id, result, model_uri, config)

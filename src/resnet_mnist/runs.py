@@ -1,0 +1,136 @@
+"""The life of a training run in MLflow: start it (new, adopted from `mlflow run`, or resumed),
+record who made it, and end it in the state that says what happened.
+
+A run always ends: FINISHED on success; KILLED on Ctrl-C or SIGTERM (tag `stopped_at_step` when
+training stopped cleanly with a resumable checkpoint); FAILED with tags `error` and
+`failure_reason` on any error (`failed_at_step` too for a non-finite loss). Never RUNNING.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import mlflow
+import torch
+from mlflow.entities import RunStatus
+from mlflow.tracking import MlflowClient
+
+from resnet_mnist.config import ConfigError, TrainConfig, same_value
+from resnet_mnist.store import DEFAULT_EXPERIMENT, experiment_id
+from resnet_mnist.train import NonFiniteLossError, StopRequested
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """The run was ended KILLED by Ctrl-C or SIGTERM; `step` is set when training stopped at a
+    step boundary with a resumable checkpoint."""
+
+    def __init__(self, run_id: str, step: int | None) -> None:
+        super().__init__(f"run {run_id} interrupted")
+        self.run_id = run_id
+        self.step = step
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                             timeout=5, cwd=Path(__file__).resolve().parent)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def version(module: object) -> str:
+    return str(getattr(module, "__version__", "unknown")).split("+")[0]
+
+
+def run_name(config: TrainConfig) -> str:
+    return f"resnet18-{config.variant}-seed{config.seed}"
+
+
+def train_tags(config: TrainConfig, parent_run_id: str | None = None) -> dict[str, str]:
+    """What a training run is (variant, preset, versions, commit): tags to search and group by."""
+    tags = {"variant": config.variant, "preset": config.preset, "run_type": "train",
+            "torch_version": version(torch), "mlflow_version": version(mlflow)}
+    if parent_run_id:
+        tags["mlflow.parentRunId"] = parent_run_id
+    commit = git_commit()
+    if commit:
+        tags["git_commit"] = commit
+    return tags
+
+
+def log_params(run_id: str, params: dict[str, object]) -> None:
+    """Log `params`, except those the run already holds with the same meaning.
+
+    `mlflow run` logs every `-P` parameter as text before our process starts (`use_residual=true`,
+    `lr=2e-2`); MLflow refuses to change a param, so an equal one is kept as it is and a
+    conflicting one is an error.
+    """
+    client = MlflowClient()
+    have = client.get_run(run_id).data.params
+    clash = sorted(k for k, v in params.items() if k in have and not same_value(k, have[k], v))
+    if clash:
+        raise ConfigError("the run already holds other values for "
+                          + ", ".join(f"{k}={have[k]!r} (wanted {params[k]!s})" for k in clash))
+    mlflow.log_params({k: v for k, v in params.items() if k not in have})
+
+
+def _start(config: TrainConfig, experiment: str, name: str | None, device: str,
+           tags: dict[str, str] | None, parent_run_id: str | None, run_id: str | None,
+           resume: bool) -> mlflow.ActiveRun:
+    if resume:
+        return mlflow.start_run(run_id=run_id)
+    all_tags = train_tags(config, parent_run_id) | (tags or {})
+    params = config.params() | {"device": device}
+    if run_id:  # the run `mlflow run` made for this process becomes the training run
+        run = mlflow.start_run(run_id=run_id)
+        MlflowClient().update_run(run_id, name=name or run_name(config))
+        mlflow.set_tags(all_tags)
+    else:
+        run = mlflow.start_run(run_name=name or run_name(config),
+                               experiment_id=experiment_id(experiment), tags=all_tags)
+    try:
+        log_params(run.info.run_id, params)
+    except BaseException:
+        mlflow.end_run(RunStatus.to_string(RunStatus.FAILED))
+        raise
+    return run
+
+
+@contextmanager
+def tracked_run(
+    config: TrainConfig, experiment: str = DEFAULT_EXPERIMENT, name: str | None = None,
+    device: str = "cpu", tags: dict[str, str] | None = None, parent_run_id: str | None = None,
+    run_id: str | None = None, resume: bool = False,
+) -> Iterator[mlflow.ActiveRun]:
+    """Start a run and make sure it ends in the right state (see the module docstring).
+
+    `run_id` with `resume` reopens a stopped run; `run_id` alone adopts a run someone else created
+    (the project run of `mlflow run`); neither makes a new run in `experiment`, nested under
+    `parent_run_id` when given.
+    """
+    run = _start(config, experiment, name, device, tags, parent_run_id, run_id, resume)
+    run_id = run.info.run_id
+    client = MlflowClient()
+    try:
+        yield run
+    except KeyboardInterrupt as exc:
+        client.set_tag(run_id, "failure_reason", "interrupted (Ctrl-C or SIGTERM)")
+        step = exc.step if isinstance(exc, StopRequested) else None
+        if step is not None:
+            client.set_tag(run_id, "stopped_at_step", str(step))
+        mlflow.end_run(RunStatus.to_string(RunStatus.KILLED))
+        raise RunInterrupted(run_id, step) from exc
+    except BaseException as exc:
+        client.set_tag(run_id, "error", f"{type(exc).__name__}: {exc}"[:5000])
+        client.set_tag(run_id, "failure_reason", type(exc).__name__)
+        if isinstance(exc, NonFiniteLossError):
+            client.set_tag(run_id, "failed_at_step", str(exc.step))
+        mlflow.end_run(RunStatus.to_string(RunStatus.FAILED))
+        raise
+    else:
+        mlflow.end_run(RunStatus.to_string(RunStatus.FINISHED))
+

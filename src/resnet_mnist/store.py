@@ -1,0 +1,122 @@
+"""Access to the tracking store: which one, whether it answers, and writing to it safely.
+
+The default store is embedded (`sqlite:///mlflow.db`, artifacts in `./mlruns`);
+`$MLFLOW_TRACKING_URI` switches to a server. Several processes may share one sqlite file: its
+first-time set-up is serialised by a file lock and "database is locked" writes are retried.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TypeVar
+
+import mlflow
+from mlflow.tracking import MlflowClient
+
+T = TypeVar("T")
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+DEFAULT_EXPERIMENT = "resnet18-mnist"
+
+
+class TrackingUnavailable(RuntimeError):
+    """The tracking store cannot be reached; raised before any training starts."""
+
+
+def configure() -> str:
+    """Use `$MLFLOW_TRACKING_URI`, else the embedded store `sqlite:///mlflow.db` (+ `./mlruns`)."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+    mlflow.set_tracking_uri(uri)
+    return uri
+
+
+@contextmanager
+def store_lock(uri: str) -> Iterator[None]:
+    """Serialise first-time set-up of a sqlite store between processes.
+
+    Several processes opening a new `mlflow.db` at once all run MLflow's schema migrations and
+    collide ("duplicate column name"); the same goes for creating one experiment or dataset twice.
+    A file lock beside the database makes the first process do it and the others wait.
+    """
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    import fcntl
+
+    db = Path(uri.removeprefix("sqlite:///"))
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(db.with_name(db.name + ".lock"), "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def retry_locked(call: Callable[[], T], attempts: int = 20) -> T:
+    """Retry a store write that sqlite refused with "database is locked" (another writer)."""
+    for attempt in range(attempts):
+        try:
+            return call()
+        except Exception as exc:  # noqa: BLE001 - MLflow wraps sqlite errors in several types
+            if "database is locked" not in str(exc) or attempt == attempts - 1:
+                raise
+            time.sleep(min(0.05 * 2**attempt, 2.0))
+    raise AssertionError("unreachable")
+
+
+def check_store(timeout_s: int = 5) -> str:
+    """Fail fast, with the URI in the message, when the tracking store does not answer.
+
+    MLflow's HTTP client retries with back-off for minutes by default; for this one probe the
+    retries are off and the timeout short (unless the user set them). A sqlite store is created
+    (schema migrated) here, under a lock.
+    """
+    from mlflow.exceptions import MlflowException
+
+    uri = configure()
+    if not uri.startswith(("http://", "https://")):
+        with store_lock(uri):
+            MlflowClient().search_experiments(max_results=1)
+        return uri
+    saved = {k: os.environ.get(k) for k in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES",
+                                            "MLFLOW_HTTP_REQUEST_TIMEOUT")}
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(timeout_s))
+    try:
+        MlflowClient().search_experiments(max_results=1)
+    except (MlflowException, OSError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        raise TrackingUnavailable(
+            f"the tracking server at {uri} does not answer ({first}). Start it (`make server`) "
+            "or unset MLFLOW_TRACKING_URI to use the local sqlite:///mlflow.db store.") from None
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    return uri
+
+
+def experiment_id(name: str) -> str:
+    """The id of experiment `name`, created on first use (under the store lock)."""
+    client = MlflowClient()
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id
+    with store_lock(mlflow.get_tracking_uri()):
+        found = client.get_experiment_by_name(name)
+        return found.experiment_id if found is not None else client.create_experiment(name)
+
+
+def take_project_run() -> str | None:
+    """The run `mlflow run` created for this process (it passes `MLFLOW_RUN_ID`), if any.
+
+    Called once, at the process boundary: the variable is removed so that MLflow's fluent API
+    never resumes that run by itself; the caller decides which run it becomes.
+    """
+    return os.environ.pop("MLFLOW_RUN_ID", None) or None

@@ -1,0 +1,166 @@
+"""The MLflow side of a training run: the callback that records the Trainer's events, and the
+artifacts written around it (dataset inputs, complexity, curves, checkpoints, the model).
+
+Store I/O only: no training decisions here. Per-step metrics are buffered and sent with
+`MlflowClient.log_batch` whenever the Trainer reports its losses (every `log_steps`), so tracking
+costs a handful of store writes per epoch.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import torch
+from mlflow.entities import Metric
+from mlflow.tracking import MlflowClient
+from torch import nn
+
+from resnet_mnist import data as D
+from resnet_mnist.complexity import Complexity, format_table
+from resnet_mnist.config import TrainConfig
+from resnet_mnist.history import History
+from resnet_mnist.model import DigitClassifier
+from resnet_mnist.plots import plot_curves
+from resnet_mnist.runs import version
+from resnet_mnist.store import retry_locked, store_lock
+from resnet_mnist.train import Callback, Result, Tensors
+
+MAX_BATCH = 1000
+FINAL_METRICS = ("best_dev_accuracy", "test_accuracy", "test_loss", "train_images_per_s",
+                 "train_time_s", "eval_time_s")
+
+
+class MlflowTracker(Callback):
+    """Listens to the Trainer and writes metrics to one run in batches.
+
+    `logged` (on resume) holds the last step already in the store per metric; those steps are not
+    sent again, so the histories have no duplicates. `history` keeps the curves for the plot.
+    """
+
+    def __init__(self, run_id: str, client: MlflowClient | None = None,
+                 history: History | None = None, logged: dict[str, int] | None = None) -> None:
+        self.run_id = run_id
+        self.client = client or MlflowClient()
+        self.buffer: list[Metric] = []
+        self.history = history or History()
+        self.log_seconds = 0.0
+        self.logged = logged or {}
+
+    def _add(self, key: str, value: float, step: int) -> None:
+        if step <= self.logged.get(key, -1):
+            return
+        self.buffer.append(Metric(key, float(value), int(time.time() * 1000), int(step)))
+
+    def flush(self) -> None:
+        t0 = time.perf_counter()
+        while self.buffer:
+            chunk, self.buffer = self.buffer[:MAX_BATCH], self.buffer[MAX_BATCH:]
+            retry_locked(lambda chunk=chunk: self.client.log_batch(
+                self.run_id, metrics=chunk, synchronous=True))
+        self.log_seconds += time.perf_counter() - t0
+
+    def on_step(self, step: int, epoch: int, loss: float) -> None:
+        self._add("train_loss", loss, step)
+        if not self.history.steps or step > self.history.steps[-1]:
+            self.history.steps.append(step)
+            self.history.train_loss.append(loss)
+
+    def on_checkpoint(self, step: int, checkpoint: dict) -> None:
+        """A resumable checkpoint (`checkpoints/resume.pt`), replaced at each save."""
+        self.flush()
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "resume.pt"
+            torch.save(checkpoint, path)
+            self.client.log_artifact(self.run_id, str(path), "checkpoints")
+        self.client.set_tag(self.run_id, "resume_step", str(step))
+
+    def on_log(self, step: int, epoch: int, loss: float, images_per_s: float) -> None:
+        self.flush()
+
+    def on_eval(self, step: int, dev_loss: float, dev_accuracy: float) -> None:
+        self._add("dev_loss", dev_loss, step)
+        self._add("dev_accuracy", dev_accuracy, step)
+        if self.history.eval_steps and step <= self.history.eval_steps[-1]:
+            return
+        self.history.eval_steps.append(step)
+        self.history.dev_loss.append(dev_loss)
+        self.history.dev_accuracy.append(dev_accuracy)
+        self.flush()
+
+    def on_epoch_end(self, epoch: int, mean_loss: float) -> None:
+        self._add("train_epoch_loss", mean_loss, epoch)
+
+    def on_end(self, result: Result) -> None:
+        for key in FINAL_METRICS:
+            self._add(key, getattr(result, key), result.steps)
+        self._add("best_step", result.best_step, result.steps)
+        self.flush()
+
+
+def log_inputs(config: TrainConfig, tensors: Tensors) -> None:
+    """Record MNIST as the run's dataset input: digest from the official SHA-256s, split sizes."""
+    source = str(D.raw_dir(config.data_root or None).resolve())
+    sizes = tensors.sizes()
+    for context, key in (("training", "train"), ("dev", "dev"), ("test", "test")):
+        labels = getattr(tensors, key)[1].cpu().numpy()
+        with warnings.catch_warnings():
+            # MLflow registers its local-file source class twice and warns that a path is
+            # ambiguous between the two identical candidates.
+            warnings.filterwarnings("ignore", message="The specified dataset source")
+            dataset = mlflow.data.from_numpy(
+                labels, source=source, name=f"mnist-{key}",
+                digest=f"{D.dataset_digest()}-{key}{sizes[key]}",
+            )
+        # Datasets are shared by the experiment: two processes adding the same one at once
+        # collide on a unique key, so this too is serialised.
+        with store_lock(mlflow.get_tracking_uri()):
+            mlflow.log_input(dataset, context=context)
+
+
+def log_complexity(c: Complexity) -> None:
+    mlflow.log_metrics({"param_count": c.param_count, "macs": c.macs, "flops": c.flops})
+    mlflow.log_text(format_table(c), "summary/layers.txt")
+
+
+def log_best_checkpoint(state: dict[str, torch.Tensor]) -> None:
+    """`checkpoints/best_model.pt`: the best-dev state_dict, at the end or after a failure (so
+    nothing learned is lost). Plain tensors: it loads with `weights_only=True`."""
+    if not state:
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        checkpoint = Path(tmp) / "best_model.pt"
+        torch.save(state, checkpoint)
+        mlflow.log_artifact(str(checkpoint), "checkpoints")
+
+
+def log_model(model: nn.Module, normalize: str, example_images: np.ndarray) -> str:
+    """Log the model (torch.export `pt2` format, no pickle) wrapped to take raw 28x28 digits.
+
+    The signature is uint8 (N, 28, 28), as MNIST and PIL images come; MLflow enforces tensor
+    dtypes strictly, so float images are cast to uint8 by the caller (`resnet-mnist predict` does).
+    Returns the model URI `runs:/<id>/model`.
+    """
+    classifier = DigitClassifier(model, D.Preprocess(normalize)).to("cpu").eval()
+    example = np.ascontiguousarray(example_images, dtype=np.uint8).copy()
+    with torch.inference_mode():
+        output = classifier(torch.from_numpy(example)).numpy()
+    signature = mlflow.models.infer_signature(example, output)
+    info = mlflow.pytorch.log_model(
+        classifier, name="model", signature=signature, input_example=example,
+        pip_requirements=[f"torch=={version(torch)}", f"mlflow=={version(mlflow)}",
+                          f"numpy=={version(np)}"],
+    )
+    # MLflow 3 keeps the model as a LoggedModel; registering its own URI avoids a lookup.
+    mlflow.set_tag("logged_model_uri", info.model_uri)
+    return f"runs:/{mlflow.active_run().info.run_id}/model"
+
+
+def log_curves(history: History, variant: str, title: str) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        for path in plot_curves({variant: [history]}, Path(tmp) / "curves.png", title=title):
+            mlflow.log_artifact(str(path), "plots")

@@ -1,0 +1,63 @@
+"""The process boundary: expected errors are one line and an exit code, unexpected ones one line
+and a hint (the traceback with --debug), and signals become a stop request (in-process, fast)."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+from typer.testing import CliRunner
+
+from resnet_mnist import complexity
+from resnet_mnist import data as D
+from resnet_mnist.boundary import DEBUG_ENV, stop_on_signals
+from resnet_mnist.cli import app
+from resnet_mnist.config import ConfigError
+
+cli = CliRunner()
+
+
+def broken(exc: BaseException):
+    def measure(*args, **kwargs):
+        raise exc
+
+    return measure
+
+
+@pytest.mark.parametrize("exc,code,line", [
+    (ConfigError("lr=0 must be > 0"), 2, "error: lr=0 must be > 0"),
+    (D.DataError("train-images-idx3-ubyte: missing"), 1, "error: train-images-idx3-ubyte: missing"),
+    (ZeroDivisionError("division by zero"), 1,
+     f"error: unexpected ZeroDivisionError: division by zero (rerun with --debug or {DEBUG_ENV}=1"),
+    (KeyboardInterrupt(), 130, "error: interrupted"),
+])
+def test_errors_become_one_line_and_an_exit_code(
+    monkeypatch: pytest.MonkeyPatch, exc: BaseException, code: int, line: str
+) -> None:
+    monkeypatch.delenv(DEBUG_ENV, raising=False)
+    monkeypatch.setattr(complexity, "measure", broken(exc))
+    out = cli.invoke(app, ["summary"], terminal_width=200)
+    assert out.exit_code == code
+    assert line in out.output
+    assert "Traceback" not in out.output and len(out.output.strip().splitlines()) <= 2
+
+
+@pytest.mark.parametrize("how", ["flag", "env"])
+def test_debug_shows_the_unexpected_error(monkeypatch: pytest.MonkeyPatch, how: str) -> None:
+    monkeypatch.setattr(complexity, "measure", broken(ZeroDivisionError("division by zero")))
+    if how == "env":
+        monkeypatch.setenv(DEBUG_ENV, "1")
+    out = cli.invoke(app, (["--debug"] if how == "flag" else []) + ["summary"])
+    assert isinstance(out.exception, ZeroDivisionError)
+
+
+def test_first_signal_asks_to_stop_second_interrupts() -> None:
+    before = signal.getsignal(signal.SIGTERM)
+    with stop_on_signals() as stop:
+        assert not stop.is_set()
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stop.is_set()
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+    assert signal.getsignal(signal.SIGTERM) is before

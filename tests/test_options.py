@@ -1,0 +1,104 @@
+"""The CLI's hyper-parameter options follow from TrainConfig: every field is an option of its type,
+given values reach the config, bad ones stop before anything runs (in-process, fast)."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from resnet_mnist import runner
+from resnet_mnist.cli import app
+from resnet_mnist.config import FIELDS, TYPES, TrainConfig
+from resnet_mnist.options import config_option_names, flag
+
+cli = CliRunner()
+
+
+def flat(text: str) -> str:
+    return " ".join(text.replace("│", " ").split())
+
+
+@pytest.fixture
+def captured(monkeypatch: pytest.MonkeyPatch) -> list[TrainConfig]:
+    """Replace training by a recorder of the config it would have trained."""
+    seen: list[TrainConfig] = []
+
+    def fake_train(config: TrainConfig, *args: Any, **kwargs: Any) -> None:
+        seen.append(config)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(runner, "train", fake_train)
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    return seen
+
+
+def other_value(name: str) -> tuple[str, Any]:
+    """A valid value for field `name` that differs from its default: (as typed, as parsed)."""
+    kind, default = TYPES[name], FIELDS[name].default
+    if kind is bool:
+        return str(not default).lower(), not default
+    if kind is int:
+        return "7", 7
+    if kind is float:
+        return "0.5", 0.5
+    if isinstance(kind, type) and issubclass(kind, StrEnum):
+        member = [m for m in kind if m != default][-1]
+        return member.value, member
+    return "elsewhere", "elsewhere"
+
+
+def test_every_field_but_the_preset_name_is_an_option() -> None:
+    assert set(config_option_names()) == set(FIELDS) - {"preset"}
+    out = cli.invoke(app, ["train", "--help"], terminal_width=200)
+    assert out.exit_code == 0
+    for name in config_option_names():
+        assert flag(name) in out.output, name
+        assert FIELDS[name].metadata["help"].split()[0] in out.output, name
+
+
+@pytest.mark.parametrize("spelling", ["dash", "underscore"])
+def test_every_option_reaches_the_config(captured: list[TrainConfig], spelling: str) -> None:
+    args = ["train", "--preset", "smoke"]
+    for name in config_option_names():
+        option = flag(name) if spelling == "dash" else f"--{name}"
+        if name == "data_root" and spelling == "underscore":
+            option = "--root"
+        args += [option, other_value(name)[0]]
+    out = cli.invoke(app, args)
+    assert out.exit_code == 0, out.output
+    (config,) = captured
+    for name in config_option_names():
+        assert getattr(config, name) == other_value(name)[1], name
+    assert config.preset == "smoke"
+
+
+def test_options_not_given_keep_the_preset(captured: list[TrainConfig]) -> None:
+    out = cli.invoke(app, ["train", "--preset", "seed", "--use-residual", "false"])
+    assert out.exit_code == 0, out.output
+    (config,) = captured
+    assert (config.lr, config.batch_size, config.epochs, config.use_residual) == (0.005, 64, 5,
+                                                                                 False)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--use-residual", "maybe"], "'maybe' is not true or false"),
+    (["--lr", "abc"], "Invalid value for '--lr'"),
+    (["--schedule", "cosine"], "Invalid value for '--schedule'"),
+    (["--lr", "0"], "lr=0.0 must be a finite number > 0"),
+    (["--nesterov", "true"], "nesterov needs momentum > 0"),
+    (["--batch_size", "0"], "batch_size=0 must be >= 1"),
+    (["--learning-rate", "0.1"], "No such option: --learning-rate"),
+    (["--preset", "nope"], "unknown preset 'nope'; known presets:"),
+    (["--resume", "abc", "--lr", "0.1"], "drop --lr"),
+    (["--resume", "abc", "--nproc", "2"], "--resume continues in one process"),
+])
+def test_bad_options_exit_2_before_training(
+    captured: list[TrainConfig], args: list[str], message: str
+) -> None:
+    out = cli.invoke(app, ["train", "--preset", "smoke", *args])
+    assert out.exit_code == 2, out.output
+    assert message in flat(out.output)
+    assert captured == []
