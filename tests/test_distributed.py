@@ -14,6 +14,7 @@ import torch
 import torch.multiprocessing as mp
 from mlflow.tracking import MlflowClient
 from torch import nn
+from torch.distributed import TCPStore
 
 from resnet_mnist import distributed
 from resnet_mnist.config import build_config
@@ -58,8 +59,11 @@ def tiny_config():
 
 
 def _worker(rank: int, world: int, port: int, out: str) -> None:
+    # As under torchrun: the store is served by the launcher (here the test process), not by
+    # rank 0, so neither worker's exit can pull the store from under the other.
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
-                      WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+                      WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
+                      TORCHELASTIC_USE_AGENT_STORE="True")
     torch.set_num_threads(1)
     d = distributed.init("cpu")
     model, tensors = tiny_problem()
@@ -83,7 +87,9 @@ def test_two_processes_equal_one_on_a_batchnorm_free_model(tmp_path: Path) -> No
     single = Losses()
     reference = Trainer(tiny_config(), model, [single]).fit(tensors)
     out = tmp_path / "dist.json"
-    mp.spawn(_worker, args=(2, free_port(), str(out)), nprocs=2, join=True)
+    # Port 0: the OS picks a free port for the store, so no other process can take it first.
+    store = TCPStore("127.0.0.1", 0, world_size=2, is_master=True, wait_for_workers=False)
+    mp.spawn(_worker, args=(2, store.port, str(out)), nprocs=2, join=True)
     got = json.loads(out.read_text())
     # Same global batches, gradients averaged over equal halves: only float summation order
     # differs, so the curves agree to about 1e-6.

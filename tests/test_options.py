@@ -102,3 +102,17 @@ def test_bad_options_exit_2_before_training(
     assert out.exit_code == 2, out.output
     assert message in flat(out.output)
     assert captured == []
+
+
+def test_mlproject_parameters_are_config_fields_passed_as_their_options() -> None:
+    """MLproject declares only settings with a real default; each is a TrainConfig field and the
+    command passes it to the option of that field (the rest pass as `-P name=value`)."""
+    import yaml
+
+    from tests.conftest import REPO
+
+    main = yaml.safe_load((REPO / "MLproject").read_text())["entry_points"]["main"]
+    assert set(main["parameters"]) <= set(FIELDS)
+    for name, spec in main["parameters"].items():
+        assert f"{flag(name) if name != 'preset' else '--preset'} {{{name}}}" in main["command"]
+        assert spec["default"] not in ("", "preset", None), f"{name} has a placeholder default"

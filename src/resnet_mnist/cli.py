@@ -7,7 +7,7 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -18,6 +18,9 @@ from resnet_mnist.boundary import DEBUG_ENV, ErrorBoundary, err, fail, stop_on_s
 from resnet_mnist.config import Device
 from resnet_mnist.options import flag, with_config_options
 from resnet_mnist.store import DEFAULT_EXPERIMENT
+
+if TYPE_CHECKING:
+    from resnet_mnist.runner import Trained
 
 console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 160)
 
@@ -209,7 +212,7 @@ def train(
     _print_trained(trained)
 
 
-def _print_trained(trained: Any) -> None:
+def _print_trained(trained: Trained) -> None:
     import mlflow
 
     result = trained.result

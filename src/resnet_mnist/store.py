@@ -3,6 +3,7 @@
 The default store is embedded (`sqlite:///mlflow.db`, artifacts in `./mlruns`);
 `$MLFLOW_TRACKING_URI` switches to a server. Several processes may share one sqlite file: its
 first-time set-up is serialised by a file lock and "database is locked" writes are retried.
+MLflow is imported where it is used, so that the CLI starts (and refuses bad input) without it.
 """
 
 from __future__ import annotations
@@ -13,9 +14,6 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
-
-import mlflow
-from mlflow.tracking import MlflowClient
 
 T = TypeVar("T")
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
@@ -28,6 +26,8 @@ class TrackingUnavailable(RuntimeError):
 
 def configure() -> str:
     """Use `$MLFLOW_TRACKING_URI`, else the embedded store `sqlite:///mlflow.db` (+ `./mlruns`)."""
+    import mlflow
+
     uri = os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
     mlflow.set_tracking_uri(uri)
     return uri
@@ -76,6 +76,7 @@ def check_store(timeout_s: int = 5) -> str:
     (schema migrated) here, under a lock.
     """
     from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
 
     uri = configure()
     if not uri.startswith(("http://", "https://")):
@@ -104,6 +105,9 @@ def check_store(timeout_s: int = 5) -> str:
 
 def experiment_id(name: str) -> str:
     """The id of experiment `name`, created on first use (under the store lock)."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
     client = MlflowClient()
     found = client.get_experiment_by_name(name)
     if found is not None:
