@@ -7,12 +7,13 @@ DATA := data/MNIST/raw/t10k-labels-idx1-ubyte
 RESIDUAL ?= true
 PRESET ?= seed
 PORT ?= 5000
+SERVE_PORT ?= 5001
 PYTEST_ARGS ?=
 
 FORCE ?=
 SEEDS ?=
 
-.PHONY: install data run compare train bench server test test-fast lint ui summary verify clean
+.PHONY: install data run compare train bench server serve browser test test-fast lint ui summary verify clean
 
 install: $(STAMP) $(DATA)
 
@@ -53,8 +54,9 @@ summary: install
 verify: install
 	$(BIN)/resnet-mnist verify-torchvision
 
-# Both tiers: the fast one and the slow one (subprocesses, `mlflow run`, DDP, signals, servers).
-test: install
+# Both tiers: the fast one and the slow one (subprocesses, `mlflow run`, DDP, signals, servers,
+# the MLflow UI in a real browser).
+test: install browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # The fast tier only (pure functions, in-process CLI validation, small in-process trainings).
@@ -69,6 +71,15 @@ lint: $(STAMP)
 server: $(STAMP)
 	$(BIN)/mlflow server --host 127.0.0.1 --port $(PORT) \
 		--backend-store-uri sqlite:///mlflow-server.db --artifacts-destination ./mlartifacts
+
+# The registered champion behind MLflow's own scoring server (REST: POST /invocations), on loopback.
+serve: install
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/mlflow models serve \
+		-m models:/resnet18-mnist@champion --env-manager local -h 127.0.0.1 -p $(SERVE_PORT)
+
+# Debian's Chromium, for the browser test of the MLflow UI (needs root and the Debian registry).
+browser:
+	@command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
 
 # The MLflow UI against the default store, on loopback only.
 ui: $(STAMP)
