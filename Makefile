@@ -69,6 +69,8 @@ lint: $(STAMP)
 # A tracking server on loopback with the sqlite backend; artifacts served from ./mlartifacts.
 # Point clients at it with MLFLOW_TRACKING_URI=http://127.0.0.1:$(PORT).
 server: $(STAMP)
+	@echo "open http://127.0.0.1:$(PORT)/#/experiments/<id>?workflowType=machine_learning" \
+		"(train, compare and \`resnet-mnist links\` print the exact links)"
 	$(BIN)/mlflow server --host 127.0.0.1 --port $(PORT) \
 		--backend-store-uri sqlite:///mlflow-server.db --artifacts-destination ./mlartifacts
 
@@ -83,6 +85,7 @@ browser:
 
 # The MLflow UI against the default store, on loopback only.
 ui: $(STAMP)
+	MLFLOW_TRACKING_URI=sqlite:///mlflow.db $(BIN)/resnet-mnist links --port $(PORT)
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port $(PORT)
 
 clean:

@@ -90,6 +90,8 @@ def test_train_smoke_through_cli(tmp_path: Path) -> None:
     (run,) = runs_in(uri)
     assert run.info.status == "FINISHED" and run.data.params["variant"] == "plain"
     assert f"runs:/{run.info.run_id}/model" in out.stdout
+    assert (f"in the MLflow UI: http://127.0.0.1:5000/#/experiments/{run.info.experiment_id}/runs/"
+            f"{run.info.run_id}?workflowType=machine_learning") in out.stdout
     assert run.data.params["epochs"] == "1"
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 
 import mlflow
 import numpy as np
@@ -95,10 +96,42 @@ def test_compare_outputs_match_mlflow_and_register_dev_winner(trained, client, t
         a.path for a in client.list_artifacts(result.run_id, "comparison")}
     assert comparison.data.tags["mlflow.note.content"] == result.verdict
 
+    # every compared run carries its full-test evaluation, also on its LoggedModel
+    for run_id in ids.values():
+        run = client.get_run(run_id)
+        assert {"evaluation/confusion_matrix.json", "evaluation/confusion_matrix.png",
+                "evaluation/mistakes.png"} <= {
+            a.path for a in client.list_artifacts(run_id, "evaluation")}
+        confusion = json.loads(mlflow.artifacts.load_text(
+            f"runs:/{run_id}/evaluation/confusion_matrix.json"))["matrix"]
+        assert np.trace(confusion) / np.sum(confusion) == pytest.approx(
+            run.data.metrics["test_accuracy_full"])
+        assert np.sum(confusion) == 10_000
+        assert {f"test_full_{k}_digit{d}" for k in ("precision", "recall", "f1")
+                for d in range(10)} <= set(run.data.metrics)
+        model = mlflow.get_logged_model(run.outputs.model_outputs[0].model_id)
+        full = [m for m in model.metrics if m.key == "test_accuracy_full"]
+        assert [(m.value, m.dataset_name) for m in full] == [
+            (run.data.metrics["test_accuracy_full"], "mnist-test")]
+
+    # the comparison run holds each variant's mean curve and band as step metrics
+    curve = client.get_metric_history(result.run_id, "train_loss/plain_mean")
+    plain_loss = client.get_metric_history(ids["plain"], "train_loss")
+    assert [m.step for m in curve] == [m.step for m in plain_loss]
+    assert [m.value for m in curve] == pytest.approx([m.value for m in plain_loss])
+    assert {"dev_accuracy/residual_mean", "dev_accuracy/residual_min",
+            "dev_accuracy/residual_max"} <= set(comparison.data.metrics)
+
     dev = {v: client.get_run(i).data.metrics["best_dev_accuracy"] for v, i in ids.items()}
     winner = max(C.VARIANTS, key=lambda v: (dev[v], v == "residual"))
     champion = client.get_model_version_by_alias("digits", "champion")
     assert champion.run_id == ids[winner] and champion.tags["variant"] == winner
+    # the registered version is the LoggedModel (which lists the version) and carries its scores
+    model_id = client.get_run(ids[winner]).outputs.model_outputs[0].model_id
+    assert champion.source == f"models:/{model_id}"
+    versions = json.loads(mlflow.get_logged_model(model_id).tags["mlflow.modelVersions"])
+    assert {"name": "digits", "version": champion.version} in versions
+    assert champion.tags["best_dev_accuracy"] == f"{dev[winner]:.4f}"
     assert result.champion_uri == "models:/digits@champion"
 
     again = C.compare(client, runs, tmp_path / "out2", exp_id, "digits")

@@ -63,6 +63,14 @@ def test_compare_seeds_then_predict_with_champion(tmp_path: Path, mnist: D.Mnist
     assert sorted((r.data.tags["variant"], r.data.params["seed"]) for r in trains) == [
         ("plain", "0"), ("plain", "1"), ("residual", "0"), ("residual", "1")]
     assert all(r.info.status == "FINISHED" for r in runs)
+    # the comparison has its own experiment, so the training runs' charts hold training only
+    comparisons = client.get_experiment_by_name("resnet18-mnist-comparisons")
+    (comparison,) = client.search_runs([comparisons.experiment_id])
+    assert comparison.data.tags["run_type"] == "comparison"
+    for experiment_id, run_id in ((exp.experiment_id, ""), (comparisons.experiment_id,
+                                                             f"/runs/{comparison.info.run_id}")):
+        link = f"http://127.0.0.1:5000/#/experiments/{experiment_id}{run_id}?workflowType=machine_learning"
+        assert link in out.stdout
 
     again = cli("compare", "--preset", "smoke", "--seeds", "2", "--no-register", cwd=tmp_path,
                 env=env)

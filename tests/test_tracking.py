@@ -50,6 +50,27 @@ def test_finished_run_records_everything(store, smoke_config, mnist, tmp_path) -
 
     inputs = run.inputs.dataset_inputs
     assert {i.dataset.name for i in inputs} == {"mnist-train", "mnist-dev", "mnist-test"}
+    # the experiment opens as model training; CPU and memory were sampled while it trained
+    assert client.get_experiment(run.info.experiment_id).tags["mlflow.experimentKind"] == (
+        "custom_model_development")
+    assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= set(
+        metrics)
+
+    # The LoggedModel is the best checkpoint: linked to its step, with its dev and test scores
+    # and the dataset each was measured on, so models rank by dev accuracy.
+    (output,) = run.outputs.model_outputs
+    assert output.step == result.best_step == metrics["best_step"]
+    (logged,) = mlflow.search_logged_models(
+        experiment_ids=[run.info.experiment_id], output_format="list",
+        order_by=[{"field_name": "metrics.best_dev_accuracy", "ascending": False}])
+    assert logged.model_id == output.model_id and logged.source_run_id == run_id
+    scores = {m.key: m for m in logged.metrics}
+    assert scores["best_dev_accuracy"].value == result.best_dev_accuracy
+    assert (scores["best_dev_accuracy"].dataset_name, scores["test_accuracy"].dataset_name) == (
+        "mnist-dev", "mnist-test")
+    assert {m.step for m in logged.metrics} == {result.best_step}
+    assert [m.step for m in client.get_metric_history(run_id, "best_dev_accuracy")] == [
+        result.best_step]
 
     artifacts = {a.path for a in client.list_artifacts(run_id, "plots")}
     assert artifacts == {"plots/curves.png", "plots/curves.pdf"}

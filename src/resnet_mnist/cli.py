@@ -19,6 +19,9 @@ from resnet_mnist.config import Device
 from resnet_mnist.options import flag, with_config_options
 from resnet_mnist.store import DEFAULT_EXPERIMENT
 
+#: Comparison runs live beside the training runs, in their own experiment.
+COMPARISONS = "-comparisons"
+
 if TYPE_CHECKING:
     from resnet_mnist.runner import Trained
 
@@ -230,6 +233,11 @@ def _print_trained(trained: Trained) -> None:
     ):
         table.add_row(key, value)
     console.print(table)
+    from resnet_mnist.store import ui_link
+
+    run = mlflow.get_run(trained.run_id)
+    console.print(f"in the MLflow UI: {ui_link(run.info.experiment_id, trained.run_id)}",
+                  highlight=False)
 
 
 def _parse_seeds(value: str | None) -> list[int] | None:
@@ -287,7 +295,7 @@ def compare(
     from resnet_mnist import compare as C
     from resnet_mnist import runner
     from resnet_mnist.progress import for_console
-    from resnet_mnist.store import check_store, experiment_id, take_project_run
+    from resnet_mnist.store import check_store, experiment_id, take_project_run, ui_link
 
     seed_list = _parse_seeds(seeds)
     project_run = take_project_run()
@@ -317,9 +325,9 @@ def compare(
             raise C.CompareError(f"no FINISHED training runs to compare in {experiment!r} "
                                  f"(preset {preset!r}); run `make compare` or "
                                  "`resnet-mnist compare --train-missing`")
-        exp_id = client.get_run(selected[0].info.run_id).info.experiment_id
-        result = C.compare(client, selected, out, exp_id, model_name if register else None,
-                           root or None, run_id=project_run)
+        trained_in = client.get_experiment(selected[0].info.experiment_id).name
+        result = C.compare(client, selected, out, experiment_id(f"{trained_in}{COMPARISONS}"),
+                           model_name if register else None, root or None, run_id=project_run)
     table = Table(title="plain vs residual")
     for column in C.COLUMNS:
         table.add_column(column, justify="left" if column in ("variant", "run id") else "right")
@@ -328,9 +336,31 @@ def compare(
     console.print(table, width=max(console.width, 160))
     console.print(result.verdict)
     console.print(f"figure, table and verdict in {out}/; comparison run {result.run_id}")
+    comparison = client.get_run(result.run_id)
+    console.print(f"the runs:       {ui_link(selected[0].info.experiment_id)}", highlight=False)
+    console.print(f"the comparison: {ui_link(comparison.info.experiment_id, result.run_id)}",
+                  highlight=False)
     if result.champion_uri:
         console.print(f"champion: {result.champion_uri} (version {result.champion_version})")
     console.print(f"wall time {time.perf_counter() - started:.1f} s")
+
+
+@app.command()
+def links(
+    port: Annotated[int, typer.Option(help="Where `make ui` serves the local store.")] = 5000,
+) -> None:
+    """Print the MLflow UI links that open each experiment in its Model training view."""
+    from mlflow.tracking import MlflowClient
+
+    from resnet_mnist.store import check_store, ui_link
+
+    uri = check_store()
+    base = None if uri.startswith(("http://", "https://")) else f"http://127.0.0.1:{port}"
+    experiments = [e for e in MlflowClient().search_experiments() if e.name != "Default"]
+    if not experiments:
+        console.print(f"no experiments yet in {uri}; train first (`make run`)", highlight=False)
+    for exp in experiments:
+        console.print(f"{exp.name}: {ui_link(exp.experiment_id, base=base)}", highlight=False)
 
 
 @app.command()

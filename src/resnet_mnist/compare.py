@@ -9,6 +9,7 @@ accuracy, registered with the alias `champion`.
 from __future__ import annotations
 
 import csv
+import json
 import tempfile
 import time
 from collections.abc import Callable
@@ -18,16 +19,16 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import torch
-from mlflow.entities import Run
+from mlflow.entities import Metric, Run
 from mlflow.tracking import MlflowClient
 
 from resnet_mnist import data as D
 from resnet_mnist.config import TrainConfig, build_config
+from resnet_mnist.evaluation import Evaluation, evaluate_model, plot_confusion, plot_mistakes
 from resnet_mnist.history import History, read_history
 from resnet_mnist.model import ResNet18
 from resnet_mnist.plots import plot_curves
 from resnet_mnist.stats import METRICS, VARIANTS, CompareError, Stats, statistics, verdict
-from resnet_mnist.train import evaluate
 
 DEFAULT_MODEL_NAME = "resnet18-mnist"
 CHAMPION = "champion"
@@ -141,37 +142,65 @@ def select_runs(
 class FullTestScorer:
     """Scores a run's best-dev checkpoint on all 10,000 official test images, once per run.
 
-    The result is logged to the run itself (`test_accuracy_full`, `test_loss_full`), so a second
-    comparison reads it back instead of recomputing.
+    What it finds is logged to the run itself, so a second comparison reads it back instead of
+    recomputing: `test_accuracy_full` and `test_loss_full` (also on the run's LoggedModel, with
+    the dataset), per-digit `test_full_{precision,recall,f1}_digitN`, and `evaluation/`: the
+    confusion matrix (PNG and JSON) and the most confident mistakes (PNG).
     """
 
     def __init__(self, client: MlflowClient, data_root: str | None = None) -> None:
         self.client = client
         self.data_root = data_root
         self.tensors: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.raw: np.ndarray | None = None
+
+    def _test_split(self, normalize: str) -> tuple[torch.Tensor, torch.Tensor]:
+        if normalize not in self.tensors:
+            mnist = D.load(self.data_root)
+            test = D.book_split(mnist, 1, 1, D.TEST_SIZE)["test"]
+            self.raw = test.images
+            self.tensors[normalize] = D.to_tensors(test, normalize)
+        return self.tensors[normalize]
 
     def __call__(self, run: Run) -> tuple[float, float]:
         metrics = run.data.metrics
         if "test_accuracy_full" in metrics:
             return metrics["test_loss_full"], metrics["test_accuracy_full"]
-        normalize = run.data.params.get("normalize", "seed")
-        if normalize not in self.tensors:
-            mnist = D.load(self.data_root)
-            test = D.book_split(mnist, 1, 1, D.TEST_SIZE)["test"]
-            self.tensors[normalize] = D.to_tensors(test, normalize)
+        images, labels = self._test_split(run.data.params.get("normalize", "seed"))
         with tempfile.TemporaryDirectory() as tmp:
             path = mlflow.artifacts.download_artifacts(
                 run_id=run.info.run_id, artifact_path="checkpoints/best_model.pt", dst_path=tmp)
             state = torch.load(path, map_location="cpu", weights_only=True)
         model = ResNet18(1, 10, use_residual=run.data.tags.get("variant") == "residual")
         model.load_state_dict(state)
-        loss, accuracy = evaluate(model, *self.tensors[normalize], batch_size=1000)
-        step = int(metrics.get("best_step", 0))
-        self.client.log_batch(run.info.run_id, metrics=[
-            mlflow.entities.Metric("test_accuracy_full", accuracy, int(time.time() * 1000), step),
-            mlflow.entities.Metric("test_loss_full", loss, int(time.time() * 1000), step),
-        ])
-        return loss, accuracy
+        result = evaluate_model(model, images, labels)
+        self._log(run, result)
+        return result.loss, result.accuracy
+
+    def _log(self, run: Run, ev: Evaluation) -> None:
+        run_id, step = run.info.run_id, int(run.data.metrics.get("best_step", 0))
+        now = int(time.time() * 1000)
+        model_uri = run.data.tags.get("logged_model_uri", "")
+        model_id = model_uri.removeprefix("models:/") if model_uri.startswith("models:/m-") else None
+        digest = f"{D.dataset_digest()}-test{D.TEST_SIZE}"
+        scores = [Metric(key, value, now, step, model_id=model_id,
+                         dataset_name="mnist-test" if model_id else None,
+                         dataset_digest=digest if model_id else None)
+                  for key, value in (("test_accuracy_full", ev.accuracy),
+                                     ("test_loss_full", ev.loss))]
+        per_class = [Metric(f"test_full_{name}_digit{digit}", float(value), now, step)
+                     for name, values in ev.per_class().items()
+                     for digit, value in enumerate(values)]
+        self.client.log_batch(run_id, metrics=scores + per_class)
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = Path(tmp)
+            (folder / "confusion_matrix.json").write_text(json.dumps({
+                "rows": "true digit", "columns": "predicted digit",
+                "matrix": ev.confusion.tolist(), "accuracy": ev.accuracy}, indent=1))
+            plot_confusion(ev, folder / "confusion_matrix.png",
+                           f"{run.info.run_name}: {ev.accuracy:.2%} of 10,000 test digits")
+            plot_mistakes(ev, self.raw, folder / "mistakes.png")
+            self.client.log_artifacts(run_id, tmp, "evaluation")
 
 
 def summarize(client: MlflowClient, runs: list[Run], scorer: FullTestScorer) -> list[RunSummary]:
@@ -251,6 +280,37 @@ def register_champion(
     return str(version.version)
 
 
+def mean_curves(summaries: list[RunSummary]) -> dict[str, list[tuple[int, float]]]:
+    """Per variant, the mean and the min-max band over seeds of train loss (every step) and dev
+    accuracy and loss (every evaluation), keyed `train_loss/plain_mean` and so on, so that
+    MLflow's chart view groups them by curve."""
+    curves: dict[str, list[tuple[int, float]]] = {}
+    for variant in VARIANTS:
+        group = [s.history for s in summaries if s.variant == variant]
+        if not group:
+            continue
+        for key, steps_of, values_of in (
+            ("train_loss", lambda h: h.steps, lambda h: h.train_loss),
+            ("dev_accuracy", lambda h: h.eval_steps, lambda h: h.dev_accuracy),
+            ("dev_loss", lambda h: h.eval_steps, lambda h: h.dev_loss),
+        ):
+            steps = min((steps_of(h) for h in group), key=len)
+            values = np.array([values_of(h)[: len(steps)] for h in group]).reshape(len(group), -1)
+            for stat, reduce in (("mean", np.mean), ("min", np.min), ("max", np.max)):
+                if len(steps):
+                    curves[f"{key}/{variant}_{stat}"] = list(zip(steps, reduce(values, 0),
+                                                                 strict=True))
+    return curves
+
+
+def log_mean_curves(client: MlflowClient, run_id: str, summaries: list[RunSummary]) -> None:
+    now = int(time.time() * 1000)
+    metrics = [Metric(key, float(value), now, int(step))
+               for key, points in mean_curves(summaries).items() for step, value in points]
+    for start in range(0, len(metrics), 1000):
+        client.log_batch(run_id, metrics=metrics[start:start + 1000])
+
+
 @dataclass
 class Comparison:
     run_id: str
@@ -270,8 +330,10 @@ def compare(
 ) -> Comparison:
     """Summarise, plot, tabulate, judge, log a `comparison` run, and register the dev winner.
 
-    `run_id` (the run `mlflow run -e compare` made) becomes the comparison run; otherwise a new
-    run is made in `experiment_id`.
+    The comparison run holds the variants' mean curves as step metrics, the statistics, the
+    figure, table and verdict. It goes to `experiment_id` (the CLI uses `<experiment>-comparisons`
+    so that it never crowds the training runs' charts), or is `run_id` (the run
+    `mlflow run -e compare` made).
     """
     summaries = summarize(client, runs, FullTestScorer(client, data_root))
     stats = statistics(summaries)
@@ -294,6 +356,7 @@ def compare(
         client.update_run(run_id, name=name)
     with started as run:
         mlflow.set_tags(tags)
+        log_mean_curves(client, run.info.run_id, summaries)
         mlflow.log_metrics({
             "diff_test_accuracy_full": stats.diff, "diff_ci_low": stats.ci[0],
             "diff_ci_high": stats.ci[1], "n_plain": stats.n["plain"],

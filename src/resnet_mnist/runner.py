@@ -29,6 +29,7 @@ from resnet_mnist.tracker import (
     log_curves,
     log_inputs,
     log_model,
+    mnist_datasets,
 )
 from resnet_mnist.train import Callback, Result, Tensors, Trainer, build_model, load_tensors, resolve_device
 
@@ -70,10 +71,11 @@ def train(
             mlflow.log_params({"world_size": dist.world, "backend": dist.backend,
                                "global_batch_size": config.batch_size,
                                "per_rank_batch_size": -(-config.batch_size // dist.world)})
-        log_inputs(config, tensors)
+        datasets = mnist_datasets(config, tensors)
+        log_inputs(datasets)
         log_complexity(complexity)
         mlflow.log_text(str(model), "summary/model.txt")
-        tracker = MlflowTracker(run.info.run_id)
+        tracker = MlflowTracker(run.info.run_id, datasets=datasets)
         return _fit(config, model, tensors, tracker, callbacks, None, dist, stop)
 
 
@@ -107,7 +109,8 @@ def resume(
     logged, past = last_logged_steps(client, run_id), read_history(client, run_id)
     with tracked_run(config, run_id=run_id, resume=True) as active:
         mlflow.set_tag("resumed_from_step", str(checkpoint["state"]["step"]))
-        tracker = MlflowTracker(active.info.run_id, history=past, logged=logged)
+        tracker = MlflowTracker(active.info.run_id, history=past, logged=logged,
+                                datasets=mnist_datasets(config, tensors))
         return _fit(config, model, tensors, tracker, callbacks, checkpoint, None, stop)
 
 
@@ -146,5 +149,10 @@ def _fit(
     log_best_checkpoint(result.best_state)
     run = mlflow.active_run()
     log_curves(tracker.history, config.variant, run.info.run_name or "")
-    model_uri = log_model(model, config.normalize, tensors.raw_examples)
-    return Trained(tracker.run_id, result, model_uri, config)
+    try:
+        model_id = log_model(model, config.normalize, tensors.raw_examples, result.best_step)
+    except BaseException:
+        tracker.log_scores(None)
+        raise
+    tracker.log_scores(model_id)
+    return Trained(tracker.run_id, result, f"runs:/{tracker.run_id}/model", config)

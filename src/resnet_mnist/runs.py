@@ -19,7 +19,7 @@ from mlflow.entities import RunStatus
 from mlflow.tracking import MlflowClient
 
 from resnet_mnist.config import ConfigError, TrainConfig, same_value
-from resnet_mnist.store import DEFAULT_EXPERIMENT, experiment_id
+from resnet_mnist.store import DEFAULT_EXPERIMENT, experiment_id, mark_training_experiment
 from resnet_mnist.train import NonFiniteLossError, StopRequested
 
 
@@ -78,20 +78,29 @@ def log_params(run_id: str, params: dict[str, object]) -> None:
     mlflow.log_params({k: v for k, v in params.items() if k not in have})
 
 
+#: System metrics (CPU, memory, disk, network; GPU through nvidia-ml-py when one is present) are
+#: sampled by MLflow in a background thread while a training run is open.
+SYSTEM_METRICS_INTERVAL_S = 2
+
+
 def _start(config: TrainConfig, experiment: str, name: str | None, device: str,
            tags: dict[str, str] | None, parent_run_id: str | None, run_id: str | None,
            resume: bool) -> mlflow.ActiveRun:
+    mlflow.set_system_metrics_sampling_interval(SYSTEM_METRICS_INTERVAL_S)
+    mlflow.set_system_metrics_samples_before_logging(1)
     if resume:
-        return mlflow.start_run(run_id=run_id)
+        return mlflow.start_run(run_id=run_id, log_system_metrics=True)
     all_tags = train_tags(config, parent_run_id) | (tags or {})
     params = config.params() | {"device": device}
     if run_id:  # the run `mlflow run` made for this process becomes the training run
-        run = mlflow.start_run(run_id=run_id)
+        run = mlflow.start_run(run_id=run_id, log_system_metrics=True)
         MlflowClient().update_run(run_id, name=name or run_name(config))
+        mark_training_experiment(run.info.experiment_id)
         mlflow.set_tags(all_tags)
     else:
         run = mlflow.start_run(run_name=name or run_name(config),
-                               experiment_id=experiment_id(experiment), tags=all_tags)
+                               experiment_id=experiment_id(experiment), tags=all_tags,
+                               log_system_metrics=True)
     try:
         log_params(run.info.run_id, params)
     except BaseException:

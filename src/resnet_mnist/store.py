@@ -103,18 +103,52 @@ def check_store(timeout_s: int = 5) -> str:
     return uri
 
 
+#: MLflow 3's UI opens an experiment in its GenAI view unless the experiment says it holds model
+#: training; the tag alone does not switch the view, the URL query below does.
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+TRAINING_VIEW = "workflowType=machine_learning"
+UI_DEFAULT = "http://127.0.0.1:5000"
+
+
 def experiment_id(name: str) -> str:
-    """The id of experiment `name`, created on first use (under the store lock)."""
+    """The id of experiment `name`, created on first use (under the store lock) and tagged as a
+    model-training experiment."""
     import mlflow
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient()
     found = client.get_experiment_by_name(name)
-    if found is not None:
-        return found.experiment_id
-    with store_lock(mlflow.get_tracking_uri()):
-        found = client.get_experiment_by_name(name)
-        return found.experiment_id if found is not None else client.create_experiment(name)
+    if found is None:
+        with store_lock(mlflow.get_tracking_uri()):
+            found = client.get_experiment_by_name(name)
+            if found is None:
+                return client.create_experiment(name, tags=EXPERIMENT_KIND)
+    mark_training_experiment(found.experiment_id)
+    return found.experiment_id
+
+
+def mark_training_experiment(experiment_id: str) -> None:
+    """Tag an experiment (e.g. one `mlflow run --experiment-name` made) as model training."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    if client.get_experiment(experiment_id).tags.get("mlflow.experimentKind") is None:
+        for key, value in EXPERIMENT_KIND.items():
+            client.set_experiment_tag(experiment_id, key, value)
+
+
+def ui_link(experiment: str, run_id: str | None = None, base: str | None = None) -> str:
+    """A link that opens the MLflow UI's Model training view on an experiment (or one run).
+
+    The base is the tracking server when there is one, else where `make ui` serves the local
+    store.
+    """
+    import mlflow
+
+    uri = mlflow.get_tracking_uri()
+    base = base or (uri.rstrip("/") if uri.startswith(("http://", "https://")) else UI_DEFAULT)
+    page = f"experiments/{experiment}" + (f"/runs/{run_id}" if run_id else "")
+    return f"{base}/#/{page}?{TRAINING_VIEW}"
 
 
 def take_project_run() -> str | None:

@@ -31,8 +31,9 @@ from resnet_mnist.store import retry_locked, store_lock
 from resnet_mnist.train import Callback, Result, Tensors
 
 MAX_BATCH = 1000
-FINAL_METRICS = ("best_dev_accuracy", "test_accuracy", "test_loss", "train_images_per_s",
-                 "train_time_s", "eval_time_s")
+#: Scores of the best checkpoint (the logged model), linked to the split they were measured on.
+MODEL_METRICS = {"best_dev_accuracy": "dev", "test_accuracy": "test", "test_loss": "test"}
+TIME_METRICS = ("train_images_per_s", "train_time_s", "eval_time_s")
 
 
 class MlflowTracker(Callback):
@@ -40,16 +41,21 @@ class MlflowTracker(Callback):
 
     `logged` (on resume) holds the last step already in the store per metric; those steps are not
     sent again, so the histories have no duplicates. `history` keeps the curves for the plot.
+    `datasets` (split -> the run's dataset input) links dev and test scores to the split they were
+    measured on, so that MLflow shows them per dataset.
     """
 
     def __init__(self, run_id: str, client: MlflowClient | None = None,
-                 history: History | None = None, logged: dict[str, int] | None = None) -> None:
+                 history: History | None = None, logged: dict[str, int] | None = None,
+                 datasets: dict[str, mlflow.data.Dataset] | None = None) -> None:
         self.run_id = run_id
         self.client = client or MlflowClient()
         self.buffer: list[Metric] = []
         self.history = history or History()
         self.log_seconds = 0.0
         self.logged = logged or {}
+        self.datasets = datasets or {}
+        self.result: Result | None = None
 
     def _add(self, key: str, value: float, step: int) -> None:
         if step <= self.logged.get(key, -1):
@@ -96,30 +102,55 @@ class MlflowTracker(Callback):
         self._add("train_epoch_loss", mean_loss, epoch)
 
     def on_end(self, result: Result) -> None:
-        for key in FINAL_METRICS:
+        """Timings at the last step; the scores wait for the model (`log_scores`)."""
+        self.result = result
+        self._add("best_step", result.best_step, result.best_step)
+        for key in TIME_METRICS:
             self._add(key, getattr(result, key), result.steps)
-        self._add("best_step", result.best_step, result.steps)
         self.flush()
 
 
-def log_inputs(config: TrainConfig, tensors: Tensors) -> None:
-    """Record MNIST as the run's dataset input: digest from the official SHA-256s, split sizes."""
+    def log_scores(self, model_id: str | None) -> None:
+        """The best checkpoint's dev and test scores at its step, in the run and, with the dataset
+        each was measured on, on the LoggedModel `model_id` (when the model was logged)."""
+        if self.result is None:
+            return
+        now = int(time.time() * 1000)
+        for key, split in MODEL_METRICS.items():
+            dataset = self.datasets.get(split) if model_id else None
+            self.buffer.append(Metric(
+                key, float(getattr(self.result, key)), now, self.result.best_step,
+                model_id=model_id, dataset_name=dataset.name if dataset else None,
+                dataset_digest=dataset.digest if dataset else None))
+        self.flush()
+
+
+def mnist_datasets(config: TrainConfig, tensors: Tensors) -> dict[str, mlflow.data.Dataset]:
+    """The run's MNIST splits as MLflow datasets: digest from the official SHA-256s and the split
+    size, so the same subset is the same dataset in every run."""
     source = str(D.raw_dir(config.data_root or None).resolve())
     sizes = tensors.sizes()
-    for context, key in (("training", "train"), ("dev", "dev"), ("test", "test")):
+    datasets = {}
+    for key in ("train", "dev", "test"):
         labels = getattr(tensors, key)[1].cpu().numpy()
         with warnings.catch_warnings():
             # MLflow registers its local-file source class twice and warns that a path is
             # ambiguous between the two identical candidates.
             warnings.filterwarnings("ignore", message="The specified dataset source")
-            dataset = mlflow.data.from_numpy(
+            datasets[key] = mlflow.data.from_numpy(
                 labels, source=source, name=f"mnist-{key}",
                 digest=f"{D.dataset_digest()}-{key}{sizes[key]}",
             )
+    return datasets
+
+
+def log_inputs(datasets: dict[str, mlflow.data.Dataset]) -> None:
+    """Record the splits as the run's dataset inputs (training, dev, test contexts)."""
+    for context, key in (("training", "train"), ("dev", "dev"), ("test", "test")):
         # Datasets are shared by the experiment: two processes adding the same one at once
-        # collide on a unique key, so this too is serialised.
+        # collide on a unique key, so this is serialised.
         with store_lock(mlflow.get_tracking_uri()):
-            mlflow.log_input(dataset, context=context)
+            mlflow.log_input(datasets[key], context=context)
 
 
 def log_complexity(c: Complexity) -> None:
@@ -138,12 +169,14 @@ def log_best_checkpoint(state: dict[str, torch.Tensor]) -> None:
         mlflow.log_artifact(str(checkpoint), "checkpoints")
 
 
-def log_model(model: nn.Module, normalize: str, example_images: np.ndarray) -> str:
+def log_model(model: nn.Module, normalize: str, example_images: np.ndarray, step: int) -> str:
     """Log the model (torch.export `pt2` format, no pickle) wrapped to take raw 28x28 digits.
 
     The signature is uint8 (N, 28, 28), as MNIST and PIL images come; MLflow enforces tensor
     dtypes strictly, so float images are cast to uint8 by the caller (`resnet-mnist predict` does).
-    Returns the model URI `runs:/<id>/model`.
+    `step` is the best checkpoint's: MLflow links the run's metrics at that step (dev and test
+    scores, with their datasets) to the LoggedModel, so the Models tab and `search_logged_models`
+    can rank models by them. Returns the LoggedModel's id.
     """
     classifier = DigitClassifier(model, D.Preprocess(normalize)).to("cpu").eval()
     example = np.ascontiguousarray(example_images, dtype=np.uint8).copy()
@@ -154,10 +187,11 @@ def log_model(model: nn.Module, normalize: str, example_images: np.ndarray) -> s
         classifier, name="model", signature=signature, input_example=example,
         pip_requirements=[f"torch=={version(torch)}", f"mlflow=={version(mlflow)}",
                           f"numpy=={version(np)}"],
+        step=step, model_type="image-classifier",
     )
     # MLflow 3 keeps the model as a LoggedModel; registering its own URI avoids a lookup.
     mlflow.set_tag("logged_model_uri", info.model_uri)
-    return f"runs:/{mlflow.active_run().info.run_id}/model"
+    return info.model_id
 
 
 def log_curves(history: History, variant: str, title: str) -> None:

@@ -1,0 +1,263 @@
+"""The MLflow UI in a real browser: a smoke comparison tracked by a real `mlflow server`, then the
+pages a person would open (runs, charts, compare, registry) checked on their visible text with
+headless Chromium driven by Playwright. Screenshots land in reports/ui/."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
+
+from tests.conftest import BIN, REAL_ROOT, REPO, cli, needs_data
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+SHOTS = REPO / "reports" / "ui"
+WAIT_MS = 60_000  # the longest any one element may take to show up on this slow machine
+EXPERIMENT = "resnet18-mnist"
+MODEL = "resnet18-mnist"
+RUN_NAMES = {"plain": "resnet18-plain-seed0", "residual": "resnet18-residual-seed0"}
+# Keep the MLflow Assistant side panel (opened on first load since MLflow 3.x) closed, so the page
+# gets the full width. Harmless if a later MLflow renames these keys: the panel just shows.
+CLOSE_ASSISTANT = ("localStorage.setItem('mlflow.assistant.panelOpen_v1', 'false');"
+                   "localStorage.setItem('mlflow.assistant.fab.autoOpenedOnFirstLoad_v1', 'true');")
+# True once the chart card titled `metric` draws a line with data for every one of the run names.
+# (The legend names every run shown, data or not.) Looked up afresh on each poll: the cards re-render.
+PLOTTED = """([metric, names]) => [...document.querySelectorAll(
+        '[data-testid="experiment-view-compare-runs-card"]')]
+    .filter(card => [...card.querySelectorAll('*')].some(
+        e => e.childElementCount === 0 && e.textContent.trim() === metric))
+    .some(card => [...card.querySelectorAll('.js-plotly-plot')].some(plot => names.every(
+        name => (plot.data || []).some(trace => trace.name === name
+            && (trace.y || []).some(v => v !== null && v !== undefined)))))"""
+
+pytestmark = [
+    pytest.mark.slow,  # a tracking server, two trainings and a browser
+    needs_data,
+    pytest.mark.skipif(not CHROMIUM.exists(),
+                       reason=f"{CHROMIUM} missing: `make browser` installs Debian's chromium"),
+]
+
+
+@dataclass(frozen=True)
+class Tracked:
+    """What the smoke comparison left on the server, read back through MLflow's API."""
+
+    url: str
+    experiment_id: str
+    run_ids: dict[str, str]  # variant -> run id
+    params: dict[str, dict[str, str]]  # variant -> params
+    champion_version: str
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def stop_group(proc: subprocess.Popen) -> None:
+    """End the server and everything it started (its job consumers outlive it by a few seconds):
+    they share the process group started for it. SIGTERM, then SIGKILL after 30 s."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        proc.poll()  # reap the leader, or the group never looks empty
+        try:
+            os.killpg(proc.pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.5)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+    tmp = tmp_path_factory.mktemp("ui")
+    port = free_port()
+    env = os.environ.copy() | {"PATH": f"{BIN}:{os.environ['PATH']}"}
+    for key in ("MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID"):
+        env.pop(key, None)
+    log = (tmp / "server.log").open("w")
+    proc = subprocess.Popen(
+        [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
+         "--workers", "1", "--backend-store-uri", f"sqlite:///{tmp / 'server.db'}",
+         "--artifacts-destination", str(tmp / "server-artifacts")],
+        cwd=tmp, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                log.flush()
+                pytest.fail(f"mlflow server did not start:\n{(tmp / 'server.log').read_text()[-3000:]}")
+            time.sleep(0.5)
+        yield url, tmp
+    finally:
+        stop_group(proc)
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def tracked(server: tuple[str, Path]) -> Tracked:
+    """`resnet-mnist compare --preset smoke --train-missing` against the server, as a user runs it."""
+    url, tmp = server
+    out = cli("compare", "--preset", "smoke", "--train-missing", cwd=tmp,
+              env={"MLFLOW_TRACKING_URI": url, "RESNET_MNIST_DATA": str(REAL_ROOT)}, timeout=1200)
+    assert out.returncode == 0, out.stderr[-3000:]
+    client = MlflowClient(url)
+    experiment = client.get_experiment_by_name(EXPERIMENT)
+    assert experiment is not None
+    # Only the training runs: where the comparison run lives is not this test's business.
+    train_runs = client.search_runs([experiment.experiment_id], "tags.run_type = 'train'")
+    by_variant = {r.data.tags["variant"]: r for r in train_runs}
+    assert {v: r.info.run_name for v, r in by_variant.items()} == RUN_NAMES
+    champion = client.get_model_version_by_alias(MODEL, "champion")
+    return Tracked(url=url, experiment_id=experiment.experiment_id,
+                   run_ids={v: r.info.run_id for v, r in by_variant.items()},
+                   params={v: dict(r.data.params) for v, r in by_variant.items()},
+                   champion_version=str(champion.version))
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS,
+                                              headless=True, timeout=120_000)
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+@pytest.fixture
+def page(browser: Browser) -> Iterator[Page]:
+    """A fresh browser context (no stored UI state) per test."""
+    context = browser.new_context(viewport={"width": 1600, "height": 1400})
+    context.add_init_script(CLOSE_ASSISTANT)
+    context.set_default_timeout(WAIT_MS)
+    context.set_default_navigation_timeout(WAIT_MS)
+    try:
+        yield context.new_page()
+    finally:
+        context.close()
+
+
+def screenshot(page: Page, name: str) -> None:
+    """A full-page screenshot in reports/ui/. MLflow's pages scroll inside their own panes, so
+    'full page' is the viewport; the tall viewport above keeps most of each page in it."""
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SHOTS / name), full_page=True)
+
+
+def runs_url(tracked: Tracked, **query: str) -> str:
+    return (f"{tracked.url}/#/experiments/{tracked.experiment_id}/runs?"
+            + urllib.parse.urlencode({"workflowType": "machine_learning", **query}))
+
+
+def test_runs_page_lists_both_trainings(tracked: Tracked, page: Page) -> None:
+    # The experiment's own URL: MLflow 3.17 would open its GenAI overview without workflowType.
+    page.goto(f"{tracked.url}/#/experiments/{tracked.experiment_id}?workflowType=machine_learning")
+    try:
+        expect(page.get_by_role("heading", name="Runs", exact=True)).to_be_visible(timeout=WAIT_MS)
+        for name in RUN_NAMES.values():
+            expect(page.get_by_role("link", name=name, exact=True)).to_be_visible(timeout=WAIT_MS)
+    finally:
+        screenshot(page, "1-runs.png")
+
+
+def test_chart_view_plots_train_loss_and_dev_accuracy_for_both_runs(tracked: Tracked,
+                                                                     page: Page) -> None:
+    # The same page as the runs table with its "chart" toggle on (what the toggle puts in the URL).
+    page.goto(runs_url(tracked, compareRunsMode="CHART"))
+    search = page.get_by_placeholder("Search metric charts")
+    try:
+        expect(page.get_by_text("Model metrics")).to_be_visible(timeout=WAIT_MS)
+        expect(search).to_be_visible(timeout=WAIT_MS)
+        expect(page.locator(".js-plotly-plot").first).to_be_visible(timeout=WAIT_MS)
+    finally:
+        screenshot(page, "2-charts.png")
+    # The section holds one chart per metric of every run shown, in name order, and draws only the
+    # charts in view: search for each metric as a person would.
+    for metric in ("train_loss", "dev_accuracy"):
+        search.fill(metric)
+        card = page.get_by_test_id("experiment-view-compare-runs-card").filter(
+            has=page.get_by_text(metric, exact=True))
+        try:
+            expect(card).to_have_count(1, timeout=WAIT_MS)
+            for name in RUN_NAMES.values():  # the legend: "<run name> (<metric>)"
+                expect(card.get_by_text(f"{name} ({metric})", exact=True)).to_be_visible(timeout=WAIT_MS)
+            try:
+                page.wait_for_function(PLOTTED, arg=[metric, list(RUN_NAMES.values())], timeout=WAIT_MS)
+            except PlaywrightTimeoutError:
+                pytest.fail(f"the {metric} chart draws no line for one of {list(RUN_NAMES.values())}")
+        finally:
+            screenshot(page, f"2-chart-{metric}.png")
+
+
+def test_compare_page_shows_both_runs_and_the_parameters_that_differ(tracked: Tracked,
+                                                                     page: Page) -> None:
+    variants = list(RUN_NAMES)  # plain, residual: the order of the compare page's columns
+    query = urllib.parse.urlencode({
+        "runs": json.dumps([tracked.run_ids[v] for v in variants]),
+        "experiments": json.dumps([tracked.experiment_id])})
+    page.goto(f"{tracked.url}/#/compare-runs?{query}")
+    differ = sorted(k for k in tracked.params["plain"]
+                    if tracked.params["plain"][k] != tracked.params["residual"].get(k))
+    assert "variant" in differ and "use_residual" in differ
+    try:
+        expect(page.get_by_text("Comparing 2 Runs from 1 Experiment")).to_be_visible(timeout=WAIT_MS)
+        for name in RUN_NAMES.values():
+            expect(page.get_by_text(name, exact=True).first).to_be_visible(timeout=WAIT_MS)
+        diff_only = page.get_by_role("switch", name="Parameters - Show diff only")
+        # The parameters table is the one in the section of its "Show diff only" switch.
+        table = diff_only.locator("xpath=ancestor::div[.//table][1]//table")
+        expect(table.get_by_role("rowheader", name="lr", exact=True)).to_be_visible(timeout=WAIT_MS)
+        diff_only.click()
+        expect(table.get_by_role("rowheader")).to_have_count(len(differ), timeout=WAIT_MS)
+        for key in differ:
+            row = table.get_by_role("row").filter(has=page.get_by_role("rowheader", name=key, exact=True))
+            expect(row.get_by_role("cell")).to_have_text(
+                [tracked.params[v][key] for v in variants], timeout=WAIT_MS)
+        # The parallel coordinates plot above, which plots the differing parameters by default.
+        expect(page.locator(".js-plotly-plot").first).to_be_visible(timeout=WAIT_MS)
+    finally:
+        screenshot(page, "3-compare.png")
+
+
+def test_registry_page_shows_the_champion_alias(tracked: Tracked, page: Page) -> None:
+    page.goto(f"{tracked.url}/#/models/{MODEL}")
+    try:
+        expect(page.get_by_role("heading", name=MODEL, exact=True)).to_be_visible(timeout=WAIT_MS)
+        row = page.get_by_role("row").filter(
+            has=page.get_by_role("link", name=f"Version {tracked.champion_version}", exact=True))
+        expect(row.get_by_text(re.compile(r"^@\s*champion$"))).to_be_visible(timeout=WAIT_MS)
+    finally:
+        screenshot(page, "4-registry.png")
