@@ -81,7 +81,7 @@ serve: install
 
 # Debian's Chromium, for the browser test of the MLflow UI (needs root and the Debian registry).
 browser:
-	@command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
+	@command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
 
 # The MLflow UI against the default store, on loopback only.
 ui: $(STAMP)

@@ -107,7 +107,7 @@ def test_compare_outputs_match_mlflow_and_register_dev_winner(trained, client, t
         assert np.trace(confusion) / np.sum(confusion) == pytest.approx(
             run.data.metrics["test_accuracy_full"])
         assert np.sum(confusion) == 10_000
-        assert {f"test_full_{k}_digit{d}" for k in ("precision", "recall", "f1")
+        assert {f"test_full/{k}_digit{d}" for k in ("precision", "recall", "f1")
                 for d in range(10)} <= set(run.data.metrics)
         model = mlflow.get_logged_model(run.outputs.model_outputs[0].model_id)
         full = [m for m in model.metrics if m.key == "test_accuracy_full"]

@@ -189,6 +189,9 @@ def test_runs_page_lists_both_trainings(tracked: Tracked, page: Page) -> None:
         expect(page.get_by_role("heading", name="Runs", exact=True)).to_be_visible(timeout=WAIT_MS)
         for name in RUN_NAMES.values():
             expect(page.get_by_role("link", name=name, exact=True)).to_be_visible(timeout=WAIT_MS)
+        # the comparison lives in its own experiment: here are the two trainings only
+        expect(page.get_by_text("2 matching runs")).to_be_visible(timeout=WAIT_MS)
+        expect(page.get_by_role("link", name=re.compile("^compare-"))).to_have_count(0)
     finally:
         screenshot(page, "1-runs.png")
 

@@ -144,7 +144,7 @@ class FullTestScorer:
 
     What it finds is logged to the run itself, so a second comparison reads it back instead of
     recomputing: `test_accuracy_full` and `test_loss_full` (also on the run's LoggedModel, with
-    the dataset), per-digit `test_full_{precision,recall,f1}_digitN`, and `evaluation/`: the
+    the dataset), per-digit `test_full/{precision,recall,f1}_digitN`, and `evaluation/`: the
     confusion matrix (PNG and JSON) and the most confident mistakes (PNG).
     """
 
@@ -188,7 +188,7 @@ class FullTestScorer:
                          dataset_digest=digest if model_id else None)
                   for key, value in (("test_accuracy_full", ev.accuracy),
                                      ("test_loss_full", ev.loss))]
-        per_class = [Metric(f"test_full_{name}_digit{digit}", float(value), now, step)
+        per_class = [Metric(f"test_full/{name}_digit{digit}", float(value), now, step)
                      for name, values in ev.per_class().items()
                      for digit, value in enumerate(values)]
         self.client.log_batch(run_id, metrics=scores + per_class)
