@@ -152,6 +152,26 @@ def test_mlflow_run_is_one_run_with_the_resolved_values(tmp_path: Path) -> None:
     assert mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model").metadata.signature
 
 
+def test_mlflow_run_compare_makes_its_run_the_comparison(tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    out = subprocess.run(
+        [str(BIN / "mlflow"), "run", str(REPO), "-e", "compare", "--env-manager", "local",
+         "--experiment-name", "resnet18-mnist-comparisons", "-P", "preset=smoke"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=900,
+        env={k: v for k, v in os.environ.items() if k not in ("MLFLOW_RUN_ID",
+                                                               "MLFLOW_EXPERIMENT_ID")}
+        | {"MLFLOW_TRACKING_URI": uri, "PATH": f"{BIN}:{os.environ['PATH']}"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    (comparison,) = runs_in(uri, "resnet18-mnist-comparisons")
+    assert comparison.data.tags["run_type"] == "comparison"
+    assert comparison.data.tags["mlflow.project.entryPoint"] == "compare"
+    assert comparison.info.status == "FINISHED" and "diff_ci_low" in comparison.data.metrics
+    trains = runs_in(uri)
+    assert sorted(r.data.tags["variant"] for r in trains) == ["plain", "residual"]
+    assert comparison.data.tags["compared_run_ids"] == ",".join(
+        r.info.run_id for r in sorted(trains, key=lambda r: r.data.tags["variant"]))
+
+
 @pytest.mark.parametrize("param,message", [
     ("use_residual=maybe", "'maybe' is not true or false"),
     ("bacth_size=8", "No such option: --bacth-size"),
