@@ -125,3 +125,14 @@ def test_non_finite_loss_fails_with_step_tag(store, smoke_config) -> None:
     assert int(run.data.tags["failed_at_step"]) >= 0
 
 
+
+
+def test_a_stop_before_training_makes_no_run(store, smoke_config) -> None:
+    import threading
+
+    stop = threading.Event()
+    stop.set()
+    with pytest.raises(KeyboardInterrupt):
+        train(smoke_config, experiment="exp", stop=stop)
+    exp = mlflow.get_experiment_by_name("exp")
+    assert exp is None or MlflowClient().search_runs([exp.experiment_id]) == []

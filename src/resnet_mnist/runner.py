@@ -65,6 +65,8 @@ def train(
     check_store()
     model = build_model(config, device)
     complexity = measure(model)
+    if stop is not None and stop.is_set():  # Ctrl-C while loading: no run to make
+        raise KeyboardInterrupt("stopped before training started")
     with tracked_run(config, experiment, run_name, str(device), tags, parent_run_id,
                      run_id) as run:
         if dist is not None:
