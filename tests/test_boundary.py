@@ -61,3 +61,27 @@ def test_first_signal_asks_to_stop_second_interrupts() -> None:
         with pytest.raises(KeyboardInterrupt):
             os.kill(os.getpid(), signal.SIGINT)
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_expected_failures_of_the_store_and_compare_are_one_line(
+    store: str, tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from resnet_mnist.store import experiment_id
+
+    experiment_id("resnet18-mnist")
+    cases = [
+        (["compare", "--runs", "nope1,nope2"], "error: no run 'nope1' in"),
+        (["compare", "--filter", "params.lr ==== 3"],
+         "error: --filter 'params.lr ==== 3' is not an MLflow search string MLflow accepts"),
+    ]
+    for args, line in cases:
+        out = cli.invoke(app, args, terminal_width=300)
+        assert out.exit_code == 1, out.output
+        assert line in out.output and "Traceback" not in out.output
+    damaged = tmp_path / "damaged.db"
+    damaged.write_bytes(b"this is not a database" * 100)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{damaged}")
+    for args in (["compare"], ["links"], ["predict", "--mnist-test", "5"]):
+        out = cli.invoke(app, args, terminal_width=300)
+        assert out.exit_code == 1, out.output
+        assert f"error: the tracking store sqlite:///{damaged} cannot be opened" in out.output

@@ -92,3 +92,12 @@ def test_preset_values_must_have_the_fields_type(tmp_path: Path) -> None:
         preset.write_text(text)
         with pytest.raises(ConfigError, match=message):
             build_config(str(preset), True)
+
+
+def test_presets_with_non_string_keys_or_wrong_shapes_are_refused(tmp_path: Path) -> None:
+    for text, message in (("1: 2\n", "unknown keys 1"), ("- lr\n", "must be a mapping"),
+                          ("variants: [plain]\n", "`variants` may only hold")):
+        preset = tmp_path / "p.yaml"
+        preset.write_text(text)
+        with pytest.raises(ConfigError, match=message):
+            build_config(str(preset), True)

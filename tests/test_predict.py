@@ -99,3 +99,42 @@ def test_predict_errors(tmp_path: Path, mnist: D.Mnist) -> None:
     (tmp_path / "fake.png").write_bytes(b"\x89PNG garbage")
     out = cli("predict", str(tmp_path / "fake.png"), cwd=tmp_path, env={"MLFLOW_TRACKING_URI": uri})
     assert out.returncode == 1 and "fake.png: not an image" in out.stderr
+
+
+def _png_claiming(path: Path, width: int, height: int) -> None:
+    """A real 1x1 PNG whose header claims `width` x `height` pixels (what a bomb looks like)."""
+    import struct
+    import zlib
+
+    Image.new("L", (1, 1)).save(path)
+    data = bytearray(path.read_bytes())
+    ihdr = data[12:29]  # chunk type + 13 bytes of header data
+    ihdr[4:12] = struct.pack(">II", width, height)
+    data[12:29] = ihdr
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(ihdr)))
+    path.write_bytes(bytes(data))
+
+
+def test_valid_images_are_read_as_a_person_sees_them(tmp_path: Path, mnist: D.Mnist) -> None:
+    digit = mnist.test_images[0]
+    zeros = np.zeros_like(digit)
+    # dark ink on a transparent background, and light ink on one: the digit survives both
+    Image.fromarray(np.dstack([zeros, zeros, zeros, digit]), "RGBA").save(tmp_path / "dark.png")
+    Image.fromarray(np.dstack([zeros + 255] * 3 + [digit]), "RGBA").save(tmp_path / "light.png")
+    for name in ("dark.png", "light.png"):
+        assert np.array_equal(load_digit(tmp_path / name), digit), name
+    # 16-bit greyscale: scaled to 0-255, not clipped to white
+    Image.fromarray(digit.astype(np.uint16) * 257).save(tmp_path / "deep.png")
+    assert Image.open(tmp_path / "deep.png").mode.startswith("I")
+    assert np.array_equal(load_digit(tmp_path / "deep.png"), digit)
+    # stored on its side with an EXIF orientation that turns it upright
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
+    Image.fromarray(np.rot90(digit)).save(tmp_path / "turned.png", exif=exif)
+    assert np.array_equal(load_digit(tmp_path / "turned.png"), digit)
+
+
+def test_an_image_too_large_to_be_a_digit_is_refused(tmp_path: Path) -> None:
+    _png_claiming(tmp_path / "bomb.png", 20000, 20000)
+    with pytest.raises(PredictError, match="bomb.png: refused, too many pixels"):
+        load_digit(tmp_path / "bomb.png")

@@ -299,6 +299,7 @@ def compare(
 
     seed_list = _parse_seeds(seeds)
     project_run = take_project_run()
+    check_store()
     client = MlflowClient()
     root = str(data_root) if data_root else ""
     started = time.perf_counter()
@@ -310,7 +311,6 @@ def compare(
             return runner.train(config, experiment, callbacks=[for_console(console)],
                                 parent_run_id=parent, stop=stop).run_id
 
-        check_store()
         if runs:
             selected = C.select_runs(client, experiment, run_ids=[r.strip() for r in runs.split(",")])
         elif filter:

@@ -120,15 +120,32 @@ def select_runs(
     client: MlflowClient, experiment: str, preset: str | None = None,
     run_ids: list[str] | None = None, where: str = "",
 ) -> list[Run]:
-    """Explicit ids, or a search string, or by default the newest FINISHED run per variant."""
+    """Explicit ids, or a search string, or by default the newest FINISHED run per variant.
+
+    An unknown run id or a search string MLflow cannot parse is a CompareError naming it.
+    """
+    from mlflow.exceptions import MlflowException
+
     if run_ids:
-        return [client.get_run(run_id) for run_id in run_ids]
+        runs = []
+        for run_id in run_ids:
+            try:
+                runs.append(client.get_run(run_id))
+            except MlflowException:
+                raise CompareError(f"no run {run_id!r} in {mlflow.get_tracking_uri()} "
+                                   "(--runs takes run ids, comma-separated)") from None
+        return runs
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         raise CompareError(f"experiment {experiment!r} does not exist: train first "
                            "(`resnet-mnist train` or `make compare`)")
     narrow = where or (f"tags.preset = {_quote(preset)}" if preset else "")
-    runs = train_runs(client, [exp.experiment_id], narrow)
+    try:
+        runs = train_runs(client, [exp.experiment_id], narrow)
+    except MlflowException as exc:
+        first = (str(exc).strip().splitlines() or [""])[0][:300]
+        raise CompareError(f"--filter {where!r} is not an MLflow search string MLflow accepts "
+                           f"({first})") from None
     if where:
         return runs
     latest = {}

@@ -17,16 +17,21 @@ class PredictError(RuntimeError):
 def load_digit(path: Path) -> np.ndarray:
     """Any PNG/JPG -> 28x28 uint8, white digit on black as in MNIST.
 
-    Colour is dropped; an image whose border is brighter than its centre (dark ink on light paper)
-    is inverted; the whole image is resized to 28x28.
+    The EXIF orientation is applied; transparency is flattened onto the background that keeps the
+    ink visible; 16-bit greyscale is scaled (not clipped) to 0-255; colour is dropped; an image
+    whose border is brighter than its centre (dark ink on light paper) is inverted; the whole
+    image is resized to 28x28. An image too large to be a digit (PIL's decompression-bomb guard)
+    is refused.
     """
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image, ImageOps, UnidentifiedImageError
 
     try:
         with Image.open(path) as img:
-            gray = img.convert("L")
+            gray = _grey(ImageOps.exif_transpose(img))
     except FileNotFoundError:
         raise PredictError(f"{path}: no such file") from None
+    except Image.DecompressionBombError as exc:
+        raise PredictError(f"{path}: refused, too many pixels for a digit image ({exc})") from None
     except (UnidentifiedImageError, OSError) as exc:
         raise PredictError(f"{path}: not an image PIL can read ({exc})") from None
     pixels = np.asarray(gray.resize((28, 28), Image.Resampling.BILINEAR), dtype=np.uint8)
@@ -34,6 +39,26 @@ def load_digit(path: Path) -> np.ndarray:
     if border.mean() > 127:
         pixels = 255 - pixels
     return np.ascontiguousarray(pixels)
+
+
+def _grey(img):
+    """The image as 8-bit greyscale ("L"), keeping what a person sees as the digit."""
+    from PIL import Image
+
+    if img.mode.startswith("I"):  # 16-bit (or 32-bit integer) greyscale: scale, do not clip
+        values = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if img.mode.startswith("I;16") or values.max() > 255 else 255.0
+        return Image.fromarray(np.clip(values / top * 255.0 + 0.5, 0, 255).astype(np.uint8))
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = np.asarray(img.convert("RGBA"), dtype=np.float64)
+        alpha = rgba[..., 3:] / 255.0
+        ink = rgba[..., :3].mean(-1, keepdims=True)
+        # The ink is what is opaque: flatten onto the opposite background so that it stays visible.
+        weight = max(float(alpha.sum()), 1e-9)
+        background = 255.0 if float((ink * alpha).sum()) / weight < 128 else 0.0
+        flat = ink * alpha + background * (1 - alpha)
+        return Image.fromarray(np.clip(flat[..., 0] + 0.5, 0, 255).astype(np.uint8))
+    return img.convert("L")
 
 
 def load_model(uri: str):

@@ -80,8 +80,15 @@ def check_store(timeout_s: int = 5) -> str:
 
     uri = configure()
     if not uri.startswith(("http://", "https://")):
-        with store_lock(uri):
-            MlflowClient().search_experiments(max_results=1)
+        try:
+            with store_lock(uri):
+                MlflowClient().search_experiments(max_results=1)
+        except Exception as exc:  # noqa: BLE001 - sqlite/SQLAlchemy/MLflow errors all mean this
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+            raise TrackingUnavailable(
+                f"the tracking store {uri} cannot be opened ({first}). If it is a damaged file, "
+                "move it aside (runs in it may be lost) or point MLFLOW_TRACKING_URI elsewhere."
+            ) from None
         return uri
     saved = {k: os.environ.get(k) for k in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES",
                                             "MLFLOW_HTTP_REQUEST_TIMEOUT")}
