@@ -264,3 +264,59 @@ def test_state_dicts_load_weights_only(tmp_path: Path) -> None:
     bad.write_bytes(pickle.dumps({"w": np.zeros(2, dtype=object)}))
     with pytest.raises(pickle.UnpicklingError):
         torch.load(bad, weights_only=True)
+
+
+def test_kill_9_then_stale_then_one_of_two_resumes_takes_over(tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    env = {"MLFLOW_TRACKING_URI": uri}
+    proc = start_train(tmp_path, uri, "--checkpoint-every", "4")
+    for line in proc.stdout:
+        if "step: 24/48" in line:
+            proc.kill()  # SIGKILL: no handler runs, the run stays RUNNING
+            break
+    proc.communicate(timeout=120)
+    (run,) = runs(uri)
+    run_id = run.info.run_id
+    assert run.info.status == "RUNNING" and run.data.tags["owner.pid"] == str(proc.pid)
+
+    listed = cli("stale", cwd=tmp_path, env=env)
+    assert listed.returncode == 0 and f"{run_id}  resnet18-residual-seed0  owner gone" in (
+        listed.stdout)
+    marked = cli("stale", "--mark-killed", cwd=tmp_path, env=env)
+    assert marked.returncode == 0 and "marked KILLED" in marked.stdout
+    client = MlflowClient(uri)
+    assert client.get_run(run_id).info.status == "KILLED"
+
+    # two resumes at once: exactly one trains, the other says why it does not
+    both = [subprocess.Popen([str(BIN / "resnet-mnist"), "train", "--resume", run_id], cwd=tmp_path,
+                             env=env_for(uri), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True) for _ in range(2)]
+    results = [p.communicate(timeout=600) for p in both]
+    codes = sorted(p.returncode for p in both)
+    assert codes == [0, 1], [err[-1500:] for _, err in results]
+    refused = next(err for p, (_, err) in zip(both, results, strict=True) if p.returncode == 1)
+    assert ("being trained by another process" in refused or "is alive; stop it first" in refused
+            or "already FINISHED" in refused), refused
+    done = client.get_run(run_id)
+    assert done.info.status == "FINISHED"
+    for key, count in (("train_loss", 48), ("dev_accuracy", 6), ("train_epoch_loss", 3)):
+        steps = [m.step for m in client.get_metric_history(run_id, key)]
+        assert len(steps) == len(set(steps)) == count, key
+
+
+def test_a_running_run_with_a_live_owner_is_not_taken_over(tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    # long enough (640 steps) that it is still training while the resume is refused
+    proc = start_train(tmp_path, uri, "--epochs", "40")
+    try:
+        for line in proc.stdout:
+            if "step: 8/640" in line:
+                break
+        (run,) = runs(uri)
+        out = cli("train", "--resume", run.info.run_id, cwd=tmp_path,
+                  env={"MLFLOW_TRACKING_URI": uri})
+        assert out.returncode == 1 and "is alive; stop it first" in out.stderr
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=120)
+    assert runs(uri)[0].info.status == "KILLED"

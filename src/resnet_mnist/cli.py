@@ -346,6 +346,47 @@ def compare(
 
 
 @app.command()
+def stale(
+    experiment: Annotated[str, typer.Option(help="MLflow experiment.")] = DEFAULT_EXPERIMENT,
+    mark_killed: Annotated[bool, typer.Option(
+        help="End the runs whose owner is gone as KILLED (they stay resumable).")] = False,
+) -> None:
+    """List RUNNING runs whose training process is gone (killed, or its machine died).
+
+    Same host: the recorded process no longer exists. Another host: no heartbeat for 5 minutes.
+    `train --resume ID` takes such a run over; `compare` only ever uses FINISHED runs.
+    """
+    from mlflow.tracking import MlflowClient
+
+    from resnet_mnist.store import RunBusy, check_store, owner_alive, run_claim
+
+    check_store()
+    client = MlflowClient()
+    exp = client.get_experiment_by_name(experiment)
+    running = [] if exp is None else client.search_runs(
+        [exp.experiment_id], "attributes.status = 'RUNNING'")
+    if not running:
+        console.print(f"no RUNNING runs in {experiment!r}")
+    for run in running:
+        tags, run_id = run.data.tags, run.info.run_id
+        alive = owner_alive(tags)
+        state = {True: "owner alive", False: "owner gone", None: "no owner recorded"}[alive]
+        console.print(f"{run_id}  {run.info.run_name}  {state} (pid {tags.get('owner.pid', '?')} "
+                      f"on {tags.get('owner.host', '?')}, checkpoint at step "
+                      f"{tags.get('resume_step', 'none')})", highlight=False)
+        if mark_killed and alive is False:
+            try:
+                with run_claim(run_id):
+                    client.set_tag(run_id, "failure_reason", "owner gone (resnet-mnist stale)")
+                    client.set_terminated(run_id, "KILLED")
+            except RunBusy:
+                console.print(f"  {run_id} is being resumed by another process; left alone")
+                continue
+            console.print(f"  marked KILLED; resume with `resnet-mnist train --resume {run_id}`",
+                          highlight=False)
+
+
+@app.command()
 def links(
     port: Annotated[int, typer.Option(help="Where `make ui` serves the local store.")] = 5000,
 ) -> None:

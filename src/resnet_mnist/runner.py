@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import mlflow
 import torch
+from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 from torch import nn
 
@@ -21,7 +22,7 @@ from resnet_mnist.config import TrainConfig, from_params
 from resnet_mnist.distributed import Dist, device_for
 from resnet_mnist.history import last_logged_steps, read_history
 from resnet_mnist.runs import tracked_run
-from resnet_mnist.store import DEFAULT_EXPERIMENT, check_store
+from resnet_mnist.store import DEFAULT_EXPERIMENT, RunBusy, check_store, owner_alive, run_claim
 from resnet_mnist.tracker import (
     MlflowTracker,
     log_best_checkpoint,
@@ -85,10 +86,12 @@ def resume(
     run_id: str, data_root: str = "", device: str | None = None,
     callbacks: list[Callback] | None = None, stop: threading.Event | None = None,
 ) -> Trained:
-    """Continue a KILLED or FAILED run from its `checkpoints/resume.pt`, in the same run.
+    """Continue a KILLED or FAILED run, or a RUNNING one whose owner is gone, from its
+    `checkpoints/resume.pt`, in the same run.
 
-    Metrics already in the store are not sent again, so the histories have no duplicates; on a
-    CPU the resumed run ends with the same metrics as an uninterrupted one.
+    Only one process trains a run at a time (`run_claim`). Metrics already in the store are not
+    sent again, so the histories have no duplicates; on a CPU the resumed run ends with the same
+    metrics as an uninterrupted one.
     """
     from mlflow.exceptions import MlflowException
 
@@ -98,22 +101,45 @@ def resume(
         run = client.get_run(run_id)
     except MlflowException as exc:
         raise ResumeError(f"no run {run_id!r} in {mlflow.get_tracking_uri()}: {exc}") from None
-    if run.info.status == "FINISHED":
-        raise ResumeError(f"run {run_id} is already FINISHED; nothing to resume")
-    if run.info.status == "RUNNING":
-        raise ResumeError(f"run {run_id} is RUNNING; stop it first")
-    overrides = {"data_root": data_root} | ({"device": device} if device else {})
-    config = from_params(run.data.params, **overrides)
-    checkpoint = _download_checkpoint(run_id)
-    dev = resolve_device(config.device)
-    tensors = load_tensors(config, dev)
-    model = build_model(config, dev)
-    logged, past = last_logged_steps(client, run_id), read_history(client, run_id)
-    with tracked_run(config, run_id=run_id, resume=True) as active:
-        mlflow.set_tag("resumed_from_step", str(checkpoint["state"]["step"]))
-        tracker = MlflowTracker(active.info.run_id, history=past, logged=logged,
-                                datasets=mnist_datasets(config, tensors))
-        return _fit(config, model, tensors, tracker, callbacks, checkpoint, None, stop)
+    resumable(run)
+    try:
+        with run_claim(run_id):
+            run = client.get_run(run_id)  # as it is now that this process holds it
+            taken_over = resumable(run)
+            overrides = {"data_root": data_root} | ({"device": device} if device else {})
+            config = from_params(run.data.params, **overrides)
+            checkpoint = _download_checkpoint(run_id)
+            dev = resolve_device(config.device)
+            tensors = load_tensors(config, dev)
+            model = build_model(config, dev)
+            logged, past = last_logged_steps(client, run_id), read_history(client, run_id)
+            with tracked_run(config, run_id=run_id, resume=True) as active:
+                mlflow.set_tag("resumed_from_step", str(checkpoint["state"]["step"]))
+                if taken_over:
+                    mlflow.set_tag("taken_over_from", taken_over)
+                tracker = MlflowTracker(active.info.run_id, history=past, logged=logged,
+                                        datasets=mnist_datasets(config, tensors))
+                return _fit(config, model, tensors, tracker, callbacks, checkpoint, None, stop)
+    except RunBusy as exc:
+        raise ResumeError(str(exc)) from None
+
+
+def resumable(run: Run) -> str:
+    """Why `run` may be resumed, or a ResumeError saying why not. Returns the dead owner
+    (`pid@host`) when a RUNNING run is being taken over, else ""."""
+    tags, status = run.data.tags, run.info.status
+    if status == "FINISHED":
+        raise ResumeError(f"run {run.info.run_id} is already FINISHED; nothing to resume")
+    if status != "RUNNING":
+        return ""
+    owner = f"pid {tags.get('owner.pid', '?')} on {tags.get('owner.host', '?')}"
+    alive = owner_alive(tags)
+    if alive is None:
+        raise ResumeError(f"run {run.info.run_id} is RUNNING and records no owner; stop it first")
+    if alive:
+        raise ResumeError(f"run {run.info.run_id} is RUNNING and its owner ({owner}) is alive; "
+                          "stop it first")
+    return f"{tags['owner.pid']}@{tags.get('owner.host', '?')}"
 
 
 def _download_checkpoint(run_id: str) -> dict:

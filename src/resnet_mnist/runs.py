@@ -19,7 +19,13 @@ from mlflow.entities import RunStatus
 from mlflow.tracking import MlflowClient
 
 from resnet_mnist.config import ConfigError, TrainConfig, same_value
-from resnet_mnist.store import DEFAULT_EXPERIMENT, experiment_id, mark_training_experiment
+from resnet_mnist.store import (
+    DEFAULT_EXPERIMENT,
+    experiment_id,
+    mark_training_experiment,
+    owner_tags,
+    run_claim,
+)
 from resnet_mnist.train import NonFiniteLossError, StopRequested
 
 
@@ -89,8 +95,10 @@ def _start(config: TrainConfig, experiment: str, name: str | None, device: str,
     mlflow.set_system_metrics_sampling_interval(SYSTEM_METRICS_INTERVAL_S)
     mlflow.set_system_metrics_samples_before_logging(1)
     if resume:
-        return mlflow.start_run(run_id=run_id, log_system_metrics=True)
-    all_tags = train_tags(config, parent_run_id) | (tags or {})
+        run = mlflow.start_run(run_id=run_id, log_system_metrics=True)
+        mlflow.set_tags(owner_tags())
+        return run
+    all_tags = train_tags(config, parent_run_id) | owner_tags() | (tags or {})
     params = config.params() | {"device": device}
     if run_id:  # the run `mlflow run` made for this process becomes the training run
         run = mlflow.start_run(run_id=run_id, log_system_metrics=True)
@@ -117,15 +125,20 @@ def tracked_run(
 ) -> Iterator[mlflow.ActiveRun]:
     """Start a run and make sure it ends in the right state (see the module docstring).
 
-    `run_id` with `resume` reopens a stopped run; `run_id` alone adopts a run someone else created
-    (the project run of `mlflow run`); neither makes a new run in `experiment`, nested under
-    `parent_run_id` when given.
+    `run_id` with `resume` reopens a stopped run (the caller holds its claim); `run_id` alone adopts
+    a run someone else created (the project run of `mlflow run`); neither makes a new run in
+    `experiment`, nested under `parent_run_id` when given. The run records its owner (host, pid,
+    start time) and, through the tracker, a heartbeat.
     """
     run = _start(config, experiment, name, device, tags, parent_run_id, run_id, resume)
     run_id = run.info.run_id
     client = MlflowClient()
     try:
-        yield run
+        if resume:
+            yield run
+        else:
+            with run_claim(run_id):
+                yield run
     except KeyboardInterrupt as exc:
         client.set_tag(run_id, "failure_reason", "interrupted (Ctrl-C or SIGTERM)")
         step = exc.step if isinstance(exc, StopRequested) else None

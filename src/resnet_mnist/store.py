@@ -165,3 +165,78 @@ def take_project_run() -> str | None:
     never resumes that run by itself; the caller decides which run it becomes.
     """
     return os.environ.pop("MLFLOW_RUN_ID", None) or None
+
+
+# -- run ownership ------------------------------------------------------------------------------
+
+#: A training process refreshes its run's heartbeat at least this often while it trains.
+HEARTBEAT_S = 30
+#: A run on another host whose heartbeat is older than this is taken to have lost its owner.
+STALE_AFTER_S = 300
+OWNER_TAGS = ("owner.host", "owner.pid", "owner.started", "owner.heartbeat")
+
+
+def owner_tags() -> dict[str, str]:
+    """Who owns a run: this host, this process and when it started (a reused pid is not the
+    same owner), and a first heartbeat."""
+    import socket
+
+    import psutil
+
+    return {"owner.host": socket.gethostname(), "owner.pid": str(os.getpid()),
+            "owner.started": f"{psutil.Process().create_time():.3f}",
+            "owner.heartbeat": f"{time.time():.0f}"}
+
+
+def owner_alive(tags: dict[str, str], now: float | None = None) -> bool | None:
+    """Whether the process that owns a RUNNING run still exists.
+
+    Same host: the process with that pid and start time is alive. Another host: its heartbeat is
+    younger than STALE_AFTER_S. None when the run records no owner (made by another tool).
+    """
+    import socket
+
+    import psutil
+
+    if "owner.pid" not in tags:
+        return None
+    if tags.get("owner.host") == socket.gethostname():
+        try:
+            started = psutil.Process(int(tags["owner.pid"])).create_time()
+        except (psutil.NoSuchProcess, ValueError):
+            return False
+        return abs(started - float(tags.get("owner.started", "0"))) < 1.0
+    heartbeat = float(tags.get("owner.heartbeat", "0"))
+    return (now or time.time()) - heartbeat < STALE_AFTER_S
+
+
+class RunBusy(RuntimeError):
+    """Another process is training this run."""
+
+
+@contextmanager
+def run_claim(run_id: str) -> Iterator[None]:
+    """Hold a run for this process while it trains (sqlite store: an exclusive file lock beside
+    the database, released by the OS when the process dies). Raises RunBusy when another process
+    holds it. Other stores rely on the owner tags and the heartbeat."""
+    import mlflow
+
+    uri = mlflow.get_tracking_uri()
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    import fcntl
+
+    db = Path(uri.removeprefix("sqlite:///"))
+    folder = db.with_name(f"{db.name}.locks")
+    folder.mkdir(parents=True, exist_ok=True)
+    # The lock files stay: removing one while another process opens it would let two hold it.
+    with open(folder / f"run-{run_id}", "w") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RunBusy(f"run {run_id} is being trained by another process") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)

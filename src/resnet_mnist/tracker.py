@@ -27,7 +27,7 @@ from resnet_mnist.history import History
 from resnet_mnist.model import DigitClassifier
 from resnet_mnist.plots import plot_curves
 from resnet_mnist.runs import version
-from resnet_mnist.store import retry_locked, store_lock
+from resnet_mnist.store import HEARTBEAT_S, retry_locked, store_lock
 from resnet_mnist.train import Callback, Result, Tensors
 
 MAX_BATCH = 1000
@@ -56,6 +56,7 @@ class MlflowTracker(Callback):
         self.logged = logged or {}
         self.datasets = datasets or {}
         self.result: Result | None = None
+        self.heartbeat = time.time()
 
     def _add(self, key: str, value: float, step: int) -> None:
         if step <= self.logged.get(key, -1):
@@ -63,11 +64,16 @@ class MlflowTracker(Callback):
         self.buffer.append(Metric(key, float(value), int(time.time() * 1000), int(step)))
 
     def flush(self) -> None:
+        """Send the buffered metrics, and the owner's heartbeat when it is due."""
         t0 = time.perf_counter()
         while self.buffer:
             chunk, self.buffer = self.buffer[:MAX_BATCH], self.buffer[MAX_BATCH:]
             retry_locked(lambda chunk=chunk: self.client.log_batch(
                 self.run_id, metrics=chunk, synchronous=True))
+        if time.time() - self.heartbeat >= HEARTBEAT_S:
+            self.heartbeat = time.time()
+            retry_locked(lambda: self.client.set_tag(self.run_id, "owner.heartbeat",
+                                                     f"{self.heartbeat:.0f}"))
         self.log_seconds += time.perf_counter() - t0
 
     def on_step(self, step: int, epoch: int, loss: float) -> None:
