@@ -76,7 +76,7 @@ server: $(STAMP)
 
 # The registered champion behind MLflow's own scoring server (REST: POST /invocations), on loopback.
 serve: install
-	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/mlflow models serve \
+	PATH="$(abspath $(BIN)):$$PATH" MLFLOW_ALLOW_PICKLE_DESERIALIZATION=false $(BIN)/mlflow models serve \
 		-m models:/resnet18-mnist@champion --env-manager local -h 127.0.0.1 -p $(SERVE_PORT)
 
 # Debian's Chromium, for the browser test of the MLflow UI (needs root and the Debian registry).

@@ -138,3 +138,47 @@ def test_an_image_too_large_to_be_a_digit_is_refused(tmp_path: Path) -> None:
     _png_claiming(tmp_path / "bomb.png", 20000, 20000)
     with pytest.raises(PredictError, match="bomb.png: refused, too many pixels"):
         load_digit(tmp_path / "bomb.png")
+
+
+class Trap:
+    """Stands in for code inside a model: touching `marker` proves it ran."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path(self.marker).touch, ())
+
+
+def test_models_that_carry_code_or_pickles_are_refused(store: str, tmp_path: Path) -> None:
+    import mlflow
+    import torch
+
+    from resnet_mnist.predict import load_model
+
+    marker = tmp_path / "ran"
+
+    class Carrier(mlflow.pyfunc.PythonModel):
+        def __init__(self) -> None:
+            self.trap = Trap(str(marker))
+
+        def predict(self, context, model_input):
+            return model_input
+
+    mlflow.set_experiment("untrusted")
+    with mlflow.start_run():
+        example = np.zeros((1, 4), dtype=np.float32)
+        pickled = mlflow.pytorch.log_model(torch.nn.Linear(4, 2), name="pickled",
+                                           serialization_format="pickle", input_example=example)
+        code = mlflow.pyfunc.log_model(name="code", python_model=Carrier(), input_example=example)
+    marker.unlink(missing_ok=True)  # MLflow itself loads the model once while logging it
+    for info, why in ((pickled, "its weights are a pickle, not pt2"),
+                      (code, "it is not a pt2 PyTorch model as this project logs")):
+        with pytest.raises(PredictError, match=f"refused model .*: {why}"):
+            load_model(info.model_uri)
+    assert not marker.exists(), "loading a refused model ran its code"
+    # with the explicit opt-in the user gets what they asked for
+    assert load_model(code.model_uri, allow_untrusted=True) is not None
+    assert marker.exists()
+    with pytest.raises(PredictError, match="cannot load model 'models:/no-such-model@x'"):
+        load_model("models:/no-such-model@x")

@@ -411,6 +411,9 @@ def predict(
                                            "runs:/ID/model, …")] = "models:/resnet18-mnist@champion",
     mnist_test: Annotated[int | None, typer.Option(
         help="Also score the first N official test images.")] = None,
+    allow_untrusted_model: Annotated[bool, typer.Option(
+        help="Load a model that is not this project's pt2 PyTorch model (it may carry code or "
+             "a pickle that runs when loaded).")] = False,
     data_root: RootOption = None,
 ) -> None:
     """Classify digit images with a model loaded by URI (the champion by default)."""
@@ -423,7 +426,7 @@ def predict(
         raise typer.BadParameter("give image files and/or --mnist-test N")
     check_store()
     digits = np.stack([P.load_digit(p) for p in images]) if images else None
-    model = P.load_model(model_uri)
+    model = P.load_model(model_uri, allow_untrusted_model)
     if digits is not None:
         for path, pred in zip(images, P.predict(model, digits), strict=True):
             console.print(f"{path}: {pred.digit} (p={pred.probability:.3f})", highlight=False)

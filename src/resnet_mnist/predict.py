@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,16 +62,57 @@ def _grey(img):
     return img.convert("L")
 
 
-def load_model(uri: str):
-    """The model as an MLflow pyfunc; a missing URI becomes one clear error."""
+def load_model(uri: str, allow_untrusted: bool = False):
+    """The model as an MLflow pyfunc, if it is one this project logs; a missing URI or a model
+    of another kind becomes one clear error.
+
+    This project logs PyTorch models in the `pt2` (torch.export) format, which loads without
+    running code. A model that carries other Python code or a pickle could run anything when
+    loaded, so it is refused unless `allow_untrusted`; and MLflow's pickle deserialisation stays
+    off while loading (MLFLOW_ALLOW_PICKLE_DESERIALIZATION=false).
+    """
     import mlflow
     from mlflow.exceptions import MlflowException
 
+    def first_line(exc: BaseException) -> str:
+        return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+    try:
+        flavors = mlflow.models.get_model_info(uri).flavors
+    except (MlflowException, OSError) as exc:
+        raise PredictError(f"cannot load model {uri!r}: {first_line(exc)}") from None
+    if not allow_untrusted and not is_ours(flavors):
+        raise PredictError(
+            f"refused model {uri!r}: it is not a pt2 PyTorch model as this project logs (flavors: "
+            f"{', '.join(sorted(flavors))}); loading it could run code it carries. Pass "
+            "--allow-untrusted-model to load it anyway.")
+    saved = os.environ.get(PICKLE_SWITCH)
+    os.environ[PICKLE_SWITCH] = "true" if allow_untrusted else "false"
     try:
         return mlflow.pyfunc.load_model(uri)
     except (MlflowException, OSError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise PredictError(f"cannot load model {uri!r}: {first}") from None
+        if not allow_untrusted and "pickle" in str(exc).lower():
+            raise PredictError(
+                f"refused model {uri!r}: its weights are a pickle, not pt2 as this project logs "
+                "them; loading it could run code it carries. Pass --allow-untrusted-model to "
+                "load it anyway.") from None
+        raise PredictError(f"cannot load model {uri!r}: {first_line(exc)}") from None
+    finally:
+        if saved is None:
+            os.environ.pop(PICKLE_SWITCH, None)
+        else:
+            os.environ[PICKLE_SWITCH] = saved
+
+
+PICKLE_SWITCH = "MLFLOW_ALLOW_PICKLE_DESERIALIZATION"
+
+
+def is_ours(flavors: dict) -> bool:
+    """A PyTorch model behind MLflow's own PyTorch loader, with no code of its own. (Whether its
+    weights are pt2 or a pickle is checked by MLflow at load time with pickles switched off.)"""
+    pyfunc = flavors.get("python_function", {})
+    return ("pytorch" in flavors and pyfunc.get("loader_module") == "mlflow.pytorch"
+            and not flavors["pytorch"].get("code") and not pyfunc.get("code"))
 
 
 @dataclass
