@@ -38,9 +38,10 @@ def fail(message: str, code: int = 1) -> typer.Exit:
 def _project_errors() -> dict[type[BaseException], int]:
     """The project's own errors and their exit codes (2: invalid settings, 1: anything else)."""
     from resnet_mnist.compare import CompareError
+    from resnet_mnist.device import DeviceUnavailable
     from resnet_mnist.predict import PredictError
     from resnet_mnist.runner import ResumeError
-    from resnet_mnist.train import CheckpointError, DeviceUnavailable, NonFiniteLossError
+    from resnet_mnist.train import CheckpointError, NonFiniteLossError
 
     return {ConfigError: 2, D.DataError: 1, TrackingUnavailable: 1, ResumeError: 1,
             CompareError: 1, PredictError: 1, DeviceUnavailable: 1, NonFiniteLossError: 1,

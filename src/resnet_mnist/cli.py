@@ -177,9 +177,9 @@ def train(
     """
     from resnet_mnist import distributed, runner
     from resnet_mnist.config import build_config
+    from resnet_mnist.device import resolve_device
     from resnet_mnist.progress import for_console
     from resnet_mnist.store import take_project_run
-    from resnet_mnist.train import resolve_device
 
     given = {k: v for k, v in settings.items() if v is not None}
     if resume:
@@ -358,32 +358,26 @@ def stale(
     """
     from mlflow.tracking import MlflowClient
 
-    from resnet_mnist.store import RunBusy, check_store, owner_alive, run_claim
+    from resnet_mnist.runs import end_stale, running_runs
+    from resnet_mnist.store import check_store
 
     check_store()
     client = MlflowClient()
-    exp = client.get_experiment_by_name(experiment)
-    running = [] if exp is None else client.search_runs(
-        [exp.experiment_id], "attributes.status = 'RUNNING'")
-    if not running:
+    found = running_runs(client, experiment)
+    if not found:
         console.print(f"no RUNNING runs in {experiment!r}")
-    for run in running:
+    for run, alive in found:
         tags, run_id = run.data.tags, run.info.run_id
-        alive = owner_alive(tags)
         state = {True: "owner alive", False: "owner gone", None: "no owner recorded"}[alive]
         console.print(f"{run_id}  {run.info.run_name}  {state} (pid {tags.get('owner.pid', '?')} "
                       f"on {tags.get('owner.host', '?')}, checkpoint at step "
                       f"{tags.get('resume_step', 'none')})", highlight=False)
         if mark_killed and alive is False:
-            try:
-                with run_claim(run_id):
-                    client.set_tag(run_id, "failure_reason", "owner gone (resnet-mnist stale)")
-                    client.set_terminated(run_id, "KILLED")
-            except RunBusy:
+            if end_stale(client, run_id):
+                console.print(f"  marked KILLED; resume with `resnet-mnist train --resume "
+                              f"{run_id}`", highlight=False)
+            else:
                 console.print(f"  {run_id} is being resumed by another process; left alone")
-                continue
-            console.print(f"  marked KILLED; resume with `resnet-mnist train --resume {run_id}`",
-                          highlight=False)
 
 
 @app.command()
@@ -449,7 +443,7 @@ def bench(
 ) -> None:
     """Measure throughput, the book's experiment against a book-style loop, tracking overhead."""
     from resnet_mnist import bench as B
-    from resnet_mnist.train import resolve_device
+    from resnet_mnist.device import resolve_device
 
     B.run(out, resolve_device(device), repeats, quick, time_to_accuracy,
           str(data_root) if data_root else "", log=lambda line: err.print(line, highlight=False))

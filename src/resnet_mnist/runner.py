@@ -19,6 +19,7 @@ from torch import nn
 
 from resnet_mnist.complexity import measure
 from resnet_mnist.config import TrainConfig, from_params
+from resnet_mnist.device import resolve_device
 from resnet_mnist.distributed import Dist, device_for
 from resnet_mnist.history import last_logged_steps, read_history
 from resnet_mnist.runs import tracked_run
@@ -32,7 +33,7 @@ from resnet_mnist.tracker import (
     log_model,
     mnist_datasets,
 )
-from resnet_mnist.train import Callback, Result, Tensors, Trainer, build_model, load_tensors, resolve_device
+from resnet_mnist.train import Callback, Result, Tensors, Trainer, build_model, load_tensors
 
 
 class ResumeError(RuntimeError):

@@ -15,14 +15,16 @@ from pathlib import Path
 
 import mlflow
 import torch
-from mlflow.entities import RunStatus
+from mlflow.entities import Run, RunStatus
 from mlflow.tracking import MlflowClient
 
 from resnet_mnist.config import ConfigError, TrainConfig, same_value
 from resnet_mnist.store import (
     DEFAULT_EXPERIMENT,
+    RunBusy,
     experiment_id,
     mark_training_experiment,
+    owner_alive,
     owner_tags,
     run_claim,
 )
@@ -156,3 +158,22 @@ def tracked_run(
     else:
         mlflow.end_run(RunStatus.to_string(RunStatus.FINISHED))
 
+
+def running_runs(client: MlflowClient, experiment: str) -> list[tuple[Run, bool | None]]:
+    """The experiment's RUNNING runs, each with whether its owner is alive (None: unknown)."""
+    exp = client.get_experiment_by_name(experiment)
+    running = [] if exp is None else client.search_runs(
+        [exp.experiment_id], "attributes.status = 'RUNNING'")
+    return [(run, owner_alive(run.data.tags)) for run in running]
+
+
+def end_stale(client: MlflowClient, run_id: str) -> bool:
+    """End a run whose owner is gone as KILLED (it stays resumable); False when another process
+    holds it (it is being resumed)."""
+    try:
+        with run_claim(run_id):
+            client.set_tag(run_id, "failure_reason", "owner gone (resnet-mnist stale)")
+            client.set_terminated(run_id, RunStatus.to_string(RunStatus.KILLED))
+    except RunBusy:
+        return False
+    return True

@@ -23,6 +23,7 @@ from torch import nn
 
 from resnet_mnist import data as D
 from resnet_mnist.config import TrainConfig
+from resnet_mnist.device import Speed
 from resnet_mnist.distributed import Dist
 from resnet_mnist.model import ResNet18
 
@@ -68,6 +69,10 @@ class Result:
 CHECKPOINT_FORMAT = "resnet-mnist-resume-1"
 
 
+class CheckpointError(ValueError):
+    """A resume checkpoint that is not ours or was made with other settings."""
+
+
 class StopRequested(KeyboardInterrupt):
     """Training stopped at a clean step boundary on request (Ctrl-C or SIGTERM)."""
 
@@ -108,24 +113,6 @@ class Callback:
     def on_end(self, result: Result) -> None: ...
 
 
-class DeviceUnavailable(RuntimeError):
-    """The device asked for is not on this machine."""
-
-
-class CheckpointError(ValueError):
-    """A resume checkpoint that is not ours or was made with other settings."""
-
-
-def resolve_device(name: str) -> torch.device:
-    """`auto` picks CUDA when present; asking for CUDA without a GPU is an error, not a fallback."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise DeviceUnavailable("device=cuda was asked for but no CUDA GPU is available; "
-                                "use --device cpu")
-    return torch.device(str(name))
-
-
 def build_model(config: TrainConfig, device: torch.device) -> ResNet18:
     """Seed, then build, so that the same seed gives the same initial weights."""
     torch.manual_seed(config.seed)
@@ -139,29 +126,6 @@ def load_tensors(config: TrainConfig, device: torch.device) -> Tensors:
     return Tensors(*(D.to_tensors(splits[name], config.normalize, device)
                      for name in ("train", "dev", "test")),
                    raw_examples=splits["dev"].images[:4].copy())
-
-
-@dataclass(frozen=True)
-class Speed:
-    """How the step runs on this device: `auto` means bf16 + channels_last on CUDA, fp32 on CPU
-    (where neither helps)."""
-
-    bf16: bool
-    channels_last: bool
-    compile: bool
-
-    @classmethod
-    def resolve(cls, config: TrainConfig, device: torch.device) -> Speed:
-        cuda = device.type == "cuda"
-        bf16 = config.precision == "bf16" or (config.precision == "auto" and cuda)
-        cl = config.channels_last == "true" or (config.channels_last == "auto" and cuda)
-        return cls(bf16=bf16, channels_last=cl, compile=config.compile)
-
-    def autocast(self, device: torch.device) -> torch.autocast:
-        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.bf16)
-
-    def images(self, x: torch.Tensor) -> torch.Tensor:
-        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
 
 @torch.inference_mode()
