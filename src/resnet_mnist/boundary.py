@@ -24,6 +24,7 @@ from typer.exceptions import TyperException
 
 from resnet_mnist import data as D
 from resnet_mnist.config import ConfigError
+from resnet_mnist.errors import first_line
 from resnet_mnist.store import TrackingUnavailable
 
 err = Console(stderr=True, soft_wrap=True)
@@ -72,7 +73,7 @@ class ErrorBoundary(TyperGroup):
                 raise fail(str(exc), code) from None
             if debug:
                 raise
-            first = (str(exc).strip().splitlines() or [""])[0][:500]
+            first = first_line(exc, 500) if str(exc).strip() else ""
             raise fail(f"unexpected {type(exc).__name__}" + (f": {first}" if first else "")
                        + f" (rerun with --debug or {DEBUG_ENV}=1 for the traceback)") from None
 

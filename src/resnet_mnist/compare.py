@@ -24,6 +24,7 @@ from mlflow.tracking import MlflowClient
 
 from resnet_mnist import data as D
 from resnet_mnist.config import TrainConfig, build_config
+from resnet_mnist.errors import first_line
 from resnet_mnist.evaluation import Evaluation, evaluate_model, plot_confusion, plot_mistakes
 from resnet_mnist.history import History, read_history
 from resnet_mnist.model import ResNet18
@@ -143,9 +144,8 @@ def select_runs(
     try:
         runs = train_runs(client, [exp.experiment_id], narrow)
     except MlflowException as exc:
-        first = (str(exc).strip().splitlines() or [""])[0][:300]
         raise CompareError(f"--filter {where!r} is not an MLflow search string MLflow accepts "
-                           f"({first})") from None
+                           f"({first_line(exc)})") from None
     if where:
         return runs
     latest = {}

@@ -74,8 +74,7 @@ def load_model(uri: str, allow_untrusted: bool = False):
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    def first_line(exc: BaseException) -> str:
-        return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    from resnet_mnist.errors import first_line
 
     try:
         flavors = mlflow.models.get_model_info(uri).flavors

@@ -15,6 +15,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
 
+from resnet_mnist.errors import first_line
+
 T = TypeVar("T")
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 DEFAULT_EXPERIMENT = "resnet18-mnist"
@@ -84,9 +86,8 @@ def check_store(timeout_s: int = 5) -> str:
             with store_lock(uri):
                 MlflowClient().search_experiments(max_results=1)
         except Exception as exc:  # noqa: BLE001 - sqlite/SQLAlchemy/MLflow errors all mean this
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
             raise TrackingUnavailable(
-                f"the tracking store {uri} cannot be opened ({first}). If it is a damaged file, "
+                f"the tracking store {uri} cannot be opened ({first_line(exc)}). If it is a damaged file, "
                 "move it aside (runs in it may be lost) or point MLFLOW_TRACKING_URI elsewhere."
             ) from None
         return uri
@@ -97,9 +98,8 @@ def check_store(timeout_s: int = 5) -> str:
     try:
         MlflowClient().search_experiments(max_results=1)
     except (MlflowException, OSError) as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
         raise TrackingUnavailable(
-            f"the tracking server at {uri} does not answer ({first}). Start it (`make server`) "
+            f"the tracking server at {uri} does not answer ({first_line(exc)}). Start it (`make server`) "
             "or unset MLFLOW_TRACKING_URI to use the local sqlite:///mlflow.db store.") from None
     finally:
         for key, value in saved.items():
