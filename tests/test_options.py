@@ -40,6 +40,8 @@ def other_value(name: str) -> tuple[str, Any]:
     kind, default = TYPES[name], FIELDS[name].default
     if kind is bool:
         return str(not default).lower(), not default
+    if name == "depth":
+        return "20", 20
     if kind is int:
         return "7", 7
     if kind is float:

@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 from resnet_mnist.data import DEV_SIZE, NORMALIZATIONS, TEST_SIZE, TRAIN_SIZE
+from resnet_mnist.model import DEPTH_HELP, family
 
 PRESET_DIRS = (Path("mlproject"), Path(__file__).resolve().parents[2] / "mlproject")
 
@@ -67,6 +68,7 @@ class TrainConfig:
 
     use_residual: bool = setting(True, "ResNet18 with shortcuts (true) or the plain network "
                                  "without them (false).", preset=False)
+    depth: int = setting(18, f"Network depth: {DEPTH_HELP}.")
     preset: str = setting("custom", "", cli=False, preset=False)
     train_size: int = setting(2000, "Train on the first N of the 50,000 training images.")
     dev_size: int = setting(200, "Evaluate on the first N of the 10,000 dev images.")
@@ -93,6 +95,9 @@ class TrainConfig:
     compile: bool = setting(False, "torch.compile the model (eager with a warning if it fails).")
     checkpoint_every: int = setting(0, "Save a resumable checkpoint every N steps (0: only when "
                                     "stopped by Ctrl-C or SIGTERM).")
+    diagnostics: bool = setting(False, "Record per-stage gradient norms at every log step, "
+                                "activation and gradient statistics at initialisation, and a "
+                                "block-lesion test after training.")
     sync_bn: bool = setting(False, "SyncBatchNorm across processes under --nproc (CUDA only).")
     data_root: str = setting("", "Data root (files in ROOT/MNIST/raw); default "
                              "$RESNET_MNIST_DATA or ./data.", log=False, flag="--root",
@@ -102,13 +107,24 @@ class TrainConfig:
     def variant(self) -> str:
         return "residual" if self.use_residual else "plain"
 
+    @property
+    def architecture(self) -> str:
+        """`resnet18-plain`, `resnet56-residual`: depth and variant, as runs are named."""
+        return f"resnet{self.depth}-{self.variant}"
+
     def params(self) -> dict[str, Any]:
         """The values to log: everything except local paths, plus the variant."""
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
                 if f.metadata.get("log", True)} | {"variant": self.variant}
 
     def validate(self) -> TrainConfig:
+        try:
+            family(self.depth)
+            depth_ok = True
+        except ValueError:
+            depth_ok = False
         checks = [
+            (depth_ok, f"depth={self.depth} is not a ResNet depth: use {DEPTH_HELP}"),
             (math.isfinite(self.lr) and self.lr > 0, f"lr={self.lr} must be a finite number > 0"),
             (self.batch_size >= 1, f"batch_size={self.batch_size} must be >= 1"),
             (self.eval_batch_size >= 1, f"eval_batch_size={self.eval_batch_size} must be >= 1"),

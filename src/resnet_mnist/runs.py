@@ -55,12 +55,13 @@ def version(module: object) -> str:
 
 
 def run_name(config: TrainConfig) -> str:
-    return f"resnet18-{config.variant}-seed{config.seed}"
+    return f"{config.architecture}-seed{config.seed}"
 
 
 def train_tags(config: TrainConfig, parent_run_id: str | None = None) -> dict[str, str]:
-    """What a training run is (variant, preset, versions, commit): tags to search and group by."""
-    tags = {"variant": config.variant, "preset": config.preset, "run_type": "train",
+    """What a training run is (variant, depth, preset, versions, commit): tags to search and group by."""
+    tags = {"variant": config.variant, "depth": str(config.depth),
+            "architecture": config.architecture, "preset": config.preset, "run_type": "train",
             "torch_version": version(torch), "mlflow_version": version(mlflow)}
     if parent_run_id:
         tags["mlflow.parentRunId"] = parent_run_id

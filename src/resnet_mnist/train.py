@@ -25,7 +25,7 @@ from resnet_mnist import data as D
 from resnet_mnist.config import TrainConfig
 from resnet_mnist.device import Speed
 from resnet_mnist.distributed import Dist
-from resnet_mnist.model import ResNet18
+from resnet_mnist.model import build_resnet
 
 
 class NonFiniteLossError(RuntimeError):
@@ -113,10 +113,11 @@ class Callback:
     def on_end(self, result: Result) -> None: ...
 
 
-def build_model(config: TrainConfig, device: torch.device) -> ResNet18:
+def build_model(config: TrainConfig, device: torch.device) -> nn.Module:
     """Seed, then build, so that the same seed gives the same initial weights."""
     torch.manual_seed(config.seed)
-    return ResNet18(in_channels=1, num_classes=10, use_residual=config.use_residual).to(device)
+    return build_resnet(config.depth, config.use_residual, in_channels=1,
+                        num_classes=10).to(device)
 
 
 def load_tensors(config: TrainConfig, device: torch.device) -> Tensors:
