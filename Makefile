@@ -12,8 +12,10 @@ PYTEST_ARGS ?=
 
 FORCE ?=
 SEEDS ?=
+STUDY ?= cpu
+WORKERS ?= 2
 
-.PHONY: install data run compare train bench server serve browser test test-fast lint ui summary verify clean
+.PHONY: install data run compare study train bench server serve browser test test-fast lint ui summary verify clean
 
 install: $(STAMP) $(DATA)
 
@@ -40,6 +42,11 @@ run: install
 compare: install
 	$(BIN)/resnet-mnist compare --preset $(PRESET) --train-missing \
 		$(if $(FORCE),--force,) $(if $(SEEDS),--seeds $(SEEDS),)
+
+# The residual study: depth x variant x seed as nested runs under one study run; finished cells
+# are kept, so a stopped study continues. STUDY=cpu (< 30 min here), gpu (the full grid), tiny.
+study: install
+	$(BIN)/resnet-mnist study --study $(STUDY) --workers $(WORKERS)
 
 train: install
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/mlflow run . --env-manager local \

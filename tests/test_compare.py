@@ -8,6 +8,7 @@ import json
 import mlflow
 import numpy as np
 import pytest
+from mlflow.entities import Param, Run, RunData, RunInfo, RunTag
 from mlflow.tracking import MlflowClient
 
 from resnet_mnist import compare as C
@@ -83,10 +84,13 @@ def test_compare_outputs_match_mlflow_and_register_dev_winner(trained, client, t
     for variant, run_id in ids.items():
         run = client.get_run(run_id)
         m = run.data.metrics
-        assert rows[variant]["best dev acc"] == f"{m['best_dev_accuracy']:.4f}"
+        assert rows[variant]["dev acc (10k)"] == f"{m['dev_accuracy_full']:.4f}"
+        assert rows[variant]["best dev acc (book)"] == f"{m['best_dev_accuracy']:.4f}"
+        assert rows[variant]["depth"] == "18"
         assert rows[variant]["test acc (book)"] == f"{m['test_accuracy']:.4f}"
         assert rows[variant]["test acc (10k)"] == f"{m['test_accuracy_full']:.4f}"
-        assert 0.5 < m["test_accuracy_full"] <= 1.0
+        assert 0.5 < m["test_accuracy_full"] <= 1.0 and 0.5 < m["dev_accuracy_full"] <= 1.0
+        assert m["dev_loss_full"] > 0
         assert rows[variant]["run id"] == run_id[:8]
 
     comparison = client.get_run(result.run_id)
@@ -110,9 +114,11 @@ def test_compare_outputs_match_mlflow_and_register_dev_winner(trained, client, t
         assert {f"test_full/{k}_digit{d}" for k in ("precision", "recall", "f1")
                 for d in range(10)} <= set(run.data.metrics)
         model = mlflow.get_logged_model(run.outputs.model_outputs[0].model_id)
-        full = [m for m in model.metrics if m.key == "test_accuracy_full"]
-        assert [(m.value, m.dataset_name) for m in full] == [
-            (run.data.metrics["test_accuracy_full"], "mnist-test")]
+        for split in ("dev", "test"):
+            key = f"{split}_accuracy_full"
+            full = [m for m in model.metrics if m.key == key]
+            assert [(m.value, m.dataset_name, m.step) for m in full] == [
+                (run.data.metrics[key], f"mnist-{split}", int(run.data.metrics["best_step"]))]
 
     # the comparison run holds each variant's mean curve and band as step metrics
     curve = client.get_metric_history(result.run_id, "train_loss/plain_mean")
@@ -122,8 +128,14 @@ def test_compare_outputs_match_mlflow_and_register_dev_winner(trained, client, t
     assert {"dev_accuracy/residual_mean", "dev_accuracy/residual_min",
             "dev_accuracy/residual_max"} <= set(comparison.data.metrics)
 
-    dev = {v: client.get_run(i).data.metrics["best_dev_accuracy"] for v, i in ids.items()}
+    # the statistic, the winning variant and the champion come from the full dev split
+    dev = {v: client.get_run(i).data.metrics["dev_accuracy_full"] for v, i in ids.items()}
     winner = max(C.VARIANTS, key=lambda v: (dev[v], v == "residual"))
+    assert result.stats.diff == pytest.approx(dev["residual"] - dev["plain"])
+    assert comparison.data.metrics["diff_dev_accuracy_full"] == pytest.approx(result.stats.diff)
+    assert comparison.data.tags["statistic"] == "dev_accuracy_full"
+    assert "10,000 dev images" in result.stats.method
+    assert "Held out, deciding nothing" in result.verdict
     champion = client.get_model_version_by_alias("digits", "champion")
     assert champion.run_id == ids[winner] and champion.tags["variant"] == winner
     # the registered version is the LoggedModel (which lists the version) and carries its scores
@@ -131,13 +143,16 @@ def test_compare_outputs_match_mlflow_and_register_dev_winner(trained, client, t
     assert champion.source == f"models:/{model_id}"
     versions = json.loads(mlflow.get_logged_model(model_id).tags["mlflow.modelVersions"])
     assert {"name": "digits", "version": champion.version} in versions
-    assert champion.tags["best_dev_accuracy"] == f"{dev[winner]:.4f}"
+    assert champion.tags["dev_accuracy_full"] == f"{dev[winner]:.4f}"
+    assert champion.tags["selected_by"] == "dev_accuracy_full"
     assert result.champion_uri == "models:/digits@champion"
+    assert result.champion_note.startswith("champion is now version 1: the first champion")
 
+    # the same comparison again: the champion is this run already, nothing is registered twice
     again = C.compare(client, runs, tmp_path / "out2", exp_id, "digits")
-    assert again.champion_version == "2"
-    assert str(client.get_model_version_by_alias("digits", "champion").version) == "2"
-    assert client.get_model_version("digits", "1").run_id == ids[winner]
+    assert again.champion_version == "1" and "it is this run already" in again.champion_note
+    assert [str(v.version) for v in client.search_model_versions("name = 'digits'")] == ["1"]
+    assert client.get_run(again.run_id).data.tags["champion_moved"] == "false"
 
 
 def test_champion_loads_by_alias(trained, client, tmp_path) -> None:
@@ -164,8 +179,11 @@ def test_missing_experiment_is_a_clear_error(client) -> None:
 
 
 def summary(variant: str, seed: int, acc: float, dev: float = 0.9) -> C.RunSummary:
-    return C.RunSummary(f"{variant}{seed}", variant, seed, dev, acc, 0.1, acc, 0.1, 1, 1, 1.0,
-                        History())
+    """A run whose full-dev accuracy is `acc` (test 1 point lower) and book dev accuracy `dev`."""
+    return C.RunSummary(f"{variant}{seed}", variant, seed, 18, best_dev_accuracy=dev,
+                        test_accuracy=acc - 0.01, test_loss=0.1, dev_accuracy_full=acc,
+                        dev_loss_full=0.1, test_accuracy_full=acc - 0.01, test_loss_full=0.1,
+                        param_count=1, macs=1, train_time_s=1.0, history=History())
 
 
 def test_paired_statistics_and_verdicts() -> None:
@@ -200,3 +218,194 @@ def test_seed_groups_are_reused(client) -> None:
     first = C.seed_group(client, exp_id, "smoke", [0, 1])
     assert C.seed_group(client, exp_id, "smoke", [0, 1]) == first
     assert C.seed_group(client, exp_id, "smoke", [0, 1, 2]) != first
+
+
+def test_unpaired_seeds_use_welch_and_the_dev_split_size() -> None:
+    from scipy import stats
+
+    plain, residual = [0.970, 0.975, 0.972], [0.980, 0.984]
+    runs = [summary("plain", i, a) for i, a in enumerate(plain)]
+    runs += [summary("residual", i + 10, a) for i, a in enumerate(residual)]
+    s = C.statistics(runs)
+    assert s.method == "Welch t over 2 + 3 unpaired seeds"
+    low, high = stats.ttest_ind(residual, plain, equal_var=False).confidence_interval()
+    assert s.ci == pytest.approx((low, high))
+    single = C.statistics([summary("plain", 0, 0.95), summary("residual", 0, 0.96)])
+    se = np.sqrt(0.95 * 0.05 / 10_000 + 0.96 * 0.04 / 10_000)
+    assert single.ci == pytest.approx((0.01 - 1.96 * se, 0.01 + 1.96 * se))
+    assert "10,000 dev images" in single.method
+
+
+# -- vetting the runs: settings, duplicates, the newest matching pair (no store needed) ---------
+
+def fake_run(run_id: str, variant: str, start: int, preset: str = "seed", *,
+             drop: tuple[str, ...] = (), **overrides) -> Run:
+    """A FINISHED training run as MLflow returns it, with the params `train` would log."""
+    config = build_config(preset, variant == "residual", overrides)
+    params = {k: str(v) for k, v in config.params().items() if k not in drop}
+    params["device"] = "cpu" if start % 2 else "cuda:0"
+    return Run(RunInfo(run_id, "0", "", "FINISHED", start, start + 1, "active"),
+               RunData(params=[Param(k, v) for k, v in params.items()],
+                       tags=[RunTag("variant", variant), RunTag("preset", preset)]))
+
+
+def test_settings_match_across_variants_of_a_preset_but_not_with_overrides() -> None:
+    plain, residual = fake_run("p", "plain", 1), fake_run("r", "residual", 2)
+    assert C.settings(plain) == C.settings(residual)
+    assert C.settings(plain)["lr"] == "seed preset, per variant"
+    assert {"seed", "device", "use_residual", "variant"}.isdisjoint(C.settings(plain))
+    assert C.differences([plain, fake_run("r", "residual", 3, seed=7)]) == {}
+    faster = fake_run("r2", "residual", 4, lr=0.02)
+    diff = C.differences([plain, faster])
+    assert list(diff) == ["lr"] and set(diff["lr"]) == {"seed preset, per variant", "0.02"}
+    # the same override on both variants is the same setting again
+    assert C.differences([fake_run("p2", "plain", 5, lr=0.02), faster]) == {}
+    # a run from before `depth` existed is a ResNet18; a ResNet34 is not
+    assert C.differences([fake_run("old", "plain", 6, drop=("depth",)), residual]) == {}
+    assert list(C.differences([plain, fake_run("deep", "residual", 7, depth=34)])) == ["depth"]
+
+
+def test_explicit_mismatch_is_refused_with_the_differences_unless_allowed() -> None:
+    runs = [fake_run("aaaaaaaa1", "plain", 1), fake_run("bbbbbbbb2", "residual", 2, epochs=2)]
+    with pytest.raises(C.CompareError) as err:
+        C.vet(runs)
+    message = str(err.value)
+    assert "\n" not in message and "--allow-mismatch" in message
+    assert "epochs: 5 (plain aaaaaaaa) vs 2 (residual bbbbbbbb)" in message
+    assert list(C.vet(runs, allow_mismatch=True).mismatch) == ["epochs"]
+
+
+def test_duplicate_seeds_keep_the_newest_and_set_the_others_aside() -> None:
+    old, new = fake_run("old", "residual", 1), fake_run("new", "residual", 5)
+    plain = fake_run("p", "plain", 3)
+    other_seed = fake_run("s1", "residual", 2, seed=1)
+    vetted = C.vet([old, plain, new, other_seed, plain])
+    assert [r.info.run_id for r in vetted.runs] == ["p", "s1", "new"]
+    assert [r.info.run_id for r in vetted.set_aside] == ["old"]
+
+
+def test_default_selection_takes_the_newest_matching_pair() -> None:
+    newest_first = [fake_run("r-lr", "residual", 9, lr=0.02), fake_run("r", "residual", 8),
+                    fake_run("p-old", "plain", 2), fake_run("p", "plain", 7),
+                    fake_run("p-ep", "plain", 6, epochs=1)]
+    newest_first.sort(key=lambda r: -r.info.start_time)
+    assert [r.info.run_id for r in C.newest_pair(newest_first)] == ["p", "r"]
+    unrelated = [fake_run("r-lr", "residual", 9, lr=0.02), fake_run("p-ep", "plain", 6, epochs=1)]
+    with pytest.raises(C.CompareError, match=r"share their settings.*epochs: 1 \(plain p-ep\)"):
+        C.newest_pair(unrelated)
+    assert [r.info.run_id for r in C.newest_pair(unrelated, allow_mismatch=True)] == [
+        "p-ep", "r-lr"]
+    assert [r.info.run_id for r in C.newest_pair(unrelated[:1])] == ["r-lr"]
+
+
+# -- runs with other settings, in their own experiment, and the champion --------------------------
+
+OTHER = "overrides"
+
+
+@pytest.fixture(scope="module")
+def overridden(trained):
+    """Smoke runs trained with lr 0.02: one plain, and two residual with the same seed (the
+    second is a duplicate), in experiment `overrides`."""
+    tmp, uri, _ = trained
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(tmp)
+        mp.setenv("MLFLOW_TRACKING_URI", uri)
+        mp.setenv("RESNET_MNIST_DATA", str(REAL_ROOT))
+        mlflow.set_tracking_uri(uri)
+        ids = {name: train(build_config("smoke", name != "plain", {"lr": 0.02}), OTHER).run_id
+               for name in ("plain", "residual-old", "residual")}
+    return ids
+
+
+def test_runs_trained_with_overrides_are_not_compared_with_default_ones(
+    trained, overridden, client, tmp_path
+) -> None:
+    _, _, ids = trained
+    exp_id = client.get_experiment_by_name(EXP).experiment_id
+    mixed = C.select_runs(client, EXP, run_ids=[ids["plain"], overridden["residual"]])
+    with pytest.raises(C.CompareError, match=r"lr: 0\.01 \(plain \w{8}\) vs 0\.02 \(residual"):
+        C.compare(client, mixed, tmp_path / "refused", exp_id, "never")
+    assert not client.search_registered_models("name = 'never'")
+
+    result = C.compare(client, mixed, tmp_path / "allowed", exp_id, None, allow_mismatch=True)
+    assert result.mismatch.startswith("lr: 0.01") and "Caution (--allow-mismatch)" in result.verdict
+    assert client.get_run(result.run_id).data.tags["settings_mismatch"] == result.mismatch
+
+
+def test_default_and_filtered_selection_of_runs_with_a_duplicate_seed(
+    overridden, client, tmp_path
+) -> None:
+    pair = C.select_runs(client, OTHER, "smoke")
+    assert [r.info.run_id for r in pair] == [overridden["plain"], overridden["residual"]]
+    everything = C.select_runs(client, OTHER, where="tags.preset = 'smoke'")
+    assert len(everything) == 3
+    exp_id = client.get_experiment_by_name(OTHER).experiment_id
+    result = C.compare(client, everything, tmp_path, exp_id, None)
+    assert [s.run_id for s in result.summaries] == [overridden["plain"], overridden["residual"]]
+    assert result.set_aside == [overridden["residual-old"]]
+    assert f"residual {overridden['residual-old'][:8]}" in result.verdict
+    tags = client.get_run(result.run_id).data.tags
+    assert tags["set_aside_run_ids"] == overridden["residual-old"]
+
+
+def candidates(client, trained, overridden) -> dict[str, tuple[list[Run], float]]:
+    """Two comparable pairs (defaults, lr 0.02) and the full-dev accuracy of each one's winner."""
+    _, _, ids = trained
+    scorer, out = C.FullSplitScorer(client), {}
+    for name, pair in (("default", [ids["plain"], ids["residual"]]),
+                       ("lr", [overridden["plain"], overridden["residual"]])):
+        scores = [scorer(client.get_run(i)).dev_accuracy for i in pair]
+        out[name] = [client.get_run(i) for i in pair], max(scores)
+    assert out["default"][1] != out["lr"][1], "the two pairs tie on dev: pick another override"
+    return out
+
+
+@pytest.mark.parametrize("order", [("default", "lr"), ("lr", "default")])
+def test_champion_moves_only_to_a_model_at_least_as_good_on_dev(
+    trained, overridden, client, tmp_path, order
+) -> None:
+    pairs = candidates(client, trained, overridden)
+    exp_id = client.get_experiment_by_name(EXP).experiment_id
+    name = f"ordered-{'-'.join(order)}"
+    first, second = (C.compare(client, pairs[k][0], tmp_path / k, exp_id, name) for k in order)
+    best = max(pairs, key=lambda k: pairs[k][1])
+    champion = client.get_model_version_by_alias(name, "champion")
+    assert float(champion.tags["dev_accuracy_full"]) == pytest.approx(pairs[best][1], abs=1e-4)
+    if best == order[0]:
+        assert second.champion_version == "1"
+        assert second.champion_note.startswith("champion stays version 1: dev ")
+        assert len(client.search_model_versions(f"name = '{name}'")) == 1
+    else:
+        assert second.champion_version == "2" and "≥" in second.champion_note
+
+
+def test_concurrent_compares_leave_the_better_model_as_champion(
+    trained, overridden, client, tmp_path
+) -> None:
+    import threading
+
+    from tests.conftest import cli
+
+    tmp, uri, _ = trained
+    pairs = candidates(client, trained, overridden)
+    results = {}
+
+    def run(key: str) -> None:
+        ids = ",".join(r.info.run_id for r in pairs[key][0])
+        results[key] = cli("compare", "--runs", ids, "--model-name", "raced", "--out",
+                           str(tmp_path / key), cwd=tmp, env={"MLFLOW_TRACKING_URI": uri})
+
+    threads = [threading.Thread(target=run, args=(k,)) for k in pairs]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for out in results.values():
+        assert out.returncode == 0, out.stderr[-2000:]
+    best = max(pairs, key=lambda k: pairs[k][1])
+    champion = client.get_model_version_by_alias("raced", "champion")
+    assert float(champion.tags["dev_accuracy_full"]) == pytest.approx(pairs[best][1], abs=1e-4)
+    assert champion.run_id in {r.info.run_id for r in pairs[best][0]}
+    assert any("champion stays" in " ".join(o.stdout.split()) or "≥" in o.stdout
+               for o in results.values())

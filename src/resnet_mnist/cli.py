@@ -16,7 +16,7 @@ from rich.table import Table
 from resnet_mnist import data as D
 from resnet_mnist.boundary import DEBUG_ENV, ErrorBoundary, err, fail, stop_on_signals
 from resnet_mnist.config import Device
-from resnet_mnist.options import flag, with_config_options
+from resnet_mnist.options import drop_options, flag, with_config_options
 from resnet_mnist.store import DEFAULT_EXPERIMENT
 
 #: Comparison runs live beside the training runs, in their own experiment.
@@ -138,19 +138,6 @@ def verify_torchvision(
     console.print("[green]equivalent[/]")
 
 
-def _without_nproc(argv: list[str]) -> list[str]:
-    """The command line minus `--nproc N` / `--nproc=N`, for the processes torchrun starts."""
-    out, skip = [], False
-    for arg in argv:
-        if skip:
-            skip = False
-        elif arg == "--nproc":
-            skip = True
-        elif not arg.startswith("--nproc="):
-            out.append(arg)
-    return out
-
-
 RESUME_OVERRIDES = ("device", "data_root")
 
 
@@ -197,7 +184,7 @@ def train(
         config = build_config(preset, given.pop("use_residual", True), given)
         if nproc > 1 and not distributed.launched():
             # Validated above; now the same command runs under torchrun on every rank.
-            raise typer.Exit(distributed.launch(nproc, _without_nproc(sys.argv[1:])))
+            raise typer.Exit(distributed.launch(nproc, drop_options(sys.argv[1:], ("--nproc",))))
         dist = distributed.init(resolve_device(config.device).type) if distributed.launched() \
             else None
         main_rank = dist is None or dist.is_main
@@ -273,9 +260,14 @@ def compare(
     filter: Annotated[str | None, typer.Option(
         "--filter", help="An MLflow search string choosing the runs, e.g. \"params.seed = '1'\".")]
     = None,
+    allow_mismatch: Annotated[bool, typer.Option(
+        help="Compare runs whose settings differ in more than the variant (refused otherwise); "
+             "the verdict and the tag `settings_mismatch` name the differences.")] = False,
     experiment: Annotated[str, typer.Option(help="MLflow experiment.")] = DEFAULT_EXPERIMENT,
     model_name: Annotated[str, typer.Option(help="Registered model name.")] = "resnet18-mnist",
-    register: Annotated[bool, typer.Option(help="Register the dev winner as @champion.")] = True,
+    register: Annotated[bool, typer.Option(
+        help="Register the dev winner as @champion if it is at least as good on the full dev "
+             "split as the current champion.")] = True,
     out: Annotated[Path, typer.Option(help="Where the figure, table and verdict go.")]
     = Path("reports/compare"),
     device: Annotated[Device, typer.Option(help="Device for any training.")] = Device.auto,
@@ -283,8 +275,12 @@ def compare(
 ) -> None:
     """Plain vs residual: curves, table, verdict and statistics; registers the winner.
 
-    By default the newest FINISHED run of each variant of the preset is compared. The winner is
-    chosen by dev accuracy (never test accuracy) and gets the alias `champion`.
+    By default the newest FINISHED plain and residual runs of the preset whose settings match are
+    compared; explicit --runs or --filter selections must match too, unless --allow-mismatch. Of
+    two runs of one variant with one seed, the newest is compared and the older set aside.
+    Everything is decided on the full 10,000-image dev split (never on test): the statistic, the
+    winning variant, and the candidate, which takes the alias `champion` only if its full-dev
+    accuracy is at least the current champion's.
 
     Under `mlflow run -e compare` the project's run is the comparison run.
     """
@@ -320,14 +316,15 @@ def compare(
                                 force=force)
             selected = [client.get_run(i) for i in ids]
         else:
-            selected = C.select_runs(client, experiment, preset)
+            selected = C.select_runs(client, experiment, preset, allow_mismatch=allow_mismatch)
         if not selected:
             raise C.CompareError(f"no FINISHED training runs to compare in {experiment!r} "
                                  f"(preset {preset!r}); run `make compare` or "
                                  "`resnet-mnist compare --train-missing`")
         trained_in = client.get_experiment(selected[0].info.experiment_id).name
         result = C.compare(client, selected, out, experiment_id(f"{trained_in}{COMPARISONS}"),
-                           model_name if register else None, root or None, run_id=project_run)
+                           model_name if register else None, root or None, run_id=project_run,
+                           allow_mismatch=allow_mismatch)
     table = Table(title="plain vs residual")
     for column in C.COLUMNS:
         table.add_column(column, justify="left" if column in ("variant", "run id") else "right")
@@ -341,7 +338,136 @@ def compare(
     console.print(f"the comparison: {ui_link(comparison.info.experiment_id, result.run_id)}",
                   highlight=False)
     if result.champion_uri:
-        console.print(f"champion: {result.champion_uri} (version {result.champion_version})")
+        console.print(f"{result.champion_note}; {result.champion_uri} is version "
+                      f"{result.champion_version}", highlight=False)
+    console.print(f"wall time {time.perf_counter() - started:.1f} s")
+
+
+def _numbers(value: str | None, kind: type, option: str) -> list | None:
+    """`20,56` -> [20, 56]; nothing keeps the study file's list."""
+    if value is None or not value.strip():
+        return None
+    try:
+        return [kind(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise typer.BadParameter(f"takes a comma list of numbers, got {value!r}",
+                                 param_hint=option) from None
+
+
+@app.command()
+def study(
+    name: Annotated[str, typer.Option("--study", help="cpu (this 2-core machine, < 30 min), gpu "
+                                      "(the full grid), tiny (tests), or a YAML file.")] = "cpu",
+    depths: Annotated[str | None, typer.Option(help="Depths instead of the file's, e.g. 20,56 "
+                                               "(18, 34, or 6n+2).")] = None,
+    seeds: Annotated[str | None, typer.Option(help="Seeds instead of the file's: a count (`3` = "
+                                              "0..2) or a list (`0,1,2`).")] = None,
+    lrs: Annotated[str | None, typer.Option(help="Learning-rate grid instead of the file's, "
+                                            "e.g. 0.02,0.05.")] = None,
+    workers: Annotated[int, typer.Option(min=1, help="Worker processes on this machine (the "
+                                         "groups are split between them).")] = 1,
+    shard: Annotated[str, typer.Option(help="K/N: train only this machine's share of the grid "
+                                       "(run one shard per machine against one tracking "
+                                       "server).")] = "1/1",
+    report: Annotated[bool, typer.Option(help="Judge the grid and log the report when every cell "
+                                         "has finished.")] = True,
+    report_only: Annotated[bool, typer.Option(help="Train nothing; report the finished grid.")]
+    = False,
+    experiment: Annotated[str, typer.Option(help="MLflow experiment.")] = "resnet-mnist-study",
+    out: Annotated[Path, typer.Option(help="Where the figures, tables and verdict go.")]
+    = Path("reports/study"),
+    device: Annotated[Device, typer.Option(help="Device for the training.")] = Device.auto,
+    threads: Annotated[int | None, typer.Option(hidden=True, min=1)] = None,
+    data_root: RootOption = None,
+) -> None:
+    """Where do shortcuts matter? Train a depth x variant x seed grid, then judge it.
+
+    Each (depth, variant) first picks its learning rate from the grid on full-dev accuracy
+    (seed 0), then trains the other seeds at that rate, with settings shared by both variants.
+    Every cell is a run nested under one study run; finished cells are never trained again, so
+    a stopped study continues where it stopped. With every cell finished, the report (He et
+    al.'s Fig. 6 for these networks, loss and accuracy against depth, block diagnostics, table,
+    verdict per depth) is logged to the study run.
+
+    Under `mlflow run -e study` the project's run is the study run.
+    """
+    import dataclasses
+
+    from mlflow.tracking import MlflowClient
+
+    from resnet_mnist import runner
+    from resnet_mnist import study as S
+    from resnet_mnist.store import check_store, experiment_id, take_project_run, ui_link
+    from resnet_mnist.study_report import TABLE, missing_cells, study_report, to_cell
+
+    spec = S.load_study(name, _numbers(depths, int, "--depths"), _parse_seeds(seeds),
+                        _numbers(lrs, float, "--lrs"))
+    index, count = S.parse_shard(shard)
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    project_run = take_project_run()
+    check_store()
+    client = MlflowClient()
+    exp_id = experiment_id(experiment)
+    study_id = S.study_run(client, exp_id, spec, project_run)
+    if project_run and project_run != study_id:
+        client.set_tag(project_run, "study.run", study_id)
+    root = str(data_root) if data_root else ""
+    prefix = f"[{index}/{count}] " if count > 1 else ""
+    started = time.perf_counter()
+
+    if not report_only:
+        with stop_on_signals() as stop:
+            if workers > 1:
+                codes = S.run_workers(S.worker_commands(sys.argv[1:], index, count, workers), stop)
+                if stop.is_set():
+                    raise KeyboardInterrupt("study stopped")
+                if any(codes):
+                    raise fail(f"{sum(c != 0 for c in codes)} of {workers} workers failed (exit "
+                               f"codes {codes}); rerun to train the missing cells")
+            else:
+                def train_cell(config, tags):
+                    config = dataclasses.replace(config, device=device, data_root=root)
+                    console.print(f"{prefix}{config.architecture} lr {config.lr:g} seed "
+                                  f"{config.seed} ({tags['study.phase']}): training",
+                                  highlight=False)
+                    trained = runner.train(config, experiment, tags=tags,
+                                           parent_run_id=study_id, stop=stop)
+                    r = trained.result
+                    console.print(f"{prefix}{config.architecture} lr {config.lr:g} seed "
+                                  f"{config.seed}: dev {r.best_dev_accuracy:.2%}, "
+                                  f"{r.train_time_s:.0f} s training", highlight=False)
+                    return trained.run_id
+
+                for group in S.shard(spec.groups(), index, count):
+                    done = S.run_group(client, exp_id, study_id, spec, group, train_cell)
+                    console.print(f"{prefix}{group.name}: lr {done.lr:g} chosen; {done.trained} "
+                                  f"cells trained, {done.reused} reused", highlight=False)
+    if not report and not report_only:
+        return
+    cells = [to_cell(r) for r in S.cells_of(client, exp_id, study_id)]
+    missing = missing_cells(spec, cells)
+    if missing:
+        client.set_tag(study_id, "study.status", f"{spec.cells() - missing}/{spec.cells()} cells")
+        message = (f"{missing} of {spec.cells()} cells have not finished (other shards, or "
+                   f"stopped); rerun `resnet-mnist study --study {name}` to train them, or "
+                   "`--report-only` once the other shards are done")
+        if report_only:
+            raise fail(message)
+        console.print(message, highlight=False)
+        return
+    result = study_report(client, exp_id, study_id, spec, out)
+    table = Table(title=f"study {spec.name}: plain vs residual by depth")
+    for column in TABLE[:-1]:
+        table.add_column(column, justify="left" if column == "variant" else "right")
+    for row in result.rows:
+        table.add_row(*row[:-1])
+    console.print(table, width=max(console.width, 160))
+    console.print(result.verdict, highlight=False)
+    console.print(f"figures, tables and verdict in {out}/; study run {study_id}", highlight=False)
+    console.print(f"in the MLflow UI: {ui_link(exp_id, study_id)}", highlight=False)
     console.print(f"wall time {time.perf_counter() - started:.1f} s")
 
 

@@ -49,3 +49,19 @@ def with_config_options(command: F) -> F:
     command.__signature__ = signature.replace(  # type: ignore[attr-defined]
         parameters=own + [_option(name) for name in config_option_names()])
     return command
+
+
+def drop_options(argv: list[str], with_value: tuple[str, ...] = (),
+                 flags: tuple[str, ...] = ()) -> list[str]:
+    """The command line minus some options (`--name VALUE`, `--name=VALUE`, or a bare flag), for
+    the processes a command starts with its own arguments (torchrun ranks, study workers)."""
+    out, skip = [], False
+    for arg in argv:
+        name = arg.split("=", 1)[0].replace("_", "-")
+        if skip:
+            skip = False
+        elif name in with_value:
+            skip = "=" not in arg
+        elif name not in flags:
+            out.append(arg)
+    return out

@@ -1,4 +1,5 @@
-"""Training curves as the book draws them: loss per step (train and dev), dev accuracy per step."""
+"""Training curves as the book draws them (loss per step, train and dev; dev accuracy per step), and
+the residual study's diagnostics."""
 
 from __future__ import annotations
 
@@ -63,3 +64,39 @@ def plot_curves(groups: dict[str, list[History]], path: Path, title: str = "") -
         fig.savefig(out, dpi=120)
     plt.close(fig)
     return written
+
+
+def plot_diagnostics(
+    grad_norms: dict[str, dict[int, float]], lesion: dict[str, float], path: Path, title: str = ""
+) -> Path:
+    """Two panels of the residual study: each stage's gradient norm per step (log scale; vanishing
+    gradients show as early stages far below the head), and the test accuracy with each block
+    bypassed (`lesion`: block -> accuracy, `none` the intact network, drawn as a line). Writes
+    `path` as PNG and returns it."""
+    blocks = [name for name in lesion if name != "none"]
+    fig, (ax_grad, ax_lesion) = plt.subplots(
+        1, 2, figsize=(12 + 0.15 * max(0, len(blocks) - 12), 4.5))
+    for index, (stage, series) in enumerate(grad_norms.items()):
+        steps = sorted(series)
+        ax_grad.plot(steps, [series[s] for s in steps], color=f"C{index}", marker=".",
+                     label=stage)
+    ax_grad.set_yscale("log")
+    ax_grad.set(xlabel="step", ylabel="gradient L2 norm", title="gradient norm per stage")
+    ax_lesion.bar(range(len(blocks)), [lesion[b] for b in blocks], color="C0")
+    ax_lesion.set_xticks(range(len(blocks)), blocks, rotation=90, fontsize=7)
+    if "none" in lesion:
+        ax_lesion.axhline(lesion["none"], color="C3", linestyle="--",
+                          label=f"intact {lesion['none']:.3f}")
+    ax_lesion.set(ylim=(0, 1), ylabel="test accuracy", title="test accuracy with one block bypassed")
+    for ax in (ax_grad, ax_lesion):
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(loc="best", fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path = path.with_suffix(".png")
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

@@ -160,6 +160,15 @@ def tracked_run(
         mlflow.end_run(RunStatus.to_string(RunStatus.FINISHED))
 
 
+def same_params(run: Run, config: TrainConfig) -> bool:
+    """Whether `run` was trained with exactly `config` (device aside): what lets a finished run
+    stand in for training it again. A run from before a setting existed holds that setting's
+    default."""
+    have, defaults = run.data.params, TrainConfig().params()
+    return all(same_value(k, have[k], v) if k in have else defaults.get(k) == v
+               for k, v in config.params().items() if k != "device")
+
+
 def running_runs(client: MlflowClient, experiment: str) -> list[tuple[Run, bool | None]]:
     """The experiment's RUNNING runs, each with whether its owner is alive (None: unknown)."""
     exp = client.get_experiment_by_name(experiment)

@@ -23,9 +23,10 @@ from torch import nn
 from resnet_mnist import data as D
 from resnet_mnist.complexity import Complexity, format_table
 from resnet_mnist.config import TrainConfig
+from resnet_mnist.diagnostics import GRAD_NORM, LESION
 from resnet_mnist.history import History
 from resnet_mnist.model import DigitClassifier
-from resnet_mnist.plots import plot_curves
+from resnet_mnist.plots import plot_curves, plot_diagnostics
 from resnet_mnist.runs import version
 from resnet_mnist.store import HEARTBEAT_S, retry_locked, store_lock
 from resnet_mnist.train import Callback, Result, Tensors
@@ -40,7 +41,8 @@ class MlflowTracker(Callback):
     """Listens to the Trainer and writes metrics to one run in batches.
 
     `logged` (on resume) holds the last step already in the store per metric; those steps are not
-    sent again, so the histories have no duplicates. `history` keeps the curves for the plot.
+    sent again, so the histories have no duplicates. `history` keeps the curves for the plot, and
+    `diagnostics` (metric -> step -> value) the `on_metrics` series for theirs.
     `datasets` (split -> the run's dataset input) links dev and test scores to the split they were
     measured on, so that MLflow shows them per dataset.
     """
@@ -53,15 +55,19 @@ class MlflowTracker(Callback):
         self.buffer: list[Metric] = []
         self.history = history or History()
         self.log_seconds = 0.0
+        self.resumed = logged is not None
         self.logged = logged or {}
+        self.diagnostics: dict[str, dict[int, float]] = {}
         self.datasets = datasets or {}
         self.result: Result | None = None
         self.heartbeat = time.time()
 
-    def _add(self, key: str, value: float, step: int) -> None:
+    def _add(self, key: str, value: float, step: int) -> bool:
+        """Buffer one value unless the store already has this step; says whether it did."""
         if step <= self.logged.get(key, -1):
-            return
+            return False
         self.buffer.append(Metric(key, float(value), int(time.time() * 1000), int(step)))
+        return True
 
     def flush(self) -> None:
         """Send the buffered metrics, and the owner's heartbeat when it is due."""
@@ -107,6 +113,20 @@ class MlflowTracker(Callback):
     def on_epoch_end(self, epoch: int, mean_loss: float) -> None:
         self._add("train_epoch_loss", mean_loss, epoch)
 
+    def on_metrics(self, step: int, metrics: dict[str, float]) -> None:
+        """Diagnostics, sent with the next batch; on resume each series is first read back."""
+        for key, value in metrics.items():
+            if self.resumed and key not in self.diagnostics:
+                self._read_back(key)
+            if self._add(key, value, step):
+                self.diagnostics.setdefault(key, {})[step] = value
+
+    def _read_back(self, key: str) -> None:
+        """What the interrupted run already logged of `key`: not sent again, and in the plot."""
+        past = self.client.get_metric_history(self.run_id, key)
+        self.diagnostics[key] = {m.step: m.value for m in past}
+        self.logged[key] = max((m.step for m in past), default=-1)
+
     def on_end(self, result: Result) -> None:
         """Timings at the last step; the scores wait for the model (`log_scores`)."""
         self.result = result
@@ -115,6 +135,18 @@ class MlflowTracker(Callback):
             self._add(key, getattr(result, key), result.steps)
         self.flush()
 
+    def log_diagnostics(self, title: str) -> None:
+        """`plots/diagnostics.png` (gradient norms per stage, the lesion test) when the run
+        recorded diagnostics."""
+        grads = {k.removeprefix(GRAD_NORM): v for k, v in self.diagnostics.items()
+                 if k.startswith(GRAD_NORM)}
+        lesion = {k.removeprefix(LESION): v[max(v)] for k, v in self.diagnostics.items()
+                  if k.startswith(LESION) and v}
+        if not grads and not lesion:
+            return
+        with tempfile.TemporaryDirectory() as tmp:
+            path = plot_diagnostics(grads, lesion, Path(tmp) / "diagnostics.png", title)
+            self.client.log_artifact(self.run_id, str(path), "plots")
 
     def log_scores(self, model_id: str | None) -> None:
         """The best checkpoint's dev and test scores at its step, in the run and, with the dataset

@@ -4,6 +4,9 @@ No MLflow here. The loop keeps losses on the device and fetches them once every 
 GPU never waits on the host inside the step loop; evaluation runs in `inference_mode`.
 Step numbering follows the book: global steps from 0, dev evaluation at every `eval_steps`-th step
 after 0 and at the last step; the best-dev checkpoint is scored on the test split at the end.
+With `config.diagnostics` the Trainer also reports `on_metrics` (see `diagnostics.py`): statistics
+of the untrained network at step 0, per-stage gradient norms at every log step, and the
+block-lesion test of the best checkpoint at the last step.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from torch import nn
 from resnet_mnist import data as D
 from resnet_mnist.config import TrainConfig
 from resnet_mnist.device import Speed
+from resnet_mnist.diagnostics import block_lesion, grad_norms, init_statistics
 from resnet_mnist.distributed import Dist
 from resnet_mnist.model import build_resnet
 
@@ -64,6 +68,8 @@ class Result:
     eval_time_s: float
     train_images_per_s: float
     best_state: dict[str, torch.Tensor] = field(repr=False, default_factory=dict)
+    #: the block-lesion test of the best checkpoint (`lesion/...`) when `config.diagnostics`
+    diagnostics: dict[str, float] = field(default_factory=dict)
 
 
 CHECKPOINT_FORMAT = "resnet-mnist-resume-1"
@@ -110,6 +116,7 @@ class Callback:
     def on_best(self, step: int, dev_accuracy: float) -> None: ...
     def on_epoch_end(self, epoch: int, mean_loss: float) -> None: ...
     def on_checkpoint(self, step: int, checkpoint: dict) -> None: ...
+    def on_metrics(self, step: int, metrics: dict[str, float]) -> None: ...
     def on_end(self, result: Result) -> None: ...
 
 
@@ -286,6 +293,10 @@ class Trainer:
 
         # -- train: epoch after epoch, each from where the state stands --
         train = self.speed.images(tensors.train[0]), tensors.train[1]
+        if cfg.diagnostics and resume is None:
+            self._emit("on_metrics", 0, init_statistics(
+                self.model_without_ddp, train[0][: cfg.batch_size], train[1][: cfg.batch_size],
+                cfg.label_smoothing))
         while self.state.epoch < cfg.epochs:
             self.train_one_epoch(train, tensors, generator, per_epoch, total)
 
@@ -321,6 +332,8 @@ class Trainer:
             if not todo.flush:
                 continue
             st.train_time += time.perf_counter() - tick
+            if todo.log and cfg.diagnostics:  # the last step's gradients are still there
+                self._emit("on_metrics", step, grad_norms(self.model_without_ddp))
             self._report(pending_start, epoch, pending)
             pending, pending_start = [], st.step
             if todo.evaluate:
@@ -344,14 +357,26 @@ class Trainer:
         test_loss, test_acc = evaluate(self.model_without_ddp, *tensors.test,
                                        self.config.eval_batch_size, self.speed, self.dist)
         st.eval_time += time.perf_counter() - t0
+        lesion = self._lesion(tensors, total - 1) if self.config.diagnostics else {}
         result = Result(
             best_dev_accuracy=st.best_accuracy, best_step=st.best_step, test_accuracy=test_acc,
             test_loss=test_loss, steps=total, train_time_s=st.train_time,
             eval_time_s=st.eval_time, train_images_per_s=st.images_per_s(),
-            best_state=st.best_state,
+            best_state=st.best_state, diagnostics=lesion,
         )
         self._emit("on_end", result)
         return result
+
+    def _lesion(self, tensors: Tensors, step: int) -> dict[str, float]:
+        """The lesion test of the weights now loaded (the best checkpoint) on the test split,
+        reported at `step`."""
+        def accuracy(model: nn.Module) -> float:
+            return evaluate(model, *tensors.test, self.config.eval_batch_size, self.speed,
+                            self.dist)[1]
+
+        metrics = block_lesion(self.model_without_ddp, accuracy)
+        self._emit("on_metrics", step, metrics)
+        return metrics
 
     def _mean(self, tensor: torch.Tensor) -> torch.Tensor:
         """Per-rank values -> the mean over ranks (what the global batch saw)."""
