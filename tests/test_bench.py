@@ -15,6 +15,7 @@ pytestmark = pytest.mark.slow  # real processes
 @needs_data
 def test_quick_bench_writes_consistent_report(tmp_path: Path) -> None:
     out = cli("bench", "--quick", "--repeats", "1", "--device", "cpu", "--out", "report",
+              "--study", "tiny", "--study-workers", "1",
               cwd=tmp_path, env={"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'unused.db'}"})
     assert out.returncode == 0, out.stderr[-2000:]
     report = json.loads((tmp_path / "report" / "bench.json").read_text())
@@ -36,7 +37,14 @@ def test_quick_bench_writes_consistent_report(tmp_path: Path) -> None:
     share = report["tracking_overhead"]["share_in_mlflow_calls"]["median"]
     assert 0 < share < 1
 
+    study = report["study"]
+    assert study["cells"] == 6 and list(study["per_depth"]) == ["8"]
+    cell = study["per_depth"]["8"]
+    assert cell["cell_s"]["n"] == 6 and 0 < cell["train_s"]["median"] < cell["cell_s"]["median"]
+    assert 6 * cell["cell_s"]["min"] < study["wall_s"]  # one worker: cells one after another
+
     md = (tmp_path / "report" / "bench.md").read_text()
+    assert "## The tiny study (6 cells, 1 workers)" in md
     assert "| plain |" in md and "| residual |" in md
     assert "GPU figures: not measured" in md
     # The benchmark's own temporary store, not the caller's, holds its runs.

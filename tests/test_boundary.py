@@ -3,15 +3,12 @@ and a hint (the traceback with --debug), and signals become a stop request (in-p
 
 from __future__ import annotations
 
-import os
-import signal
-
 import pytest
 from typer.testing import CliRunner
 
 from resnet_mnist import complexity
 from resnet_mnist import data as D
-from resnet_mnist.boundary import DEBUG_ENV, stop_on_signals
+from resnet_mnist.boundary import DEBUG_ENV
 from resnet_mnist.cli import app
 from resnet_mnist.config import ConfigError
 
@@ -50,17 +47,6 @@ def test_debug_shows_the_unexpected_error(monkeypatch: pytest.MonkeyPatch, how: 
         monkeypatch.setenv(DEBUG_ENV, "1")
     out = cli.invoke(app, (["--debug"] if how == "flag" else []) + ["summary"])
     assert isinstance(out.exception, ZeroDivisionError)
-
-
-def test_first_signal_asks_to_stop_second_interrupts() -> None:
-    before = signal.getsignal(signal.SIGTERM)
-    with stop_on_signals() as stop:
-        assert not stop.is_set()
-        os.kill(os.getpid(), signal.SIGTERM)
-        assert stop.is_set()
-        with pytest.raises(KeyboardInterrupt):
-            os.kill(os.getpid(), signal.SIGINT)
-    assert signal.getsignal(signal.SIGTERM) is before
 
 
 def test_expected_failures_of_the_store_and_compare_are_one_line(

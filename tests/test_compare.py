@@ -12,9 +12,11 @@ from mlflow.entities import Param, Run, RunData, RunInfo, RunTag
 from mlflow.tracking import MlflowClient
 
 from resnet_mnist import compare as C
+from resnet_mnist import selection as SEL
 from resnet_mnist.config import build_config
 from resnet_mnist.history import History
 from resnet_mnist.runner import train
+from resnet_mnist.scoring import FullSplitScorer
 from tests.conftest import REAL_ROOT
 
 EXP = "resnet18-mnist"
@@ -48,10 +50,10 @@ def client(trained, monkeypatch):
 
 def test_default_selection_is_latest_run_per_variant(trained, client) -> None:
     _, _, ids = trained
-    runs = C.select_runs(client, EXP, "smoke")
+    runs = SEL.select_runs(client, EXP, "smoke")
     assert [r.info.run_id for r in runs] == [ids["plain"], ids["residual"]]
-    assert C.select_runs(client, EXP, "seed") == []
-    only = C.select_runs(client, EXP, where="tags.variant = 'residual'")
+    assert SEL.select_runs(client, EXP, "seed") == []
+    only = SEL.select_runs(client, EXP, where="tags.variant = 'residual'")
     assert [r.info.run_id for r in only] == [ids["residual"]]
 
 
@@ -62,18 +64,19 @@ def test_existing_runs_with_same_params_are_reused(trained, client) -> None:
     def must_not_train(config, parent):
         raise AssertionError(f"retrained {config.variant}")
 
-    got = C.ensure_runs(client, exp_id, "smoke", None, must_not_train)
+    got = SEL.ensure_runs(client, exp_id, "smoke", None, must_not_train)
     assert got == [ids["plain"], ids["residual"]]
     calls = []
-    C.ensure_runs(client, exp_id, "smoke", None, lambda c, p: calls.append(c.epochs) or "x",
+    SEL.ensure_runs(client, exp_id, "smoke", None, lambda c, p: calls.append(c.epochs) or "x",
                   overrides={"epochs": 2})
     assert calls == [2, 2]
 
 
+@pytest.mark.slow
 def test_compare_outputs_match_mlflow_and_register_dev_winner(trained, client, tmp_path) -> None:
     _, _, ids = trained
     exp_id = client.get_experiment_by_name(EXP).experiment_id
-    runs = C.select_runs(client, EXP, "smoke")
+    runs = SEL.select_runs(client, EXP, "smoke")
     result = C.compare(client, runs, tmp_path / "out", exp_id, "digits")
 
     for name in ("comparison.png", "comparison.pdf", "comparison.md", "comparison.csv",
@@ -159,7 +162,7 @@ def test_champion_loads_by_alias(trained, client, tmp_path) -> None:
     from resnet_mnist import data as D
 
     exp_id = client.get_experiment_by_name(EXP).experiment_id
-    C.compare(client, C.select_runs(client, EXP, "smoke"), tmp_path, exp_id, "byalias")
+    C.compare(client, SEL.select_runs(client, EXP, "smoke"), tmp_path, exp_id, "byalias")
     model = mlflow.pyfunc.load_model("models:/byalias@champion")
     mnist = D.load(REAL_ROOT)
     probs = model.predict(mnist.test_images[:100].copy())
@@ -175,7 +178,7 @@ def test_only_one_variant_is_a_clear_error(trained, client, tmp_path) -> None:
 
 def test_missing_experiment_is_a_clear_error(client) -> None:
     with pytest.raises(C.CompareError, match="does not exist"):
-        C.select_runs(client, "no-such-experiment", "seed")
+        SEL.select_runs(client, "no-such-experiment", "seed")
 
 
 def summary(variant: str, seed: int, acc: float, dev: float = 0.9) -> C.RunSummary:
@@ -215,9 +218,9 @@ def test_single_seed_verdict_says_seed_noise_is_unmeasured() -> None:
 
 def test_seed_groups_are_reused(client) -> None:
     exp_id = client.get_experiment_by_name(EXP).experiment_id
-    first = C.seed_group(client, exp_id, "smoke", [0, 1])
-    assert C.seed_group(client, exp_id, "smoke", [0, 1]) == first
-    assert C.seed_group(client, exp_id, "smoke", [0, 1, 2]) != first
+    first = SEL.seed_group(client, exp_id, "smoke", [0, 1])
+    assert SEL.seed_group(client, exp_id, "smoke", [0, 1]) == first
+    assert SEL.seed_group(client, exp_id, "smoke", [0, 1, 2]) != first
 
 
 def test_unpaired_seeds_use_welch_and_the_dev_split_size() -> None:
@@ -251,35 +254,35 @@ def fake_run(run_id: str, variant: str, start: int, preset: str = "seed", *,
 
 def test_settings_match_across_variants_of_a_preset_but_not_with_overrides() -> None:
     plain, residual = fake_run("p", "plain", 1), fake_run("r", "residual", 2)
-    assert C.settings(plain) == C.settings(residual)
-    assert C.settings(plain)["lr"] == "seed preset, per variant"
-    assert {"seed", "device", "use_residual", "variant"}.isdisjoint(C.settings(plain))
-    assert C.differences([plain, fake_run("r", "residual", 3, seed=7)]) == {}
+    assert SEL.settings(plain) == SEL.settings(residual)
+    assert SEL.settings(plain)["lr"] == "seed preset, per variant"
+    assert {"seed", "device", "use_residual", "variant"}.isdisjoint(SEL.settings(plain))
+    assert SEL.differences([plain, fake_run("r", "residual", 3, seed=7)]) == {}
     faster = fake_run("r2", "residual", 4, lr=0.02)
-    diff = C.differences([plain, faster])
+    diff = SEL.differences([plain, faster])
     assert list(diff) == ["lr"] and set(diff["lr"]) == {"seed preset, per variant", "0.02"}
     # the same override on both variants is the same setting again
-    assert C.differences([fake_run("p2", "plain", 5, lr=0.02), faster]) == {}
+    assert SEL.differences([fake_run("p2", "plain", 5, lr=0.02), faster]) == {}
     # a run from before `depth` existed is a ResNet18; a ResNet34 is not
-    assert C.differences([fake_run("old", "plain", 6, drop=("depth",)), residual]) == {}
-    assert list(C.differences([plain, fake_run("deep", "residual", 7, depth=34)])) == ["depth"]
+    assert SEL.differences([fake_run("old", "plain", 6, drop=("depth",)), residual]) == {}
+    assert list(SEL.differences([plain, fake_run("deep", "residual", 7, depth=34)])) == ["depth"]
 
 
 def test_explicit_mismatch_is_refused_with_the_differences_unless_allowed() -> None:
     runs = [fake_run("aaaaaaaa1", "plain", 1), fake_run("bbbbbbbb2", "residual", 2, epochs=2)]
     with pytest.raises(C.CompareError) as err:
-        C.vet(runs)
+        SEL.vet(runs)
     message = str(err.value)
     assert "\n" not in message and "--allow-mismatch" in message
     assert "epochs: 5 (plain aaaaaaaa) vs 2 (residual bbbbbbbb)" in message
-    assert list(C.vet(runs, allow_mismatch=True).mismatch) == ["epochs"]
+    assert list(SEL.vet(runs, allow_mismatch=True).mismatch) == ["epochs"]
 
 
 def test_duplicate_seeds_keep_the_newest_and_set_the_others_aside() -> None:
     old, new = fake_run("old", "residual", 1), fake_run("new", "residual", 5)
     plain = fake_run("p", "plain", 3)
     other_seed = fake_run("s1", "residual", 2, seed=1)
-    vetted = C.vet([old, plain, new, other_seed, plain])
+    vetted = SEL.vet([old, plain, new, other_seed, plain])
     assert [r.info.run_id for r in vetted.runs] == ["p", "s1", "new"]
     assert [r.info.run_id for r in vetted.set_aside] == ["old"]
 
@@ -289,13 +292,13 @@ def test_default_selection_takes_the_newest_matching_pair() -> None:
                     fake_run("p-old", "plain", 2), fake_run("p", "plain", 7),
                     fake_run("p-ep", "plain", 6, epochs=1)]
     newest_first.sort(key=lambda r: -r.info.start_time)
-    assert [r.info.run_id for r in C.newest_pair(newest_first)] == ["p", "r"]
+    assert [r.info.run_id for r in SEL.newest_pair(newest_first)] == ["p", "r"]
     unrelated = [fake_run("r-lr", "residual", 9, lr=0.02), fake_run("p-ep", "plain", 6, epochs=1)]
     with pytest.raises(C.CompareError, match=r"share their settings.*epochs: 1 \(plain p-ep\)"):
-        C.newest_pair(unrelated)
-    assert [r.info.run_id for r in C.newest_pair(unrelated, allow_mismatch=True)] == [
+        SEL.newest_pair(unrelated)
+    assert [r.info.run_id for r in SEL.newest_pair(unrelated, allow_mismatch=True)] == [
         "p-ep", "r-lr"]
-    assert [r.info.run_id for r in C.newest_pair(unrelated[:1])] == ["r-lr"]
+    assert [r.info.run_id for r in SEL.newest_pair(unrelated[:1])] == ["r-lr"]
 
 
 # -- runs with other settings, in their own experiment, and the champion --------------------------
@@ -318,12 +321,13 @@ def overridden(trained):
     return ids
 
 
+@pytest.mark.slow
 def test_runs_trained_with_overrides_are_not_compared_with_default_ones(
     trained, overridden, client, tmp_path
 ) -> None:
     _, _, ids = trained
     exp_id = client.get_experiment_by_name(EXP).experiment_id
-    mixed = C.select_runs(client, EXP, run_ids=[ids["plain"], overridden["residual"]])
+    mixed = SEL.select_runs(client, EXP, run_ids=[ids["plain"], overridden["residual"]])
     with pytest.raises(C.CompareError, match=r"lr: 0\.01 \(plain \w{8}\) vs 0\.02 \(residual"):
         C.compare(client, mixed, tmp_path / "refused", exp_id, "never")
     assert not client.search_registered_models("name = 'never'")
@@ -333,12 +337,13 @@ def test_runs_trained_with_overrides_are_not_compared_with_default_ones(
     assert client.get_run(result.run_id).data.tags["settings_mismatch"] == result.mismatch
 
 
+@pytest.mark.slow
 def test_default_and_filtered_selection_of_runs_with_a_duplicate_seed(
     overridden, client, tmp_path
 ) -> None:
-    pair = C.select_runs(client, OTHER, "smoke")
+    pair = SEL.select_runs(client, OTHER, "smoke")
     assert [r.info.run_id for r in pair] == [overridden["plain"], overridden["residual"]]
-    everything = C.select_runs(client, OTHER, where="tags.preset = 'smoke'")
+    everything = SEL.select_runs(client, OTHER, where="tags.preset = 'smoke'")
     assert len(everything) == 3
     exp_id = client.get_experiment_by_name(OTHER).experiment_id
     result = C.compare(client, everything, tmp_path, exp_id, None)
@@ -352,7 +357,7 @@ def test_default_and_filtered_selection_of_runs_with_a_duplicate_seed(
 def candidates(client, trained, overridden) -> dict[str, tuple[list[Run], float]]:
     """Two comparable pairs (defaults, lr 0.02) and the full-dev accuracy of each one's winner."""
     _, _, ids = trained
-    scorer, out = C.FullSplitScorer(client), {}
+    scorer, out = FullSplitScorer(client), {}
     for name, pair in (("default", [ids["plain"], ids["residual"]]),
                        ("lr", [overridden["plain"], overridden["residual"]])):
         scores = [scorer(client.get_run(i)).dev_accuracy for i in pair]
@@ -361,6 +366,7 @@ def candidates(client, trained, overridden) -> dict[str, tuple[list[Run], float]
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("order", [("default", "lr"), ("lr", "default")])
 def test_champion_moves_only_to_a_model_at_least_as_good_on_dev(
     trained, overridden, client, tmp_path, order
@@ -380,6 +386,7 @@ def test_champion_moves_only_to_a_model_at_least_as_good_on_dev(
         assert second.champion_version == "2" and "≥" in second.champion_note
 
 
+@pytest.mark.slow
 def test_concurrent_compares_leave_the_better_model_as_champion(
     trained, overridden, client, tmp_path
 ) -> None:

@@ -6,9 +6,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import signal
 import socket
+import subprocess
 from pathlib import Path
 
+import psutil
 import pytest
 import torch
 import torch.multiprocessing as mp
@@ -20,7 +23,7 @@ from resnet_mnist import distributed
 from resnet_mnist.config import build_config
 from resnet_mnist.distributed import Dist
 from resnet_mnist.train import Callback, Tensors, Trainer
-from tests.conftest import cli
+from tests.conftest import BIN, REAL_ROOT, cli
 
 
 def test_shards_partition_the_global_batch() -> None:
@@ -141,3 +144,42 @@ def test_bad_settings_fail_before_any_process_starts(tmp_path: Path) -> None:
               env={"MLFLOW_TRACKING_URI": uri})
     assert out.returncode == 2 and "--resume continues in one process" in " ".join(
         out.stderr.split())
+
+
+@pytest.mark.slow
+def test_sigterm_stops_every_rank_then_resume_finishes(tmp_path: Path) -> None:
+    """SIGTERM to `train --nproc 2`: the one run ends KILLED with a resumable checkpoint, exit
+    130, no rank left running; `train --resume` then finishes it with every step once."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    env = os.environ | {"MLFLOW_TRACKING_URI": uri, "RESNET_MNIST_DATA": str(REAL_ROOT),
+                        "PYTHONUNBUFFERED": "1"}
+    for key in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID"):
+        env.pop(key, None)
+    proc = subprocess.Popen([str(BIN / "resnet-mnist"), "train", "--preset", "smoke",
+                             "--nproc", "2"], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    for line in proc.stdout:
+        if "step: 16/48" in line:
+            ranks = psutil.Process(proc.pid).children(recursive=True)
+            proc.send_signal(signal.SIGTERM)
+            break
+    _, err = proc.communicate(timeout=180)
+    assert proc.returncode == 130, err[-3000:]
+    assert len(ranks) == 2
+    assert not [r for r in ranks if r.is_running() and r.status() != psutil.STATUS_ZOMBIE]
+    client = MlflowClient(uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("resnet18-mnist").experiment_id])
+    assert run.info.status == "KILLED"
+    stopped = int(run.data.tags["stopped_at_step"])
+    assert 17 <= stopped < 48
+    assert "checkpoints/resume.pt" in {a.path for a in client.list_artifacts(run.info.run_id,
+                                                                          "checkpoints")}
+    assert "Traceback" not in err and "torch.distributed.elastic" not in err
+
+    resumed = cli("train", "--resume", run.info.run_id, cwd=tmp_path,
+                  env={"MLFLOW_TRACKING_URI": uri})
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    run = client.get_run(run.info.run_id)
+    assert run.info.status == "FINISHED"
+    steps = [m.step for m in client.get_metric_history(run.info.run_id, "train_loss")]
+    assert steps == list(range(48))

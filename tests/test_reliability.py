@@ -320,3 +320,58 @@ def test_a_running_run_with_a_live_owner_is_not_taken_over(tmp_path: Path) -> No
         proc.send_signal(signal.SIGTERM)
         proc.communicate(timeout=120)
     assert runs(uri)[0].info.status == "KILLED"
+
+
+def burst(proc: subprocess.Popen, marker: str, count: int = 10) -> tuple[int, str, str]:
+    """Once `marker` is printed, `count` SIGINTs 20 ms apart: an impatient user at the end of a
+    run."""
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if marker in line:
+            for _ in range(count):
+                if proc.poll() is not None:
+                    break
+                proc.send_signal(signal.SIGINT)
+                time.sleep(0.02)
+            break
+    out, err = proc.communicate(timeout=120)
+    return proc.returncode, "".join(seen) + out, err
+
+
+def test_ten_ctrl_c_while_a_run_ends_leave_it_killed_never_running(tmp_path: Path) -> None:
+    """The burst lands after training, while the run logs its model and ends: it ends KILLED
+    with its reason, exit 130, one line; never RUNNING, never FINISHED."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    code, _, err = burst(start_train(tmp_path, uri), "[Test] best checkpoint")
+    (run,) = runs(uri)
+    assert code == 130, err
+    assert run.info.status == "KILLED"
+    assert run.data.tags["failure_reason"] == "interrupted (Ctrl-C or SIGTERM)"
+    assert "Traceback" not in err and f"run {run.info.run_id} was ended KILLED" in err
+
+
+def test_ten_ctrl_c_while_compare_runs_leave_its_run_killed(tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    for residual in ("true", "false"):
+        done = cli("train", "--preset", "smoke", "--use-residual", residual, cwd=tmp_path,
+                   env={"MLFLOW_TRACKING_URI": uri})
+        assert done.returncode == 0, done.stderr
+    proc = subprocess.Popen([str(BIN / "resnet-mnist"), "compare", "--preset", "smoke"],
+                            cwd=tmp_path, env=env_for(uri), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not runs(uri, "resnet18-mnist-comparisons"):
+        time.sleep(0.05)
+    for _ in range(10):
+        if proc.poll() is not None:
+            break
+        proc.send_signal(signal.SIGINT)
+        time.sleep(0.02)
+    _, err = proc.communicate(timeout=120)
+    (comparison,) = runs(uri, "resnet18-mnist-comparisons")
+    if proc.returncode == 0:  # the burst came after it had finished: nothing to check
+        pytest.skip("compare finished before the signals arrived")
+    assert proc.returncode == 130, err
+    assert comparison.info.status == "KILLED", comparison.data.tags
+    assert "Traceback" not in err

@@ -6,7 +6,8 @@ Four measurements, each repeated with min/median/max reported:
     train` processes, start-up included, against a reference loop written like the book (per-item
     PIL transforms through a DataLoader, fp32, `.item()` every step) run in this process;
   * per-step tracking overhead: the same training with the MLflow callback on and off;
-  * optionally, time to accuracy on the full preset (minutes on a CPU, seconds on a GPU).
+  * optionally, time to accuracy on the full preset (minutes on a CPU, seconds on a GPU);
+  * optionally, a whole residual study (`--study cpu`): its wall time and what a cell costs.
 """
 
 from __future__ import annotations
@@ -176,6 +177,39 @@ def cli_train_seconds(
     return wall, run.data.metrics["train_time_s"] + run.data.metrics["eval_time_s"]
 
 
+def study_timing(name: str, workers: int, data_root: str, device: torch.device) -> dict[str, Any]:
+    """A whole `resnet-mnist study` process in a temporary store: its wall time, and per depth
+    what one cell costs (its run's start to end) and how much of that is training."""
+    from mlflow.tracking import MlflowClient
+
+    exe = Path(sys.executable).parent / "resnet-mnist"
+    with tempfile.TemporaryDirectory() as tmp:
+        uri = f"sqlite:///{Path(tmp) / 'mlflow.db'}"
+        env = os.environ | {"MLFLOW_TRACKING_URI": uri,
+                            "RESNET_MNIST_DATA": str(Path(data_root or D.default_root()).resolve())}
+        for key in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID"):
+            env.pop(key, None)
+        start = time.perf_counter()
+        proc = subprocess.run([str(exe), "study", "--study", name, "--workers", str(workers),
+                               "--device", device.type, "--out", str(Path(tmp) / "out")],
+                              cwd=tmp, env=env, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RuntimeError(f"resnet-mnist study failed: {proc.stderr.strip()[-500:]}")
+        wall = time.perf_counter() - start
+        client = MlflowClient(tracking_uri=uri)
+        experiment = client.get_experiment_by_name("resnet-mnist-study")
+        runs = client.search_runs([experiment.experiment_id], "tags.run_type = 'train'",
+                                  max_results=5000)
+    per_depth: dict[str, dict[str, list[float]]] = {}
+    for run in runs:
+        row = per_depth.setdefault(run.data.params["depth"], {"cell_s": [], "train_s": []})
+        row["cell_s"].append((run.info.end_time - run.info.start_time) / 1000)
+        row["train_s"].append(run.data.metrics["train_time_s"])
+    return {"study": name, "workers": workers, "wall_s": wall, "cells": len(runs),
+            "per_depth": {d: {k: spread(v) for k, v in row.items()}
+                          for d, row in sorted(per_depth.items(), key=lambda kv: int(kv[0]))}}
+
+
 def fit_seconds(config: TrainConfig, device: torch.device, callbacks: list[Callback]) -> float:
     tensors = load_tensors(config, device)
     model = build_model(config, device)
@@ -249,7 +283,7 @@ def _seed_config(residual: bool, device: torch.device, data_root: str, quick: bo
 def run(
     out_dir: Path, device: torch.device, repeats: int = 3, quick: bool = False,
     with_time_to_accuracy: bool = False, data_root: str = "",
-    log: Callable[[str], None] = print,
+    log: Callable[[str], None] = print, study: str | None = None, study_workers: int = 2,
 ) -> dict[str, Any]:
     """Run every measurement and write `bench.json` and `bench.md` in `out_dir`."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -292,6 +326,9 @@ def run(
     if with_time_to_accuracy:
         log("time to accuracy (full preset)")
         report["time_to_accuracy"] = time_to_accuracy(device, data_root)
+    if study:
+        log(f"the {study} study with {study_workers} workers")
+        report["study"] = study_timing(study, study_workers, data_root, device)
     (out_dir / "bench.json").write_text(json.dumps(report, indent=2))
     (out_dir / "bench.md").write_text(markdown(report))
     return report
@@ -338,6 +375,17 @@ def markdown(report: dict[str, Any]) -> str:
                   f"after {tta['epochs']} epochs ({tta['train_time_s']:.1f} s of training)."]
     else:
         lines += ["", "Time to accuracy: not measured (pass `--time-to-accuracy`)."]
+    if "study" in report:
+        st = report["study"]
+        lines += ["", f"## The {st['study']} study ({st['cells']} cells, {st['workers']} workers)", "",
+                  f"Wall time of the whole `resnet-mnist study`: {st['wall_s']:.0f} s "
+                  f"({st['wall_s'] / 60:.1f} min).", "",
+                  "| depth | cells | seconds per cell (run start to end) | of which training |",
+                  "|---|---|---|---|"]
+        for depth, row in st["per_depth"].items():
+            cell, train = row["cell_s"], row["train_s"]
+            lines.append(f"| {depth} | {cell['n']} | {cell['median']:.1f} [{cell['min']:.1f}–"
+                         f"{cell['max']:.1f}] | {train['median']:.1f} |")
     if "gpu" not in m:
         lines += ["", "GPU figures: not measured (no GPU on this machine)."]
     return "\n".join(lines) + "\n"

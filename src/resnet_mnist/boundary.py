@@ -1,5 +1,5 @@
-"""The process boundary: what escapes a command becomes one line and an exit code, and Ctrl-C or
-SIGTERM becomes a stop request that the Trainer honours at its next step boundary.
+"""The process boundary: what escapes a command becomes one line and an exit code (Ctrl-C and
+SIGTERM become stop requests in `signals`).
 
 The project's own errors are expected: their message is the whole story (exit 2 for invalid
 settings, 1 otherwise). Anything else is a bug or an environment problem: one line, and the
@@ -9,11 +9,6 @@ traceback with `--debug` or RESNET_MNIST_DEBUG=1.
 from __future__ import annotations
 
 import os
-import signal
-import sys
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import click
@@ -76,26 +71,3 @@ class ErrorBoundary(TyperGroup):
             first = first_line(exc, 500) if str(exc).strip() else ""
             raise fail(f"unexpected {type(exc).__name__}" + (f": {first}" if first else "")
                        + f" (rerun with --debug or {DEBUG_ENV}=1 for the traceback)") from None
-
-
-@contextmanager
-def stop_on_signals() -> Iterator[threading.Event]:
-    """Ctrl-C and SIGTERM set the returned event: the Trainer stops at the next step boundary
-    (after saving a resumable checkpoint). A second signal interrupts at once."""
-    stop = threading.Event()
-    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-
-    def handler(signum: int, frame: object) -> None:
-        if stop.is_set():
-            raise KeyboardInterrupt(f"signal {signum}")
-        stop.set()
-        print("stopping at the next step boundary (again to interrupt at once)",
-              file=sys.stderr, flush=True)
-
-    for sig in previous:
-        signal.signal(sig, handler)
-    try:
-        yield stop
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)

@@ -14,9 +14,10 @@ from rich.console import Console
 from rich.table import Table
 
 from resnet_mnist import data as D
-from resnet_mnist.boundary import DEBUG_ENV, ErrorBoundary, err, fail, stop_on_signals
+from resnet_mnist.boundary import DEBUG_ENV, ErrorBoundary, err, fail
 from resnet_mnist.config import Device
 from resnet_mnist.options import drop_options, flag, with_config_options
+from resnet_mnist.signals import stop_on_signals
 from resnet_mnist.store import DEFAULT_EXPERIMENT
 
 #: Comparison runs live beside the training runs, in their own experiment.
@@ -83,13 +84,18 @@ def data_samples(
 @app.command()
 def summary(
     use_residual: Annotated[bool, typer.Option(help="Residual or plain variant.")] = True,
+    depth: Annotated[int, typer.Option(help="18 or 34, or 6n+2 (20, 32, 44, 56, 110).")] = 18,
 ) -> None:
     """Layer table, parameter count, MACs (thop) and FLOPs (torch) for one 1x1x32x32 input."""
     from resnet_mnist.complexity import format_table, measure
-    from resnet_mnist.model import ResNet18
+    from resnet_mnist.model import build_resnet, family
 
-    model = ResNet18(1, 10, use_residual=use_residual)
-    console.print(f"ResNet18 ({'residual' if use_residual else 'plain'}), 1 channel, 10 classes")
+    try:
+        model = build_resnet(depth, use_residual)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--depth") from None
+    console.print(f"ResNet{depth} ({family(depth)}-style, "
+                  f"{'residual' if use_residual else 'plain'}), 1 channel, 10 classes")
     console.print(format_table(measure(model)), highlight=False)
 
 
@@ -183,8 +189,12 @@ def train(
     else:
         config = build_config(preset, given.pop("use_residual", True), given)
         if nproc > 1 and not distributed.launched():
-            # Validated above; now the same command runs under torchrun on every rank.
-            raise typer.Exit(distributed.launch(nproc, drop_options(sys.argv[1:], ("--nproc",))))
+            # Validated above; now the same command runs again as every rank of one job.
+            with stop_on_signals() as stop:
+                code = distributed.launch(nproc, drop_options(sys.argv[1:], ("--nproc",)), stop)
+            if stop.is_set() or code == 130:
+                raise KeyboardInterrupt("distributed run stopped")
+            raise typer.Exit(code)
         dist = distributed.init(resolve_device(config.device).type) if distributed.launched() \
             else None
         main_rank = dist is None or dist.is_main
@@ -206,7 +216,7 @@ def _print_trained(trained: Trained) -> None:
     import mlflow
 
     result = trained.result
-    table = Table(title=f"resnet18 {trained.config.variant} ({trained.config.preset})")
+    table = Table(title=f"{trained.config.architecture} ({trained.config.preset})")
     table.add_column("")
     table.add_column("value", justify="right")
     for key, value in (
@@ -290,6 +300,7 @@ def compare(
 
     from resnet_mnist import compare as C
     from resnet_mnist import runner
+    from resnet_mnist import selection as SEL
     from resnet_mnist.progress import for_console
     from resnet_mnist.store import check_store, experiment_id, take_project_run, ui_link
 
@@ -303,20 +314,20 @@ def compare(
     with stop_on_signals() as stop:
         def train_one(config, parent):
             config = dataclasses.replace(config, device=device, data_root=root)
-            console.print(f"training {config.variant} seed {config.seed} ({config.preset})")
+            console.print(f"training {config.architecture} seed {config.seed} ({config.preset})")
             return runner.train(config, experiment, callbacks=[for_console(console)],
                                 parent_run_id=parent, stop=stop).run_id
 
         if runs:
-            selected = C.select_runs(client, experiment, run_ids=[r.strip() for r in runs.split(",")])
+            selected = SEL.select_runs(client, experiment, run_ids=[r.strip() for r in runs.split(",")])
         elif filter:
-            selected = C.select_runs(client, experiment, where=filter)
+            selected = SEL.select_runs(client, experiment, where=filter)
         elif seed_list or train_missing or force:
-            ids = C.ensure_runs(client, experiment_id(experiment), preset, seed_list, train_one,
+            ids = SEL.ensure_runs(client, experiment_id(experiment), preset, seed_list, train_one,
                                 force=force)
             selected = [client.get_run(i) for i in ids]
         else:
-            selected = C.select_runs(client, experiment, preset, allow_mismatch=allow_mismatch)
+            selected = SEL.select_runs(client, experiment, preset, allow_mismatch=allow_mismatch)
         if not selected:
             raise C.CompareError(f"no FINISHED training runs to compare in {experiment!r} "
                                  f"(preset {preset!r}); run `make compare` or "
@@ -565,6 +576,9 @@ def bench(
         help="Also train the full preset to 99.0/99.5 % (minutes on a GPU, hours on a CPU).",
     )] = False,
     device: Annotated[Device, typer.Option(help="auto picks CUDA when available.")] = Device.auto,
+    study: Annotated[str | None, typer.Option(
+        help="Also time a whole study (cpu: under 30 minutes here; tiny: a minute).")] = None,
+    study_workers: Annotated[int, typer.Option(min=1, help="Workers for --study.")] = 2,
     data_root: RootOption = None,
 ) -> None:
     """Measure throughput, the book's experiment against a book-style loop, tracking overhead."""
@@ -572,7 +586,8 @@ def bench(
     from resnet_mnist.device import resolve_device
 
     B.run(out, resolve_device(device), repeats, quick, time_to_accuracy,
-          str(data_root) if data_root else "", log=lambda line: err.print(line, highlight=False))
+          str(data_root) if data_root else "", log=lambda line: err.print(line, highlight=False),
+          study=study, study_workers=study_workers)
     console.print((out / "bench.md").read_text(), markup=False, highlight=False)
 
 

@@ -1,5 +1,6 @@
-"""Data parallelism on PyTorch's own engine: torchrun starts the processes, torch.distributed
-connects them (gloo on CPU, NCCL on GPUs), DistributedDataParallel averages the gradients.
+"""Data parallelism on PyTorch's own engine: `launch` (or torchrun, across machines) starts the
+processes, torch.distributed connects them (gloo on CPU, NCCL on GPUs), DistributedDataParallel
+averages the gradients.
 
 Each rank takes its slice of every global batch of the single-process shuffled order, so N
 processes see exactly the data one process would, batch for batch. Losses and accuracies are
@@ -9,12 +10,15 @@ all-reduced, so the numbers logged (by rank 0 only) describe the whole global ba
 from __future__ import annotations
 
 import os
-import subprocess
+import socket
 import sys
+import threading
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+
+from resnet_mnist.signals import supervise
 
 
 @dataclass(frozen=True)
@@ -68,14 +72,26 @@ def device_for(d: Dist, device: torch.device) -> torch.device:
     return torch.device("cuda", d.local_rank) if device.type == "cuda" else device
 
 
-def launch(nproc: int, argv: list[str], torchrun_args: list[str] | None = None) -> int:
-    """Re-run this CLI command under torchrun with `nproc` processes on this machine.
+def free_port() -> int:
+    """A loopback port nobody listens on now, for rank 0's rendezvous store."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
-    `torchrun_args` (e.g. `--nnodes 2 --rdzv-endpoint host:29400 --rdzv-id job1`) replace the
-    single-machine default `--standalone`.
+
+def launch(nproc: int, argv: list[str], stop: threading.Event) -> int:
+    """Run this CLI command again as `nproc` ranks on this machine, as `torchrun --standalone`
+    would (the same environment variables for `init_process_group`), but supervised by this
+    process: Ctrl-C or SIGTERM here stops every rank at the same step boundary (the run ends
+    KILLED with a resumable checkpoint), a rank that fails stops the others, and no rank outlives
+    the command. Returns the exit code: rank 0's, or the first failure's.
     """
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
-               *(torchrun_args or ["--standalone"]), "-m", "resnet_mnist", *argv]
-    env = os.environ | {"OMP_NUM_THREADS": os.environ.get(
-        "OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))}
-    return subprocess.call(command, env=env)
+    threads = os.environ.get("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    base = os.environ | {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()),
+                         "WORLD_SIZE": str(nproc), "LOCAL_WORLD_SIZE": str(nproc),
+                         "OMP_NUM_THREADS": threads}
+    envs = [base | {"RANK": str(rank), "LOCAL_RANK": str(rank), "GROUP_RANK": "0"}
+            for rank in range(nproc)]
+    codes = supervise([[sys.executable, "-m", "resnet_mnist", *argv]] * nproc, envs, stop,
+                      all_or_none=True)
+    return next((code for code in codes if code not in (0, None)), 0)

@@ -26,7 +26,8 @@ class RichProgress(Callback):
 
     def on_start(self, trainer: Trainer, total_steps: int) -> None:
         self.epochs = trainer.config.epochs
-        self.task = self.progress.add_task(trainer.config.variant, total=total_steps, info="")
+        self.task = self.progress.add_task(trainer.config.architecture, total=total_steps,
+                                           info="")
         self.progress.start()
 
     def on_log(self, step: int, epoch: int, loss: float, images_per_s: float) -> None:

@@ -177,7 +177,7 @@ def _fit(
     mlflow.log_metric("tracking_log_seconds", tracker.log_seconds)
     log_best_checkpoint(result.best_state)
     run = mlflow.active_run()
-    log_curves(tracker.history, config.variant, run.info.run_name or "")
+    log_curves(tracker.history, config.architecture, run.info.run_name or "")
     tracker.log_diagnostics(run.info.run_name or "")
     try:
         model_id = log_model(model, config.normalize, tensors.raw_examples, result.best_step)

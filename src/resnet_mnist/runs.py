@@ -19,6 +19,7 @@ from mlflow.entities import Run, RunStatus
 from mlflow.tracking import MlflowClient
 
 from resnet_mnist.config import ConfigError, TrainConfig, same_value
+from resnet_mnist.signals import shielded
 from resnet_mnist.store import (
     DEFAULT_EXPERIMENT,
     RunBusy,
@@ -26,6 +27,7 @@ from resnet_mnist.store import (
     mark_training_experiment,
     owner_alive,
     owner_tags,
+    retry_locked,
     run_claim,
 )
 from resnet_mnist.train import NonFiniteLossError, StopRequested
@@ -134,30 +136,66 @@ def tracked_run(
     start time) and, through the tracker, a heartbeat.
     """
     run = _start(config, experiment, name, device, tags, parent_run_id, run_id, resume)
-    run_id = run.info.run_id
-    client = MlflowClient()
-    try:
+    with ended(run.info.run_id):
         if resume:
             yield run
         else:
-            with run_claim(run_id):
+            with run_claim(run.info.run_id):
                 yield run
+
+
+@contextmanager
+def ended(run_id: str) -> Iterator[None]:
+    """End `run_id` when the block ends: FINISHED; KILLED after Ctrl-C or SIGTERM (then
+    `RunInterrupted` is raised); FAILED after an error, with its reason in the tags.
+
+    The ending is shielded from further signals (see `signals`), so a second or tenth Ctrl-C
+    waits for the status and reason to be recorded; an error while ending makes the run FAILED,
+    never FINISHED.
+    """
+    try:
+        yield
     except KeyboardInterrupt as exc:
-        client.set_tag(run_id, "failure_reason", "interrupted (Ctrl-C or SIGTERM)")
         step = exc.step if isinstance(exc, StopRequested) else None
-        if step is not None:
-            client.set_tag(run_id, "stopped_at_step", str(step))
-        mlflow.end_run(RunStatus.to_string(RunStatus.KILLED))
+        _end(run_id, RunStatus.KILLED, {"failure_reason": "interrupted (Ctrl-C or SIGTERM)"}
+             | ({"stopped_at_step": str(step)} if step is not None else {}))
         raise RunInterrupted(run_id, step) from exc
     except BaseException as exc:
-        client.set_tag(run_id, "error", f"{type(exc).__name__}: {exc}"[:5000])
-        client.set_tag(run_id, "failure_reason", type(exc).__name__)
-        if isinstance(exc, NonFiniteLossError):
-            client.set_tag(run_id, "failed_at_step", str(exc.step))
-        mlflow.end_run(RunStatus.to_string(RunStatus.FAILED))
+        _end(run_id, RunStatus.FAILED, {"error": f"{type(exc).__name__}: {exc}"[:5000],
+                                         "failure_reason": type(exc).__name__}
+             | ({"failed_at_step": str(exc.step)} if isinstance(exc, NonFiniteLossError) else {}))
         raise
     else:
-        mlflow.end_run(RunStatus.to_string(RunStatus.FINISHED))
+        _end(run_id, RunStatus.FINISHED)
+
+
+def _end(run_id: str, status: int, tags: dict[str, str] | None = None) -> None:
+    """Record the reason, then the status. If the store fails half-way, the run is still ended
+    directly (FAILED instead of FINISHED, with the error as its reason) and the error raised."""
+    client = MlflowClient()
+    with shielded():
+        try:
+            for key, value in (tags or {}).items():
+                retry_locked(lambda key=key, value=value: client.set_tag(run_id, key, value))
+            _terminate(client, run_id, RunStatus.to_string(status))
+        except Exception as exc:
+            final = RunStatus.FAILED if status == RunStatus.FINISHED else status
+            try:
+                client.set_tag(run_id, "failure_reason",
+                               f"error while ending the run: {type(exc).__name__}: {exc}"[:5000])
+            finally:
+                client.set_terminated(run_id, RunStatus.to_string(final))
+            raise
+
+
+def _terminate(client: MlflowClient, run_id: str, status: str) -> None:
+    """End the run through MLflow's fluent API when it is the active run (which also stops its
+    system metrics), else through the client."""
+    active = mlflow.active_run()
+    if active is not None and active.info.run_id == run_id:
+        mlflow.end_run(status)
+    else:
+        client.set_terminated(run_id, status)
 
 
 def same_params(run: Run, config: TrainConfig) -> bool:

@@ -15,11 +15,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import signal
-import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +31,7 @@ from resnet_mnist.config import ConfigError, TrainConfig, build_config, find_pre
 from resnet_mnist.model import family
 from resnet_mnist.options import drop_options
 from resnet_mnist.runs import same_params
+from resnet_mnist.signals import supervise
 from resnet_mnist.store import store_lock
 
 STUDY_DIRS = tuple(d / "studies" for d in
@@ -267,27 +265,6 @@ def worker_commands(argv: list[str], index: int, count: int, workers: int) -> li
 
 
 def run_workers(commands: list[list[str]], stop: threading.Event) -> list[int]:
-    """Run the workers to the end and return their exit codes. Each has its own session, so a
-    terminal's Ctrl-C reaches only this process, which passes one SIGTERM on to every worker
-    (they stop at a step boundary and end their cell KILLED); no worker outlives it."""
-    procs = [subprocess.Popen(cmd, start_new_session=True) for cmd in commands]
-    forwarded = False
-    try:
-        while any(p.poll() is None for p in procs):
-            if stop.is_set() and not forwarded:
-                for p in procs:
-                    if p.poll() is None:
-                        p.send_signal(signal.SIGTERM)
-                forwarded = True
-            time.sleep(0.2)
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.terminate()
-        for p in procs:
-            try:
-                p.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
-    return [p.returncode for p in procs]
+    """Run the workers to the end and return their exit codes (see `signals.supervise`: a stop
+    reaches every worker, which ends its cell KILLED; no worker outlives this call)."""
+    return supervise(commands, [dict(os.environ)] * len(commands), stop)

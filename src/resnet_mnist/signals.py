@@ -1,0 +1,121 @@
+"""Ctrl-C and SIGTERM: the first asks the Trainer to stop at its next step boundary, a second
+interrupts at once, and none ever cuts short the ending of a run.
+
+Python runs signal handlers in the main thread only, whichever thread the signal was delivered to
+(MLflow's system-metrics thread included), so a flag checked by the handler is enough to hold a
+signal back: inside `shielded()` a signal is recorded, not raised, and the interruption happens
+when the outermost shield ends. That is what makes an impatient tenth Ctrl-C harmless: the run is
+marked KILLED or FAILED with its reason first, never left RUNNING.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+_held = {"depth": 0, "pending": None}
+
+
+def _interrupt(signum: int) -> None:
+    """What a signal does outside a shield once a stop was already asked for."""
+    if _held["depth"] > 0:
+        _held["pending"] = signum
+        print("ending the run first (its status and reason are being recorded)",
+              file=sys.stderr, flush=True)
+        return
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+@contextmanager
+def shielded() -> Iterator[None]:
+    """Hold back the interruption a signal would cause until this block (and any shield around
+    it) has finished; then raise it. The block itself is never interrupted half-way."""
+    _held["depth"] += 1
+    try:
+        yield
+    finally:
+        _held["depth"] -= 1
+        pending = _held["pending"]
+        if _held["depth"] == 0 and pending is not None:
+            _held["pending"] = None
+            if sys.exc_info()[0] is None:
+                raise KeyboardInterrupt(f"signal {pending}")
+
+
+@contextmanager
+def stop_on_signals() -> Iterator[threading.Event]:
+    """Ctrl-C and SIGTERM set the returned event: the Trainer stops at the next step boundary
+    (after saving a resumable checkpoint). A second signal interrupts at once, except inside
+    `shielded()`, where it waits for the shield to end."""
+    stop = threading.Event()
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def handler(signum: int, frame: object) -> None:
+        if stop.is_set():
+            _interrupt(signum)
+            return
+        stop.set()
+        print("stopping at the next step boundary (again to interrupt at once)",
+              file=sys.stderr, flush=True)
+
+    for sig in previous:
+        signal.signal(sig, handler)
+    try:
+        yield stop
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def supervise(commands: list[list[str]], envs: list[dict[str, str]], stop: threading.Event,
+              all_or_none: bool = False, grace_s: float = 120.0) -> list[int]:
+    """Run child processes (torch.distributed ranks, study workers) to the end; return their exit
+    codes. No child outlives this call.
+
+    Each child has its own session, so a terminal's Ctrl-C reaches only this process, which
+    passes the stop on: the first signal becomes one SIGTERM per child (each stops at its next
+    step boundary), a second one a SIGINT (each interrupts at once). With `all_or_none` (ranks
+    that wait on each other) a child that fails stops the others. After `grace_s` seconds of
+    waiting on stopped children, the rest are killed.
+    """
+    procs = [subprocess.Popen(cmd, env=env, start_new_session=True)
+             for cmd, env in zip(commands, envs, strict=True)]
+    sent: list[int] = []
+    interrupted = False
+    deadline = None
+
+    def send(sig: int) -> None:
+        sent.append(sig)
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(sig)
+
+    try:
+        while True:
+            try:
+                if all(p.poll() is not None for p in procs):
+                    break
+                failed = all_or_none and any(p.returncode not in (None, 0) for p in procs)
+                if (stop.is_set() or failed) and not sent:
+                    send(signal.SIGTERM)
+                    deadline = time.monotonic() + grace_s
+                if deadline is not None and time.monotonic() > deadline:
+                    break
+                time.sleep(0.1)
+            except KeyboardInterrupt:
+                interrupted = True
+                send(signal.SIGINT)
+                deadline = time.monotonic() + min(grace_s, 30.0)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+            p.wait()
+    if interrupted:
+        raise KeyboardInterrupt("stopped at once")
+    return [p.returncode for p in procs]
