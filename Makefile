@@ -15,7 +15,7 @@ SEEDS ?=
 STUDY ?= cpu
 WORKERS ?= 2
 
-.PHONY: install data run compare study train bench server serve browser test test-fast lint ui summary verify clean
+.PHONY: install data run compare study train bench server serve browser postgres test test-fast lint ui summary verify clean
 
 install: $(STAMP) $(DATA)
 
@@ -63,7 +63,7 @@ verify: install
 
 # Both tiers: the fast one and the slow one (subprocesses, `mlflow run`, DDP, signals, servers,
 # the MLflow UI in a real browser).
-test: install browser
+test: install browser postgres
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # The fast tier only (pure functions, in-process CLI validation, small in-process trainings).
@@ -89,6 +89,11 @@ serve: install
 # Debian's Chromium, for the browser test of the MLflow UI (needs root and the Debian registry).
 browser:
 	@command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
+
+# Debian's PostgreSQL, for the team-server test (a real database behind `mlflow server`).
+postgres:
+	@command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql)
 
 # The MLflow UI against the default store, on loopback only.
 ui: $(STAMP)

@@ -120,13 +120,20 @@ def test_invalid_parameters_exit_nonzero_without_a_run(
 def mlflow_run(tmp_path: Path, uri: str, *params: str, experiment: str = "resnet18-mnist"
                ) -> subprocess.CompletedProcess[str]:
     """`mlflow run` of this project in the local environment, as the README shows it."""
+    return mlflow_run_entry(tmp_path, uri, "main", *params, experiment=experiment)
+
+
+def mlflow_run_entry(tmp_path: Path, uri: str, entry: str, *params: str, experiment: str
+                     ) -> subprocess.CompletedProcess[str]:
+    """`mlflow run -e ENTRY` of this project in the local environment."""
     env = os.environ.copy() | {"MLFLOW_TRACKING_URI": uri, "PATH": f"{BIN}:{os.environ['PATH']}"}
     for key in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID"):
         env.pop(key, None)
     args = [a for p in params for a in ("-P", p)]
     return subprocess.run(
-        [str(BIN / "mlflow"), "run", str(REPO), "--env-manager", "local", "--experiment-name",
-         experiment, *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+        [str(BIN / "mlflow"), "run", str(REPO), "-e", entry, "--env-manager", "local",
+         "--experiment-name", experiment, *args], cwd=tmp_path, env=env, capture_output=True,
+        text=True, timeout=900)
 
 
 def test_mlflow_run_is_one_run_with_the_resolved_values(tmp_path: Path) -> None:
@@ -170,6 +177,19 @@ def test_mlflow_run_compare_makes_its_run_the_comparison(tmp_path: Path) -> None
     assert sorted(r.data.tags["variant"] for r in trains) == ["plain", "residual"]
     assert comparison.data.tags["compared_run_ids"] == ",".join(
         r.info.run_id for r in sorted(trains, key=lambda r: r.data.tags["variant"]))
+
+
+def test_mlflow_run_study_makes_its_run_the_study_run(tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    out = mlflow_run_entry(tmp_path, uri, "study", "study=tiny", experiment="my-study")
+    assert out.returncode == 0, out.stderr[-2000:]
+    found = runs_in(uri, "my-study")
+    (study,) = [r for r in found if r.data.tags.get("run_type") == "study"]
+    assert study.data.tags["mlflow.project.entryPoint"] == "study"
+    assert study.data.tags["study.status"] == "complete"
+    cells = [r for r in found if r.data.tags.get("run_type") == "train"]
+    assert len(cells) == 6
+    assert {r.data.tags["mlflow.parentRunId"] for r in cells} == {study.info.run_id}
 
 
 @pytest.mark.parametrize("param,message", [

@@ -77,3 +77,41 @@ def test_torchvision_weights_refused_by_plain_model() -> None:
     with pytest.raises(ValueError, match="residual variant"):
         load_torchvision_weights(ResNet18(3, 1000, use_residual=False),
                                  torchvision.models.resnet18().state_dict())
+
+
+def test_resnet34_is_torchvisions_and_depth_picks_the_family() -> None:
+    from resnet_mnist.model import CifarResNet, ResNet, build_resnet, family
+
+    assert count_params(build_resnet(34, True, 3, 1000)) == count_params(
+        torchvision.models.resnet34())
+    assert build_resnet(18).depth == 18 and count_params(build_resnet(18)) == 11_175_370
+    assert isinstance(build_resnet(34), ResNet) and build_resnet(34).depth == 34
+    assert isinstance(build_resnet(56), CifarResNet) and build_resnet(56).depth == 56
+    assert [family(d) for d in (18, 34, 8, 20, 110)] == ["imagenet"] * 2 + ["cifar"] * 3
+    for bad in (0, 19, 21, 51):
+        with pytest.raises(ValueError, match=f"depth={bad} is not a ResNet depth"):
+            family(bad)
+
+
+@pytest.mark.parametrize("depth,params", [(20, 269_434), (56, 852_730), (110, 1_727_674)])
+def test_cifar_family_matches_the_paper_and_shortcuts_cost_nothing(depth: int, params: int
+                                                                   ) -> None:
+    """He et al. report 0.27 M, 0.85 M and 1.7 M parameters (3 input channels); option A
+    shortcuts have none, so plain and residual networks are the same size."""
+    from resnet_mnist.model import CifarResNet
+
+    residual, plain = CifarResNet(depth, use_residual=True), CifarResNet(depth, use_residual=False)
+    assert count_params(residual) == count_params(plain) == params
+    assert residual(torch.randn(2, 1, 32, 32)).shape == (2, 10)
+    convs = [m for m in residual.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert len(convs) + 1 == depth  # 6n + 1 convolutions and the classifier
+
+
+def test_option_a_shortcut_subsamples_and_pads_with_zeros() -> None:
+    from resnet_mnist.model import CifarBlock
+
+    block = CifarBlock(16, 32, stride=2)
+    x = torch.randn(2, 16, 8, 8)
+    out = block.shortcut_path(x)
+    assert out.shape == (2, 32, 4, 4)
+    assert torch.equal(out[:, :16], x[:, :, ::2, ::2]) and not out[:, 16:].any()

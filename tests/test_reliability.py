@@ -375,3 +375,31 @@ def test_ten_ctrl_c_while_compare_runs_leave_its_run_killed(tmp_path: Path) -> N
     assert proc.returncode == 130, err
     assert comparison.info.status == "KILLED", comparison.data.tags
     assert "Traceback" not in err
+
+
+def test_a_full_disk_while_writing_an_artifact_fails_the_run_naming_the_file(
+    tmp_path: Path,
+) -> None:
+    """The artifact store on a real 8 MB filesystem: the 45 MB best checkpoint does not fit. One
+    line naming the file, exit 1, the run FAILED with the reason; the store itself is fine."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small filesystem needs root")
+    artifacts = tmp_path / "mlruns"
+    artifacts.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(artifacts)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+        out = cli("train", "--preset", "smoke", cwd=tmp_path, env={"MLFLOW_TRACKING_URI": uri})
+        assert out.returncode == 1, out.stderr
+        line = " ".join(out.stderr.split())
+        assert "no space left on the device while writing" in line
+        assert "/mlruns/" in line and "Traceback" not in out.stderr
+        (run,) = runs(uri)
+        assert run.info.status == "FAILED"
+        assert run.data.tags["failure_reason"] == "OSError"
+        assert "No space left on device" in run.data.tags["error"]
+    finally:
+        subprocess.run(["umount", str(artifacts)], capture_output=True)

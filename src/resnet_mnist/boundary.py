@@ -8,6 +8,7 @@ traceback with `--debug` or RESNET_MNIST_DEBUG=1.
 
 from __future__ import annotations
 
+import errno
 import os
 from typing import Any
 
@@ -44,6 +45,13 @@ def _project_errors() -> dict[type[BaseException], int]:
             CheckpointError: 1}
 
 
+def disk_full(exc: OSError) -> str:
+    """Which file could not be written, and what happened to the run."""
+    where = exc.filename2 or exc.filename
+    return (f"no space left on the device while writing {where or 'a file'} ({exc.strerror}); "
+            "free some space and rerun (any run in progress was ended FAILED)")
+
+
 class ErrorBoundary(TyperGroup):
     """Runs a command and maps what escapes it to one line on stderr and an exit code."""
 
@@ -56,6 +64,9 @@ class ErrorBoundary(TyperGroup):
             raise
         except KeyboardInterrupt as exc:
             from resnet_mnist.runs import RunInterrupted
+            from resnet_mnist.signals import exit_quietly_on_signals
+
+            exit_quietly_on_signals()  # more Ctrl-C while this is reported: exit 130, quietly
 
             if isinstance(exc, RunInterrupted):
                 hint = (f"; resume with `resnet-mnist train --resume {exc.run_id}`"
@@ -66,6 +77,8 @@ class ErrorBoundary(TyperGroup):
             code = next((c for kind, c in _project_errors().items() if isinstance(exc, kind)), None)
             if code is not None:
                 raise fail(str(exc), code) from None
+            if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise fail(disk_full(exc)) from None
             if debug:
                 raise
             first = first_line(exc, 500) if str(exc).strip() else ""

@@ -17,7 +17,7 @@ from resnet_mnist import data as D
 from resnet_mnist.boundary import DEBUG_ENV, ErrorBoundary, err, fail
 from resnet_mnist.config import Device
 from resnet_mnist.options import drop_options, flag, with_config_options
-from resnet_mnist.signals import stop_on_signals
+from resnet_mnist.signals import ignore_signals_at_exit, own_process, stop_on_signals
 from resnet_mnist.store import DEFAULT_EXPERIMENT
 
 #: Comparison runs live beside the training runs, in their own experiment.
@@ -335,7 +335,7 @@ def compare(
         trained_in = client.get_experiment(selected[0].info.experiment_id).name
         result = C.compare(client, selected, out, experiment_id(f"{trained_in}{COMPARISONS}"),
                            model_name if register else None, root or None, run_id=project_run,
-                           allow_mismatch=allow_mismatch)
+                           allow_mismatch=allow_mismatch, stop=stop)
     table = Table(title="plain vs residual")
     for column in C.COLUMNS:
         table.add_column(column, justify="left" if column in ("variant", "run id") else "right")
@@ -421,7 +421,11 @@ def study(
     project_run = take_project_run()
     check_store()
     client = MlflowClient()
-    exp_id = experiment_id(experiment)
+    # Under `mlflow run -e study` the cells go where the project's run is.
+    exp_id = client.get_run(project_run).info.experiment_id if project_run else \
+        experiment_id(experiment)
+    if project_run:
+        experiment = client.get_experiment(exp_id).name
     study_id = S.study_run(client, exp_id, spec, project_run)
     if project_run and project_run != study_id:
         client.set_tag(project_run, "study.run", study_id)
@@ -592,7 +596,11 @@ def bench(
 
 
 def main() -> None:
-    app(prog_name="resnet-mnist")
+    own_process()
+    try:
+        app(prog_name="resnet-mnist")
+    finally:
+        ignore_signals_at_exit()
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ the champion (`registry`); test accuracy is a held-out figure that decides nothi
 from __future__ import annotations
 
 import csv
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,7 @@ from resnet_mnist.registry import CHAMPION, DEFAULT_MODEL_NAME, crown
 from resnet_mnist.runs import ended
 from resnet_mnist.scoring import FullSplitScorer
 from resnet_mnist.selection import describe, run_label, variant_of, vet
+from resnet_mnist.signals import safe_point, shielded
 from resnet_mnist.stats import METRICS, VARIANTS, CompareError, Stats, statistics, verdict
 
 
@@ -49,9 +51,11 @@ class RunSummary:
     history: History = field(repr=False)
 
 
-def summarize(client: MlflowClient, runs: list[Run], scorer: FullSplitScorer) -> list[RunSummary]:
+def summarize(client: MlflowClient, runs: list[Run], scorer: FullSplitScorer,
+              stop: threading.Event | None = None) -> list[RunSummary]:
     out = []
     for run in runs:
+        safe_point(stop)
         m, p = run.data.metrics, run.data.params
         variant = variant_of(run)
         if variant not in VARIANTS:
@@ -170,6 +174,7 @@ def compare(
     client: MlflowClient, runs: list[Run], out_dir: Path, experiment_id: str,
     model_name: str | None = DEFAULT_MODEL_NAME, data_root: str | None = None,
     run_id: str | None = None, allow_mismatch: bool = False,
+    stop: threading.Event | None = None,
 ) -> Comparison:
     """Vet, summarise, plot, tabulate, judge, log a `comparison` run, and crown the dev winner.
 
@@ -182,7 +187,7 @@ def compare(
     """
     vetted = vet(runs, allow_mismatch)
     scorer = FullSplitScorer(client, data_root)
-    summaries = summarize(client, vetted.runs, scorer)
+    summaries = summarize(client, vetted.runs, scorer, stop)
     stats = statistics(summaries)
     text = verdict(stats)
     mismatch = describe(vetted.mismatch)
@@ -209,42 +214,49 @@ def compare(
         tags["set_aside_run_ids"] = ",".join(set_aside)
     crowning = None
     name = f"compare-{'-'.join(presets)}"
-    run = mlflow.start_run(run_id=run_id) if run_id else mlflow.start_run(
-        experiment_id=experiment_id, run_name=name)
-    if run_id:
-        client.update_run(run_id, name=name)
-    with ended(run.info.run_id):
-        mlflow.set_tags(tags)
-        log_mean_curves(client, run.info.run_id, summaries)
-        mlflow.log_metrics({
-            "diff_dev_accuracy_full": stats.diff, "diff_ci_low": stats.ci[0],
-            "diff_ci_high": stats.ci[1], "n_plain": stats.n["plain"],
-            "n_residual": stats.n["residual"],
-            "diff_test_accuracy_full": (stats.mean["residual"]["test_accuracy_full"]
-                                        - stats.mean["plain"]["test_accuracy_full"]),
-            **{f"{v}_{k}_mean": stats.mean[v][k] for v in VARIANTS for k in METRICS},
-        })
-        if model_name:
-            best = max((s for s in summaries if s.variant == stats.dev_winner),
-                       key=lambda s: s.dev_accuracy_full)
-            crowning = crown(client, best, model_name, {
-                "variant": best.variant, "depth": str(best.depth), "preset": ",".join(presets),
-                "dev_accuracy_full": f"{best.dev_accuracy_full:.4f}",
-                "best_dev_accuracy": f"{best.best_dev_accuracy:.4f}",
-                "test_accuracy_full": f"{best.test_accuracy_full:.4f}",
-                "selected_by": "dev_accuracy_full",
-                "compared_runs": ",".join(ids), "comparison_run": run.info.run_id,
-            } | ({"settings_mismatch": mismatch[:5000]} if mismatch else {}), scorer)
-            text += f" {crowning.note[0].upper()}{crowning.note[1:]}."
-            mlflow.set_tags({"champion_version": crowning.version,
-                             "champion_run": crowning.run_id,
-                             "champion_moved": str(crowning.moved).lower(),
-                             "champion_note": crowning.note})
-        mlflow.set_tag("mlflow.note.content", text)
-        (out_dir / "verdict.txt").write_text(text + "\n")
-        files.append(out_dir / "verdict.txt")
-        for path in files:
-            mlflow.log_artifact(str(path), "comparison")
+    # No signal cuts a write to the comparison run in half (nor falls between creating it and
+    # guarding its end); a stop asked for meanwhile is honoured between the writes, and the run
+    # then ends KILLED.
+    with shielded():
+        run = mlflow.start_run(run_id=run_id) if run_id else mlflow.start_run(
+            experiment_id=experiment_id, run_name=name)
+        if run_id:
+            client.update_run(run_id, name=name)
+        with ended(run.info.run_id):
+            safe_point(stop)
+            mlflow.set_tags(tags)
+            log_mean_curves(client, run.info.run_id, summaries)
+            mlflow.log_metrics({
+                "diff_dev_accuracy_full": stats.diff, "diff_ci_low": stats.ci[0],
+                "diff_ci_high": stats.ci[1], "n_plain": stats.n["plain"],
+                "n_residual": stats.n["residual"],
+                "diff_test_accuracy_full": (stats.mean["residual"]["test_accuracy_full"]
+                                            - stats.mean["plain"]["test_accuracy_full"]),
+                **{f"{v}_{k}_mean": stats.mean[v][k] for v in VARIANTS for k in METRICS},
+            })
+            safe_point(stop)
+            if model_name:
+                best = max((s for s in summaries if s.variant == stats.dev_winner),
+                           key=lambda s: s.dev_accuracy_full)
+                crowning = crown(client, best, model_name, {
+                    "variant": best.variant, "depth": str(best.depth), "preset": ",".join(presets),
+                    "dev_accuracy_full": f"{best.dev_accuracy_full:.4f}",
+                    "best_dev_accuracy": f"{best.best_dev_accuracy:.4f}",
+                    "test_accuracy_full": f"{best.test_accuracy_full:.4f}",
+                    "selected_by": "dev_accuracy_full",
+                    "compared_runs": ",".join(ids), "comparison_run": run.info.run_id,
+                } | ({"settings_mismatch": mismatch[:5000]} if mismatch else {}), scorer)
+                text += f" {crowning.note[0].upper()}{crowning.note[1:]}."
+                mlflow.set_tags({"champion_version": crowning.version,
+                                 "champion_run": crowning.run_id,
+                                 "champion_moved": str(crowning.moved).lower(),
+                                 "champion_note": crowning.note})
+            safe_point(stop)
+            mlflow.set_tag("mlflow.note.content", text)
+            (out_dir / "verdict.txt").write_text(text + "\n")
+            files.append(out_dir / "verdict.txt")
+            for path in files:
+                mlflow.log_artifact(str(path), "comparison")
     return Comparison(
         run.info.run_id, summaries, stats, text, rows, files,
         f"models:/{model_name}@{CHAMPION}" if crowning else None,

@@ -218,19 +218,36 @@ def same_value(name: str, logged: str, value: Any) -> bool:
         return False
 
 
-def find_preset(name: str) -> Path:
-    """A preset by name (`seed`, `full`, `smoke`) or by path to a YAML file."""
+def find_yaml(name: str, directories: tuple[Path, ...], kind: str, kinds: str) -> Path:
+    """A YAML file of `kind` (preset, study) by name, looked up in `directories`, or by path;
+    an unknown name is a ConfigError listing the known ones."""
     candidate = Path(name)
     if candidate.suffix in (".yaml", ".yml"):
         if candidate.is_file():
             return candidate
-        raise ConfigError(f"preset file {name} does not exist")
-    for directory in PRESET_DIRS:
+        raise ConfigError(f"{kind} file {name} does not exist")
+    for directory in directories:
         path = directory / f"{name}.yaml"
         if path.is_file():
             return path
-    known = sorted({p.stem for d in PRESET_DIRS if d.is_dir() for p in d.glob("*.yaml")})
-    raise ConfigError(f"unknown preset {name!r}; known presets: {', '.join(known) or 'none'}")
+    known = sorted({p.stem for d in directories if d.is_dir() for p in d.glob("*.yaml")})
+    raise ConfigError(f"unknown {kind} {name!r}; known {kinds}: {', '.join(known) or 'none'}")
+
+
+def read_mapping(path: Path, kind: str, shape: str) -> dict:
+    """A YAML file that must hold one mapping; a ConfigError naming the file otherwise."""
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{kind} {path} is not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{kind} {path} must be a mapping of {shape}")
+    return raw
+
+
+def find_preset(name: str) -> Path:
+    """A preset by name (`seed`, `full`, `smoke`) or by path to a YAML file."""
+    return find_yaml(name, PRESET_DIRS, "preset", "presets")
 
 
 PRESET_KEYS = [name for name, f in FIELDS.items() if f.metadata.get("preset", True)]
@@ -253,12 +270,7 @@ def _from_yaml(name: str, value: Any, source: str) -> Any:
 def load_preset(name: str, use_residual: bool) -> dict[str, Any]:
     """Read a preset into a flat dict for one variant, refusing bad YAML and unknown keys."""
     path = find_preset(name)
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"preset {path} is not valid YAML: {exc}") from exc
-    if not isinstance(raw, dict):
-        raise ConfigError(f"preset {path} must be a mapping of setting: value")
+    raw = read_mapping(path, "preset", "setting: value")
     variants = raw.pop("variants", {}) or {}
     if not isinstance(variants, dict) or set(variants) - {"plain", "residual"}:
         raise ConfigError(f"preset {path}: `variants` may only hold `plain` and `residual`")

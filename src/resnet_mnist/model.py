@@ -106,6 +106,17 @@ class CifarBlock(ResBlock):
         return x
 
 
+def make_stage(
+    block: type[ResBlock], in_channels: int, out_channels: int, count: int, stride: int,
+    use_residual: bool,
+) -> nn.Sequential:
+    """`count` blocks; the first changes the shape (stride, channels), the rest keep it."""
+    return nn.Sequential(
+        block(in_channels, out_channels, stride, use_residual),
+        *(block(out_channels, out_channels, 1, use_residual) for _ in range(count - 1)),
+    )
+
+
 class ResNet(nn.Module):
     """The ImageNet-style ResNet for `in_channels`-channel images, `blocks` per stage;
     `use_residual=False` gives the plain network."""
@@ -131,11 +142,7 @@ class ResNet(nn.Module):
     def _make_layer(
         self, in_channels: int, out_channels: int, count: int, stride: int
     ) -> nn.Sequential:
-        return nn.Sequential(
-            ResBlock(in_channels, out_channels, stride, self.use_residual),
-            *(ResBlock(out_channels, out_channels, 1, self.use_residual)
-              for _ in range(count - 1)),
-        )
+        return make_stage(ResBlock, in_channels, out_channels, count, stride, self.use_residual)
 
     def stages(self) -> dict[str, nn.Module]:
         """The network in order, for per-stage diagnostics: stem, the stages, the classifier."""
@@ -186,11 +193,7 @@ class CifarResNet(nn.Module):
     def _make_layer(
         self, in_channels: int, out_channels: int, count: int, stride: int
     ) -> nn.Sequential:
-        return nn.Sequential(
-            CifarBlock(in_channels, out_channels, stride, self.use_residual),
-            *(CifarBlock(out_channels, out_channels, 1, self.use_residual)
-              for _ in range(count - 1)),
-        )
+        return make_stage(CifarBlock, in_channels, out_channels, count, stride, self.use_residual)
 
     def stages(self) -> dict[str, nn.Module]:
         return {"stem": nn.ModuleList([self.conv1, self.bn1]), "stage1": self.layer1,

@@ -23,6 +23,7 @@ from resnet_mnist.device import resolve_device
 from resnet_mnist.distributed import Dist, device_for
 from resnet_mnist.history import last_logged_steps, read_history
 from resnet_mnist.runs import tracked_run
+from resnet_mnist.signals import safe_point, shielded
 from resnet_mnist.store import DEFAULT_EXPERIMENT, RunBusy, check_store, owner_alive, run_claim
 from resnet_mnist.tracker import (
     MlflowTracker,
@@ -174,15 +175,21 @@ def _fit(
         tracker.flush()
         log_best_checkpoint(trainer.best_state)
         raise
-    mlflow.log_metric("tracking_log_seconds", tracker.log_seconds)
-    log_best_checkpoint(result.best_state)
-    run = mlflow.active_run()
-    log_curves(tracker.history, config.architecture, run.info.run_name or "")
-    tracker.log_diagnostics(run.info.run_name or "")
-    try:
-        model_id = log_model(model, config.normalize, tensors.raw_examples, result.best_step)
-    except BaseException:
-        tracker.log_scores(None)
-        raise
-    tracker.log_scores(model_id)
+    # What follows writes the results; no signal cuts a write in half. A stop asked for meanwhile
+    # is honoured between the writes, and the run then ends KILLED.
+    with shielded():
+        safe_point(stop)
+        mlflow.log_metric("tracking_log_seconds", tracker.log_seconds)
+        log_best_checkpoint(result.best_state)
+        run = mlflow.active_run()
+        log_curves(tracker.history, config.architecture, run.info.run_name or "")
+        tracker.log_diagnostics(run.info.run_name or "")
+        safe_point(stop)
+        try:
+            model_id = log_model(model, config.normalize, tensors.raw_examples, result.best_step)
+        except BaseException:
+            tracker.log_scores(None)
+            raise
+        tracker.log_scores(model_id)
+        safe_point(stop)
     return Trained(tracker.run_id, result, f"runs:/{tracker.run_id}/model", config)

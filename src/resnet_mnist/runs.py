@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import subprocess
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import mlflow
@@ -135,8 +135,10 @@ def tracked_run(
     `experiment`, nested under `parent_run_id` when given. The run records its owner (host, pid,
     start time) and, through the tracker, a heartbeat.
     """
-    run = _start(config, experiment, name, device, tags, parent_run_id, run_id, resume)
-    with ended(run.info.run_id):
+    with ExitStack() as stack:
+        with shielded():  # no signal between creating the run and guarding its end
+            run = _start(config, experiment, name, device, tags, parent_run_id, run_id, resume)
+            stack.enter_context(ended(run.info.run_id))
         if resume:
             yield run
         else:

@@ -10,6 +10,7 @@ marked KILLED or FAILED with its reason first, never left RUNNING.
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -45,6 +46,13 @@ def shielded() -> Iterator[None]:
             _held["pending"] = None
             if sys.exc_info()[0] is None:
                 raise KeyboardInterrupt(f"signal {pending}")
+
+
+def safe_point(stop: threading.Event | None) -> None:
+    """Where work with no step boundary (writing results, a comparison) may stop: raise the
+    stop a signal asked for."""
+    if stop is not None and stop.is_set():
+        raise KeyboardInterrupt("stopped at a safe point")
 
 
 @contextmanager
@@ -119,3 +127,40 @@ def supervise(commands: list[list[str]], envs: list[dict[str, str]], stop: threa
     if interrupted:
         raise KeyboardInterrupt("stopped at once")
     return [p.returncode for p in procs]
+
+
+_owns_process = {"value": False}
+
+
+def ignore_signals_at_exit() -> None:
+    """The command has returned its exit code: teardown (MLflow's threads joined, modules freed)
+    is not interrupted, so no late Ctrl-C turns a finished command into a traceback or a death by
+    signal. Python resets its own handlers late in finalisation, but leaves an ignored signal
+    ignored. Only in the command's own process."""
+    if _owns_process["value"]:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)
+
+
+def own_process() -> None:
+    """This process is the `resnet-mnist` command itself (not a library call in someone else's
+    process): once it is ending, it may decide what a signal does."""
+    _owns_process["value"] = True
+
+
+def exit_quietly_on_signals() -> None:
+    """Once a command has ended or is reporting an interruption, Ctrl-C or SIGTERM (while MLflow's
+    threads are joined at teardown, or the message is printed) exits at once with 130, without a
+    traceback: what the run needed is already recorded. Only in the command's own process."""
+    if not _owns_process["value"]:
+        return
+    def handler(signum: int, frame: object) -> None:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except Exception:  # noqa: BLE001, S110 - a write was interrupted: nothing more to do
+                pass
+        os._exit(130)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, handler)

@@ -70,6 +70,26 @@ def retry_locked(call: Callable[[], T], attempts: int = 20) -> T:
     raise AssertionError("unreachable")
 
 
+def already_exists(exc: Exception) -> bool:
+    """Whether a store write failed because another client wrote the same thing first."""
+    text = str(exc)
+    return any(mark in text for mark in ("RESOURCE_ALREADY_EXISTS", "already exists",
+                                         "UNIQUE constraint", "UniqueViolation"))
+
+
+def retry_conflicts(call: Callable[[], T], attempts: int = 5) -> T:
+    """Retry a write that collided with the same write by another client (a dataset, a tag
+    added by two processes at once through a tracking server): the second try finds it there."""
+    for attempt in range(attempts):
+        try:
+            return call()
+        except Exception as exc:  # noqa: BLE001 - MLflow reports the conflict in several types
+            if not already_exists(exc) or attempt == attempts - 1:
+                raise
+            time.sleep(0.1 * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
 def check_store(timeout_s: int = 5) -> str:
     """Fail fast, with the URI in the message, when the tracking store does not answer.
 
@@ -98,6 +118,10 @@ def check_store(timeout_s: int = 5) -> str:
     try:
         MlflowClient().search_experiments(max_results=1)
     except (MlflowException, OSError) as exc:
+        if "401" in str(exc) or "Unauthorized" in str(exc):
+            raise TrackingUnavailable(
+                f"the tracking server at {uri} requires a login (401 Unauthorized): set "
+                "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD") from None
         raise TrackingUnavailable(
             f"the tracking server at {uri} does not answer ({first_line(exc)}). Start it (`make server`) "
             "or unset MLFLOW_TRACKING_URI to use the local sqlite:///mlflow.db store.") from None
@@ -121,6 +145,7 @@ def experiment_id(name: str) -> str:
     """The id of experiment `name`, created on first use (under the store lock) and tagged as a
     model-training experiment."""
     import mlflow
+    from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient()
@@ -129,7 +154,13 @@ def experiment_id(name: str) -> str:
         with store_lock(mlflow.get_tracking_uri()):
             found = client.get_experiment_by_name(name)
             if found is None:
-                return client.create_experiment(name, tags=EXPERIMENT_KIND)
+                try:
+                    return client.create_experiment(name, tags=EXPERIMENT_KIND)
+                except MlflowException as exc:
+                    # A tracking server has no lock of ours: another client created it first.
+                    if not already_exists(exc):
+                        raise
+                    found = client.get_experiment_by_name(name)
     mark_training_experiment(found.experiment_id)
     return found.experiment_id
 

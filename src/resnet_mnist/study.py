@@ -23,11 +23,18 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
-import yaml
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
-from resnet_mnist.config import ConfigError, TrainConfig, build_config, find_preset, load_preset
+from resnet_mnist.config import (
+    ConfigError,
+    TrainConfig,
+    build_config,
+    find_preset,
+    find_yaml,
+    load_preset,
+    read_mapping,
+)
 from resnet_mnist.model import family
 from resnet_mnist.options import drop_options
 from resnet_mnist.runs import same_params
@@ -80,16 +87,8 @@ class Group:
 
 
 def find_study(name: str) -> Path:
-    candidate = Path(name)
-    if candidate.suffix in (".yaml", ".yml"):
-        if candidate.is_file():
-            return candidate
-        raise ConfigError(f"study file {name} does not exist")
-    for directory in STUDY_DIRS:
-        if (directory / f"{name}.yaml").is_file():
-            return directory / f"{name}.yaml"
-    known = sorted({p.stem for d in STUDY_DIRS if d.is_dir() for p in d.glob("*.yaml")})
-    raise ConfigError(f"unknown study {name!r}; known studies: {', '.join(known) or 'none'}")
+    """A study by name (`cpu`, `gpu`, `tiny`) or by path to a YAML file."""
+    return find_yaml(name, STUDY_DIRS, "study", "studies")
 
 
 def _numbers(value: Any, kind: type, what: str, source: str) -> tuple:
@@ -109,12 +108,7 @@ def load_study(
 ) -> StudySpec:
     """A study file, with any of its lists replaced; everything validated before training."""
     path = find_study(name)
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"study {path} is not valid YAML: {exc}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"study {path} must be a mapping of preset, depths, seeds, lrs")
+    raw = read_mapping(path, "study", "preset, depths, seeds, lrs")
     unknown = set(raw) - {"preset", "depths", "seeds", "lrs"}
     if unknown or "preset" not in raw:
         raise ConfigError(f"study {path} takes preset, depths, seeds and lrs; "

@@ -202,8 +202,7 @@ def verdict(results: list[DepthResult]) -> str:
                  f"Learning rates chosen on dev: plain {r.lr['plain']:g}, residual "
                  f"{r.lr['residual']:g}.")
         lines.append(text)
-    if len(results) >= 2:
-        shallow, deep = results[0], results[-1]
+    for shallow, deep in zip(results, results[1:], strict=False):  # He et al.'s question, depth by depth
         for variant in VARIANTS:
             change = welch_interval([c.final_train_loss for c in deep.cells[variant]],
                                     [c.final_train_loss for c in shallow.cells[variant]])

@@ -11,6 +11,8 @@ from __future__ import annotations
 import tempfile
 import time
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import mlflow
@@ -28,13 +30,27 @@ from resnet_mnist.history import History
 from resnet_mnist.model import DigitClassifier
 from resnet_mnist.plots import plot_curves, plot_diagnostics
 from resnet_mnist.runs import version
-from resnet_mnist.store import HEARTBEAT_S, retry_locked, store_lock
+from resnet_mnist.store import HEARTBEAT_S, retry_conflicts, retry_locked, store_lock
 from resnet_mnist.train import Callback, Result, Tensors
 
 MAX_BATCH = 1000
 #: Scores of the best checkpoint (the logged model), linked to the split they were measured on.
 MODEL_METRICS = {"best_dev_accuracy": "dev", "test_accuracy": "test", "test_loss": "test"}
 TIME_METRICS = ("train_images_per_s", "train_time_s", "eval_time_s")
+
+
+@contextmanager
+def naming(run_id: str, artifact: str) -> Iterator[None]:
+    """An OSError while writing an artifact (a full disk) names the file; MLflow's does not."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.filename is None:
+            try:
+                exc.filename = f"{MlflowClient().get_run(run_id).info.artifact_uri}/{artifact}"
+            except Exception:  # noqa: BLE001 - the store may be what failed: name what we know
+                exc.filename = artifact
+        raise
 
 
 class MlflowTracker(Callback):
@@ -94,7 +110,8 @@ class MlflowTracker(Callback):
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "resume.pt"
             torch.save(checkpoint, path)
-            self.client.log_artifact(self.run_id, str(path), "checkpoints")
+            with naming(self.run_id, "checkpoints/resume.pt"):
+                self.client.log_artifact(self.run_id, str(path), "checkpoints")
         self.client.set_tag(self.run_id, "resume_step", str(step))
 
     def on_log(self, step: int, epoch: int, loss: float, images_per_s: float) -> None:
@@ -146,7 +163,8 @@ class MlflowTracker(Callback):
             return
         with tempfile.TemporaryDirectory() as tmp:
             path = plot_diagnostics(grads, lesion, Path(tmp) / "diagnostics.png", title)
-            self.client.log_artifact(self.run_id, str(path), "plots")
+            with naming(self.run_id, "plots/diagnostics.png"):
+                self.client.log_artifact(self.run_id, str(path), "plots")
 
     def log_scores(self, model_id: str | None) -> None:
         """The best checkpoint's dev and test scores at its step, in the run and, with the dataset
@@ -186,9 +204,10 @@ def log_inputs(datasets: dict[str, mlflow.data.Dataset]) -> None:
     """Record the splits as the run's dataset inputs (training, dev, test contexts)."""
     for context, key in (("training", "train"), ("dev", "dev"), ("test", "test")):
         # Datasets are shared by the experiment: two processes adding the same one at once
-        # collide on a unique key, so this is serialised.
+        # collide on a unique key, so this is serialised (sqlite) or retried (a server).
         with store_lock(mlflow.get_tracking_uri()):
-            mlflow.log_input(datasets[key], context=context)
+            retry_conflicts(lambda key=key, context=context: mlflow.log_input(
+                datasets[key], context=context))
 
 
 def log_complexity(c: Complexity) -> None:
@@ -204,7 +223,8 @@ def log_best_checkpoint(state: dict[str, torch.Tensor]) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = Path(tmp) / "best_model.pt"
         torch.save(state, checkpoint)
-        mlflow.log_artifact(str(checkpoint), "checkpoints")
+        with naming(mlflow.active_run().info.run_id, "checkpoints/best_model.pt"):
+            mlflow.log_artifact(str(checkpoint), "checkpoints")
 
 
 def log_model(model: nn.Module, normalize: str, example_images: np.ndarray, step: int) -> str:
@@ -221,12 +241,13 @@ def log_model(model: nn.Module, normalize: str, example_images: np.ndarray, step
     with torch.inference_mode():
         output = classifier(torch.from_numpy(example)).numpy()
     signature = mlflow.models.infer_signature(example, output)
-    info = mlflow.pytorch.log_model(
-        classifier, name="model", signature=signature, input_example=example,
-        pip_requirements=[f"torch=={version(torch)}", f"mlflow=={version(mlflow)}",
-                          f"numpy=={version(np)}"],
-        step=step, model_type="image-classifier",
-    )
+    with naming(mlflow.active_run().info.run_id, "model"):
+        info = mlflow.pytorch.log_model(
+            classifier, name="model", signature=signature, input_example=example,
+            pip_requirements=[f"torch=={version(torch)}", f"mlflow=={version(mlflow)}",
+                              f"numpy=={version(np)}"],
+            step=step, model_type="image-classifier",
+        )
     # MLflow 3 keeps the model as a LoggedModel; registering its own URI avoids a lookup.
     mlflow.set_tag("logged_model_uri", info.model_uri)
     return info.model_id
@@ -235,4 +256,5 @@ def log_model(model: nn.Module, normalize: str, example_images: np.ndarray, step
 def log_curves(history: History, variant: str, title: str) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for path in plot_curves({variant: [history]}, Path(tmp) / "curves.png", title=title):
-            mlflow.log_artifact(str(path), "plots")
+            with naming(mlflow.active_run().info.run_id, f"plots/{path.name}"):
+                mlflow.log_artifact(str(path), "plots")

@@ -1,0 +1,171 @@
+"""A real team server: Debian's PostgreSQL (its own data directory, loopback only) behind
+`mlflow server --app-name basic-auth` with artifact proxying. An unauthenticated client is
+refused (401); with credentials, 8 trainings at once, then compare, the registry and predict, all
+through the server, every run FINISHED with every metric step present."""
+
+from __future__ import annotations
+
+import glob
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from tests.conftest import BIN, REAL_ROOT, cli
+
+pytestmark = pytest.mark.slow  # a database server, a tracking server, eight trainings
+
+
+def pg_tool(name: str) -> str | None:
+    """A PostgreSQL program: on PATH, or where Debian's `postgresql` package puts it."""
+    found = shutil.which(name)
+    if found:
+        return found
+    candidates = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
+    return candidates[-1] if candidates else None
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def postgres() -> Iterator[str]:
+    """A PostgreSQL cluster in a temporary directory, listening on loopback only; yields the
+    SQLAlchemy URI of its `mlflow` database."""
+    if pg_tool("initdb") is None:
+        pytest.fail("PostgreSQL is not installed: `make test` installs Debian's postgresql")
+    # PostgreSQL refuses to run as root: as root, the cluster belongs to the `postgres` user.
+    as_owner = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    base = Path(tempfile.mkdtemp(prefix="resnet-mnist-pg-"))
+    data, port = base / "data", free_port()
+    if as_owner:
+        shutil.chown(base, "postgres", "postgres")
+    base.chmod(0o755)
+    run = lambda *args: subprocess.run([*as_owner, *args], check=True, capture_output=True,  # noqa: E731
+                                       text=True, timeout=120)
+    run(pg_tool("initdb"), "-D", str(data), "--username", "mlflow", "--auth", "trust",
+        "--encoding", "UTF8")
+    run(pg_tool("pg_ctl"), "-D", str(data), "-l", str(base / "server.log"), "-w", "-t", "60",
+        "-o", f"-c listen_addresses=127.0.0.1 -p {port} -k {base}", "start")
+    try:
+        run(pg_tool("createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "mlflow", "mlflow")
+        yield f"postgresql://mlflow@127.0.0.1:{port}/mlflow"
+    finally:
+        subprocess.run([*as_owner, pg_tool("pg_ctl"), "-D", str(data), "-m", "fast", "-w",
+                        "stop"], capture_output=True, timeout=120)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def team_server(postgres: str, tmp_path_factory) -> Iterator[tuple[str, dict[str, str]]]:
+    """`mlflow server` on PostgreSQL with MLflow's basic-auth app and proxied artifacts; yields
+    its URI and the admin's credentials (as environment variables)."""
+    tmp = tmp_path_factory.mktemp("team")
+    password = secrets.token_urlsafe(16)
+    config = tmp / "basic_auth.ini"
+    config.write_text("[mlflow]\ndefault_permission = READ\n"
+                      f"database_uri = sqlite:///{tmp / 'basic_auth.db'}\n"
+                      f"admin_username = admin\nadmin_password = {password}\n"
+                      "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
+    port = free_port()
+    env = os.environ | {"MLFLOW_AUTH_CONFIG_PATH": str(config),
+                        "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(16)}
+    server = subprocess.Popen(
+        [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
+         "--backend-store-uri", postgres, "--artifacts-destination", str(tmp / "artifacts"),
+         "--app-name", "basic-auth"],
+        cwd=tmp, env=env, stdout=open(tmp / "server.log", "w"), stderr=subprocess.STDOUT)
+    uri = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(f"{uri}/health", timeout=2)
+            break
+        except (urllib.error.URLError, OSError):
+            if server.poll() is not None:
+                pytest.fail("mlflow server exited:\n" + (tmp / "server.log").read_text()[-3000:])
+            time.sleep(0.5)
+    else:
+        server.kill()
+        pytest.fail("mlflow server did not start:\n" + (tmp / "server.log").read_text()[-3000:])
+    try:
+        yield uri, {"MLFLOW_TRACKING_USERNAME": "admin", "MLFLOW_TRACKING_PASSWORD": password}
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+
+
+def test_an_unauthenticated_client_is_refused(team_server, tmp_path: Path) -> None:
+    uri, _ = team_server
+    with pytest.raises(urllib.error.HTTPError) as info:
+        urllib.request.urlopen(f"{uri}/api/2.0/mlflow/experiments/search?max_results=1",
+                               timeout=10)
+    assert info.value.code == 401
+    request = urllib.request.Request(
+        f"{uri}/api/2.0/mlflow/registered-models/alias", method="POST",
+        data=b'{"name": "resnet18-mnist", "alias": "champion", "version": "1"}',
+        headers={"Content-Type": "application/json"})
+    with pytest.raises(urllib.error.HTTPError) as info:
+        urllib.request.urlopen(request, timeout=10)
+    assert info.value.code == 401
+    out = cli("train", "--preset", "smoke", cwd=tmp_path, env={"MLFLOW_TRACKING_URI": uri})
+    assert out.returncode == 1
+    assert "requires a login (401 Unauthorized)" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_eight_trainings_then_compare_registry_and_predict(team_server, tmp_path: Path) -> None:
+    uri, login = team_server
+    env = os.environ | login | {"MLFLOW_TRACKING_URI": uri, "RESNET_MNIST_DATA": str(REAL_ROOT),
+                                "OMP_NUM_THREADS": "1"}
+    for key in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID"):
+        env.pop(key, None)
+    procs = [subprocess.Popen([str(BIN / "resnet-mnist"), "train", "--preset", "smoke",
+                               "--use-residual", residual, "--seed", str(seed)],
+                              cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True)
+             for residual in ("false", "true") for seed in range(4)]
+    errors = [p.communicate(timeout=900)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0] * 8, "\n".join(e[-1500:] for e in errors)
+
+    client = MlflowClient(uri)
+    os.environ.update(login)  # this process reads the store through the server too
+    try:
+        exp = client.get_experiment_by_name("resnet18-mnist")
+        runs = client.search_runs([exp.experiment_id], "tags.run_type = 'train'")
+        assert len(runs) == 8 and {r.info.status for r in runs} == {"FINISHED"}
+        for run in runs:
+            steps = [m.step for m in client.get_metric_history(run.info.run_id, "train_loss")]
+            assert sorted(steps) == list(range(48)), run.info.run_id
+            assert run.data.metrics["test_accuracy"] > 0.5
+    finally:
+        for key in login:
+            os.environ.pop(key, None)
+
+    compared = subprocess.run(
+        [str(BIN / "resnet-mnist"), "compare", "--filter",
+         "tags.preset = 'smoke' and params.seed = '0'", "--out", "compare"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert compared.returncode == 0, compared.stderr[-3000:]
+    assert "models:/resnet18-mnist@champion is version 1" in compared.stdout
+    predicted = subprocess.run(
+        [str(BIN / "resnet-mnist"), "predict", "--mnist-test", "50"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert predicted.returncode == 0, predicted.stderr[-3000:]
+    accuracy = float(predicted.stdout.strip().split()[-1])
+    assert accuracy > 0.5
