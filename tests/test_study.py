@@ -163,6 +163,12 @@ def test_report_figures_are_written(tmp_path: Path) -> None:
 
 # -- the whole study (slow tier) ----------------------------------------------------------------
 
+def own_store(tmp: Path) -> dict[str, str]:
+    """This test's own store: earlier in-process tests may have exported another one (MLflow's
+    `set_tracking_uri` sets MLFLOW_TRACKING_URI in the environment)."""
+    return {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp / 'mlflow.db'}"}
+
+
 def study_runs(tmp: Path) -> list:
     client = MlflowClient(f"sqlite:///{tmp / 'mlflow.db'}")
     exp = client.get_experiment_by_name(S.DEFAULT_EXPERIMENT)
@@ -171,7 +177,7 @@ def study_runs(tmp: Path) -> list:
 
 @pytest.mark.slow
 def test_study_end_to_end_then_nothing_to_train(tmp_path: Path) -> None:
-    first = cli("study", "--study", "tiny", "--out", "out", cwd=tmp_path)
+    first = cli("study", "--study", "tiny", "--out", "out", cwd=tmp_path, env=own_store(tmp_path))
     assert first.returncode == 0, first.stderr
     runs = study_runs(tmp_path)
     (parent,) = [r for r in runs if r.data.tags.get("run_type") == "study"]
@@ -196,7 +202,7 @@ def test_study_end_to_end_then_nothing_to_train(tmp_path: Path) -> None:
             "study/verdict.md"} <= artifacts
     assert (tmp_path / "out" / "verdict.md").read_text().startswith("# Study tiny")
 
-    again = cli("study", "--study", "tiny", "--out", "out", cwd=tmp_path)
+    again = cli("study", "--study", "tiny", "--out", "out", cwd=tmp_path, env=own_store(tmp_path))
     assert again.returncode == 0, again.stderr
     assert again.stdout.count("0 cells trained, 3 reused") == 2
     assert len(study_runs(tmp_path)) == len(runs)
@@ -204,12 +210,12 @@ def test_study_end_to_end_then_nothing_to_train(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_shards_then_report(tmp_path: Path) -> None:
-    one = cli("study", "--study", "tiny", "--shard", "1/2", cwd=tmp_path)
+    one = cli("study", "--study", "tiny", "--shard", "1/2", cwd=tmp_path, env=own_store(tmp_path))
     assert one.returncode == 0, one.stderr
     assert "3 of 6 cells have not finished" in one.stdout
-    early = cli("study", "--study", "tiny", "--report-only", cwd=tmp_path)
+    early = cli("study", "--study", "tiny", "--report-only", cwd=tmp_path, env=own_store(tmp_path))
     assert early.returncode == 1 and "3 of 6 cells have not finished" in early.stderr
-    two = cli("study", "--study", "tiny", "--shard", "2/2", cwd=tmp_path)
+    two = cli("study", "--study", "tiny", "--shard", "2/2", cwd=tmp_path, env=own_store(tmp_path))
     assert two.returncode == 0, two.stderr
     assert "At 8 layers" in two.stdout
     parents = [r for r in study_runs(tmp_path) if r.data.tags.get("run_type") == "study"]
@@ -220,7 +226,7 @@ def test_shards_then_report(tmp_path: Path) -> None:
 def test_workers_stop_cleanly_and_a_rerun_finishes(tmp_path: Path) -> None:
     """SIGTERM to a study with two workers: it exits 130, no worker outlives it, no cell is left
     RUNNING; the rerun trains only what is missing."""
-    env = {"RESNET_MNIST_DATA": str(REAL_ROOT)}
+    env = {"RESNET_MNIST_DATA": str(REAL_ROOT)} | own_store(tmp_path)
     args = [str(BIN / "resnet-mnist"), "study", "--study", "tiny", "--workers", "2",
             "--seeds", "0,1,2"]
     proc = subprocess.Popen(args, cwd=tmp_path, env=__import__("os").environ | env,
@@ -239,7 +245,7 @@ def test_workers_stop_cleanly_and_a_rerun_finishes(tmp_path: Path) -> None:
     statuses = [r.info.status for r in study_runs(tmp_path)
                 if r.data.tags.get("run_type") == "train"]
     assert "RUNNING" not in statuses
-    rerun = cli("study", "--study", "tiny", "--seeds", "0,1,2", cwd=tmp_path)
+    rerun = cli("study", "--study", "tiny", "--seeds", "0,1,2", cwd=tmp_path, env=own_store(tmp_path))
     assert rerun.returncode == 0, rerun.stderr
     finished = [r for r in study_runs(tmp_path)
                 if r.data.tags.get("run_type") == "train" and r.info.status == "FINISHED"]
