@@ -7,7 +7,6 @@ import dataclasses
 import json
 import os
 import signal
-import socket
 import subprocess
 from pathlib import Path
 
@@ -81,11 +80,6 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
     # exception"), which would fail this test for a reason that has nothing to do with it.
     os._exit(0)
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.slow

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import pickle
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
+from resnet_mnist.distributed import free_port
 from tests.conftest import BIN, REAL_ROOT, cli
 
 pytestmark = pytest.mark.slow  # real processes
@@ -155,11 +155,6 @@ def test_concurrent_writers_lose_nothing(tmp_path: Path) -> None:
             8, 15]
         assert set(FINAL) <= set(run.data.metrics)
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_unreachable_tracking_server_fails_fast(tmp_path: Path) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import time
 import urllib.error
@@ -23,6 +22,7 @@ import pytest
 from PIL import Image
 
 from resnet_mnist import data as D
+from resnet_mnist.distributed import free_port
 from tests.conftest import BIN, cli
 
 pytestmark = pytest.mark.slow  # real processes and a real server
@@ -33,11 +33,6 @@ READY_TIMEOUT_S = 120
 # Loopback only, and never through a proxy that the environment may name.
 OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def request(url: str, body: bytes | None = None,

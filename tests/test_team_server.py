@@ -9,7 +9,6 @@ import glob
 import os
 import secrets
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -21,6 +20,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
+from resnet_mnist.distributed import free_port
 from tests.conftest import BIN, REAL_ROOT, cli
 
 pytestmark = pytest.mark.slow  # a database server, a tracking server, eight trainings
@@ -34,11 +34,6 @@ def pg_tool(name: str) -> str | None:
     candidates = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
     return candidates[-1] if candidates else None
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import time
 import urllib.parse
@@ -23,6 +22,7 @@ from mlflow.tracking import MlflowClient
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 
+from resnet_mnist.distributed import free_port
 from tests.conftest import BIN, REAL_ROOT, REPO, cli, needs_data
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -65,11 +65,6 @@ class Tracked:
     params: dict[str, dict[str, str]]  # variant -> params
     champion_version: str
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def stop_group(proc: subprocess.Popen) -> None:

@@ -39,12 +39,12 @@ from resnet_mnist.model import family
 from resnet_mnist.options import drop_options
 from resnet_mnist.runs import same_params
 from resnet_mnist.signals import supervise
+from resnet_mnist.stats import VARIANTS
 from resnet_mnist.store import store_lock
 
 STUDY_DIRS = tuple(d / "studies" for d in
                    (Path("mlproject"), Path(__file__).resolve().parents[2] / "mlproject"))
 DEFAULT_EXPERIMENT = "resnet-mnist-study"
-VARIANTS = ("plain", "residual")
 
 
 @dataclass(frozen=True)
@@ -166,8 +166,9 @@ def study_run(client: MlflowClient, experiment_id: str, spec: StudySpec,
     """The study's parent run, found by its grid key or created (as `run_id` when given, the run
     `mlflow run -e study` made). Creation is serialised; should two machines still race on a
     server, the oldest run with the key is the study run."""
-    query = f"tags.run_type = 'study' and tags.`study.key` = '{spec.key()}'"
-    tags = {"run_type": "study", "study": spec.name, "study.key": spec.key(),
+    key = spec.key()
+    query = f"tags.run_type = 'study' and tags.`study.key` = '{key}'"
+    tags = {"run_type": "study", "study": spec.name, "study.key": key,
             "preset": spec.preset, "study.depths": ",".join(map(str, spec.depths)),
             "study.seeds": ",".join(map(str, spec.seeds)),
             "study.lrs": ",".join(map(str, spec.lrs)), "study.cells": str(spec.cells())}
