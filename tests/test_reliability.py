@@ -165,30 +165,41 @@ def test_unreachable_tracking_server_fails_fast(tmp_path: Path) -> None:
     assert time.perf_counter() - start < 60
 
 
-@pytest.fixture
-def server(tmp_path: Path):
-    port = free_port()
+def start_server(tmp: Path, port: int) -> subprocess.Popen:
+    """`mlflow server` on loopback with a sqlite backend and proxied artifacts in `tmp`, in its own
+    process group (so that it can be killed whole); returns once it answers /health."""
     proc = subprocess.Popen(
         [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
-         "--workers", "1", "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
-         "--artifacts-destination", str(tmp_path / "server-artifacts")],
-        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+         "--workers", "1", "--backend-store-uri", f"sqlite:///{tmp / 'server.db'}",
+         "--artifacts-destination", str(tmp / "server-artifacts")],
+        cwd=tmp, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         env=env_for("") | {"PATH": f"{BIN}:{os.environ['PATH']}"}, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 90
     while time.time() < deadline:
         try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as response:
                 if response.status == 200:
-                    break
+                    return proc
         except OSError:
             time.sleep(0.5)
-    else:
-        os.killpg(proc.pid, signal.SIGTERM)
-        pytest.fail("mlflow server did not start")
-    yield url
-    os.killpg(proc.pid, signal.SIGTERM)
+    kill_server(proc)
+    pytest.fail("mlflow server did not start")
+
+
+def kill_server(proc: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
+    try:
+        os.killpg(proc.pid, sig)
+    except ProcessLookupError:
+        pass
     proc.wait(timeout=30)
+
+
+@pytest.fixture
+def server(tmp_path: Path):
+    port = free_port()
+    proc = start_server(tmp_path, port)
+    yield f"http://127.0.0.1:{port}"
+    kill_server(proc, signal.SIGTERM)
 
 
 def test_everything_through_a_tracking_server(tmp_path: Path, server: str, mnist) -> None:
@@ -398,3 +409,121 @@ def test_a_full_disk_while_writing_an_artifact_fails_the_run_naming_the_file(
         assert "No space left on device" in run.data.tags["error"]
     finally:
         subprocess.run(["umount", str(artifacts)], capture_output=True)
+
+
+#: A dead server is given up on after one immediate retry here; the default bound (about a
+#: minute per call) is `offline.RETRY_BOUND`, checked in test_offline.
+QUICK_GIVE_UP = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "0"}
+
+
+def assert_same_histories(client: MlflowClient, run_id: str, reference_id: str) -> None:
+    """Every step once, and the same values as the uninterrupted reference run (CPU)."""
+    for key in ("train_loss", "dev_accuracy", "dev_loss", "train_epoch_loss", "best_step",
+                "train_time_s", "tracking_log_seconds"):
+        got = client.get_metric_history(run_id, key)
+        want = client.get_metric_history(reference_id, key)
+        assert sorted(m.step for m in got) == sorted(m.step for m in want), key
+        if key in ("train_loss", "dev_accuracy", "dev_loss", "train_epoch_loss", "best_step"):
+            assert sorted((m.step, m.value) for m in got) == sorted(
+                (m.step, m.value) for m in want), key
+    done, reference = client.get_run(run_id), client.get_run(reference_id)
+    for key in FINAL:
+        assert done.data.metrics[key] == reference.data.metrics[key], key
+    for key in ("test_accuracy", "best_dev_accuracy"):
+        assert len(client.get_metric_history(run_id, key)) == 1, key
+
+
+def test_a_server_killed_mid_run_keeps_everything_and_one_command_continues(
+        tmp_path: Path) -> None:
+    port, state = free_port(), tmp_path / "state"
+    url = f"http://127.0.0.1:{port}"
+    env = {"MLFLOW_TRACKING_URI": url, "RESNET_MNIST_STATE_DIR": str(state)} | QUICK_GIVE_UP
+    server = start_server(tmp_path, port)
+    try:
+        straight = cli("train", "--preset", "smoke", "--run-name", "reference", cwd=tmp_path,
+                       env=env)
+        assert straight.returncode == 0, straight.stderr[-2000:]
+        proc = subprocess.Popen(
+            [str(BIN / "resnet-mnist"), "train", "--preset", "smoke", "--checkpoint-every", "4"],
+            cwd=tmp_path, env=env_for(url) | env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True)
+        for line in proc.stdout:
+            if "step: 16/48" in line:
+                # Training is frozen while the server dies, so the kill lands mid-run however
+                # loaded the machine is.
+                proc.send_signal(signal.SIGSTOP)
+                kill_server(server)
+                proc.send_signal(signal.SIGCONT)
+                break
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 75, err[-3000:]
+        assert "stopped answering (connection refused)" in err and "Traceback" not in err, err
+        run_id = err.split("train --resume ")[1].split("`")[0]
+        kept = state / "offline" / run_id
+        assert {p.name for p in kept.iterdir()} == {"run.json", "metrics.jsonl", "resume.pt"}
+        assert "unsent metric value" in err and str(kept) in " ".join(err.split())
+
+        # While it is still down, resuming fails fast and keeps everything.
+        down = cli("train", "--resume", run_id, cwd=tmp_path, env=env)
+        assert down.returncode == 1 and "does not answer" in down.stderr
+        assert (kept / "resume.pt").exists()
+
+        server = start_server(tmp_path, port)
+        client = MlflowClient(url)
+        assert client.get_run(run_id).info.status == "RUNNING"  # nobody could tell the server
+        resumed = cli("train", "--resume", run_id, cwd=tmp_path, env=env)
+        assert resumed.returncode == 0, resumed.stderr[-3000:]
+        assert "sending what was kept" in resumed.stdout
+        assert not kept.exists()
+        run = client.get_run(run_id)
+        assert run.info.status == "FINISHED"
+        assert int(run.data.tags["offline.replayed"]) >= 1
+        assert 17 <= int(run.data.tags["resumed_from_step"]) < 48
+        assert run.data.tags["taken_over_from"].startswith(f"{proc.pid}@")
+        reference = next(r for r in runs(url) if r.info.run_name == "reference")
+        assert_same_histories(client, run_id, reference.info.run_id)
+    finally:
+        kill_server(server, signal.SIGTERM)
+
+
+def test_a_server_lost_while_results_are_written_keeps_the_finished_training(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import mlflow
+
+    from resnet_mnist.config import build_config
+    from resnet_mnist.offline import TrackingLost
+    from resnet_mnist.runner import resume, train
+    from resnet_mnist.train import Callback
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    monkeypatch.chdir(tmp_path)
+    for key, value in ({"MLFLOW_TRACKING_URI": url, "RESNET_MNIST_DATA": str(REAL_ROOT),
+                        "RESNET_MNIST_STATE_DIR": str(tmp_path / "state")} | QUICK_GIVE_UP).items():
+        monkeypatch.setenv(key, value)
+    mlflow.set_tracking_uri(url)
+    server = start_server(tmp_path, port)
+
+    class ServerDiesAtTheEnd(Callback):
+        """After the tracker has sent the last step's metrics, before the results are logged."""
+
+        def on_end(self, result: object) -> None:
+            kill_server(server)
+
+    try:
+        reference = train(build_config("smoke", True), run_name="reference")
+        with pytest.raises(TrackingLost) as lost:
+            train(build_config("smoke", True), callbacks=[ServerDiesAtTheEnd()])
+        assert mlflow.active_run() is None
+        spool = lost.value.spool
+        assert lost.value.step == 48 and spool.checkpoint is not None
+        server = start_server(tmp_path, port)
+        done = resume(spool.run_id)
+        client = MlflowClient(url)
+        run = client.get_run(done.run_id)
+        assert run.info.status == "FINISHED" and not spool.path.exists()
+        assert run.data.tags["resumed_from_step"] == "48"
+        assert mlflow.pyfunc.load_model(run.data.tags["logged_model_uri"])
+        assert_same_histories(client, done.run_id, reference.run_id)
+    finally:
+        kill_server(server, signal.SIGTERM)

@@ -2,8 +2,9 @@
 SIGTERM become stop requests in `signals`).
 
 The project's own errors are expected: their message is the whole story (exit 2 for invalid
-settings, 1 otherwise). Anything else is a bug or an environment problem: one line, and the
-traceback with `--debug` or RESNET_MNIST_DEBUG=1.
+settings, 75 when the tracking server went away and the run can continue later, 1 otherwise).
+Anything else is a bug or an environment problem: one line, and the traceback with `--debug` or
+RESNET_MNIST_DEBUG=1.
 """
 
 from __future__ import annotations
@@ -33,16 +34,18 @@ def fail(message: str, code: int = 1) -> typer.Exit:
 
 
 def _project_errors() -> dict[type[BaseException], int]:
-    """The project's own errors and their exit codes (2: invalid settings, 1: anything else)."""
+    """The project's own errors and their exit codes (2: invalid settings, 75: try again later,
+    1: anything else)."""
     from resnet_mnist.compare import CompareError
     from resnet_mnist.device import DeviceUnavailable
+    from resnet_mnist.offline import EXIT_CODE, TrackingLost
     from resnet_mnist.predict import PredictError
     from resnet_mnist.runner import ResumeError
     from resnet_mnist.train import CheckpointError, NonFiniteLossError
 
     return {ConfigError: 2, D.DataError: 1, TrackingUnavailable: 1, ResumeError: 1,
             CompareError: 1, PredictError: 1, DeviceUnavailable: 1, NonFiniteLossError: 1,
-            CheckpointError: 1}
+            CheckpointError: 1, TrackingLost: EXIT_CODE}
 
 
 def disk_full(exc: OSError) -> str:

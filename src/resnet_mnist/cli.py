@@ -156,8 +156,9 @@ def train(
         min=1, help="Data-parallel processes on this machine (torchrun; gloo on CPU, NCCL on "
         "GPUs). For several machines run torchrun yourself: see the README.")] = 1,
     resume: Annotated[str | None, typer.Option(
-        help="Continue this KILLED/FAILED run from its resumable checkpoint, in the same run, "
-             "with its logged settings (only --device and --root may change).")] = None,
+        help="Continue this KILLED/FAILED run (or one whose process or tracking server went "
+             "away) from its resumable checkpoint, in the same run, with its logged settings "
+             "(only --device and --root may change).")] = None,
     experiment: Annotated[str, typer.Option(help="MLflow experiment name.")] = DEFAULT_EXPERIMENT,
     run_name: Annotated[str | None, typer.Option(help="Default resnet18-VARIANT-seedN.")] = None,
     **settings: Any,
@@ -183,6 +184,12 @@ def train(
         if ignored:
             raise typer.BadParameter(f"--resume continues with the run's logged settings; drop "
                                      f"{', '.join(ignored)}", param_hint="--resume")
+        from resnet_mnist.offline import Spool
+
+        kept = Spool.find(resume)
+        if kept is not None:
+            console.print(f"sending what was kept while the server was gone ({kept.metric_count()}"
+                          f" metric values, the checkpoint) from {kept.path}", highlight=False)
         with stop_on_signals() as stop:
             trained = runner.resume(resume, given.get("data_root", ""), given.get("device"),
                                     [for_console(console)], stop)
@@ -499,6 +506,7 @@ def stale(
     """
     from mlflow.tracking import MlflowClient
 
+    from resnet_mnist.offline import Spool
     from resnet_mnist.runs import end_stale, running_runs
     from resnet_mnist.store import check_store
 
@@ -513,6 +521,10 @@ def stale(
         console.print(f"{run_id}  {run.info.run_name}  {state} (pid {tags.get('owner.pid', '?')} "
                       f"on {tags.get('owner.host', '?')}, checkpoint at step "
                       f"{tags.get('resume_step', 'none')})", highlight=False)
+        kept = Spool.find(run_id)
+        if kept is not None:
+            console.print(f"  lost its tracking server; kept on this machine in {kept.path} "
+                          f"(`resnet-mnist train --resume {run_id}` sends it)", highlight=False)
         if mark_killed and alive is False:
             if end_stale(client, run_id):
                 console.print(f"  marked KILLED; resume with `resnet-mnist train --resume "

@@ -7,6 +7,9 @@ from dataclasses import dataclass, field
 from mlflow.tracking import MlflowClient
 
 CURVES = ("train_loss", "dev_loss", "dev_accuracy", "train_epoch_loss")
+TIME_METRICS = ("train_images_per_s", "train_time_s", "eval_time_s")
+#: What a training run logs by step and a resumed one must not send again.
+STEP_METRICS = (*CURVES, "best_step", *TIME_METRICS, "tracking_log_seconds")
 
 
 @dataclass
@@ -33,7 +36,7 @@ def read_history(client: MlflowClient, run_id: str) -> History:
 
 
 def last_logged_steps(client: MlflowClient, run_id: str) -> dict[str, int]:
-    """The last step already in the store for each curve (-1 when none): what a resumed run
-    must not send again."""
+    """The last step already in the store for each of STEP_METRICS (-1 when none): what a
+    resumed run must not send again."""
     return {key: max((m.step for m in client.get_metric_history(run_id, key)), default=-1)
-            for key in CURVES}
+            for key in STEP_METRICS}

@@ -22,6 +22,7 @@ from resnet_mnist.config import TrainConfig, from_params
 from resnet_mnist.device import resolve_device
 from resnet_mnist.distributed import Dist, device_for
 from resnet_mnist.history import last_logged_steps, read_history
+from resnet_mnist.offline import Spool, unreachable
 from resnet_mnist.runs import tracked_run
 from resnet_mnist.signals import safe_point, shielded
 from resnet_mnist.store import DEFAULT_EXPERIMENT, RunBusy, check_store, owner_alive, run_claim
@@ -89,7 +90,8 @@ def resume(
     callbacks: list[Callback] | None = None, stop: threading.Event | None = None,
 ) -> Trained:
     """Continue a KILLED or FAILED run, or a RUNNING one whose owner is gone, from its
-    `checkpoints/resume.pt`, in the same run.
+    `checkpoints/resume.pt`, in the same run. What this machine kept while the tracking server was
+    gone (`offline.Spool`) is sent first, and its checkpoint is the one continued from.
 
     Only one process trains a run at a time (`run_claim`). Metrics already in the store are not
     sent again, so the histories have no duplicates; on a CPU the resumed run ends with the same
@@ -110,6 +112,9 @@ def resume(
             taken_over = resumable(run)
             overrides = {"data_root": data_root} | ({"device": device} if device else {})
             config = from_params(run.data.params, **overrides)
+            spool = Spool.find(run_id)
+            if spool is not None:  # kept while the server was gone: send it first
+                spool.replay(client)
             checkpoint = _download_checkpoint(run_id)
             dev = resolve_device(config.device)
             tensors = load_tensors(config, dev)
@@ -136,6 +141,9 @@ def resumable(run: Run) -> str:
         return ""
     owner = f"pid {tags.get('owner.pid', '?')} on {tags.get('owner.host', '?')}"
     alive = owner_alive(tags)
+    spool = Spool.find(run.info.run_id)
+    if alive and spool is not None and spool.released:
+        alive = False  # it lost its tracking server and gave the run up (`offline`)
     if alive is None:
         raise ResumeError(f"run {run.info.run_id} is RUNNING and records no owner; stop it first")
     if alive:
@@ -171,25 +179,40 @@ def _fit(
     trainer = Trainer(config, model, [tracker, *(callbacks or [])], dist, stop)
     try:
         result = trainer.fit(tensors, resume=checkpoint)
-    except BaseException:
+    except BaseException as exc:
         tracker.flush()
+        if tracker.spool is not None:  # the server went away: it stopped at a step boundary
+            raise tracker.lost() from exc
         log_best_checkpoint(trainer.best_state)
         raise
+    if tracker.spool is not None:  # gone during the last steps: keep the end of training
+        raise tracker.lost()
     # What follows writes the results; no signal cuts a write in half. A stop asked for meanwhile
-    # is honoured between the writes, and the run then ends KILLED.
+    # is honoured between the writes, and the run then ends KILLED. If the server goes away now,
+    # the finished training is kept, and a resume writes the results again.
     with shielded():
-        safe_point(stop)
-        mlflow.log_metric("tracking_log_seconds", tracker.log_seconds)
-        log_best_checkpoint(result.best_state)
-        run = mlflow.active_run()
-        log_curves(tracker.history, config.architecture, run.info.run_name or "")
-        tracker.log_diagnostics(run.info.run_name or "")
-        safe_point(stop)
         try:
-            model_id = log_model(model, config.normalize, tensors.raw_examples, result.best_step)
-        except BaseException:
-            tracker.log_scores(None)
-            raise
-        tracker.log_scores(model_id)
-        safe_point(stop)
+            _log_results(config, model, tensors, tracker, result, stop)
+        except Exception as exc:
+            if not unreachable(exc):
+                raise
+            tracker.go_offline(exc)
+            raise tracker.lost() from exc
     return Trained(tracker.run_id, result, f"runs:/{tracker.run_id}/model", config)
+
+
+def _log_results(config: TrainConfig, model: nn.Module, tensors: Tensors, tracker: MlflowTracker,
+                 result: Result, stop: threading.Event | None) -> None:
+    safe_point(stop)
+    log_best_checkpoint(result.best_state)
+    run = mlflow.active_run()
+    log_curves(tracker.history, config.architecture, run.info.run_name or "")
+    tracker.log_diagnostics(run.info.run_name or "")
+    safe_point(stop)
+    try:
+        model_id = log_model(model, config.normalize, tensors.raw_examples, result.best_step)
+    except BaseException:
+        tracker.log_scores(None)
+        raise
+    tracker.log_scores(model_id)
+    safe_point(stop)

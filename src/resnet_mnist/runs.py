@@ -3,11 +3,14 @@ record who made it, and end it in the state that says what happened.
 
 A run always ends: FINISHED on success; KILLED on Ctrl-C or SIGTERM (tag `stopped_at_step` when
 training stopped cleanly with a resumable checkpoint); FAILED with tags `error` and
-`failure_reason` on any error (`failed_at_step` too for a non-finite loss). Never RUNNING.
+`failure_reason` on any error (`failed_at_step` too for a non-finite loss). Never RUNNING, with
+one exception: a tracking server that stopped answering cannot be told anything, so its run stays
+RUNNING with a dead owner until `train --resume` takes it over (see `offline`).
 """
 
 from __future__ import annotations
 
+import os
 import subprocess
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -19,6 +22,7 @@ from mlflow.entities import Run, RunStatus
 from mlflow.tracking import MlflowClient
 
 from resnet_mnist.config import ConfigError, TrainConfig, same_value
+from resnet_mnist.offline import TrackingLost, unreachable
 from resnet_mnist.signals import shielded
 from resnet_mnist.store import (
     DEFAULT_EXPERIMENT,
@@ -157,6 +161,9 @@ def ended(run_id: str) -> Iterator[None]:
     """
     try:
         yield
+    except TrackingLost:
+        detach(run_id)
+        raise
     except KeyboardInterrupt as exc:
         step = exc.step if isinstance(exc, StopRequested) else None
         _end(run_id, RunStatus.KILLED, {"failure_reason": "interrupted (Ctrl-C or SIGTERM)"}
@@ -181,6 +188,9 @@ def _end(run_id: str, status: int, tags: dict[str, str] | None = None) -> None:
                 retry_locked(lambda key=key, value=value: client.set_tag(run_id, key, value))
             _terminate(client, run_id, RunStatus.to_string(status))
         except Exception as exc:
+            if unreachable(exc):  # nobody to tell: the run stays RUNNING with a dead owner
+                detach(run_id)
+                raise
             final = RunStatus.FAILED if status == RunStatus.FINISHED else status
             try:
                 client.set_tag(run_id, "failure_reason",
@@ -198,6 +208,23 @@ def _terminate(client: MlflowClient, run_id: str, status: str) -> None:
         mlflow.end_run(status)
     else:
         client.set_terminated(run_id, status)
+
+
+def detach(run_id: str) -> None:
+    """Forget the active run in this process without a word to the store, which is gone.
+
+    Otherwise MLflow would end it at exit (retrying for a minute) and its system-metrics thread
+    would keep trying to send. MLflow has no public call for this; these are 3.17's internals.
+    """
+    from mlflow.tracking import fluent
+
+    stack = fluent._active_run_stack.get()
+    if stack and stack[-1].info.run_id == run_id:
+        stack.pop()
+        os.environ.pop("MLFLOW_RUN_ID", None)
+    monitor = fluent.run_id_to_system_metrics_monitor.pop(run_id, None)
+    if monitor is not None:
+        monitor._shutdown_event.set()  # a daemon thread: it ends with its current attempt
 
 
 def same_params(run: Run, config: TrainConfig) -> bool:

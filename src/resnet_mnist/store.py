@@ -27,10 +27,15 @@ class TrackingUnavailable(RuntimeError):
 
 
 def configure() -> str:
-    """Use `$MLFLOW_TRACKING_URI`, else the embedded store `sqlite:///mlflow.db` (+ `./mlruns`)."""
+    """Use `$MLFLOW_TRACKING_URI`, else the embedded store `sqlite:///mlflow.db` (+ `./mlruns`).
+    A server's calls give up after about a minute (`offline.bound_retries`)."""
     import mlflow
 
+    from resnet_mnist.offline import bound_retries
+
     uri = os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+    if uri.startswith(("http://", "https://")):
+        bound_retries()
     mlflow.set_tracking_uri(uri)
     return uri
 
@@ -100,6 +105,8 @@ def check_store(timeout_s: int = 5) -> str:
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
+    probe = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": str(timeout_s)}
+    probe = {k: v for k, v in probe.items() if k not in os.environ}  # the user's own values win
     uri = configure()
     if not uri.startswith(("http://", "https://")):
         try:
@@ -111,10 +118,8 @@ def check_store(timeout_s: int = 5) -> str:
                 "move it aside (runs in it may be lost) or point MLFLOW_TRACKING_URI elsewhere."
             ) from None
         return uri
-    saved = {k: os.environ.get(k) for k in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES",
-                                            "MLFLOW_HTTP_REQUEST_TIMEOUT")}
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(timeout_s))
+    saved = {k: os.environ.get(k) for k in probe}
+    os.environ.update(probe)
     try:
         MlflowClient().search_experiments(max_results=1)
     except (MlflowException, OSError) as exc:

@@ -3,7 +3,9 @@ artifacts written around it (dataset inputs, complexity, curves, checkpoints, th
 
 Store I/O only: no training decisions here. Per-step metrics are buffered and sent with
 `MlflowClient.log_batch` whenever the Trainer reports its losses (every `log_steps`), so tracking
-costs a handful of store writes per epoch.
+costs a handful of store writes per epoch. If the tracking server stops answering, the tracker
+keeps what it could not send in an `offline.Spool` and asks the Trainer to stop at the next step
+boundary (see `offline`).
 """
 
 from __future__ import annotations
@@ -26,17 +28,17 @@ from resnet_mnist import data as D
 from resnet_mnist.complexity import Complexity, format_table
 from resnet_mnist.config import TrainConfig
 from resnet_mnist.diagnostics import GRAD_NORM, LESION
-from resnet_mnist.history import History
+from resnet_mnist.history import TIME_METRICS, History
 from resnet_mnist.model import DigitClassifier
+from resnet_mnist.offline import Spool, TrackingLost, unreachable
 from resnet_mnist.plots import plot_curves, plot_diagnostics
 from resnet_mnist.runs import version
 from resnet_mnist.store import HEARTBEAT_S, retry_conflicts, retry_locked, store_lock
-from resnet_mnist.train import Callback, Result, Tensors
+from resnet_mnist.train import Callback, Result, Tensors, Trainer
 
 MAX_BATCH = 1000
 #: Scores of the best checkpoint (the logged model), linked to the split they were measured on.
 MODEL_METRICS = {"best_dev_accuracy": "dev", "test_accuracy": "test", "test_loss": "test"}
-TIME_METRICS = ("train_images_per_s", "train_time_s", "eval_time_s")
 
 
 @contextmanager
@@ -60,7 +62,8 @@ class MlflowTracker(Callback):
     sent again, so the histories have no duplicates. `history` keeps the curves for the plot, and
     `diagnostics` (metric -> step -> value) the `on_metrics` series for theirs.
     `datasets` (split -> the run's dataset input) links dev and test scores to the split they were
-    measured on, so that MLflow shows them per dataset.
+    measured on, so that MLflow shows them per dataset. `spool` is set once the tracking server
+    has stopped answering: from then on nothing is sent, everything is kept there.
     """
 
     def __init__(self, run_id: str, client: MlflowClient | None = None,
@@ -77,6 +80,31 @@ class MlflowTracker(Callback):
         self.datasets = datasets or {}
         self.result: Result | None = None
         self.heartbeat = time.time()
+        self.trainer: Trainer | None = None
+        self.spool: Spool | None = None
+        self.cause: BaseException | None = None
+
+    def on_start(self, trainer: Trainer, total_steps: int) -> None:
+        self.trainer = trainer
+
+    def go_offline(self, exc: BaseException) -> None:
+        """The server is gone: keep from now on, and stop training at the next step boundary."""
+        if self.spool is None:
+            self.spool = Spool(self.run_id).open(mlflow.get_tracking_uri(), f"{exc}")
+            self.cause = exc
+        if self.trainer is not None:
+            self.trainer.stop.set()
+
+    def lost(self) -> TrackingLost:
+        """The error to end the command with once training has stopped: where things are kept.
+        The trainer's state is kept as the checkpoint unless a stop already kept one."""
+        assert self.spool is not None and self.cause is not None
+        self.flush()
+        if self.spool.checkpoint is None and self.trainer is not None:
+            self.spool.keep_checkpoint(self.trainer.checkpoint())
+        step = self.trainer.state.step if self.trainer is not None else 0
+        self.spool.release()
+        return TrackingLost(self.spool, step, self.cause)
 
     def _add(self, key: str, value: float, step: int) -> bool:
         """Buffer one value unless the store already has this step; says whether it did."""
@@ -86,12 +114,24 @@ class MlflowTracker(Callback):
         return True
 
     def flush(self) -> None:
-        """Send the buffered metrics, and the owner's heartbeat when it is due."""
+        """Send the buffered metrics, and the owner's heartbeat when it is due (or keep them,
+        once the server is gone)."""
         t0 = time.perf_counter()
-        while self.buffer:
-            chunk, self.buffer = self.buffer[:MAX_BATCH], self.buffer[MAX_BATCH:]
-            retry_locked(lambda chunk=chunk: self.client.log_batch(
-                self.run_id, metrics=chunk, synchronous=True))
+        try:
+            while self.buffer and self.spool is None:
+                chunk = self.buffer[:MAX_BATCH]
+                retry_locked(lambda chunk=chunk: self.client.log_batch(
+                    self.run_id, metrics=chunk, synchronous=True))
+                del self.buffer[:len(chunk)]
+        except Exception as exc:  # noqa: BLE001 - MLflow reports a dead server in several types
+            if not unreachable(exc):
+                raise
+            self.go_offline(exc)
+        if self.spool is not None:
+            # The model's scores are logged again, with the model, by the resumed run's ending.
+            self.spool.add(m for m in self.buffer if m.key not in MODEL_METRICS)
+            self.buffer.clear()
+            return
         if time.time() - self.heartbeat >= HEARTBEAT_S:
             self.heartbeat = time.time()
             retry_locked(lambda: self.client.set_tag(self.run_id, "owner.heartbeat",
@@ -105,14 +145,23 @@ class MlflowTracker(Callback):
             self.history.train_loss.append(loss)
 
     def on_checkpoint(self, step: int, checkpoint: dict) -> None:
-        """A resumable checkpoint (`checkpoints/resume.pt`), replaced at each save."""
+        """A resumable checkpoint (`checkpoints/resume.pt`), replaced at each save; kept in the
+        spool instead once the server is gone."""
         self.flush()
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / "resume.pt"
-            torch.save(checkpoint, path)
-            with naming(self.run_id, "checkpoints/resume.pt"):
-                self.client.log_artifact(self.run_id, str(path), "checkpoints")
-        self.client.set_tag(self.run_id, "resume_step", str(step))
+        if self.spool is None:
+            try:
+                with tempfile.TemporaryDirectory() as tmp:
+                    path = Path(tmp) / "resume.pt"
+                    torch.save(checkpoint, path)
+                    with naming(self.run_id, "checkpoints/resume.pt"):
+                        self.client.log_artifact(self.run_id, str(path), "checkpoints")
+                self.client.set_tag(self.run_id, "resume_step", str(step))
+                return
+            except Exception as exc:  # noqa: BLE001 - as in flush
+                if not unreachable(exc):
+                    raise
+                self.go_offline(exc)
+        self.spool.keep_checkpoint(checkpoint)
 
     def on_log(self, step: int, epoch: int, loss: float, images_per_s: float) -> None:
         self.flush()
@@ -150,6 +199,8 @@ class MlflowTracker(Callback):
         self._add("best_step", result.best_step, result.best_step)
         for key in TIME_METRICS:
             self._add(key, getattr(result, key), result.steps)
+        self.flush()
+        self._add("tracking_log_seconds", self.log_seconds, result.steps)
         self.flush()
 
     def log_diagnostics(self, title: str) -> None:
