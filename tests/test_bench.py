@@ -34,6 +34,19 @@ def test_quick_bench_writes_consistent_report(tmp_path: Path) -> None:
         assert row["ratio"]["median"] == pytest.approx(
             process / row["reference_loop_s"]["median"])
         assert 0.0 <= row["reference_test_accuracy"] <= 1.0
+        # Every stage of the process is timed, and together they make up its wall time.
+        stages = row["stages_s"]
+        assert list(stages) == [
+            "startup", "imports", "data", "store", "torch_dynamo", "complexity", "run_start",
+            "training", "checkpoint", "curves", "model", "run_end", "summary", "teardown"]
+        assert all(v["median"] >= 0 for v in stages.values())
+        assert sum(v["median"] for v in stages.values()) == pytest.approx(process, abs=0.5)
+        assert stages["training"]["median"] >= inside
+        assert row["fixed_cost_s"]["median"] == pytest.approx(
+            process - stages["training"]["median"], abs=0.5)
+        peaks = row["stage_peaks_mib"]
+        assert 0 < peaks["startup"]["median"] <= peaks["summary"]["median"]
+        assert peaks["summary"]["median"] <= row["peak_mib"]["median"] * 1.01
     share = report["tracking_overhead"]["share_in_mlflow_calls"]["median"]
     assert 0 < share < 1
 
@@ -46,6 +59,8 @@ def test_quick_bench_writes_consistent_report(tmp_path: Path) -> None:
     md = (tmp_path / "report" / "bench.md").read_text()
     assert "## The tiny study (6 cells, 1 workers)" in md
     assert "| plain |" in md and "| residual |" in md
+    assert "| **fixed cost**: everything but `training` |" in md
+    assert "| model: pt2 model exported and logged |" in md
     assert "GPU figures: not measured" in md
     # The benchmark's own temporary store, not the caller's, holds its runs.
     assert not (tmp_path / "unused.db").exists()

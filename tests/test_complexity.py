@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from resnet_mnist.complexity import format_table, measure
 from resnet_mnist.model import ResNet18
 
@@ -27,3 +29,24 @@ def test_layer_table_lists_leaves_with_shapes() -> None:
     assert sum(r.params for r in {r.name: r for r in c.layers}.values()) == c.param_count
     text = format_table(c)
     assert "11,175,370" in text and "thop" in text and "flop_counter" in text
+
+
+def test_measured_once_per_architecture_then_read_back(tmp_path, monkeypatch) -> None:
+    from resnet_mnist import complexity
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    model = ResNet18(use_residual=True)
+    fresh = complexity.measured(model, "resnet18-residual")
+    assert fresh == complexity.measure(model)
+    (cached,) = (tmp_path / "resnet-mnist" / "complexity").iterdir()
+
+    def no_second_count(*args: object) -> None:
+        raise AssertionError("measured again")
+
+    monkeypatch.setattr(complexity, "measure", no_second_count)
+    assert complexity.measured(model, "resnet18-residual") == fresh
+    with pytest.raises(AssertionError, match="measured again"):  # another architecture
+        complexity.measured(ResNet18(use_residual=False), "resnet18-plain")
+    cached.write_text("{not json")  # a damaged cache file is measured again, not trusted
+    with pytest.raises(AssertionError, match="measured again"):
+        complexity.measured(model, "resnet18-residual")

@@ -149,24 +149,42 @@ def book_reference(config: TrainConfig, device: torch.device, workdir: Path) -> 
             "test_accuracy": test}
 
 
+@dataclasses.dataclass
+class TrainProcess:
+    """One whole `resnet-mnist train` process as its parent saw it."""
+
+    wall_s: float  #: start to exit
+    fit_s: float  #: its run's logged train_time_s + eval_time_s (training at the compute limit)
+    stages_s: dict[str, float]  #: seconds per stage (`timeline`), teardown included
+    peaks_mib: dict[str, float]  #: peak resident memory at the end of each stage
+    peak_mib: float  #: the process's peak resident memory (from the kernel, at exit)
+
+
 def cli_train_seconds(
     variant: str, workdir: Path, data_root: str, device: torch.device, extra: list[str] | None = None,
-) -> tuple[float, float]:
-    """Wall time of one whole `resnet-mnist train` process, start-up and tracking included, and
-    the part of it its run spent training and evaluating (its logged `train_time_s` +
-    `eval_time_s`), so the report can say where the rest went."""
+) -> TrainProcess:
+    """Run one whole `resnet-mnist train` process (start-up and tracking included) with its
+    timeline on, and say where its time and memory went."""
+    from resnet_mnist import timeline
+
     exe = Path(sys.executable).parent / "resnet-mnist"
+    marks = workdir / "timeline.json"
     env = os.environ | {"MLFLOW_TRACKING_URI": f"sqlite:///{workdir / 'mlflow.db'}",
-                        "RESNET_MNIST_DATA": str(Path(data_root or D.default_root()).resolve())}
+                        "RESNET_MNIST_DATA": str(Path(data_root or D.default_root()).resolve()),
+                        timeline.ENV: str(marks)}
     for key in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID"):  # set_experiment exports the latter
         env.pop(key, None)
-    start = time.perf_counter()
-    proc = subprocess.run([str(exe), "train", "--preset", "seed", "--use-residual", variant,
-                           "--device", device.type, *(extra or [])], cwd=workdir, env=env,
-                          capture_output=True, text=True)
+    start, launched = time.perf_counter(), time.time()
+    with open(workdir / "train.log", "w") as log:
+        proc = subprocess.Popen([str(exe), "train", "--preset", "seed", "--use-residual", variant,
+                                 "--device", device.type, *(extra or [])], cwd=workdir, env=env,
+                                stdout=log, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(proc.pid, 0)
+    wall, ended = time.perf_counter() - start, time.time()
+    proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
-        raise RuntimeError(f"resnet-mnist train failed: {proc.stderr.strip()[-500:]}")
-    wall = time.perf_counter() - start
+        tail = (workdir / "train.log").read_text()[-500:]
+        raise RuntimeError(f"resnet-mnist train failed ({proc.returncode}): {tail}")
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"])
@@ -174,7 +192,21 @@ def cli_train_seconds(
     assert experiment is not None, "the train process created no experiment"
     run = client.search_runs([experiment.experiment_id], order_by=["attributes.start_time DESC"],
                              max_results=1)[0]
-    return wall, run.data.metrics["train_time_s"] + run.data.metrics["eval_time_s"]
+    stages, peaks = timeline.stages(marks, launched, ended)
+    return TrainProcess(wall, run.data.metrics["train_time_s"] + run.data.metrics["eval_time_s"],
+                        stages, peaks, usage.ru_maxrss / 1024)
+
+
+#: The stages of a `train` process (`timeline` marks) as the report names them.
+STAGES = {"startup": "Python, torch and the CLI imported", "imports": "MLflow, matplotlib, "
+          "our modules", "data": "MNIST read and preprocessed", "store": "tracking store opened",
+          "torch_dynamo": "torch's compiler front end (imported at the first forward pass)",
+          "complexity": "parameters, MACs, FLOPs (cached per architecture)",
+          "run_start": "run created, params, datasets", "training": "training + evaluation + "
+          "test (of which the run's train_time_s + eval_time_s is the compute)",
+          "checkpoint": "best checkpoint logged", "curves": "curves plotted and logged",
+          "model": "pt2 model exported and logged", "run_end": "scores, run ended",
+          "summary": "summary printed", "teardown": "process exit"}
 
 
 def study_timing(name: str, workers: int, data_root: str, device: torch.device) -> dict[str, Any]:
@@ -305,19 +337,27 @@ def run(
         for variant in ("false", "true"):
             config = _seed_config(variant == "true", device, data_root, quick)
             extra = ["--epochs", "1"] if quick else []
-            ours, inside, ref = [], [], []
+            ours: list[TrainProcess] = []
+            ref = []
             for _ in range(repeats):
                 log(f"book setting, use_residual={variant}: resnet-mnist train vs reference loop")
-                wall, fit = cli_train_seconds(variant, Path(tmp), data_root, device, extra)
-                ours.append(wall)
-                inside.append(fit)
+                ours.append(cli_train_seconds(variant, Path(tmp), data_root, device, extra))
                 ref_result = book_reference(config, device, Path(tmp))
                 ref.append(ref_result["seconds"])
-            book[variant] = {"cli_process_s": spread(ours), "cli_train_and_eval_s": spread(inside),
-                             "cli_rest_s": spread([a - b for a, b in zip(ours, inside, strict=True)]),
-                             "reference_loop_s": spread(ref),
-                             "ratio": spread([a / b for a, b in zip(ours, ref, strict=True)]),
-                             "reference_test_accuracy": ref_result["test_accuracy"]}
+            walls = [p.wall_s for p in ours]
+            book[variant] = {
+                "cli_process_s": spread(walls),
+                "cli_train_and_eval_s": spread([p.fit_s for p in ours]),
+                "cli_rest_s": spread([p.wall_s - p.fit_s for p in ours]),
+                "fixed_cost_s": spread([p.wall_s - p.stages_s["training"] for p in ours]),
+                "stages_s": {k: spread([p.stages_s.get(k, 0.0) for p in ours])
+                             for k in ours[0].stages_s},
+                "stage_peaks_mib": {k: spread([p.peaks_mib.get(k, 0.0) for p in ours])
+                                    for k in ours[0].peaks_mib},
+                "peak_mib": spread([p.peak_mib for p in ours]),
+                "reference_loop_s": spread(ref),
+                "ratio": spread([a / b for a, b in zip(walls, ref, strict=True)]),
+                "reference_test_accuracy": ref_result["test_accuracy"]}
     report["book_experiment"] = book
 
     log("tracking overhead (residual, seed preset)")
@@ -332,6 +372,35 @@ def run(
     (out_dir / "bench.json").write_text(json.dumps(report, indent=2))
     (out_dir / "bench.md").write_text(markdown(report))
     return report
+
+
+def _fixed_cost_table(book: dict[str, Any]) -> list[str]:
+    """Where a `train` process's time and memory go, stage by stage (medians), per variant."""
+    variants = [v for v in ("false", "true") if "stages_s" in book.get(v, {})]
+    if not variants:
+        return []
+    names = ["plain" if v == "false" else "residual" for v in variants]
+    lines = ["", "## Where a `train` process's time goes (seed preset; seconds and peak memory "
+             "at the end of each stage, medians)", "",
+             "| stage | " + " | ".join(f"{n} s | {n} peak MiB" for n in names) + " |",
+             "|---|" + "---|---|" * len(variants)]
+    for stage, label in STAGES.items():
+        if stage not in book[variants[0]]["stages_s"]:
+            continue
+        cells = []
+        for v in variants:
+            seconds = book[v]["stages_s"][stage]["median"]
+            peak = book[v]["stage_peaks_mib"].get(stage, {}).get("median")
+            cells += [f"{seconds:.2f}", f"{peak:,.0f}" if peak else "—"]
+        lines.append(f"| {stage}: {label} | " + " | ".join(cells) + " |")
+    fixed = [book[v]["fixed_cost_s"]["median"] for v in variants]
+    peaks = [book[v]["peak_mib"]["median"] for v in variants]
+    fixed_cells = [cell for f in fixed for cell in (f"**{f:.2f}**", "")]
+    peak_cells = [cell for p in peaks for cell in ("", f"**{p:,.0f}**")]
+    lines += ["| **fixed cost**: everything but `training` | " + " | ".join(fixed_cells) + " |",
+              "| **peak resident memory of the process** (kernel's count) | "
+              + " | ".join(peak_cells) + " |"]
+    return lines
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -358,6 +427,7 @@ def markdown(report: dict[str, Any]) -> str:
                      + " | ".join(f"{c['median']:.1f} [{c['min']:.1f}–{c['max']:.1f}]"
                                   for c in cells)
                      + f" | {row['ratio']['median']:.2f} |")
+    lines += _fixed_cost_table(report["book_experiment"])
     t = report["tracking_overhead"]
     lines += ["", "## Per-step tracking overhead (residual, seed preset)", "",
               f"Tracked {t['tracked_s']['median']:.2f} s, untracked {t['untracked_s']['median']:.2f} s"

@@ -14,11 +14,13 @@ from rich.console import Console
 from rich.table import Table
 
 from resnet_mnist import data as D
+from resnet_mnist import timeline
 from resnet_mnist.boundary import DEBUG_ENV, ErrorBoundary, err, fail
 from resnet_mnist.config import Device
 from resnet_mnist.options import drop_options, flag, with_config_options
-from resnet_mnist.signals import ignore_signals_at_exit, own_process, stop_on_signals
+from resnet_mnist.signals import ignore_signals_at_exit, leave, own_process, stop_on_signals
 from resnet_mnist.store import DEFAULT_EXPERIMENT
+from resnet_mnist.timeline import mark
 
 #: Comparison runs live beside the training runs, in their own experiment.
 COMPARISONS = "-comparisons"
@@ -175,6 +177,7 @@ def train(
     from resnet_mnist.progress import for_console
     from resnet_mnist.store import take_project_run
 
+    mark("imports")
     given = {k: v for k, v in settings.items() if v is not None}
     if resume:
         if nproc > 1:
@@ -216,6 +219,7 @@ def train(
             distributed.close()
         if not main_rank:
             return
+    mark("run_end")
     _print_trained(trained)
 
 
@@ -608,11 +612,19 @@ def bench(
 
 
 def main() -> None:
+    """The `resnet-mnist` command: its process ends as soon as the command has (`leave`)."""
+    mark("startup")
     own_process()
+    code: object = 0
     try:
         app(prog_name="resnet-mnist")
+    except SystemExit as exc:
+        code = exc.code
     finally:
         ignore_signals_at_exit()
+        mark("summary")
+        timeline.write()
+    leave(code)
 
 
 if __name__ == "__main__":

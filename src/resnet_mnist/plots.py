@@ -27,10 +27,11 @@ def smooth(values: list[float], window: int = 9) -> list[float]:
     return list((cumsum[hi] - cumsum[lo]) / (hi - lo))
 
 
-def plot_curves(groups: dict[str, list[History]], path: Path, title: str = "") -> list[Path]:
+def plot_curves(groups: dict[str, list[History]], path: Path, title: str = "",
+                formats: tuple[str, ...] = ("png", "pdf")) -> list[Path]:
     """The book's two panels, one colour per label: train loss per step (raw, faint, and smoothed)
     with dev loss, and dev accuracy per step. A label with several runs (seeds) is drawn as their
-    mean with a min-max band. Writes `path` as PNG and PDF and returns both paths."""
+    mean with a min-max band. Writes `path` in each of `formats` and returns the paths."""
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(12, 4.5))
     for index, (label, runs) in enumerate(groups.items()):
         if not runs:
@@ -59,7 +60,7 @@ def plot_curves(groups: dict[str, list[History]], path: Path, title: str = "") -
         fig.suptitle(title)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    written = [path.with_suffix(".png"), path.with_suffix(".pdf")]
+    written = [path.with_suffix(f".{suffix}") for suffix in formats]
     for out in written:
         fig.savefig(out, dpi=120)
     plt.close(fig)

@@ -17,7 +17,7 @@ from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 from torch import nn
 
-from resnet_mnist.complexity import measure
+from resnet_mnist.complexity import measured
 from resnet_mnist.config import TrainConfig, from_params
 from resnet_mnist.device import resolve_device
 from resnet_mnist.distributed import Dist, device_for
@@ -26,6 +26,7 @@ from resnet_mnist.offline import Spool, unreachable
 from resnet_mnist.runs import tracked_run
 from resnet_mnist.signals import safe_point, shielded
 from resnet_mnist.store import DEFAULT_EXPERIMENT, RunBusy, check_store, owner_alive, run_claim
+from resnet_mnist.timeline import mark
 from resnet_mnist.tracker import (
     MlflowTracker,
     log_best_checkpoint,
@@ -66,9 +67,13 @@ def train(
     if dist is not None and not dist.is_main:
         result = Trainer(config, build_model(config, device), [], dist, stop).fit(tensors)
         return Trained("", result, "", config)
+    mark("data")
     check_store()
+    mark("store")
+    _import_dynamo()
     model = build_model(config, device)
-    complexity = measure(model)
+    complexity = measured(model, config.architecture)
+    mark("complexity")
     if stop is not None and stop.is_set():  # Ctrl-C while loading: no run to make
         raise KeyboardInterrupt("stopped before training started")
     with tracked_run(config, experiment, run_name, str(device), tags, parent_run_id,
@@ -82,6 +87,7 @@ def train(
         log_complexity(complexity)
         mlflow.log_text(str(model), "summary/model.txt")
         tracker = MlflowTracker(run.info.run_id, datasets=datasets)
+        mark("run_start")
         return _fit(config, model, tensors, tracker, callbacks, None, dist, stop)
 
 
@@ -118,6 +124,7 @@ def resume(
             checkpoint = _download_checkpoint(run_id)
             dev = resolve_device(config.device)
             tensors = load_tensors(config, dev)
+            _import_dynamo()
             model = build_model(config, dev)
             logged, past = last_logged_steps(client, run_id), read_history(client, run_id)
             with tracked_run(config, run_id=run_id, resume=True) as active:
@@ -129,6 +136,14 @@ def resume(
                 return _fit(config, model, tensors, tracker, callbacks, checkpoint, None, stop)
     except RunBusy as exc:
         raise ResumeError(str(exc)) from None
+
+
+def _import_dynamo() -> None:
+    """torch imports its compiler front end at a model's first forward pass (about a second
+    here); done before training, so that the logged training time does not include it."""
+    import torch._dynamo  # noqa: F401
+
+    mark("torch_dynamo")
 
 
 def resumable(run: Run) -> str:
@@ -187,6 +202,7 @@ def _fit(
         raise
     if tracker.spool is not None:  # gone during the last steps: keep the end of training
         raise tracker.lost()
+    mark("training")
     # What follows writes the results; no signal cuts a write in half. A stop asked for meanwhile
     # is honoured between the writes, and the run then ends KILLED. If the server goes away now,
     # the finished training is kept, and a resume writes the results again.
@@ -205,14 +221,17 @@ def _log_results(config: TrainConfig, model: nn.Module, tensors: Tensors, tracke
                  result: Result, stop: threading.Event | None) -> None:
     safe_point(stop)
     log_best_checkpoint(result.best_state)
+    mark("checkpoint")
     run = mlflow.active_run()
     log_curves(tracker.history, config.architecture, run.info.run_name or "")
     tracker.log_diagnostics(run.info.run_name or "")
+    mark("curves")
     safe_point(stop)
     try:
         model_id = log_model(model, config.normalize, tensors.raw_examples, result.best_step)
     except BaseException:
         tracker.log_scores(None)
         raise
+    mark("model")
     tracker.log_scores(model_id)
     safe_point(stop)

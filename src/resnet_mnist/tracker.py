@@ -306,6 +306,8 @@ def log_model(model: nn.Module, normalize: str, example_images: np.ndarray, step
 
 def log_curves(history: History, variant: str, title: str) -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        for path in plot_curves({variant: [history]}, Path(tmp) / "curves.png", title=title):
+        # PNG only: the PDF, for papers, is made for the comparison figure (`compare`).
+        for path in plot_curves({variant: [history]}, Path(tmp) / "curves.png", title=title,
+                                formats=("png",)):
             with naming(mlflow.active_run().info.run_id, f"plots/{path.name}"):
                 mlflow.log_artifact(str(path), "plots")
