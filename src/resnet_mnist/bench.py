@@ -149,6 +149,31 @@ def book_reference(config: TrainConfig, device: torch.device, workdir: Path) -> 
             "test_accuracy": test}
 
 
+def book_process(residual: bool, workdir: Path, data_root: str, device: torch.device,
+                 quick: bool) -> dict[str, float]:
+    """The book-style loop as a script of its own, as its user would run it: a whole process
+    (Python, torch and torchvision imported, the loop, exit), its wall time and peak memory."""
+    data_root = str(Path(data_root or D.default_root()).resolve())
+    script = (
+        "import json, sys, torch; from pathlib import Path; from resnet_mnist import bench; "
+        f"config = bench._seed_config({residual}, torch.device({device.type!r}), "
+        f"{data_root!r}, {quick}); "
+        f"result = bench.book_reference(config, torch.device({device.type!r}), "
+        f"Path({str(workdir)!r})); from resnet_mnist.timeline import peak_mib; "
+        "print(json.dumps(result | {'peak_mib': peak_mib()}))")
+    start = time.perf_counter()
+    with open(workdir / "book.log", "w+") as out:
+        proc = subprocess.Popen([sys.executable, "-c", script], cwd=workdir, stdout=out,
+                                stderr=subprocess.STDOUT)
+        proc.wait()
+        wall = time.perf_counter() - start
+        out.seek(0)
+        text = out.read()
+    if proc.returncode != 0:
+        raise RuntimeError(f"the book-style loop failed: {text[-500:]}")
+    return json.loads(text.strip().splitlines()[-1]) | {"process_s": wall}
+
+
 @dataclasses.dataclass
 class TrainProcess:
     """One whole `resnet-mnist train` process as its parent saw it."""
@@ -157,7 +182,7 @@ class TrainProcess:
     fit_s: float  #: its run's logged train_time_s + eval_time_s (training at the compute limit)
     stages_s: dict[str, float]  #: seconds per stage (`timeline`), teardown included
     peaks_mib: dict[str, float]  #: peak resident memory at the end of each stage
-    peak_mib: float  #: the process's peak resident memory (from the kernel, at exit)
+    peak_mib: float  #: the process's peak resident memory (the highest of its marks)
 
 
 def cli_train_seconds(
@@ -179,9 +204,8 @@ def cli_train_seconds(
         proc = subprocess.Popen([str(exe), "train", "--preset", "seed", "--use-residual", variant,
                                  "--device", device.type, *(extra or [])], cwd=workdir, env=env,
                                 stdout=log, stderr=subprocess.STDOUT)
-        _, status, usage = os.wait4(proc.pid, 0)
+        proc.wait()
     wall, ended = time.perf_counter() - start, time.time()
-    proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         tail = (workdir / "train.log").read_text()[-500:]
         raise RuntimeError(f"resnet-mnist train failed ({proc.returncode}): {tail}")
@@ -194,7 +218,7 @@ def cli_train_seconds(
                              max_results=1)[0]
     stages, peaks = timeline.stages(marks, launched, ended)
     return TrainProcess(wall, run.data.metrics["train_time_s"] + run.data.metrics["eval_time_s"],
-                        stages, peaks, usage.ru_maxrss / 1024)
+                        stages, peaks, max(peaks.values()))
 
 
 #: The stages of a `train` process (`timeline` marks) as the report names them.
@@ -338,13 +362,16 @@ def run(
             config = _seed_config(variant == "true", device, data_root, quick)
             extra = ["--epochs", "1"] if quick else []
             ours: list[TrainProcess] = []
-            ref = []
+            ref, book_runs = [], []
             for _ in range(repeats):
                 log(f"book setting, use_residual={variant}: resnet-mnist train vs reference loop")
                 ours.append(cli_train_seconds(variant, Path(tmp), data_root, device, extra))
                 ref_result = book_reference(config, device, Path(tmp))
                 ref.append(ref_result["seconds"])
+                book_runs.append(book_process(variant == "true", Path(tmp), data_root, device,
+                                              quick))
             walls = [p.wall_s for p in ours]
+            book_walls = [b["process_s"] for b in book_runs]
             book[variant] = {
                 "cli_process_s": spread(walls),
                 "cli_train_and_eval_s": spread([p.fit_s for p in ours]),
@@ -357,6 +384,9 @@ def run(
                 "peak_mib": spread([p.peak_mib for p in ours]),
                 "reference_loop_s": spread(ref),
                 "ratio": spread([a / b for a, b in zip(walls, ref, strict=True)]),
+                "reference_process_s": spread(book_walls),
+                "reference_process_peak_mib": spread([b["peak_mib"] for b in book_runs]),
+                "process_ratio": spread([a / b for a, b in zip(walls, book_walls, strict=True)]),
                 "reference_test_accuracy": ref_result["test_accuracy"]}
     report["book_experiment"] = book
 
@@ -398,7 +428,7 @@ def _fixed_cost_table(book: dict[str, Any]) -> list[str]:
     fixed_cells = [cell for f in fixed for cell in (f"**{f:.2f}**", "")]
     peak_cells = [cell for p in peaks for cell in ("", f"**{p:,.0f}**")]
     lines += ["| **fixed cost**: everything but `training` | " + " | ".join(fixed_cells) + " |",
-              "| **peak resident memory of the process** (kernel's count) | "
+              "| **peak resident memory of the process** | "
               + " | ".join(peak_cells) + " |"]
     return lines
 
@@ -416,17 +446,27 @@ def markdown(report: dict[str, Any]) -> str:
                      f"{s['median']:,.0f} [{s['min']:,.0f}–{s['max']:,.0f}] |")
     lines += ["", "## The book's experiment (seed preset), seconds, median [min–max]", "",
               "| variant | `resnet-mnist train` process | of which training + evaluation | "
-              "the rest (start-up, store, logging) | book-style loop | ratio |",
-              "|---|---|---|---|---|---|"]
+              "the rest (start-up, store, logging) | book-style loop (in the bench's process) "
+              "| ratio | book-style loop as a process of its own | ratio |",
+              "|---|---|---|---|---|---|---|---|"]
     for variant, row in report["book_experiment"].items():
         if variant not in ("false", "true"):
             continue
         cells = [row[k] for k in ("cli_process_s", "cli_train_and_eval_s", "cli_rest_s",
                                   "reference_loop_s")]
+        book = row["reference_process_s"]
         lines.append(f"| {'residual' if variant == 'true' else 'plain'} | "
                      + " | ".join(f"{c['median']:.1f} [{c['min']:.1f}–{c['max']:.1f}]"
                                   for c in cells)
-                     + f" | {row['ratio']['median']:.2f} |")
+                     + f" | {row['ratio']['median']:.2f} | {book['median']:.1f} "
+                     f"[{book['min']:.1f}–{book['max']:.1f}] | "
+                     f"{row['process_ratio']['median']:.2f} |")
+    lines += ["", "Peak resident memory, MiB (median): "
+              + "; ".join(f"{'residual' if v == 'true' else 'plain'}: `train` process "
+                          f"{r['peak_mib']['median']:,.0f}, book-style loop process "
+                          f"{r['reference_process_peak_mib']['median']:,.0f}"
+                          for v, r in report["book_experiment"].items()
+                          if v in ("false", "true")) + "."]
     lines += _fixed_cost_table(report["book_experiment"])
     t = report["tracking_overhead"]
     lines += ["", "## Per-step tracking overhead (residual, seed preset)", "",

@@ -16,10 +16,20 @@ _marks: list[tuple[str, float, float]] = []
 
 
 def peak_mib() -> float:
-    """The process's peak resident memory so far, MiB (Linux reports KiB, macOS bytes)."""
+    """This process's peak resident memory so far, MiB.
+
+    On Linux, from /proc/self/status (VmHWM): `getrusage`'s ru_maxrss also counts the parent's
+    memory at the moment of fork, so a small child of a big process reports the parent's peak.
+    """
     import resource
     import sys
 
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / (2**20 if sys.platform == "darwin" else 2**10)
 
