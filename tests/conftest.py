@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from resnet_mnist import data as D
+from resnet_mnist.offline import RETRY_BOUND
 
 REPO = Path(__file__).resolve().parents[1]
 REAL_ROOT = Path(os.environ.get("RESNET_MNIST_DATA", REPO / "data")).resolve()
@@ -25,6 +26,19 @@ def real_data_present() -> bool:
 
 needs_data = pytest.mark.skipif(not real_data_present(),
                                 reason="MNIST not fetched (run `resnet-mnist data fetch`)")
+
+
+@pytest.fixture(autouse=True)
+def _retry_bound_stays_in_its_test():
+    """An in-process test against a server sets MLflow's HTTP retry bound in os.environ
+    (`store.configure`); later tests' subprocesses must not inherit it as a user's own setting."""
+    saved = {key: os.environ.get(key) for key in RETRY_BOUND}
+    yield
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
 
 
 @pytest.fixture(scope="session")
