@@ -173,16 +173,12 @@ class Spool:
         """Send the kept metrics the server does not have yet (per metric, the steps after its
         last one there) and the kept checkpoint as the run's `checkpoints/resume.pt`; then forget
         them. Safe to repeat after a failure half-way. Returns how many values were sent."""
-        from resnet_mnist.store import retry_locked
-
         run_id, pending = self.run_id, self.metrics()
         last = {key: max((m.step for m in client.get_metric_history(run_id, key)), default=-1)
                 for key in {m.key for m in pending}}
         todo = [m for m in pending if m.step > last[m.key]]
         for start in range(0, len(todo), 1000):
-            chunk = todo[start:start + 1000]
-            retry_locked(lambda chunk=chunk: client.log_batch(run_id, metrics=chunk,
-                                                              synchronous=True))
+            client.log_batch(run_id, metrics=todo[start:start + 1000], synchronous=True)
         if self.checkpoint is not None:
             import torch
 
