@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from mlflow.tracking import MlflowClient
@@ -35,8 +36,9 @@ def read_history(client: MlflowClient, run_id: str) -> History:
     )
 
 
-def last_logged_steps(client: MlflowClient, run_id: str) -> dict[str, int]:
-    """The last step already in the store for each of STEP_METRICS (-1 when none): what a
-    resumed run must not send again."""
+def last_logged_steps(client: MlflowClient, run_id: str,
+                      keys: Iterable[str] = STEP_METRICS) -> dict[str, int]:
+    """The last step already in the store for each metric of `keys` (-1 when none): what a
+    resumed run, or a replay of kept metrics, must not send again."""
     return {key: max((m.step for m in client.get_metric_history(run_id, key)), default=-1)
-            for key in STEP_METRICS}
+            for key in keys}

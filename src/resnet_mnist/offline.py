@@ -20,6 +20,8 @@ from pathlib import Path
 
 from mlflow.entities import Metric
 
+from resnet_mnist.history import last_logged_steps
+
 STATE_ENV = "RESNET_MNIST_STATE_DIR"
 #: MLflow's HTTP retry settings for this project's processes (a user's own values win): about a
 #: minute per call against a server that refuses connections (back-off 0+4+8+16+32 s plus jitter),
@@ -174,8 +176,7 @@ class Spool:
         last one there) and the kept checkpoint as the run's `checkpoints/resume.pt`; then forget
         them. Safe to repeat after a failure half-way. Returns how many values were sent."""
         run_id, pending = self.run_id, self.metrics()
-        last = {key: max((m.step for m in client.get_metric_history(run_id, key)), default=-1)
-                for key in {m.key for m in pending}}
+        last = last_logged_steps(client, run_id, {m.key for m in pending})
         todo = [m for m in pending if m.step > last[m.key]]
         for start in range(0, len(todo), 1000):
             client.log_batch(run_id, metrics=todo[start:start + 1000], synchronous=True)
