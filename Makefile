@@ -22,7 +22,7 @@ install: $(STAMP) $(DATA)
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[dev,bench]'
 	touch $(STAMP)
 
 # Fetch and verify MNIST (idempotent: verified files are kept).

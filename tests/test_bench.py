@@ -39,6 +39,11 @@ def test_quick_bench_writes_consistent_report(tmp_path: Path) -> None:
             process / row["reference_process_s"]["median"])
         assert row["reference_process_peak_mib"]["median"] > 100
         assert 0.0 <= row["reference_test_accuracy"] <= 1.0
+        # The Lightning peer (installed by `make test`), a process of its own like the script.
+        assert row["peer_process_s"]["median"] > 0 and row["peer_peak_mib"]["median"] > 100
+        assert row["peer_ratio"]["median"] == pytest.approx(
+            process / row["peer_process_s"]["median"])
+        assert 0.0 <= row["peer_test_accuracy"] <= 1.0
         # Every stage of the process is timed, and together they make up its wall time.
         stages = row["stages_s"]
         assert list(stages) == [
@@ -67,5 +72,6 @@ def test_quick_bench_writes_consistent_report(tmp_path: Path) -> None:
     assert "| **fixed cost**: everything but `training` |" in md
     assert "| model: pt2 model exported and logged |" in md
     assert "GPU figures: not measured" in md
+    assert f"Lightning {report['lightning']} + MLFlowLogger" in md and "Lightning process" in md
     # The benchmark's own temporary store, not the caller's, holds its runs.
     assert not (tmp_path / "unused.db").exists()

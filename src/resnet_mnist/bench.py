@@ -3,8 +3,9 @@
 Four measurements, each repeated with min/median/max reported:
   * train-step throughput at 32x32 per batch size, precision and memory format;
   * the book's experiment end to end (both variants, seed preset, tracking on) as `resnet-mnist
-    train` processes, start-up included, against a reference loop written like the book (per-item
-    PIL transforms through a DataLoader, fp32, `.item()` every step) run in this process;
+    train` processes, start-up included, against the `reference` implementations: a loop written
+    like the book (in this process and as a script of its own) and the same experiment written
+    with PyTorch Lightning and its MLFlowLogger (as a script of its own, when installed);
   * per-step tracking overhead: the same training with the MLflow callback on and off;
   * optionally, time to accuracy on the full preset (minutes on a CPU, seconds on a GPU);
   * optionally, a whole residual study (`--study cpu`): its wall time and what a cell costs.
@@ -26,12 +27,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from resnet_mnist import data as D
+from resnet_mnist import reference as R
 from resnet_mnist.bench_report import markdown
 from resnet_mnist.config import TrainConfig, build_config
-from resnet_mnist.model import ResNet18
 from resnet_mnist.train import Callback, Trainer, build_model, load_tensors
 
 
@@ -78,101 +78,6 @@ def step_throughput(
     return {"batch_size": batch_size, "precision": "bf16" if bf16 else "fp32",
             "memory_format": "channels_last" if channels_last else "contiguous",
             "images_per_s": spread(rates)}
-
-
-# -- the book-style reference -------------------------------------------------------------------
-
-class PilDataset(torch.utils.data.Dataset):
-    """The book's dataset: every item goes through PIL and torchvision transforms when drawn."""
-
-    def __init__(self, split: D.Split) -> None:
-        from torchvision import transforms
-
-        self.split = split
-        self.transform = transforms.Compose([
-            transforms.Resize(32), transforms.ToTensor(),
-            transforms.Normalize(mean=[1.0], std=[1.0])])
-
-    def __len__(self) -> int:
-        return len(self.split)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        from PIL import Image
-
-        image = Image.fromarray(self.split.images[index], mode="L")
-        return self.transform(image), int(self.split.labels[index])
-
-
-def book_reference(config: TrainConfig, device: torch.device, workdir: Path) -> dict[str, float]:
-    """The book's RunnerV3 loop: DataLoader over PIL items, `.item()` every step, dev evaluation
-    every `eval_steps`, best model saved to disk, best model scored on test. Returns its seconds
-    and accuracies, for a side-by-side ratio."""
-    start = time.perf_counter()
-    splits = D.book_split(D.load(config.data_root or None), config.train_size, config.dev_size,
-                          config.test_size)
-    torch.manual_seed(config.seed)
-    loaders = {name: torch.utils.data.DataLoader(PilDataset(split), batch_size=config.batch_size,
-                                                 shuffle=name == "train")
-               for name, split in splits.items()}
-    model = ResNet18(use_residual=config.use_residual).to(device)
-    opt = torch.optim.SGD(model.parameters(), lr=config.lr)
-    total = len(loaders["train"]) * config.epochs
-    best, step, path = 0.0, 0, workdir / "best.pdparams"
-
-    def evaluate(loader: torch.utils.data.DataLoader) -> float:
-        model.eval()
-        correct = seen = 0
-        with torch.no_grad():
-            for x, y in loader:
-                logits = model(x.to(device))
-                F.cross_entropy(logits, y.to(device)).item()
-                correct += (logits.argmax(1).cpu() == y).sum().item()
-                seen += len(y)
-        model.train()
-        return correct / seen
-
-    for _epoch in range(config.epochs):
-        for x, y in loaders["train"]:
-            loss = F.cross_entropy(model(x.to(device)), y.to(device))
-            loss.backward()
-            opt.step()
-            opt.zero_grad()
-            loss.item()
-            if step > 0 and (step % config.eval_steps == 0 or step == total - 1):
-                score = evaluate(loaders["dev"])
-                if score > best:
-                    torch.save(model.state_dict(), path)
-                    best = score
-            step += 1
-    model.load_state_dict(torch.load(path, weights_only=True))
-    test = evaluate(loaders["test"])
-    return {"seconds": time.perf_counter() - start, "best_dev_accuracy": best,
-            "test_accuracy": test}
-
-
-def book_process(residual: bool, workdir: Path, data_root: str, device: torch.device,
-                 quick: bool) -> dict[str, float]:
-    """The book-style loop as a script of its own, as its user would run it: a whole process
-    (Python, torch and torchvision imported, the loop, exit), its wall time and peak memory."""
-    data_root = str(Path(data_root or D.default_root()).resolve())
-    script = (
-        "import json, sys, torch; from pathlib import Path; from resnet_mnist import bench; "
-        f"config = bench._seed_config({residual}, torch.device({device.type!r}), "
-        f"{data_root!r}, {quick}); "
-        f"result = bench.book_reference(config, torch.device({device.type!r}), "
-        f"Path({str(workdir)!r})); from resnet_mnist.timeline import peak_mib; "
-        "print(json.dumps(result | {'peak_mib': peak_mib()}))")
-    start = time.perf_counter()
-    with open(workdir / "book.log", "w+") as out:
-        proc = subprocess.Popen([sys.executable, "-c", script], cwd=workdir, stdout=out,
-                                stderr=subprocess.STDOUT)
-        proc.wait()
-        wall = time.perf_counter() - start
-        out.seek(0)
-        text = out.read()
-    if proc.returncode != 0:
-        raise RuntimeError(f"the book-style loop failed: {text[-500:]}")
-    return json.loads(text.strip().splitlines()[-1]) | {"process_s": wall}
 
 
 @dataclasses.dataclass
@@ -318,11 +223,58 @@ def time_to_accuracy(device: torch.device, data_root: str) -> dict[str, Any]:
             "train_time_s": result.train_time_s, "epochs": config.epochs}
 
 
-def _seed_config(residual: bool, device: torch.device, data_root: str, quick: bool) -> TrainConfig:
-    """The book's setting as the bench measures it (one epoch when `quick`)."""
-    config = dataclasses.replace(build_config("seed", residual), data_root=data_root,
-                                 device=device.type)
-    return dataclasses.replace(config, epochs=1) if quick else config
+def book_experiment(
+    residual: bool, workdir: Path, data_root: str, device: torch.device, quick: bool,
+    repeats: int, with_peer: bool, log: Callable[[str], None],
+) -> dict[str, Any]:
+    """One variant of the book's setting, side by side and interleaved: a whole `train` process
+    (stage by stage), the book-style loop in this process and as a script of its own, and (with
+    `with_peer`) the Lightning peer as a script of its own."""
+    config = R.book_config(residual, device, data_root, quick)
+    variant = "true" if residual else "false"
+    ours: list[TrainProcess] = []
+    loops, scripts, peers = [], [], []
+    for _ in range(repeats):
+        log(f"book setting, use_residual={variant}: resnet-mnist train against the references")
+        ours.append(cli_train_seconds(variant, workdir, data_root, device,
+                                      ["--epochs", "1"] if quick else []))
+        loops.append(R.book_loop(config, device, workdir))
+        scripts.append(R.as_process("book_loop", residual, workdir, data_root, device, quick))
+        if with_peer:
+            peers.append(R.as_process("lightning_peer", residual, workdir, data_root, device,
+                                      quick))
+    walls = [p.wall_s for p in ours]
+
+    def against(refs: list[dict[str, Any]], key: str) -> dict[str, float]:
+        return spread([a / r[key] for a, r in zip(walls, refs, strict=True)])
+
+    row = {
+        "cli_process_s": spread(walls),
+        "cli_train_and_eval_s": spread([p.fit_s for p in ours]),
+        "cli_rest_s": spread([p.wall_s - p.fit_s for p in ours]),
+        "fixed_cost_s": spread([p.wall_s - p.stages_s["training"] for p in ours]),
+        "stages_s": {k: spread([p.stages_s.get(k, 0.0) for p in ours]) for k in ours[0].stages_s},
+        "stage_peaks_mib": {k: spread([p.peaks_mib.get(k, 0.0) for p in ours])
+                            for k in ours[0].peaks_mib},
+        "peak_mib": spread([p.peak_mib for p in ours]),
+        "reference_loop_s": spread([r["seconds"] for r in loops]),
+        "ratio": against(loops, "seconds"),
+        "reference_process_s": spread([r["process_s"] for r in scripts]),
+        "reference_process_peak_mib": spread([r["peak_mib"] for r in scripts]),
+        "process_ratio": against(scripts, "process_s"),
+        "reference_test_accuracy": loops[-1]["test_accuracy"]}
+    if peers:
+        row |= {"peer_process_s": spread([r["process_s"] for r in peers]),
+                "peer_peak_mib": spread([r["peak_mib"] for r in peers]),
+                "peer_ratio": against(peers, "process_s"),
+                "peer_test_accuracy": peers[-1]["test_accuracy"]}
+    return row
+
+
+def _lightning_version() -> str:
+    from importlib.metadata import version
+
+    return version("lightning")
 
 
 def run(
@@ -345,43 +297,19 @@ def run(
                 f"{'channels_last' if cl else 'contiguous'}")
             report["throughput"].append(step_throughput(device, batch, bf16, cl, steps, repeats))
 
-    book = {}
+    with_peer = R.lightning_available()
+    if not with_peer:
+        log(f"PyTorch Lightning is not installed: the peer is not measured ({R.LIGHTNING_EXTRA})")
     with tempfile.TemporaryDirectory() as tmp:
-        for variant in ("false", "true"):
-            config = _seed_config(variant == "true", device, data_root, quick)
-            extra = ["--epochs", "1"] if quick else []
-            ours: list[TrainProcess] = []
-            ref, book_runs = [], []
-            for _ in range(repeats):
-                log(f"book setting, use_residual={variant}: resnet-mnist train vs reference loop")
-                ours.append(cli_train_seconds(variant, Path(tmp), data_root, device, extra))
-                ref_result = book_reference(config, device, Path(tmp))
-                ref.append(ref_result["seconds"])
-                book_runs.append(book_process(variant == "true", Path(tmp), data_root, device,
-                                              quick))
-            walls = [p.wall_s for p in ours]
-            book_walls = [b["process_s"] for b in book_runs]
-            book[variant] = {
-                "cli_process_s": spread(walls),
-                "cli_train_and_eval_s": spread([p.fit_s for p in ours]),
-                "cli_rest_s": spread([p.wall_s - p.fit_s for p in ours]),
-                "fixed_cost_s": spread([p.wall_s - p.stages_s["training"] for p in ours]),
-                "stages_s": {k: spread([p.stages_s.get(k, 0.0) for p in ours])
-                             for k in ours[0].stages_s},
-                "stage_peaks_mib": {k: spread([p.peaks_mib.get(k, 0.0) for p in ours])
-                                    for k in ours[0].peaks_mib},
-                "peak_mib": spread([p.peak_mib for p in ours]),
-                "reference_loop_s": spread(ref),
-                "ratio": spread([a / b for a, b in zip(walls, ref, strict=True)]),
-                "reference_process_s": spread(book_walls),
-                "reference_process_peak_mib": spread([b["peak_mib"] for b in book_runs]),
-                "process_ratio": spread([a / b for a, b in zip(walls, book_walls, strict=True)]),
-                "reference_test_accuracy": ref_result["test_accuracy"]}
-    report["book_experiment"] = book
+        report["book_experiment"] = {
+            variant: book_experiment(variant == "true", Path(tmp), data_root, device, quick,
+                                     repeats, with_peer, log)
+            for variant in ("false", "true")}
+    report["lightning"] = _lightning_version() if with_peer else None
 
     log("tracking overhead (residual, seed preset)")
     report["tracking_overhead"] = tracking_overhead(
-        _seed_config(True, device, data_root, quick), device, repeats)
+        R.book_config(True, device, data_root, quick), device, repeats)
     if with_time_to_accuracy:
         log("time to accuracy (full preset)")
         report["time_to_accuracy"] = time_to_accuracy(device, data_root)

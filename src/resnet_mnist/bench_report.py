@@ -46,6 +46,41 @@ def _fixed_cost_table(book: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _cell(s: dict[str, float]) -> str:
+    return f"{s['median']:.1f} [{s['min']:.1f}–{s['max']:.1f}]"
+
+
+def _book_table(book: dict[str, Any], lightning: str | None) -> list[str]:
+    """A whole `train` process against each reference, seconds and peak memory."""
+    rows = {("residual" if v == "true" else "plain"): r for v, r in book.items()
+            if v in ("false", "true")}
+    peer = all("peer_process_s" in r for r in rows.values())
+    lines = ["", "## The book's experiment (seed preset), seconds, median [min–max]", "",
+             "| variant | `resnet-mnist train` process | of which training + evaluation | "
+             "the rest (start-up, store, logging) | book-style loop (in the bench's process) "
+             "| ratio | book-style loop as a process of its own | ratio |"
+             + (f" Lightning {lightning} + MLFlowLogger, a process of its own | ratio |"
+                if peer else ""),
+             "|---|---|---|---|---|---|---|---|" + ("---|---|" if peer else "")]
+    for name, row in rows.items():
+        cells = [_cell(row[k]) for k in ("cli_process_s", "cli_train_and_eval_s", "cli_rest_s",
+                                          "reference_loop_s")]
+        cells.insert(4, f"{row['ratio']['median']:.2f}")
+        cells += [_cell(row["reference_process_s"]), f"{row['process_ratio']['median']:.2f}"]
+        if peer:
+            cells += [_cell(row["peer_process_s"]), f"{row['peer_ratio']['median']:.2f}"]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += ["", "Peak resident memory, MiB (median): " + "; ".join(
+        f"{name}: `train` process {r['peak_mib']['median']:,.0f}, book-style loop process "
+        f"{r['reference_process_peak_mib']['median']:,.0f}"
+        + (f", Lightning process {r['peer_peak_mib']['median']:,.0f}" if peer else "")
+        for name, r in rows.items()) + "."]
+    if not peer:
+        lines += ["", "The Lightning peer: not measured (PyTorch Lightning is not installed; "
+                  "`pip install -e '.[bench]'`)."]
+    return lines
+
+
 def markdown(report: dict[str, Any]) -> str:
     m = report["machine"]
     lines = [f"# Benchmark ({report['date']})", "",
@@ -57,29 +92,7 @@ def markdown(report: dict[str, Any]) -> str:
         s = row["images_per_s"]
         lines.append(f"| {row['batch_size']} | {row['precision']} | {row['memory_format']} | "
                      f"{s['median']:,.0f} [{s['min']:,.0f}–{s['max']:,.0f}] |")
-    lines += ["", "## The book's experiment (seed preset), seconds, median [min–max]", "",
-              "| variant | `resnet-mnist train` process | of which training + evaluation | "
-              "the rest (start-up, store, logging) | book-style loop (in the bench's process) "
-              "| ratio | book-style loop as a process of its own | ratio |",
-              "|---|---|---|---|---|---|---|---|"]
-    for variant, row in report["book_experiment"].items():
-        if variant not in ("false", "true"):
-            continue
-        cells = [row[k] for k in ("cli_process_s", "cli_train_and_eval_s", "cli_rest_s",
-                                  "reference_loop_s")]
-        book = row["reference_process_s"]
-        lines.append(f"| {'residual' if variant == 'true' else 'plain'} | "
-                     + " | ".join(f"{c['median']:.1f} [{c['min']:.1f}–{c['max']:.1f}]"
-                                  for c in cells)
-                     + f" | {row['ratio']['median']:.2f} | {book['median']:.1f} "
-                     f"[{book['min']:.1f}–{book['max']:.1f}] | "
-                     f"{row['process_ratio']['median']:.2f} |")
-    lines += ["", "Peak resident memory, MiB (median): "
-              + "; ".join(f"{'residual' if v == 'true' else 'plain'}: `train` process "
-                          f"{r['peak_mib']['median']:,.0f}, book-style loop process "
-                          f"{r['reference_process_peak_mib']['median']:,.0f}"
-                          for v, r in report["book_experiment"].items()
-                          if v in ("false", "true")) + "."]
+    lines += _book_table(report["book_experiment"], report.get("lightning"))
     lines += _fixed_cost_table(report["book_experiment"])
     t = report["tracking_overhead"]
     lines += ["", "## Per-step tracking overhead (residual, seed preset)", "",
