@@ -225,11 +225,11 @@ def time_to_accuracy(device: torch.device, data_root: str) -> dict[str, Any]:
 
 def book_experiment(
     residual: bool, workdir: Path, data_root: str, device: torch.device, quick: bool,
-    repeats: int, with_peer: bool, log: Callable[[str], None],
+    repeats: int, peer: str | None, log: Callable[[str], None],
 ) -> dict[str, Any]:
     """One variant of the book's setting, side by side and interleaved: a whole `train` process
-    (stage by stage), the book-style loop in this process and as a script of its own, and (with
-    `with_peer`) the Lightning peer as a script of its own."""
+    (stage by stage), the book-style loop in this process and as a script of its own, and the
+    Lightning peer as a script of its own under the `peer` interpreter (when there is one)."""
     config = R.book_config(residual, device, data_root, quick)
     variant = "true" if residual else "false"
     ours: list[TrainProcess] = []
@@ -240,9 +240,9 @@ def book_experiment(
                                       ["--epochs", "1"] if quick else []))
         loops.append(R.book_loop(config, device, workdir))
         scripts.append(R.as_process("book_loop", residual, workdir, data_root, device, quick))
-        if with_peer:
+        if peer:
             peers.append(R.as_process("lightning_peer", residual, workdir, data_root, device,
-                                      quick))
+                                      quick, peer))
     walls = [p.wall_s for p in ours]
 
     def against(refs: list[dict[str, Any]], key: str) -> dict[str, float]:
@@ -271,12 +271,6 @@ def book_experiment(
     return row
 
 
-def _lightning_version() -> str:
-    from importlib.metadata import version
-
-    return version("lightning")
-
-
 def run(
     out_dir: Path, device: torch.device, repeats: int = 3, quick: bool = False,
     with_time_to_accuracy: bool = False, data_root: str = "",
@@ -297,15 +291,15 @@ def run(
                 f"{'channels_last' if cl else 'contiguous'}")
             report["throughput"].append(step_throughput(device, batch, bf16, cl, steps, repeats))
 
-    with_peer = R.lightning_available()
-    if not with_peer:
-        log(f"PyTorch Lightning is not installed: the peer is not measured ({R.LIGHTNING_EXTRA})")
+    peer = R.peer_python()
+    if peer is None:
+        log(f"no Python with PyTorch Lightning: the peer is not measured ({R.PEER_SETUP})")
     with tempfile.TemporaryDirectory() as tmp:
         report["book_experiment"] = {
             variant: book_experiment(variant == "true", Path(tmp), data_root, device, quick,
-                                     repeats, with_peer, log)
+                                     repeats, peer, log)
             for variant in ("false", "true")}
-    report["lightning"] = _lightning_version() if with_peer else None
+    report["lightning"] = R.lightning_version(peer) if peer else None
 
     log("tracking overhead (residual, seed preset)")
     report["tracking_overhead"] = tracking_overhead(

@@ -76,8 +76,8 @@ def _book_table(book: dict[str, Any], lightning: str | None) -> list[str]:
         + (f", Lightning process {r['peer_peak_mib']['median']:,.0f}" if peer else "")
         for name, r in rows.items()) + "."]
     if not peer:
-        lines += ["", "The Lightning peer: not measured (PyTorch Lightning is not installed; "
-                  "`pip install -e '.[bench]'`)."]
+        lines += ["", "The Lightning peer: not measured (no Python with PyTorch Lightning; "
+                  "`make bench` sets up `.venv-bench`)."]
     return lines
 
 

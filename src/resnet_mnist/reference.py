@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import subprocess
 import sys
 import time
@@ -24,8 +25,10 @@ from resnet_mnist import data as D
 from resnet_mnist.config import TrainConfig, build_config
 from resnet_mnist.model import ResNet18
 
-#: What `pip install -e '.[bench]'` adds for the Lightning peer.
-LIGHTNING_EXTRA = "pip install -e '.[bench]'"
+#: The interpreter of the Lightning peer's environment (`make bench` makes `.venv-bench`).
+PEER_PYTHON_ENV = "RESNET_MNIST_PEER_PYTHON"
+PEER_SETUP = ("`make bench` sets it up: .venv-bench, the project's packages plus the `bench` "
+              "extra; or point $RESNET_MNIST_PEER_PYTHON at a Python that has them")
 
 
 def book_config(residual: bool, device: torch.device, data_root: str, quick: bool) -> TrainConfig:
@@ -107,11 +110,27 @@ def book_loop(config: TrainConfig, device: torch.device, workdir: Path) -> dict[
 
 # -- the Lightning peer -------------------------------------------------------------------------
 
-def lightning_available() -> bool:
-    """Whether PyTorch Lightning is installed (the `bench` extra)."""
-    import importlib.util
+def peer_python() -> str | None:
+    """The interpreter that runs the Lightning peer, if one with Lightning is there.
 
-    return importlib.util.find_spec("lightning") is not None
+    Lightning lives in an environment of its own (`.venv-bench`, beside this one, sharing its
+    packages through a `.pth` file), not in the project's: wherever Lightning is installed,
+    `import mlflow.pytorch` imports it too, which would cost every `train` process about 0.7 s
+    and 70 MiB.
+    """
+    python = os.environ.get(PEER_PYTHON_ENV) or str(
+        Path(sys.prefix).parent / ".venv-bench" / "bin" / "python")
+    if not Path(python).is_file():
+        return None
+    probe = subprocess.run([python, "-c", "import importlib.metadata as m; "
+                            "print(m.version('lightning'))"], capture_output=True, text=True)
+    return python if probe.returncode == 0 else None
+
+
+def lightning_version(python: str) -> str:
+    return subprocess.run([python, "-c", "import importlib.metadata as m; "
+                           "print(m.version('lightning'))"], capture_output=True, text=True,
+                          check=True).stdout.strip()
 
 
 def lightning_peer(config: TrainConfig, device: torch.device, workdir: Path) -> dict[str, Any]:
@@ -184,9 +203,10 @@ def lightning_peer(config: TrainConfig, device: torch.device, workdir: Path) -> 
 # -- either as a script of its own --------------------------------------------------------------
 
 def as_process(reference: str, residual: bool, workdir: Path, data_root: str,
-               device: torch.device, quick: bool) -> dict[str, Any]:
-    """Run `reference` (`book_loop` or `lightning_peer`) as a script of its own, as its user would
-    (Python and its imports, the loop, exit): its result, wall time and peak memory."""
+               device: torch.device, quick: bool, python: str = sys.executable) -> dict[str, Any]:
+    """Run `reference` (`book_loop` or `lightning_peer`) as a script of its own under `python`, as
+    its user would (Python and its imports, the loop, exit): its result, wall time and peak
+    memory."""
     data_root = str(Path(data_root or D.default_root()).resolve())
     script = (
         "import json, torch; from pathlib import Path; from resnet_mnist import reference as R; "
@@ -196,7 +216,7 @@ def as_process(reference: str, residual: bool, workdir: Path, data_root: str,
         "print(json.dumps(result | {'peak_mib': peak_mib()}))")
     start = time.perf_counter()
     with open(workdir / f"{reference}.log", "w+") as out:
-        proc = subprocess.Popen([sys.executable, "-c", script], cwd=workdir, stdout=out,
+        proc = subprocess.Popen([python, "-c", script], cwd=workdir, stdout=out,
                                 stderr=subprocess.STDOUT)
         proc.wait()
         wall = time.perf_counter() - start
