@@ -6,15 +6,22 @@ from __future__ import annotations
 from typing import Any
 
 #: The stages of a `train` process (`timeline` marks) as the report names them.
-STAGES = {"startup": "Python, torch and the CLI imported", "imports": "MLflow, matplotlib, "
-          "our modules", "data": "MNIST read and preprocessed", "store": "tracking store opened",
-          "torch_dynamo": "torch's compiler front end (imported at the first forward pass)",
-          "complexity": "parameters, MACs, FLOPs (cached per architecture)",
-          "run_start": "run created, params, datasets", "training": "training + evaluation + "
-          "test (of which the run's train_time_s + eval_time_s is the compute)",
-          "checkpoint": "best checkpoint logged", "curves": "curves plotted and logged",
-          "model": "pt2 model exported and logged", "run_end": "scores, run ended",
-          "summary": "summary printed", "teardown": "process exit"}
+STAGES = {
+    "startup": "Python, torch and the CLI imported",
+    "imports": "MLflow (with pandas, SQLAlchemy) and our modules",
+    "data": "MNIST read and preprocessed",
+    "store": "tracking store opened",
+    "torch_dynamo": "torch's compiler front end (torch.optim imports it when an optimiser is built)",
+    "complexity": "parameters, MACs, FLOPs (cached per architecture)",
+    "run_start": "run created, params, datasets",
+    "training": "training + evaluation + test (of which the run's train_time_s + eval_time_s is "
+                "the compute)",
+    "checkpoint": "best checkpoint logged",
+    "curves": "matplotlib imported, curves plotted and logged",
+    "model": "pt2 model exported and logged",
+    "run_end": "scores, run ended",
+    "summary": "summary printed",
+    "teardown": "process exit"}
 
 
 def _fixed_cost_table(book: dict[str, Any]) -> list[str]:

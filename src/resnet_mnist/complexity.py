@@ -14,7 +14,6 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
 
 @dataclass(frozen=True)
@@ -67,6 +66,7 @@ def layer_table(model: nn.Module, example: torch.Tensor) -> list[Layer]:
 def measure(model: nn.Module, input_shape: tuple[int, ...] = (1, 1, 32, 32)) -> Complexity:
     """Count parameters, MACs and FLOPs of one forward pass on a zero input of `input_shape`."""
     from thop import profile
+    from torch.utils.flop_counter import FlopCounterMode  # imports triton: only when measuring
 
     device = next(model.parameters()).device
     example = torch.zeros(input_shape, device=device)
@@ -97,13 +97,12 @@ def measured(model: nn.Module, architecture: str,
     second). The key holds everything the figures depend on: the architecture, the input shape,
     torch's version and the source of this module and of the model's."""
     import sys
-
-    import thop
+    from importlib.metadata import version
 
     sources = b"".join(Path(file).read_bytes() for file in
                        (__file__, sys.modules[type(model).__module__].__file__ or ""))
     key = hashlib.sha256("|".join((architecture, str(input_shape), torch.__version__,
-                                   str(getattr(thop, "__version__", "")))).encode() + sources)
+                                   version("ultralytics-thop"))).encode() + sources)
     path = cache_dir() / f"{architecture}-{key.hexdigest()[:16]}.json"
     try:
         data = json.loads(path.read_text())

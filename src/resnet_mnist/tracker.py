@@ -31,7 +31,6 @@ from resnet_mnist.diagnostics import GRAD_NORM, LESION
 from resnet_mnist.history import TIME_METRICS, History
 from resnet_mnist.model import DigitClassifier
 from resnet_mnist.offline import Spool, TrackingLost, unreachable
-from resnet_mnist.plots import plot_curves, plot_diagnostics
 from resnet_mnist.runs import version
 from resnet_mnist.store import HEARTBEAT_S, retry_conflicts, retry_locked, store_lock
 from resnet_mnist.train import Callback, Result, Tensors, Trainer
@@ -212,6 +211,8 @@ class MlflowTracker(Callback):
                   if k.startswith(LESION) and v}
         if not grads and not lesion:
             return
+        from resnet_mnist.plots import plot_diagnostics  # matplotlib: after training (`log_curves`)
+
         with tempfile.TemporaryDirectory() as tmp:
             path = plot_diagnostics(grads, lesion, Path(tmp) / "diagnostics.png", title)
             with naming(self.run_id, "plots/diagnostics.png"):
@@ -305,6 +306,10 @@ def log_model(model: nn.Module, normalize: str, example_images: np.ndarray, step
 
 
 def log_curves(history: History, variant: str, title: str) -> None:
+    # matplotlib is imported here, once training is over: imported with MLflow at start-up it
+    # adds its memory to the peak that training's tensors reach (and the import time is the same)
+    from resnet_mnist.plots import plot_curves
+
     with tempfile.TemporaryDirectory() as tmp:
         # PNG only: the PDF, for papers, is made for the comparison figure (`compare`).
         for path in plot_curves({variant: [history]}, Path(tmp) / "curves.png", title=title,
