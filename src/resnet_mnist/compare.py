@@ -9,7 +9,6 @@ the champion (`registry`); test accuracy is a held-out figure that decides nothi
 
 from __future__ import annotations
 
-import csv
 import threading
 import time
 from dataclasses import dataclass, field
@@ -28,6 +27,7 @@ from resnet_mnist.scoring import FullSplitScorer
 from resnet_mnist.selection import describe, run_label, variant_of, vet
 from resnet_mnist.signals import safe_point, shielded
 from resnet_mnist.stats import METRICS, VARIANTS, CompareError, Stats, statistics, verdict
+from resnet_mnist.tables import write_table
 
 
 @dataclass
@@ -108,18 +108,6 @@ def table_rows(summaries: list[RunSummary]) -> list[list[str]]:
             f"{group[0].param_count:,}", f"{group[0].macs:,}", cell("train_time_s", fmt=".1f"),
         ])
     return rows
-
-
-def write_table(rows: list[list[str]], out_dir: Path) -> list[Path]:
-    md = out_dir / "comparison.md"
-    md.write_text("| " + " | ".join(COLUMNS) + " |\n|" + "---|" * len(COLUMNS) + "\n"
-                  + "".join("| " + " | ".join(r) + " |\n" for r in rows))
-    csv_path = out_dir / "comparison.csv"
-    with open(csv_path, "w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(COLUMNS)
-        writer.writerows(rows)
-    return [md, csv_path]
 
 
 def mean_curves(summaries: list[RunSummary]) -> dict[str, list[tuple[int, float]]]:
@@ -203,7 +191,8 @@ def compare(
     presets = sorted({r.data.tags.get("preset", "?") for r in vetted.runs})
     depths = ",".join(sorted({str(s.depth) for s in summaries}))
     title = f"ResNet{depths} on MNIST, plain vs residual ({', '.join(presets)})"
-    files = plot(summaries, out_dir / "comparison", title) + write_table(rows, out_dir)
+    stem = out_dir / "comparison"
+    files = plot(summaries, stem, title) + write_table(COLUMNS, rows, stem)
     ids = [s.run_id for s in summaries]
     tags = {"run_type": "comparison", "compared_run_ids": ",".join(ids),
             "preset": ",".join(presets), "depth": depths, "dev_winner": stats.dev_winner,

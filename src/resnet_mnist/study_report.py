@@ -10,7 +10,6 @@ nothing. Intervals are 95 % t intervals over seeds; plain and residual are paire
 
 from __future__ import annotations
 
-import csv
 import math
 import time
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ from mlflow.tracking import MlflowClient
 from resnet_mnist.history import read_history
 from resnet_mnist.plots import smooth
 from resnet_mnist.study import VARIANTS, StudySpec, cells_of, choose_lr
+from resnet_mnist.tables import write_table
 
 DIAGNOSTIC_PREFIXES = ("grad_norm/", "init/", "lesion/")
 
@@ -366,17 +366,6 @@ def search_rows(results: list[DepthResult], search: list[Cell]) -> list[list[str
              f"{c.final_train_loss:.4f}", "yes" if chosen.get((c.depth, c.variant)) == c.lr
              else "", c.run_id[:8]]
             for c in sorted(search, key=lambda c: (c.depth, c.variant, c.lr))]
-
-
-def write_table(columns: tuple[str, ...], rows: list[list[str]], stem: Path) -> list[Path]:
-    md, csv_path = stem.with_suffix(".md"), stem.with_suffix(".csv")
-    md.write_text("| " + " | ".join(columns) + " |\n|" + "---|" * len(columns) + "\n"
-                  + "".join("| " + " | ".join(r) + " |\n" for r in rows))
-    with open(csv_path, "w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(columns)
-        writer.writerows(rows)
-    return [md, csv_path]
 
 
 # -- the report ---------------------------------------------------------------------------------
