@@ -486,6 +486,50 @@ def test_a_server_killed_mid_run_keeps_everything_and_one_command_continues(
         kill_server(server, signal.SIGTERM)
 
 
+def test_a_server_killed_under_a_distributed_run_ends_it_with_one_message_and_exit_75(
+        tmp_path: Path) -> None:
+    import psutil
+
+    port, state = free_port(), tmp_path / "state"
+    url = f"http://127.0.0.1:{port}"
+    env = {"MLFLOW_TRACKING_URI": url, "RESNET_MNIST_STATE_DIR": str(state)} | QUICK_GIVE_UP
+    server = start_server(tmp_path, port)
+    try:
+        proc = subprocess.Popen(
+            [str(BIN / "resnet-mnist"), "train", "--preset", "smoke", "--nproc", "2",
+             "--checkpoint-every", "4"],
+            cwd=tmp_path, env=env_for(url) | env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True)
+        for line in proc.stdout:
+            if "step: 8/48" in line:
+                # Every rank is frozen while the server dies, so the kill lands mid-run.
+                tree = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(True)]
+                for p in tree:
+                    p.suspend()
+                kill_server(server)
+                for p in tree:
+                    p.resume()
+                break
+        _, err = proc.communicate(timeout=300)
+        # Rank 0 says what happened and where things are kept; the rank it stopped says nothing.
+        assert proc.returncode == 75, err[-3000:]
+        assert err.count("error:") == 1 and "interrupted" not in err, err[-3000:]
+        assert "stopped answering (connection refused)" in err and "Traceback" not in err, err
+        run_id = err.split("train --resume ")[1].split("`")[0]
+        assert (state / "offline" / run_id / "resume.pt").exists()
+
+        server = start_server(tmp_path, port)
+        resumed = cli("train", "--resume", run_id, cwd=tmp_path, env=env)
+        assert resumed.returncode == 0, resumed.stderr[-3000:]
+        client = MlflowClient(url)
+        run = client.get_run(run_id)
+        assert run.info.status == "FINISHED" and run.data.params["world_size"] == "2"
+        steps = [m.step for m in client.get_metric_history(run_id, "train_loss")]
+        assert len(steps) == len(set(steps)) and max(steps) == 47
+    finally:
+        kill_server(server, signal.SIGTERM)
+
+
 def test_a_server_lost_while_results_are_written_keeps_the_finished_training(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import mlflow

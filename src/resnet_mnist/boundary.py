@@ -70,7 +70,10 @@ class ErrorBoundary(TyperGroup):
             from resnet_mnist.signals import exit_quietly_on_signals
 
             exit_quietly_on_signals()  # more Ctrl-C while this is reported: exit 130, quietly
+            from resnet_mnist.distributed import reports
 
+            if not reports():  # a rank stopped with its job: rank 0 tells what happened
+                raise typer.Exit(130) from None
             if isinstance(exc, RunInterrupted):
                 hint = (f"; resume with `resnet-mnist train --resume {exc.run_id}`"
                         if exc.step is not None else "")

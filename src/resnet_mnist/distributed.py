@@ -52,6 +52,12 @@ def launched() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
+def reports() -> bool:
+    """Whether this process speaks for its job: rank 0 of several, or a process on its own. The
+    other ranks stop when rank 0 stops (`Dist.any`), and rank 0 says why."""
+    return not launched() or os.environ.get("RANK", "0") == "0"
+
+
 def init(device_type: str) -> Dist:
     """Join the process group torchrun described in the environment."""
     backend = "nccl" if device_type == "cuda" else "gloo"
