@@ -433,6 +433,30 @@ def assert_same_histories(client: MlflowClient, run_id: str, reference_id: str) 
         assert len(client.get_metric_history(run_id, key)) == 1, key
 
 
+def train_until_the_server_dies(tmp_path: Path, env: dict[str, str], server: subprocess.Popen,
+                                at: str, *args: str) -> tuple[subprocess.Popen, str]:
+    """`resnet-mnist train --preset smoke --checkpoint-every 4 ARGS`; when its progress shows
+    `at`, the server is killed while the command and its ranks are frozen, so the kill lands
+    mid-run however loaded the machine is. Returns the ended process and its stderr."""
+    import psutil
+
+    proc = subprocess.Popen(
+        [str(BIN / "resnet-mnist"), "train", "--preset", "smoke", "--checkpoint-every", "4", *args],
+        cwd=tmp_path, env=env_for(env["MLFLOW_TRACKING_URI"]) | env, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True)
+    for line in proc.stdout:
+        if at in line:
+            tree = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+            for p in tree:
+                p.suspend()
+            kill_server(server)
+            for p in tree:
+                p.resume()
+            break
+    _, err = proc.communicate(timeout=300)
+    return proc, err
+
+
 def test_a_server_killed_mid_run_keeps_everything_and_one_command_continues(
         tmp_path: Path) -> None:
     port, state = free_port(), tmp_path / "state"
@@ -443,19 +467,7 @@ def test_a_server_killed_mid_run_keeps_everything_and_one_command_continues(
         straight = cli("train", "--preset", "smoke", "--run-name", "reference", cwd=tmp_path,
                        env=env)
         assert straight.returncode == 0, straight.stderr[-2000:]
-        proc = subprocess.Popen(
-            [str(BIN / "resnet-mnist"), "train", "--preset", "smoke", "--checkpoint-every", "4"],
-            cwd=tmp_path, env=env_for(url) | env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            text=True)
-        for line in proc.stdout:
-            if "step: 16/48" in line:
-                # Training is frozen while the server dies, so the kill lands mid-run however
-                # loaded the machine is.
-                proc.send_signal(signal.SIGSTOP)
-                kill_server(server)
-                proc.send_signal(signal.SIGCONT)
-                break
-        _, err = proc.communicate(timeout=300)
+        proc, err = train_until_the_server_dies(tmp_path, env, server, "step: 16/48")
         assert proc.returncode == 75, err[-3000:]
         assert "stopped answering (connection refused)" in err and "Traceback" not in err, err
         run_id = err.split("train --resume ")[1].split("`")[0]
@@ -488,29 +500,12 @@ def test_a_server_killed_mid_run_keeps_everything_and_one_command_continues(
 
 def test_a_server_killed_under_a_distributed_run_ends_it_with_one_message_and_exit_75(
         tmp_path: Path) -> None:
-    import psutil
-
     port, state = free_port(), tmp_path / "state"
     url = f"http://127.0.0.1:{port}"
     env = {"MLFLOW_TRACKING_URI": url, "RESNET_MNIST_STATE_DIR": str(state)} | QUICK_GIVE_UP
     server = start_server(tmp_path, port)
     try:
-        proc = subprocess.Popen(
-            [str(BIN / "resnet-mnist"), "train", "--preset", "smoke", "--nproc", "2",
-             "--checkpoint-every", "4"],
-            cwd=tmp_path, env=env_for(url) | env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            text=True)
-        for line in proc.stdout:
-            if "step: 8/48" in line:
-                # Every rank is frozen while the server dies, so the kill lands mid-run.
-                tree = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(True)]
-                for p in tree:
-                    p.suspend()
-                kill_server(server)
-                for p in tree:
-                    p.resume()
-                break
-        _, err = proc.communicate(timeout=300)
+        proc, err = train_until_the_server_dies(tmp_path, env, server, "step: 8/48", "--nproc", "2")
         # Rank 0 says what happened and where things are kept; the rank it stopped says nothing.
         assert proc.returncode == 75, err[-3000:]
         assert err.count("error:") == 1 and "interrupted" not in err, err[-3000:]
