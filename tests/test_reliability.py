@@ -285,13 +285,22 @@ def test_kill_9_then_stale_then_one_of_two_resumes_takes_over(tmp_path: Path) ->
     run_id = run.info.run_id
     assert run.info.status == "RUNNING" and run.data.tags["owner.pid"] == str(proc.pid)
 
+    client = MlflowClient(uri)
+
+    def cut_off_model() -> str:
+        """What a process killed while logging its model leaves: a LoggedModel still PENDING."""
+        return client.create_logged_model(run.info.experiment_id, name="model",
+                                          source_run_id=run_id).model_id
+
     listed = cli("stale", cwd=tmp_path, env=env)
     assert listed.returncode == 0 and f"{run_id}  resnet18-residual-seed0  owner gone" in (
         listed.stdout)
+    before_stale = cut_off_model()
     marked = cli("stale", "--mark-killed", cwd=tmp_path, env=env)
     assert marked.returncode == 0 and "marked KILLED" in marked.stdout
-    client = MlflowClient(uri)
     assert client.get_run(run_id).info.status == "KILLED"
+    assert client.get_logged_model(before_stale).status == "FAILED"
+    before_resume = cut_off_model()
 
     # two resumes at once: exactly one trains, the other says why it does not
     both = [subprocess.Popen([str(BIN / "resnet-mnist"), "train", "--resume", run_id], cwd=tmp_path,
@@ -305,6 +314,10 @@ def test_kill_9_then_stale_then_one_of_two_resumes_takes_over(tmp_path: Path) ->
             or "already FINISHED" in refused), refused
     done = client.get_run(run_id)
     assert done.info.status == "FINISHED"
+    models = client.search_logged_models([run.info.experiment_id],
+                                         filter_string=f"source_run_id = '{run_id}'")
+    assert sorted(str(m.status) for m in models) == ["FAILED", "FAILED", "READY"]
+    assert client.get_logged_model(before_resume).tags["failure_reason"].startswith("its logging")
     for key, count in (("train_loss", 48), ("dev_accuracy", 6), ("train_epoch_loss", 3)):
         steps = [m.step for m in client.get_metric_history(run_id, key)]
         assert len(steps) == len(set(steps)) == count, key

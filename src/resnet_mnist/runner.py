@@ -23,7 +23,7 @@ from resnet_mnist.device import resolve_device
 from resnet_mnist.distributed import Dist, device_for
 from resnet_mnist.history import last_logged_steps, read_history
 from resnet_mnist.offline import Spool, unreachable
-from resnet_mnist.runs import tracked_run
+from resnet_mnist.runs import fail_unfinished_models, tracked_run
 from resnet_mnist.signals import safe_point, shielded
 from resnet_mnist.store import DEFAULT_EXPERIMENT, RunBusy, check_store, owner_alive, run_claim
 from resnet_mnist.timeline import mark
@@ -116,6 +116,7 @@ def resume(
         with run_claim(run_id):
             run = client.get_run(run_id)  # as it is now that this process holds it
             taken_over = resumable(run)
+            fail_unfinished_models(client, run)
             overrides = {"data_root": data_root} | ({"device": device} if device else {})
             config = from_params(run.data.params, **overrides)
             spool = Spool.find(run_id)

@@ -249,8 +249,27 @@ def end_stale(client: MlflowClient, run_id: str) -> bool:
     holds it (it is being resumed)."""
     try:
         with run_claim(run_id):
+            fail_unfinished_models(client, client.get_run(run_id))
             client.set_tag(run_id, "failure_reason", "owner gone (resnet-mnist stale)")
             client.set_terminated(run_id, RunStatus.to_string(RunStatus.KILLED))
     except RunBusy:
         return False
     return True
+
+
+def fail_unfinished_models(client: MlflowClient, run: Run) -> list[str]:
+    """Mark FAILED the run's LoggedModels still PENDING: their logging was cut off (the process
+    killed, or the tracking server gone) and the owner that could finish them is gone, so they
+    would stay PENDING in the Models tab for ever. Called with the run claimed (`run_claim`), when
+    a resume takes the run over or `stale` ends it. Returns their ids."""
+    from mlflow.entities import LoggedModelStatus
+
+    # by run only: a `status = 'PENDING'` filter matches nothing in MLflow 3.17's sqlite store
+    models = [m for m in client.search_logged_models(
+        experiment_ids=[run.info.experiment_id], filter_string=f"source_run_id = '{run.info.run_id}'")
+        if m.status == LoggedModelStatus.PENDING]
+    for model in models:
+        client.set_logged_model_tags(model.model_id, {
+            "failure_reason": "its logging was cut off; the run's owner is gone"})
+        client.finalize_logged_model(model.model_id, LoggedModelStatus.FAILED)
+    return [m.model_id for m in models]
