@@ -24,6 +24,7 @@ def test_quick_bench_writes_consistent_report(tmp_path: Path) -> None:
     assert sizes == {(b, f) for b in (128, 512) for f in ("contiguous", "channels_last")}
     assert all(r["images_per_s"]["median"] > 0 for r in report["throughput"])
 
+    assert report["lightning"], "no Python with Lightning for the peer: `make test` makes .venv-bench"
     for variant in ("false", "true"):
         row = report["book_experiment"][variant]
         process, inside = row["cli_process_s"]["median"], row["cli_train_and_eval_s"]["median"]
