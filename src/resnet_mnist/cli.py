@@ -419,7 +419,7 @@ def study(
 
     from resnet_mnist import runner
     from resnet_mnist import study as S
-    from resnet_mnist.store import check_store, experiment_id, take_project_run, ui_link
+    from resnet_mnist.store import check_store, take_project_run, ui_link
     from resnet_mnist.study_report import TABLE, missing_cells, study_report, to_cell
 
     spec = S.load_study(name, _numbers(depths, int, "--depths"), _parse_seeds(seeds),
@@ -432,14 +432,8 @@ def study(
     project_run = take_project_run()
     check_store()
     client = MlflowClient()
-    # Under `mlflow run -e study` the cells go where the project's run is.
-    exp_id = client.get_run(project_run).info.experiment_id if project_run else \
-        experiment_id(experiment)
-    if project_run:
-        experiment = client.get_experiment(exp_id).name
-    study_id = S.study_run(client, exp_id, spec, project_run)
-    if project_run and project_run != study_id:
-        client.set_tag(project_run, "study.run", study_id)
+    home = S.open_study(client, spec, experiment, project_run)
+    exp_id, study_id = home.experiment_id, home.run_id
     root = str(data_root) if data_root else ""
     prefix = f"[{index}/{count}] " if count > 1 else ""
     started = time.perf_counter()
@@ -459,7 +453,7 @@ def study(
                     console.print(f"{prefix}{config.architecture} lr {config.lr:g} seed "
                                   f"{config.seed} ({tags['study.phase']}): training",
                                   highlight=False)
-                    trained = runner.train(config, experiment, tags=tags,
+                    trained = runner.train(config, home.experiment, tags=tags,
                                            parent_run_id=study_id, stop=stop)
                     r = trained.result
                     console.print(f"{prefix}{config.architecture} lr {config.lr:g} seed "

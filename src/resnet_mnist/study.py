@@ -40,6 +40,7 @@ from resnet_mnist.options import drop_options
 from resnet_mnist.runs import same_params
 from resnet_mnist.signals import supervise
 from resnet_mnist.stats import VARIANTS
+from resnet_mnist.store import experiment_id as find_experiment
 from resnet_mnist.store import store_lock
 
 STUDY_DIRS = tuple(d / "studies" for d in
@@ -188,6 +189,31 @@ def study_run(client: MlflowClient, experiment_id: str, spec: StudySpec,
     oldest = client.search_runs([experiment_id], query, order_by=["attributes.start_time ASC"],
                                 max_results=1)
     return oldest[0].info.run_id if oldest else run_id
+
+
+@dataclass(frozen=True)
+class StudyHome:
+    """Where a study's runs live: its experiment and its study run."""
+
+    experiment_id: str
+    experiment: str
+    run_id: str
+
+
+def open_study(client: MlflowClient, spec: StudySpec, experiment: str,
+               project_run: str | None = None) -> StudyHome:
+    """The study run for this grid, found or created: in `experiment`, or, under `mlflow run -e
+    study`, in the project run's experiment (the project run becomes the study run, or points to
+    the one that already exists with the tag `study.run`)."""
+    if project_run:
+        exp_id = client.get_run(project_run).info.experiment_id
+        experiment = client.get_experiment(exp_id).name
+    else:
+        exp_id = find_experiment(experiment)
+    run_id = study_run(client, exp_id, spec, project_run)
+    if project_run and project_run != run_id:
+        client.set_tag(project_run, "study.run", run_id)
+    return StudyHome(exp_id, experiment, run_id)
 
 
 def cells_of(client: MlflowClient, experiment_id: str, study_run_id: str) -> list[Run]:
