@@ -80,6 +80,17 @@ def step_throughput(
             "images_per_s": spread(rates)}
 
 
+def _child_env(tracking_uri: str, data_root: str) -> dict[str, str]:
+    """The environment of a `resnet-mnist` process the bench starts: its own store, the same
+    MNIST files, and none of this process's active run or experiment (`set_experiment` exports
+    MLFLOW_EXPERIMENT_ID)."""
+    env = os.environ | {"MLFLOW_TRACKING_URI": tracking_uri,
+                        "RESNET_MNIST_DATA": str(Path(data_root or D.default_root()).resolve())}
+    for key in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID"):
+        env.pop(key, None)
+    return env
+
+
 @dataclasses.dataclass
 class TrainProcess:
     """One whole `resnet-mnist train` process as its parent saw it."""
@@ -100,11 +111,7 @@ def cli_train_seconds(
 
     exe = Path(sys.executable).parent / "resnet-mnist"
     marks = workdir / "timeline.json"
-    env = os.environ | {"MLFLOW_TRACKING_URI": f"sqlite:///{workdir / 'mlflow.db'}",
-                        "RESNET_MNIST_DATA": str(Path(data_root or D.default_root()).resolve()),
-                        timeline.ENV: str(marks)}
-    for key in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID"):  # set_experiment exports the latter
-        env.pop(key, None)
+    env = _child_env(f"sqlite:///{workdir / 'mlflow.db'}", data_root) | {timeline.ENV: str(marks)}
     start, launched = time.perf_counter(), time.time()
     with open(workdir / "train.log", "w") as log:
         proc = subprocess.Popen([str(exe), "train", "--preset", "seed", "--use-residual", variant,
@@ -135,10 +142,7 @@ def study_timing(name: str, workers: int, data_root: str, device: torch.device) 
     exe = Path(sys.executable).parent / "resnet-mnist"
     with tempfile.TemporaryDirectory() as tmp:
         uri = f"sqlite:///{Path(tmp) / 'mlflow.db'}"
-        env = os.environ | {"MLFLOW_TRACKING_URI": uri,
-                            "RESNET_MNIST_DATA": str(Path(data_root or D.default_root()).resolve())}
-        for key in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID"):
-            env.pop(key, None)
+        env = _child_env(uri, data_root)
         start = time.perf_counter()
         proc = subprocess.run([str(exe), "study", "--study", name, "--workers", str(workers),
                                "--device", device.type, "--out", str(Path(tmp) / "out")],
@@ -225,11 +229,12 @@ def time_to_accuracy(device: torch.device, data_root: str) -> dict[str, Any]:
 
 def book_experiment(
     residual: bool, workdir: Path, data_root: str, device: torch.device, quick: bool,
-    repeats: int, peer: str | None, log: Callable[[str], None],
+    repeats: int, peer: tuple[str, str] | None, log: Callable[[str], None],
 ) -> dict[str, Any]:
     """One variant of the book's setting, side by side and interleaved: a whole `train` process
     (stage by stage), the book-style loop in this process and as a script of its own, and the
-    Lightning peer as a script of its own under the `peer` interpreter (when there is one)."""
+    Lightning peer as a script of its own under the `peer` interpreter (`R.peer_python`, when
+    there is one)."""
     config = R.book_config(residual, device, data_root, quick)
     variant = "true" if residual else "false"
     ours: list[TrainProcess] = []
@@ -242,7 +247,7 @@ def book_experiment(
         scripts.append(R.as_process("book_loop", residual, workdir, data_root, device, quick))
         if peer:
             peers.append(R.as_process("lightning_peer", residual, workdir, data_root, device,
-                                      quick, peer))
+                                      quick, peer[0]))
     walls = [p.wall_s for p in ours]
 
     def against(refs: list[dict[str, Any]], key: str) -> dict[str, float]:
@@ -299,7 +304,7 @@ def run(
             variant: book_experiment(variant == "true", Path(tmp), data_root, device, quick,
                                      repeats, peer, log)
             for variant in ("false", "true")}
-    report["lightning"] = R.lightning_version(peer) if peer else None
+    report["lightning"] = peer[1] if peer else None
 
     log("tracking overhead (residual, seed preset)")
     report["tracking_overhead"] = tracking_overhead(

@@ -3,7 +3,8 @@ way, and the peer a user would pick instead, PyTorch Lightning with its `MLFlowL
 in the bench's process or as a script of its own (a whole process, as its user would run it).
 
 Nothing here knows about this package's trainer or tracking: the references share only the data
-split, the preset's settings and the ResNet18 module, so that the same experiment is timed.
+(split, and for the peer preprocessed by `load_tensors`), the preset's settings and the ResNet18
+module, so that the same experiment is timed.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import os
 import subprocess
 import sys
 import time
-from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from resnet_mnist import data as D
 from resnet_mnist.config import TrainConfig, build_config
 from resnet_mnist.model import ResNet18
+from resnet_mnist.train import load_tensors
 
 #: The interpreter of the Lightning peer's environment (`make bench` makes `.venv-bench`).
 PEER_PYTHON_ENV = "RESNET_MNIST_PEER_PYTHON"
@@ -110,8 +111,9 @@ def book_loop(config: TrainConfig, device: torch.device, workdir: Path) -> dict[
 
 # -- the Lightning peer -------------------------------------------------------------------------
 
-def peer_python() -> str | None:
-    """The interpreter that runs the Lightning peer, if one with Lightning is there.
+def peer_python() -> tuple[str, str] | None:
+    """The interpreter that runs the Lightning peer and its Lightning version, if one with
+    Lightning is there.
 
     Lightning lives in an environment of its own (`.venv-bench`, beside this one, sharing its
     packages through a `.pth` file), not in the project's: wherever Lightning is installed,
@@ -124,13 +126,7 @@ def peer_python() -> str | None:
         return None
     probe = subprocess.run([python, "-c", "import importlib.metadata as m; "
                             "print(m.version('lightning'))"], capture_output=True, text=True)
-    return python if probe.returncode == 0 else None
-
-
-def lightning_version(python: str) -> str:
-    return subprocess.run([python, "-c", "import importlib.metadata as m; "
-                           "print(m.version('lightning'))"], capture_output=True, text=True,
-                          check=True).stdout.strip()
+    return (python, probe.stdout.strip()) if probe.returncode == 0 else None
 
 
 def lightning_peer(config: TrainConfig, device: torch.device, workdir: Path) -> dict[str, Any]:
@@ -144,22 +140,20 @@ def lightning_peer(config: TrainConfig, device: torch.device, workdir: Path) -> 
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loggers import MLFlowLogger
 
-    splits = D.book_split(D.load(config.data_root or None), config.train_size, config.dev_size,
-                          config.test_size)
-    tensors = {name: D.to_tensors(split, config.normalize, torch.device("cpu"))
-               for name, split in splits.items()}
+    tensors = load_tensors(config, torch.device("cpu"))
     L.seed_everything(config.seed, verbose=False)
     loaders = {name: torch.utils.data.DataLoader(torch.utils.data.TensorDataset(*pair),
                                                  batch_size=config.batch_size,
                                                  shuffle=name == "train")
-               for name, pair in tensors.items()}
+               for name, pair in (("train", tensors.train), ("dev", tensors.dev),
+                                  ("test", tensors.test))}
 
     class Book(L.LightningModule):
         def __init__(self) -> None:
             super().__init__()
-            # plain values: the checkpoint is read back with torch.load(weights_only=True)
-            self.save_hyperparameters({k: v.value if isinstance(v, Enum) else v
-                                       for k, v in config.params().items()})
+            # plain strings, as in `Trainer.checkpoint`: Lightning reads its checkpoint back
+            # with torch.load(weights_only=True), which refuses the config's enums
+            self.save_hyperparameters({k: str(v) for k, v in config.params().items()})
             self.model = ResNet18(use_residual=config.use_residual)
 
         def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], _: int) -> torch.Tensor:
