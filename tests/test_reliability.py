@@ -429,6 +429,15 @@ def test_a_full_disk_while_writing_an_artifact_fails_the_run_naming_the_file(
 QUICK_GIVE_UP = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "0"}
 
 
+def server_to_lose(tmp_path: Path) -> tuple[int, str, dict[str, str]]:
+    """A port for a tracking server that a test will kill, its URL, and the environment of a
+    client that gives up on it quickly and keeps what it could not send in `tmp_path/state`."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    return port, url, {"MLFLOW_TRACKING_URI": url,
+                       "RESNET_MNIST_STATE_DIR": str(tmp_path / "state")} | QUICK_GIVE_UP
+
+
 def assert_same_histories(client: MlflowClient, run_id: str, reference_id: str) -> None:
     """Every step once, and the same values as the uninterrupted reference run (CPU)."""
     for key in ("train_loss", "dev_accuracy", "dev_loss", "train_epoch_loss", "best_step",
@@ -472,9 +481,8 @@ def train_until_the_server_dies(tmp_path: Path, env: dict[str, str], server: sub
 
 def test_a_server_killed_mid_run_keeps_everything_and_one_command_continues(
         tmp_path: Path) -> None:
-    port, state = free_port(), tmp_path / "state"
-    url = f"http://127.0.0.1:{port}"
-    env = {"MLFLOW_TRACKING_URI": url, "RESNET_MNIST_STATE_DIR": str(state)} | QUICK_GIVE_UP
+    port, url, env = server_to_lose(tmp_path)
+    state = tmp_path / "state"
     server = start_server(tmp_path, port)
     try:
         straight = cli("train", "--preset", "smoke", "--run-name", "reference", cwd=tmp_path,
@@ -513,9 +521,8 @@ def test_a_server_killed_mid_run_keeps_everything_and_one_command_continues(
 
 def test_a_server_killed_under_a_distributed_run_ends_it_with_one_message_and_exit_75(
         tmp_path: Path) -> None:
-    port, state = free_port(), tmp_path / "state"
-    url = f"http://127.0.0.1:{port}"
-    env = {"MLFLOW_TRACKING_URI": url, "RESNET_MNIST_STATE_DIR": str(state)} | QUICK_GIVE_UP
+    port, url, env = server_to_lose(tmp_path)
+    state = tmp_path / "state"
     server = start_server(tmp_path, port)
     try:
         proc, err = train_until_the_server_dies(tmp_path, env, server, "step: 8/48", "--nproc", "2")
@@ -547,11 +554,9 @@ def test_a_server_lost_while_results_are_written_keeps_the_finished_training(
     from resnet_mnist.runner import resume, train
     from resnet_mnist.train import Callback
 
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
+    port, url, env = server_to_lose(tmp_path)
     monkeypatch.chdir(tmp_path)
-    for key, value in ({"MLFLOW_TRACKING_URI": url, "RESNET_MNIST_DATA": str(REAL_ROOT),
-                        "RESNET_MNIST_STATE_DIR": str(tmp_path / "state")} | QUICK_GIVE_UP).items():
+    for key, value in (env | {"RESNET_MNIST_DATA": str(REAL_ROOT)}).items():
         monkeypatch.setenv(key, value)
     mlflow.set_tracking_uri(url)
     server = start_server(tmp_path, port)
