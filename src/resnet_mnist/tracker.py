@@ -94,6 +94,17 @@ class MlflowTracker(Callback):
         if self.trainer is not None:
             self.trainer.stop.set()
 
+    @contextmanager
+    def offline_on_loss(self) -> Iterator[None]:
+        """Run store calls; if the server turns out to be gone, go offline instead of failing
+        (any other error still fails)."""
+        try:
+            yield
+        except Exception as exc:  # noqa: BLE001 - MLflow reports a dead server in several types
+            if not unreachable(exc):
+                raise
+            self.go_offline(exc)
+
     def lost(self) -> TrackingLost:
         """The error to end the command with once training has stopped: where things are kept.
         The trainer's state is kept as the checkpoint unless a stop already kept one."""
@@ -116,16 +127,12 @@ class MlflowTracker(Callback):
         """Send the buffered metrics, and the owner's heartbeat when it is due (or keep them,
         once the server is gone)."""
         t0 = time.perf_counter()
-        try:
+        with self.offline_on_loss():
             while self.buffer and self.spool is None:
                 chunk = self.buffer[:MAX_BATCH]
                 retry_locked(lambda chunk=chunk: self.client.log_batch(
                     self.run_id, metrics=chunk, synchronous=True))
                 del self.buffer[:len(chunk)]
-        except Exception as exc:  # noqa: BLE001 - MLflow reports a dead server in several types
-            if not unreachable(exc):
-                raise
-            self.go_offline(exc)
         if self.spool is not None:
             # The model's scores are logged again, with the model, by the resumed run's ending.
             self.spool.add(m for m in self.buffer if m.key not in MODEL_METRICS)
@@ -148,19 +155,15 @@ class MlflowTracker(Callback):
         spool instead once the server is gone."""
         self.flush()
         if self.spool is None:
-            try:
+            with self.offline_on_loss():
                 with tempfile.TemporaryDirectory() as tmp:
                     path = Path(tmp) / "resume.pt"
                     torch.save(checkpoint, path)
                     with naming(self.run_id, "checkpoints/resume.pt"):
                         self.client.log_artifact(self.run_id, str(path), "checkpoints")
                 self.client.set_tag(self.run_id, "resume_step", str(step))
-                return
-            except Exception as exc:  # noqa: BLE001 - as in flush
-                if not unreachable(exc):
-                    raise
-                self.go_offline(exc)
-        self.spool.keep_checkpoint(checkpoint)
+        if self.spool is not None:
+            self.spool.keep_checkpoint(checkpoint)
 
     def on_log(self, step: int, epoch: int, loss: float, images_per_s: float) -> None:
         self.flush()
