@@ -66,7 +66,7 @@ train: install
 		--experiment-name resnet18-mnist -P use_residual=$(RESIDUAL) -P preset=$(PRESET)
 
 bench: install $(PEER_STAMP)
-	$(BIN)/resnet-mnist bench
+	$(BIN)/python -m benchmarks
 
 summary: install
 	$(BIN)/resnet-mnist summary

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from resnet_mnist import data as D
-from resnet_mnist.offline import RETRY_BOUND
+from resnet_mnist.core import data as D
+from resnet_mnist.tracking.offline import RETRY_BOUND
 
 REPO = Path(__file__).resolve().parents[1]
 REAL_ROOT = Path(os.environ.get("RESNET_MNIST_DATA", REPO / "data")).resolve()
@@ -89,12 +89,25 @@ def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     return uri
 
 
+def child_env(env: dict[str, str] | None = None) -> dict[str, str]:
+    """A user's environment for a command a test starts: the real MNIST files, and none of the
+    in-process tests' active run or experiment (`mlflow.set_experiment` exports
+    MLFLOW_EXPERIMENT_ID)."""
+    full_env = os.environ.copy() | {"RESNET_MNIST_DATA": str(REAL_ROOT)} | (env or {})
+    for key in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID"):
+        full_env.pop(key, None)
+    return full_env
+
+
 def cli(*args: str, cwd: Path, env: dict[str, str] | None = None,
         timeout: float = 600) -> subprocess.CompletedProcess[str]:
     """Run the installed `resnet-mnist` console script as a user would."""
-    full_env = os.environ.copy() | {"RESNET_MNIST_DATA": str(REAL_ROOT)} | (env or {})
-    # In-process tests call mlflow.set_experiment, which exports MLFLOW_EXPERIMENT_ID.
-    for key in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID"):
-        full_env.pop(key, None)
-    return subprocess.run([str(BIN / "resnet-mnist"), *args], cwd=cwd, env=full_env,
+    return subprocess.run([str(BIN / "resnet-mnist"), *args], cwd=cwd, env=child_env(env),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def run_python(*args: str, cwd: Path, env: dict[str, str] | None = None,
+               timeout: float = 900) -> subprocess.CompletedProcess[str]:
+    """Run this environment's Python (`python -m …`) as a user would."""
+    return subprocess.run([sys.executable, *args], cwd=cwd, env=child_env(env),
                           capture_output=True, text=True, timeout=timeout)

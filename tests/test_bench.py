@@ -3,18 +3,24 @@
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import cli, needs_data
+from tests.conftest import REPO, needs_data, run_python
 
 pytestmark = pytest.mark.slow  # real processes
 
 
+def bench(*args: str, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """`python -m benchmarks …` as `make bench` runs it, from a folder outside the checkout."""
+    return run_python("-m", "benchmarks", *args, cwd=cwd, env=env | {"PYTHONPATH": str(REPO)})
+
+
 @needs_data
 def test_quick_bench_writes_consistent_report(tmp_path: Path) -> None:
-    out = cli("bench", "--quick", "--repeats", "1", "--device", "cpu", "--out", "report",
+    out = bench("--quick", "--repeats", "1", "--device", "cpu", "--out", "report",
               "--study", "tiny", "--study-workers", "1",
               cwd=tmp_path, env={"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'unused.db'}"})
     assert out.returncode == 0, out.stderr[-2000:]

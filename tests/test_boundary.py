@@ -6,11 +6,11 @@ from __future__ import annotations
 import pytest
 from typer.testing import CliRunner
 
-from resnet_mnist import complexity
-from resnet_mnist import data as D
-from resnet_mnist.boundary import DEBUG_ENV
-from resnet_mnist.cli import app
-from resnet_mnist.config import ConfigError
+from resnet_mnist.cli.app import app
+from resnet_mnist.cli.boundary import DEBUG_ENV
+from resnet_mnist.config.settings import ConfigError
+from resnet_mnist.core import complexity
+from resnet_mnist.core import data as D
 
 cli = CliRunner()
 
@@ -52,7 +52,7 @@ def test_debug_shows_the_unexpected_error(monkeypatch: pytest.MonkeyPatch, how: 
 def test_expected_failures_of_the_store_and_compare_are_one_line(
     store: str, tmp_path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from resnet_mnist.store import experiment_id
+    from resnet_mnist.tracking.store import experiment_id
 
     experiment_id("resnet18-mnist")
     cases = [

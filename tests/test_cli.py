@@ -11,7 +11,7 @@ import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
-from resnet_mnist import data as D
+from resnet_mnist.core import data as D
 from tests.conftest import BIN, REPO, cli
 
 pytestmark = pytest.mark.slow  # real processes

@@ -11,12 +11,12 @@ import pytest
 from mlflow.entities import Param, Run, RunData, RunInfo, RunTag
 from mlflow.tracking import MlflowClient
 
-from resnet_mnist import compare as C
-from resnet_mnist import selection as SEL
-from resnet_mnist.config import build_config
-from resnet_mnist.history import History
-from resnet_mnist.runner import train
-from resnet_mnist.scoring import FullSplitScorer
+from resnet_mnist.analysis import compare as C
+from resnet_mnist.analysis import selection as SEL
+from resnet_mnist.analysis.scoring import FullSplitScorer
+from resnet_mnist.config.settings import build_config
+from resnet_mnist.core.figures import History
+from resnet_mnist.tracking.runner import train
 from tests.conftest import REAL_ROOT
 
 EXP = "resnet18-mnist"
@@ -159,7 +159,7 @@ def test_compare_outputs_match_mlflow_and_register_dev_winner(trained, client, t
 
 
 def test_champion_loads_by_alias(trained, client, tmp_path) -> None:
-    from resnet_mnist import data as D
+    from resnet_mnist.core import data as D
 
     exp_id = client.get_experiment_by_name(EXP).experiment_id
     C.compare(client, SEL.select_runs(client, EXP, "smoke"), tmp_path, exp_id, "byalias")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from resnet_mnist.complexity import format_table, measure
-from resnet_mnist.model import ResNet18
+from resnet_mnist.core.complexity import format_table, measure
+from resnet_mnist.core.model import ResNet18
 
 
 def test_counts_for_residual_resnet18() -> None:
@@ -32,7 +32,7 @@ def test_layer_table_lists_leaves_with_shapes() -> None:
 
 
 def test_measured_once_per_architecture_then_read_back(tmp_path, monkeypatch) -> None:
-    from resnet_mnist import complexity
+    from resnet_mnist.core import complexity
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     model = ResNet18(use_residual=True)

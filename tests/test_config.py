@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from resnet_mnist.config import ConfigError, build_config
+from resnet_mnist.config.settings import ConfigError, build_config
 
 
 def test_seed_preset_is_the_books_setting() -> None:
@@ -62,7 +62,7 @@ def test_bad_yaml_and_unknown_keys(tmp_path: Path) -> None:
 
 
 def test_text_values_are_read_in_the_fields_type() -> None:
-    from resnet_mnist.config import Schedule, coerce, from_params, parse_bool, same_value
+    from resnet_mnist.config.settings import Schedule, coerce, from_params, parse_bool, same_value
 
     assert [parse_bool(v) for v in ("true", "False", "1", "no", "ON")] == [True, False, True,
                                                                             False, True]

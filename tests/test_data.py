@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from resnet_mnist import data as D
+from resnet_mnist.core import data as D
 from tests.conftest import idx_bytes, needs_data
 
 

@@ -13,13 +13,13 @@ import torch.nn.functional as F
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
-from resnet_mnist.config import TrainConfig, build_config
-from resnet_mnist.diagnostics import block_lesion, grad_norms, init_statistics
-from resnet_mnist.model import blocks, build_resnet
-from resnet_mnist.plots import plot_diagnostics
-from resnet_mnist.runner import train
-from resnet_mnist.tracker import MlflowTracker
-from resnet_mnist.train import Callback, Result, Tensors, Trainer, build_model
+from resnet_mnist.config.settings import TrainConfig, build_config
+from resnet_mnist.core.diagnostics import block_lesion, grad_norms, init_statistics
+from resnet_mnist.core.figures import plot_diagnostics
+from resnet_mnist.core.model import blocks, build_resnet
+from resnet_mnist.core.trainer import Callback, Result, Tensors, Trainer, build_model
+from resnet_mnist.tracking.logger import MlflowTracker
+from resnet_mnist.tracking.runner import train
 
 CPU = torch.device("cpu")
 

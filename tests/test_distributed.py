@@ -18,10 +18,10 @@ from mlflow.tracking import MlflowClient
 from torch import nn
 from torch.distributed import TCPStore
 
-from resnet_mnist import distributed
-from resnet_mnist.config import build_config
-from resnet_mnist.distributed import Dist
-from resnet_mnist.train import Callback, Tensors, Trainer
+from resnet_mnist.config.settings import build_config
+from resnet_mnist.core import distributed
+from resnet_mnist.core.distributed import Dist
+from resnet_mnist.core.trainer import Callback, Tensors, Trainer
 from tests.conftest import BIN, REAL_ROOT, cli
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from resnet_mnist.evaluation import evaluate_model, plot_confusion, plot_mistakes
+from resnet_mnist.analysis.evaluation import evaluate_model, plot_confusion, plot_mistakes
 
 
 class Fixed(nn.Module):

@@ -6,8 +6,8 @@ import pytest
 import torch
 import torchvision
 
-from resnet_mnist.complexity import count_params
-from resnet_mnist.model import ResBlock, ResNet18, load_torchvision_weights
+from resnet_mnist.core.complexity import count_params
+from resnet_mnist.core.model import ResBlock, ResNet18, load_torchvision_weights
 
 
 @pytest.mark.parametrize("use_residual", [True, False])
@@ -80,7 +80,7 @@ def test_torchvision_weights_refused_by_plain_model() -> None:
 
 
 def test_resnet34_is_torchvisions_and_depth_picks_the_family() -> None:
-    from resnet_mnist.model import CifarResNet, ResNet, build_resnet, family
+    from resnet_mnist.core.model import CifarResNet, ResNet, build_resnet, family
 
     assert count_params(build_resnet(34, True, 3, 1000)) == count_params(
         torchvision.models.resnet34())
@@ -98,7 +98,7 @@ def test_cifar_family_matches_the_paper_and_shortcuts_cost_nothing(depth: int, p
                                                                    ) -> None:
     """He et al. report 0.27 M, 0.85 M and 1.7 M parameters (3 input channels); option A
     shortcuts have none, so plain and residual networks are the same size."""
-    from resnet_mnist.model import CifarResNet
+    from resnet_mnist.core.model import CifarResNet
 
     residual, plain = CifarResNet(depth, use_residual=True), CifarResNet(depth, use_residual=False)
     assert count_params(residual) == count_params(plain) == params
@@ -108,7 +108,7 @@ def test_cifar_family_matches_the_paper_and_shortcuts_cost_nothing(depth: int, p
 
 
 def test_option_a_shortcut_subsamples_and_pads_with_zeros() -> None:
-    from resnet_mnist.model import CifarBlock
+    from resnet_mnist.core.model import CifarBlock
 
     block = CifarBlock(16, 32, stride=2)
     x = torch.randn(2, 16, 8, 8)

@@ -12,8 +12,8 @@ import torch
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
-from resnet_mnist.distributed import free_port
-from resnet_mnist.offline import (
+from resnet_mnist.core.distributed import free_port
+from resnet_mnist.tracking.offline import (
     RETRY_BOUND,
     Spool,
     TrackingLost,

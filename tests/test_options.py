@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from resnet_mnist import runner
-from resnet_mnist.cli import app
-from resnet_mnist.config import FIELDS, TYPES, TrainConfig
-from resnet_mnist.options import config_option_names, flag
+from resnet_mnist.cli.app import app
+from resnet_mnist.cli.options import config_option_names, flag
+from resnet_mnist.config.settings import FIELDS, TYPES, TrainConfig
+from resnet_mnist.tracking import runner
 
 cli = CliRunner()
 

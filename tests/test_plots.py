@@ -6,8 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from resnet_mnist.history import History
-from resnet_mnist.plots import plot_curves, smooth
+from resnet_mnist.core.figures import History, plot_curves, smooth
 
 
 def test_smooth_is_centred_and_keeps_length() -> None:

@@ -9,8 +9,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from resnet_mnist import data as D
-from resnet_mnist.predict import PredictError, load_digit
+from resnet_mnist.core import data as D
+from resnet_mnist.inference.predict import PredictError, load_digit
 from tests.conftest import cli
 
 
@@ -154,7 +154,7 @@ def test_models_that_carry_code_or_pickles_are_refused(store: str, tmp_path: Pat
     import mlflow
     import torch
 
-    from resnet_mnist.predict import load_model
+    from resnet_mnist.inference.predict import load_model
 
     marker = tmp_path / "ran"
 

@@ -17,7 +17,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from resnet_mnist.distributed import free_port
+from resnet_mnist.core.distributed import free_port
 from tests.conftest import BIN, REAL_ROOT, cli
 
 pytestmark = pytest.mark.slow  # real processes
@@ -549,10 +549,10 @@ def test_a_server_lost_while_results_are_written_keeps_the_finished_training(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import mlflow
 
-    from resnet_mnist.config import build_config
-    from resnet_mnist.offline import TrackingLost
-    from resnet_mnist.runner import resume, train
-    from resnet_mnist.train import Callback
+    from resnet_mnist.config.settings import build_config
+    from resnet_mnist.core.trainer import Callback
+    from resnet_mnist.tracking.offline import TrackingLost
+    from resnet_mnist.tracking.runner import resume, train
 
     port, url, env = server_to_lose(tmp_path)
     monkeypatch.chdir(tmp_path)

@@ -21,8 +21,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from resnet_mnist import data as D
-from resnet_mnist.distributed import free_port
+from resnet_mnist.core import data as D
+from resnet_mnist.core.distributed import free_port
 from tests.conftest import BIN, cli
 
 pytestmark = pytest.mark.slow  # real processes and a real server

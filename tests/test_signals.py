@@ -10,9 +10,9 @@ import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
-from resnet_mnist import runs
-from resnet_mnist.runs import RunInterrupted, ended
-from resnet_mnist.signals import shielded, stop_on_signals
+from resnet_mnist.runtime.signals import shielded, stop_on_signals
+from resnet_mnist.tracking import lifecycle as runs
+from resnet_mnist.tracking.lifecycle import RunInterrupted, ended
 
 
 def test_first_signal_asks_to_stop_second_interrupts() -> None:

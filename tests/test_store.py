@@ -5,8 +5,8 @@ from __future__ import annotations
 from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
-from resnet_mnist.cli import app
-from resnet_mnist.store import experiment_id, mark_training_experiment, ui_link
+from resnet_mnist.cli.app import app
+from resnet_mnist.tracking.store import experiment_id, mark_training_experiment, ui_link
 
 
 def test_experiments_are_tagged_and_linked_to_the_training_view(store: str) -> None:
@@ -39,7 +39,7 @@ def test_owner_alive_from_process_or_heartbeat() -> None:
     import sys
     import time
 
-    from resnet_mnist.store import STALE_AFTER_S, owner_alive, owner_tags
+    from resnet_mnist.tracking.store import STALE_AFTER_S, owner_alive, owner_tags
 
     mine = owner_tags()
     assert owner_alive(mine) is True
@@ -58,7 +58,7 @@ def test_owner_alive_from_process_or_heartbeat() -> None:
 def test_one_claim_per_run(store: str) -> None:
     import pytest
 
-    from resnet_mnist.store import RunBusy, run_claim
+    from resnet_mnist.tracking.store import RunBusy, run_claim
 
     with run_claim("r1"):
         with pytest.raises(RunBusy, match="run r1 is being trained by another process"):

@@ -16,10 +16,10 @@ import pytest
 from mlflow.tracking import MlflowClient
 from scipy import stats
 
-from resnet_mnist import study as S
-from resnet_mnist import study_report as R
-from resnet_mnist.config import ConfigError
-from resnet_mnist.options import drop_options
+from resnet_mnist.config.settings import ConfigError
+from resnet_mnist.runtime.supervise import drop_options
+from resnet_mnist.study import report as R
+from resnet_mnist.study import spec as S
 from tests.conftest import BIN, REAL_ROOT, cli
 
 # -- the grid -----------------------------------------------------------------------------------

@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from resnet_mnist.tables import write_table
+from resnet_mnist.analysis.tables import write_table
 
 
 def test_markdown_and_csv_hold_the_same_cells(tmp_path: Path) -> None:

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from resnet_mnist.distributed import free_port
+from resnet_mnist.core.distributed import free_port
 from tests.conftest import BIN, REAL_ROOT, cli
 
 pytestmark = pytest.mark.slow  # a database server, a tracking server, eight trainings

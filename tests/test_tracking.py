@@ -10,9 +10,9 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from resnet_mnist.config import build_config
-from resnet_mnist.runner import train
-from resnet_mnist.train import Callback
+from resnet_mnist.config.settings import build_config
+from resnet_mnist.core.trainer import Callback
+from resnet_mnist.tracking.runner import train
 
 
 @pytest.fixture

@@ -8,8 +8,8 @@ import threading
 import pytest
 import torch
 
-from resnet_mnist.config import build_config
-from resnet_mnist.train import (
+from resnet_mnist.config.settings import build_config
+from resnet_mnist.core.trainer import (
     Callback,
     NonFiniteLossError,
     Result,

@@ -22,7 +22,7 @@ from mlflow.tracking import MlflowClient
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 
-from resnet_mnist.distributed import free_port
+from resnet_mnist.core.distributed import free_port
 from tests.conftest import BIN, REAL_ROOT, REPO, cli, needs_data
 
 CHROMIUM = Path("/usr/bin/chromium")

@@ -1,5 +1,5 @@
 """`python -m resnet_mnist …` is the `resnet-mnist` CLI (what torchrun starts on every rank)."""
 
-from resnet_mnist.cli import main
+from resnet_mnist.cli.app import main
 
 main()

@@ -1,0 +1,1 @@
+"""Answers from what MLflow recorded: summaries, statistics, selection, scoring, registry, compare."""

@@ -1,0 +1,102 @@
+"""What a trained model gets right and wrong on the full test set: confusion matrix, per-class
+precision, recall and F1, and a gallery of its most confident mistakes.
+
+`mlflow.models.evaluate` is not used: its classifier evaluator expects tabular features and a
+model that returns labels, while this model takes (N, 28, 28) images and returns probabilities;
+the figures it would produce for a 10-class problem are these, computed here directly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from resnet_mnist.core.figures import plt
+
+CLASSES = 10
+
+
+@dataclass
+class Evaluation:
+    """Scores of one model on one labelled split."""
+
+    loss: float
+    accuracy: float
+    confusion: np.ndarray  #: (10, 10): row = true digit, column = predicted digit
+    probabilities: np.ndarray  #: (N, 10)
+    labels: np.ndarray
+
+    def per_class(self) -> dict[str, np.ndarray]:
+        """Precision, recall and F1 per digit (0 where a digit is never predicted or present)."""
+        tp = np.diag(self.confusion).astype(float)
+        predicted, actual = self.confusion.sum(0), self.confusion.sum(1)
+        precision = np.divide(tp, predicted, out=np.zeros_like(tp), where=predicted > 0)
+        recall = np.divide(tp, actual, out=np.zeros_like(tp), where=actual > 0)
+        denominator = precision + recall
+        f1 = np.divide(2 * precision * recall, denominator, out=np.zeros_like(tp),
+                       where=denominator > 0)
+        return {"precision": precision, "recall": recall, "f1": f1}
+
+    def mistakes(self, count: int) -> np.ndarray:
+        """Indices of the wrong predictions made with the highest confidence, most confident
+        first."""
+        predicted = self.probabilities.argmax(1)
+        wrong = np.flatnonzero(predicted != self.labels)
+        return wrong[np.argsort(-self.probabilities[wrong].max(1), kind="stable")][:count]
+
+
+@torch.inference_mode()
+def evaluate_model(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
+                   batch_size: int = 1000) -> Evaluation:
+    """Run `model` (eval mode) over a preprocessed split and score every prediction."""
+    model.eval()
+    logits = torch.cat([model(images[i:i + batch_size]).float()
+                        for i in range(0, len(labels), batch_size)])
+    loss = F.cross_entropy(logits, labels).item()
+    probabilities = torch.softmax(logits, 1).numpy()
+    truth = labels.numpy()
+    confusion = np.zeros((CLASSES, CLASSES), dtype=np.int64)
+    np.add.at(confusion, (truth, probabilities.argmax(1)), 1)
+    accuracy = float(np.trace(confusion) / len(truth))
+    return Evaluation(loss, accuracy, confusion, probabilities, truth)
+
+
+def plot_confusion(ev: Evaluation, path: Path, title: str = "") -> Path:
+    """The confusion matrix as a heat map with the counts written in."""
+    fig, ax = plt.subplots(figsize=(6.5, 5.5))
+    image = ax.imshow(np.log1p(ev.confusion), cmap="Blues")
+    for (row, col), count in np.ndenumerate(ev.confusion):
+        if count:
+            ax.text(col, row, str(count), ha="center", va="center", fontsize=7,
+                    color="white" if row == col else "black")
+    ax.set(xticks=range(CLASSES), yticks=range(CLASSES), xlabel="predicted digit",
+           ylabel="true digit", title=title or f"confusion matrix, accuracy {ev.accuracy:.4f}")
+    fig.colorbar(image, ax=ax, label="log(1 + count)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_mistakes(ev: Evaluation, raw_images: np.ndarray, path: Path, count: int = 24) -> Path:
+    """The most confident mistakes: each digit as the model saw it, with truth and prediction."""
+    chosen = ev.mistakes(count)
+    columns = 8
+    rows = max(1, -(-len(chosen) // columns))
+    fig, axes = plt.subplots(rows, columns, figsize=(columns * 1.3, rows * 1.55), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, index in zip(axes.flat, chosen, strict=False):
+        ax.imshow(raw_images[index], cmap="gray")
+        p = ev.probabilities[index]
+        ax.set_title(f"true {ev.labels[index]}, said {p.argmax()}\np={p.max():.2f}", fontsize=7)
+    fig.suptitle(f"the {len(chosen)} most confident mistakes", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

@@ -1,0 +1,74 @@
+"""The process boundary: what escapes a command becomes one line and an exit code (Ctrl-C and
+SIGTERM become stop requests in `signals`).
+
+The project's own errors (`ProjectError`, from any layer) are expected: their message is the
+whole story, and their `exit_code` says what kind of failure it was (2 for invalid settings, 75
+when the tracking server went away and the run can continue later, 1 otherwise).
+Anything else is a bug or an environment problem: one line, and the traceback with `--debug` or
+RESNET_MNIST_DEBUG=1.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from typing import Any
+
+import click
+import typer
+from rich.console import Console
+from typer.core import TyperGroup
+from typer.exceptions import TyperException
+
+from resnet_mnist.runtime.errors import ProjectError, first_line
+
+err = Console(stderr=True, soft_wrap=True)
+DEBUG_ENV = "RESNET_MNIST_DEBUG"
+
+
+def fail(message: str, code: int = 1) -> typer.Exit:
+    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    return typer.Exit(code)
+
+
+def disk_full(exc: OSError) -> str:
+    """Which file could not be written, and what happened to the run."""
+    where = exc.filename2 or exc.filename
+    return (f"no space left on the device while writing {where or 'a file'} ({exc.strerror}); "
+            "free some space and rerun (any run in progress was ended FAILED)")
+
+
+class ErrorBoundary(TyperGroup):
+    """Runs a command and maps what escapes it to one line on stderr and an exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        debug = bool(ctx.params.get("debug")) or os.environ.get(DEBUG_ENV, "") not in ("", "0")
+        try:
+            return super().invoke(ctx)
+        except (typer.Exit, typer.Abort, TyperException, click.exceptions.Exit,
+                click.ClickException, click.Abort):
+            raise
+        except KeyboardInterrupt as exc:
+            from resnet_mnist.runtime.signals import exit_quietly_on_signals
+            from resnet_mnist.tracking.lifecycle import RunInterrupted
+
+            exit_quietly_on_signals()  # more Ctrl-C while this is reported: exit 130, quietly
+            from resnet_mnist.core.distributed import reports
+
+            if not reports():  # a rank stopped with its job: rank 0 tells what happened
+                raise typer.Exit(130) from None
+            if isinstance(exc, RunInterrupted):
+                hint = (f"; resume with `resnet-mnist train --resume {exc.run_id}`"
+                        if exc.step is not None else "")
+                raise fail(f"interrupted; run {exc.run_id} was ended KILLED{hint}", 130) from None
+            raise fail("interrupted", 130) from None
+        except Exception as exc:
+            if isinstance(exc, ProjectError):
+                raise fail(str(exc), exc.exit_code) from None
+            if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise fail(disk_full(exc)) from None
+            if debug:
+                raise
+            first = first_line(exc, 500) if str(exc).strip() else ""
+            raise fail(f"unexpected {type(exc).__name__}" + (f": {first}" if first else "")
+                       + f" (rerun with --debug or {DEBUG_ENV}=1 for the traceback)") from None

@@ -1,0 +1,53 @@
+"""The CLI's hyper-parameter options, made from `TrainConfig`'s fields (one per field).
+
+Each option has the field's name (`--batch-size`; `--batch_size` works too, which is what
+`mlflow run -P batch_size=…` passes), its type (int, float, a true/false value, or the field's
+enum) and its help text; its default is "from the preset", so only what the user gives overrides.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Annotated, Any, NewType, TypeVar
+
+import typer
+
+from resnet_mnist.config.settings import FIELDS, TYPES, parse_bool
+
+#: A boolean that takes a value (`--use-residual false`), unlike Typer's `--x/--no-x` flags, so
+#: that `mlflow run -P use_residual=false` and the CLI read the same.
+Bool = NewType("Bool", bool)
+PANEL = "Hyper-parameters (each defaults to the preset's value)"
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def flag(name: str) -> str:
+    return FIELDS[name].metadata.get("flag", "--" + name.replace("_", "-"))
+
+
+def _option(name: str) -> inspect.Parameter:
+    kind = TYPES[name]
+    extra: dict[str, Any] = {"parser": parse_bool, "metavar": "BOOLEAN"} if kind is bool else {}
+    info = typer.Option(flag(name), help=FIELDS[name].metadata["help"], show_default=False,
+                        rich_help_panel=PANEL, **extra)
+    annotation = Annotated[(Bool if kind is bool else kind) | None, info]
+    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None,
+                             annotation=annotation)
+
+
+def config_option_names() -> list[str]:
+    """The TrainConfig fields that are CLI options (all but the preset's own name)."""
+    return [name for name, f in FIELDS.items() if f.metadata.get("cli", True)]
+
+
+def with_config_options(command: F) -> F:
+    """Give a command that takes `**settings` one typed option per TrainConfig field; it is
+    called with every field as a keyword (None where the user gave nothing)."""
+    signature = inspect.signature(command, eval_str=True)
+    own = [p for p in signature.parameters.values() if p.kind is not p.VAR_KEYWORD]
+    command.__signature__ = signature.replace(  # type: ignore[attr-defined]
+        parameters=own + [_option(name) for name in config_option_names()])
+    return command
+
+

@@ -1,0 +1,1 @@
+"""Training settings: TrainConfig (every hyper-parameter once), allowed values, presets, studies."""

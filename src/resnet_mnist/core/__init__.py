@@ -1,0 +1,1 @@
+"""Model, data, trainer, checkpoints, device, distributed, diagnostics, complexity; no MLflow."""

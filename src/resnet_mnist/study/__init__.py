@@ -1,0 +1,1 @@
+"""The residual study: the grid (spec), how its cells run (execution), and its report."""

@@ -1,0 +1,241 @@
+"""Train or resume one variant as one tracked MLflow run: validate, load, track, fit, log.
+
+Everything that can fail on bad input (device, data files, store) fails before the run starts.
+With `dist` (torchrun) every rank trains and only rank 0 talks to MLflow.
+"""
+
+from __future__ import annotations
+
+import pickle
+import tempfile
+import threading
+from dataclasses import dataclass
+
+import mlflow
+import torch
+from mlflow.entities import Run
+from mlflow.tracking import MlflowClient
+from torch import nn
+
+from resnet_mnist.config.settings import TrainConfig, from_params
+from resnet_mnist.core.complexity import measured
+from resnet_mnist.core.device import resolve_device
+from resnet_mnist.core.distributed import Dist, device_for
+from resnet_mnist.core.trainer import Callback, Result, Tensors, Trainer, build_model, load_tensors
+from resnet_mnist.runtime.errors import ProjectError
+from resnet_mnist.runtime.signals import safe_point, shielded
+from resnet_mnist.runtime.timeline import mark
+from resnet_mnist.tracking.history import last_logged_steps, read_history
+from resnet_mnist.tracking.lifecycle import fail_unfinished_models, tracked_run
+from resnet_mnist.tracking.logger import (
+    MlflowTracker,
+    log_best_checkpoint,
+    log_complexity,
+    log_curves,
+    log_inputs,
+    log_model,
+    mnist_datasets,
+)
+from resnet_mnist.tracking.offline import Spool, unreachable
+from resnet_mnist.tracking.store import DEFAULT_EXPERIMENT, RunBusy, check_store, owner_alive, run_claim
+
+
+class ResumeError(ProjectError, RuntimeError):
+    """The run cannot be resumed; the message says why."""
+
+
+@dataclass
+class Trained:
+    """What a tracked training produced (empty ids on ranks other than 0)."""
+
+    run_id: str
+    result: Result
+    model_uri: str
+    config: TrainConfig
+
+
+def train(
+    config: TrainConfig, experiment: str = DEFAULT_EXPERIMENT, run_name: str | None = None,
+    callbacks: list[Callback] | None = None, tags: dict[str, str] | None = None,
+    parent_run_id: str | None = None, run_id: str | None = None, dist: Dist | None = None,
+    stop: threading.Event | None = None,
+) -> Trained:
+    """Train one variant inside one MLflow run: a new one, or `run_id` (the `mlflow run` one)."""
+    device = resolve_device(config.device)
+    if dist is not None:
+        device = device_for(dist, device)
+    tensors = load_tensors(config, device)
+    if dist is not None and not dist.is_main:
+        result = Trainer(config, build_model(config, device), [], dist, stop).fit(tensors)
+        return Trained("", result, "", config)
+    mark("data")
+    check_store()
+    mark("store")
+    _import_dynamo()
+    model = build_model(config, device)
+    complexity = measured(model, config.architecture)
+    mark("complexity")
+    if stop is not None and stop.is_set():  # Ctrl-C while loading: no run to make
+        raise KeyboardInterrupt("stopped before training started")
+    with tracked_run(config, experiment, run_name, str(device), tags, parent_run_id,
+                     run_id) as run:
+        if dist is not None:
+            mlflow.log_params({"world_size": dist.world, "backend": dist.backend,
+                               "global_batch_size": config.batch_size,
+                               "per_rank_batch_size": -(-config.batch_size // dist.world)})
+        datasets = mnist_datasets(config, tensors)
+        log_inputs(datasets)
+        log_complexity(complexity)
+        mlflow.log_text(str(model), "summary/model.txt")
+        tracker = MlflowTracker(run.info.run_id, datasets=datasets)
+        mark("run_start")
+        return _fit(config, model, tensors, tracker, callbacks, None, dist, stop)
+
+
+def resume(
+    run_id: str, data_root: str = "", device: str | None = None,
+    callbacks: list[Callback] | None = None, stop: threading.Event | None = None,
+) -> Trained:
+    """Continue a KILLED or FAILED run, or a RUNNING one whose owner is gone, from its
+    `checkpoints/resume.pt`, in the same run. What this machine kept while the tracking server was
+    gone (`offline.Spool`) is sent first, and its checkpoint is the one continued from.
+
+    Only one process trains a run at a time (`run_claim`). Metrics already in the store are not
+    sent again, so the histories have no duplicates; on a CPU the resumed run ends with the same
+    metrics as an uninterrupted one.
+    """
+    from mlflow.exceptions import MlflowException
+
+    check_store()
+    client = MlflowClient()
+    try:
+        run = client.get_run(run_id)
+    except MlflowException as exc:
+        raise ResumeError(f"no run {run_id!r} in {mlflow.get_tracking_uri()}: {exc}") from None
+    resumable(run)
+    try:
+        with run_claim(run_id):
+            run = client.get_run(run_id)  # as it is now that this process holds it
+            taken_over = resumable(run)
+            fail_unfinished_models(client, run)
+            overrides = {"data_root": data_root} | ({"device": device} if device else {})
+            config = from_params(run.data.params, **overrides)
+            spool = Spool.find(run_id)
+            if spool is not None:  # kept while the server was gone: send it first
+                spool.replay(client)
+            checkpoint = _download_checkpoint(run_id)
+            dev = resolve_device(config.device)
+            tensors = load_tensors(config, dev)
+            _import_dynamo()
+            model = build_model(config, dev)
+            logged, past = last_logged_steps(client, run_id), read_history(client, run_id)
+            with tracked_run(config, run_id=run_id, resume=True) as active:
+                mlflow.set_tag("resumed_from_step", str(checkpoint["state"]["step"]))
+                if taken_over:
+                    mlflow.set_tag("taken_over_from", taken_over)
+                tracker = MlflowTracker(active.info.run_id, history=past, logged=logged,
+                                        datasets=mnist_datasets(config, tensors))
+                return _fit(config, model, tensors, tracker, callbacks, checkpoint, None, stop)
+    except RunBusy as exc:
+        raise ResumeError(str(exc)) from None
+
+
+def _import_dynamo() -> None:
+    """torch imports its compiler front end (about a second and 150 MiB here) when an optimiser
+    is built (torch.optim wraps `add_param_group` in `torch._disable_dynamo`), and torch.export
+    needs it for the model; imported here, as a stage of its own, so that no run timing and no
+    other stage of the timeline includes it."""
+    import torch._dynamo  # noqa: F401
+
+    mark("torch_dynamo")
+
+
+def resumable(run: Run) -> str:
+    """Why `run` may be resumed, or a ResumeError saying why not. Returns the dead owner
+    (`pid@host`) when a RUNNING run is being taken over, else ""."""
+    tags, status = run.data.tags, run.info.status
+    if status == "FINISHED":
+        raise ResumeError(f"run {run.info.run_id} is already FINISHED; nothing to resume")
+    if status != "RUNNING":
+        return ""
+    owner = f"pid {tags.get('owner.pid', '?')} on {tags.get('owner.host', '?')}"
+    alive = owner_alive(tags)
+    spool = Spool.find(run.info.run_id)
+    if alive and spool is not None and spool.released:
+        alive = False  # it lost its tracking server and gave the run up (`offline`)
+    if alive is None:
+        raise ResumeError(f"run {run.info.run_id} is RUNNING and records no owner; stop it first")
+    if alive:
+        raise ResumeError(f"run {run.info.run_id} is RUNNING and its owner ({owner}) is alive; "
+                          "stop it first")
+    return f"{tags['owner.pid']}@{tags.get('owner.host', '?')}"
+
+
+def _download_checkpoint(run_id: str) -> dict:
+    """The run's resumable checkpoint, loaded with `weights_only=True` (no code runs)."""
+    from mlflow.exceptions import MlflowException
+
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            path = mlflow.artifacts.download_artifacts(
+                run_id=run_id, artifact_path="checkpoints/resume.pt", dst_path=tmp)
+        except (MlflowException, OSError):
+            raise ResumeError(f"run {run_id} has no resumable checkpoint (checkpoints/resume.pt);"
+                              " it stopped before any was written") from None
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as exc:
+            raise ResumeError(f"refused checkpoints/resume.pt of run {run_id}: it holds objects "
+                              f"other than tensors and plain values ({str(exc)[:200]})") from None
+
+
+def _fit(
+    config: TrainConfig, model: nn.Module, tensors: Tensors, tracker: MlflowTracker,
+    callbacks: list[Callback] | None, checkpoint: dict | None, dist: Dist | None,
+    stop: threading.Event | None,
+) -> Trained:
+    """Train inside the active run, keep what was learned on failure, log the results."""
+    trainer = Trainer(config, model, [tracker, *(callbacks or [])], dist, stop)
+    try:
+        result = trainer.fit(tensors, resume=checkpoint)
+    except BaseException as exc:
+        tracker.flush()
+        if tracker.spool is not None:  # the server went away: it stopped at a step boundary
+            raise tracker.lost() from exc
+        log_best_checkpoint(trainer.best_state)
+        raise
+    if tracker.spool is not None:  # gone during the last steps: keep the end of training
+        raise tracker.lost()
+    mark("training")
+    # What follows writes the results; no signal cuts a write in half. A stop asked for meanwhile
+    # is honoured between the writes, and the run then ends KILLED. If the server goes away now,
+    # the finished training is kept, and a resume writes the results again.
+    with shielded():
+        try:
+            _log_results(config, model, tensors, tracker, result, stop)
+        except Exception as exc:
+            if not unreachable(exc):
+                raise
+            tracker.go_offline(exc)
+            raise tracker.lost() from exc
+    return Trained(tracker.run_id, result, f"runs:/{tracker.run_id}/model", config)
+
+
+def _log_results(config: TrainConfig, model: nn.Module, tensors: Tensors, tracker: MlflowTracker,
+                 result: Result, stop: threading.Event | None) -> None:
+    safe_point(stop)
+    log_best_checkpoint(result.best_state)
+    mark("checkpoint")
+    run = mlflow.active_run()
+    log_curves(tracker.history, config.architecture, run.info.run_name or "")
+    tracker.log_diagnostics(run.info.run_name or "")
+    mark("curves")
+    safe_point(stop)
+    try:
+        model_id = log_model(model, config.normalize, tensors.raw_examples, result.best_step)
+    except BaseException:
+        tracker.log_scores(None)
+        raise
+    mark("model")
+    tracker.log_scores(model_id)
+    safe_point(stop)

@@ -1,0 +1,278 @@
+"""Access to the tracking store: which one, whether it answers, and writing to it safely.
+
+The default store is embedded (`sqlite:///mlflow.db`, artifacts in `./mlruns`);
+`$MLFLOW_TRACKING_URI` switches to a server. Several processes may share one sqlite file: its
+first-time set-up is serialised by a file lock and "database is locked" writes are retried.
+MLflow is imported where it is used, so that the CLI starts (and refuses bad input) without it.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TypeVar
+
+from resnet_mnist.runtime.errors import ProjectError, first_line
+
+T = TypeVar("T")
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+DEFAULT_EXPERIMENT = "resnet18-mnist"
+
+
+class TrackingUnavailable(ProjectError, RuntimeError):
+    """The tracking store cannot be reached; raised before any training starts."""
+
+
+def configure() -> str:
+    """Use `$MLFLOW_TRACKING_URI`, else the embedded store `sqlite:///mlflow.db` (+ `./mlruns`).
+    A server's calls give up after about a minute (`offline.bound_retries`)."""
+    import mlflow
+
+    from resnet_mnist.tracking.offline import bound_retries
+
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+    if uri.startswith(("http://", "https://")):
+        bound_retries()
+    mlflow.set_tracking_uri(uri)
+    return uri
+
+
+@contextmanager
+def store_lock(uri: str) -> Iterator[None]:
+    """Serialise first-time set-up of a sqlite store between processes.
+
+    Several processes opening a new `mlflow.db` at once all run MLflow's schema migrations and
+    collide ("duplicate column name"); the same goes for creating one experiment or dataset twice.
+    A file lock beside the database makes the first process do it and the others wait.
+    """
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    import fcntl
+
+    db = Path(uri.removeprefix("sqlite:///"))
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(db.with_name(db.name + ".lock"), "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def retry_locked(call: Callable[[], T], attempts: int = 20) -> T:
+    """Retry a store write that sqlite refused with "database is locked" (another writer)."""
+    for attempt in range(attempts):
+        try:
+            return call()
+        except Exception as exc:  # noqa: BLE001 - MLflow wraps sqlite errors in several types
+            if "database is locked" not in str(exc) or attempt == attempts - 1:
+                raise
+            time.sleep(min(0.05 * 2**attempt, 2.0))
+    raise AssertionError("unreachable")
+
+
+def already_exists(exc: Exception) -> bool:
+    """Whether a store write failed because another client wrote the same thing first."""
+    text = str(exc)
+    return any(mark in text for mark in ("RESOURCE_ALREADY_EXISTS", "already exists",
+                                         "UNIQUE constraint", "UniqueViolation"))
+
+
+def retry_conflicts(call: Callable[[], T], attempts: int = 5) -> T:
+    """Retry a write that collided with the same write by another client (a dataset, a tag
+    added by two processes at once through a tracking server): the second try finds it there."""
+    for attempt in range(attempts):
+        try:
+            return call()
+        except Exception as exc:  # noqa: BLE001 - MLflow reports the conflict in several types
+            if not already_exists(exc) or attempt == attempts - 1:
+                raise
+            time.sleep(0.1 * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
+def check_store(timeout_s: int = 5) -> str:
+    """Fail fast, with the URI in the message, when the tracking store does not answer.
+
+    MLflow's HTTP client retries with back-off for minutes by default; for this one probe the
+    retries are off and the timeout short (unless the user set them). A sqlite store is created
+    (schema migrated) here, under a lock.
+    """
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    probe = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": str(timeout_s)}
+    probe = {k: v for k, v in probe.items() if k not in os.environ}  # the user's own values win
+    uri = configure()
+    if not uri.startswith(("http://", "https://")):
+        try:
+            with store_lock(uri):
+                MlflowClient().search_experiments(max_results=1)
+        except Exception as exc:  # noqa: BLE001 - sqlite/SQLAlchemy/MLflow errors all mean this
+            raise TrackingUnavailable(
+                f"the tracking store {uri} cannot be opened ({first_line(exc)}). If it is a damaged file, "
+                "move it aside (runs in it may be lost) or point MLFLOW_TRACKING_URI elsewhere."
+            ) from None
+        return uri
+    saved = {k: os.environ.get(k) for k in probe}
+    os.environ.update(probe)
+    try:
+        MlflowClient().search_experiments(max_results=1)
+    except (MlflowException, OSError) as exc:
+        if "401" in str(exc) or "Unauthorized" in str(exc):
+            raise TrackingUnavailable(
+                f"the tracking server at {uri} requires a login (401 Unauthorized): set "
+                "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD") from None
+        raise TrackingUnavailable(
+            f"the tracking server at {uri} does not answer ({first_line(exc)}). Start it (`make server`) "
+            "or unset MLFLOW_TRACKING_URI to use the local sqlite:///mlflow.db store.") from None
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    return uri
+
+
+#: MLflow 3's UI opens an experiment in its GenAI view unless the experiment says it holds model
+#: training; the tag alone does not switch the view, the URL query below does.
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+TRAINING_VIEW = "workflowType=machine_learning"
+UI_DEFAULT = "http://127.0.0.1:5000"
+
+
+def experiment_id(name: str) -> str:
+    """The id of experiment `name`, created on first use (under the store lock) and tagged as a
+    model-training experiment."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    found = client.get_experiment_by_name(name)
+    if found is None:
+        with store_lock(mlflow.get_tracking_uri()):
+            found = client.get_experiment_by_name(name)
+            if found is None:
+                try:
+                    return client.create_experiment(name, tags=EXPERIMENT_KIND)
+                except MlflowException as exc:
+                    # A tracking server has no lock of ours: another client created it first.
+                    if not already_exists(exc):
+                        raise
+                    found = client.get_experiment_by_name(name)
+    mark_training_experiment(found.experiment_id)
+    return found.experiment_id
+
+
+def mark_training_experiment(experiment_id: str) -> None:
+    """Tag an experiment (e.g. one `mlflow run --experiment-name` made) as model training."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    if client.get_experiment(experiment_id).tags.get("mlflow.experimentKind") is None:
+        for key, value in EXPERIMENT_KIND.items():
+            client.set_experiment_tag(experiment_id, key, value)
+
+
+def ui_link(experiment: str, run_id: str | None = None, base: str | None = None) -> str:
+    """A link that opens the MLflow UI's Model training view on an experiment (or one run).
+
+    The base is the tracking server when there is one, else where `make ui` serves the local
+    store.
+    """
+    import mlflow
+
+    uri = mlflow.get_tracking_uri()
+    base = base or (uri.rstrip("/") if uri.startswith(("http://", "https://")) else UI_DEFAULT)
+    page = f"experiments/{experiment}" + (f"/runs/{run_id}" if run_id else "")
+    return f"{base}/#/{page}?{TRAINING_VIEW}"
+
+
+def take_project_run() -> str | None:
+    """The run `mlflow run` created for this process (it passes `MLFLOW_RUN_ID`), if any.
+
+    Called once, at the process boundary: the variable is removed so that MLflow's fluent API
+    never resumes that run by itself; the caller decides which run it becomes.
+    """
+    return os.environ.pop("MLFLOW_RUN_ID", None) or None
+
+
+# -- run ownership ------------------------------------------------------------------------------
+
+#: A training process refreshes its run's heartbeat at least this often while it trains.
+HEARTBEAT_S = 30
+#: A run on another host whose heartbeat is older than this is taken to have lost its owner.
+STALE_AFTER_S = 300
+OWNER_TAGS = ("owner.host", "owner.pid", "owner.started", "owner.heartbeat")
+
+
+def owner_tags() -> dict[str, str]:
+    """Who owns a run: this host, this process and when it started (a reused pid is not the
+    same owner), and a first heartbeat."""
+    import socket
+
+    import psutil
+
+    return {"owner.host": socket.gethostname(), "owner.pid": str(os.getpid()),
+            "owner.started": f"{psutil.Process().create_time():.3f}",
+            "owner.heartbeat": f"{time.time():.0f}"}
+
+
+def owner_alive(tags: dict[str, str], now: float | None = None) -> bool | None:
+    """Whether the process that owns a RUNNING run still exists.
+
+    Same host: the process with that pid and start time is alive. Another host: its heartbeat is
+    younger than STALE_AFTER_S. None when the run records no owner (made by another tool).
+    """
+    import socket
+
+    import psutil
+
+    if "owner.pid" not in tags:
+        return None
+    if tags.get("owner.host") == socket.gethostname():
+        try:
+            started = psutil.Process(int(tags["owner.pid"])).create_time()
+        except (psutil.NoSuchProcess, ValueError):
+            return False
+        return abs(started - float(tags.get("owner.started", "0"))) < 1.0
+    heartbeat = float(tags.get("owner.heartbeat", "0"))
+    return (now or time.time()) - heartbeat < STALE_AFTER_S
+
+
+class RunBusy(RuntimeError):
+    """Another process is training this run."""
+
+
+@contextmanager
+def run_claim(run_id: str) -> Iterator[None]:
+    """Hold a run for this process while it trains (sqlite store: an exclusive file lock beside
+    the database, released by the OS when the process dies). Raises RunBusy when another process
+    holds it. Other stores rely on the owner tags and the heartbeat."""
+    import mlflow
+
+    uri = mlflow.get_tracking_uri()
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    import fcntl
+
+    db = Path(uri.removeprefix("sqlite:///"))
+    folder = db.with_name(f"{db.name}.locks")
+    folder.mkdir(parents=True, exist_ok=True)
+    # The lock files stay: removing one while another process opens it would let two hold it.
+    with open(folder / f"run-{run_id}", "w") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RunBusy(f"run {run_id} is being trained by another process") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
