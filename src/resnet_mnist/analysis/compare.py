@@ -19,7 +19,7 @@ import numpy as np
 from mlflow.entities import Metric, Run
 from mlflow.tracking import MlflowClient
 
-from resnet_mnist.analysis.registry import CHAMPION, DEFAULT_MODEL_NAME, crown
+from resnet_mnist.analysis.registry import crown
 from resnet_mnist.analysis.scoring import FullSplitScorer
 from resnet_mnist.analysis.selection import describe, run_label, variant_of, vet
 from resnet_mnist.analysis.stats import METRICS, Stats, statistics, verdict
@@ -29,6 +29,8 @@ from resnet_mnist.core.figures import plot_curves
 from resnet_mnist.runtime.signals import safe_point, shielded
 from resnet_mnist.tracking.history import read_history
 from resnet_mnist.tracking.lifecycle import ended
+from resnet_mnist.tracking.names import CHAMPION, COMPARISONS, MODEL_NAME
+from resnet_mnist.tracking.store import experiment_id
 
 
 def summarize(client: MlflowClient, runs: list[Run], scorer: FullSplitScorer,
@@ -138,9 +140,15 @@ class Comparison:
     mismatch: str = ""
 
 
+def comparisons_experiment(client: MlflowClient, selected: list[Run]) -> str:
+    """The experiment a comparison run goes to: beside its training runs' own, suffixed."""
+    trained_in = client.get_experiment(selected[0].info.experiment_id).name
+    return experiment_id(f"{trained_in}{COMPARISONS}")
+
+
 def compare(
     client: MlflowClient, runs: list[Run], out_dir: Path, experiment_id: str,
-    model_name: str | None = DEFAULT_MODEL_NAME, data_root: str | None = None,
+    model_name: str | None = MODEL_NAME, data_root: str | None = None,
     run_id: str | None = None, allow_mismatch: bool = False,
     stop: threading.Event | None = None,
 ) -> Comparison:

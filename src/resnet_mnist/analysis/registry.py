@@ -15,13 +15,12 @@ from resnet_mnist.analysis.scoring import FullSplitScorer
 from resnet_mnist.analysis.selection import quote
 from resnet_mnist.analysis.summary import CompareError
 from resnet_mnist.runtime.errors import first_line
+from resnet_mnist.tracking.names import CHAMPION
 from resnet_mnist.tracking.store import store_lock
 
 if TYPE_CHECKING:
     from resnet_mnist.analysis.summary import RunSummary
 
-DEFAULT_MODEL_NAME = "resnet18-mnist"
-CHAMPION = "champion"
 
 
 # -- the champion -------------------------------------------------------------------------------
@@ -88,12 +87,12 @@ def crown(
         held = None
         if current is not None:
             if current.run_id == candidate.run_id:
-                return Crowning(str(current.version), current.run_id, False,
+                return Crowning(str(current.version), candidate.run_id, False,
                                 f"champion stays version {current.version}: it is this run "
                                 f"already (dev {acc:.2%})")
             held = champion_dev_accuracy(client, current, scorer)
             if held is not None and held > acc:
-                return Crowning(str(current.version), current.run_id, False,
+                return Crowning(str(current.version), current.run_id or "", False,
                                 f"champion stays version {current.version}: dev {held:.2%} > "
                                 f"{acc:.2%} for run {candidate.run_id[:8]}")
         run = client.get_run(candidate.run_id)

@@ -20,6 +20,7 @@ from resnet_mnist.analysis.summary import VARIANTS, CompareError
 from resnet_mnist.config.settings import FIELDS, ConfigError, TrainConfig, build_config, coerce
 from resnet_mnist.runtime.errors import first_line
 from resnet_mnist.tracking.lifecycle import same_params
+from resnet_mnist.tracking.store import experiment_id as find_experiment
 
 # -- finding and training runs ------------------------------------------------------------------
 
@@ -74,7 +75,7 @@ def ensure_runs(
     existing = train_runs(client, [experiment_id], where)
     ids = []
     for variant in VARIANTS:
-        for seed in seeds or [None]:
+        for seed in list[int | None](seeds) if seeds else [None]:
             extra = (overrides or {}) | ({"seed": seed} if seed is not None else {})
             config = build_config(preset, variant == "residual", extra)
             match = None if force else next(
@@ -270,3 +271,26 @@ def select_runs(
     return runs if where else newest_pair(runs, allow_mismatch)
 
 
+def choose_runs(
+    client: MlflowClient, experiment: str, preset: str, *, run_ids: list[str] | None = None,
+    where: str = "", seeds: list[int] | None = None, train_missing: bool = False,
+    force: bool = False, allow_mismatch: bool = False, train: TrainFn | None = None,
+) -> list[Run]:
+    """The runs a comparison uses: exactly `run_ids`, or those `where` finds, or (with seeds,
+    `train_missing` or `force`) the preset's runs with any missing one trained by `train`, or else
+    the newest matching runs of the preset. A CompareError when there are none."""
+    if run_ids:
+        selected = select_runs(client, experiment, run_ids=run_ids)
+    elif where:
+        selected = select_runs(client, experiment, where=where)
+    elif seeds or train_missing or force:
+        if train is None:
+            raise ValueError("training missing runs needs a train function")
+        ids = ensure_runs(client, find_experiment(experiment), preset, seeds, train, force=force)
+        selected = [client.get_run(i) for i in ids]
+    else:
+        selected = select_runs(client, experiment, preset, allow_mismatch=allow_mismatch)
+    if not selected:
+        raise CompareError(f"no FINISHED training runs to compare in {experiment!r} (preset "
+                           f"{preset!r}); run `make compare` or `resnet-mnist compare --train-missing`")
+    return selected

@@ -14,7 +14,6 @@ import errno
 import os
 from typing import Any
 
-import click
 import typer
 from rich.console import Console
 from typer.core import TyperGroup
@@ -41,12 +40,11 @@ def disk_full(exc: OSError) -> str:
 class ErrorBoundary(TyperGroup):
     """Runs a command and maps what escapes it to one line on stderr and an exit code."""
 
-    def invoke(self, ctx: click.Context) -> Any:
+    def invoke(self, ctx: typer.Context) -> Any:  # type: ignore[override]  # typer's own Context
         debug = bool(ctx.params.get("debug")) or os.environ.get(DEBUG_ENV, "") not in ("", "0")
         try:
             return super().invoke(ctx)
-        except (typer.Exit, typer.Abort, TyperException, click.exceptions.Exit,
-                click.ClickException, click.Abort):
+        except (typer.Exit, typer.Abort, TyperException):  # typer's own (its usage errors too)
             raise
         except KeyboardInterrupt as exc:
             from resnet_mnist.runtime.signals import exit_quietly_on_signals

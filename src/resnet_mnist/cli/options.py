@@ -31,7 +31,7 @@ def _option(name: str) -> inspect.Parameter:
     extra: dict[str, Any] = {"parser": parse_bool, "metavar": "BOOLEAN"} if kind is bool else {}
     info = typer.Option(flag(name), help=FIELDS[name].metadata["help"], show_default=False,
                         rich_help_panel=PANEL, **extra)
-    annotation = Annotated[(Bool if kind is bool else kind) | None, info]
+    annotation = Annotated[(Bool if kind is bool else kind) | None, info]  # type: ignore[valid-type]
     return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None,
                              annotation=annotation)
 

@@ -6,7 +6,14 @@ from __future__ import annotations
 import sys
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
 
 from resnet_mnist.core.trainer import Callback, Result, Trainer
 
@@ -20,7 +27,7 @@ class RichProgress(Callback):
             TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
             TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=console,
         )
-        self.task = None
+        self.task: TaskID | None = None
         self.epochs = 0
         self.dev = "-"
 
@@ -33,7 +40,8 @@ class RichProgress(Callback):
     def on_log(self, step: int, epoch: int, loss: float, images_per_s: float) -> None:
         info = (f"epoch {epoch + 1}/{self.epochs}  loss {loss:.4f}  dev acc {self.dev}  "
                 f"{images_per_s:,.0f} img/s")
-        self.progress.update(self.task, completed=step + 1, info=info)
+        if self.task is not None:
+            self.progress.update(self.task, completed=step + 1, info=info)
 
     def on_eval(self, step: int, dev_loss: float, dev_accuracy: float) -> None:
         self.dev = f"{dev_accuracy:.4f}"

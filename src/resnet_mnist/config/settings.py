@@ -23,7 +23,6 @@ from resnet_mnist.config.presets import PRESET_DIRS, find_yaml
 from resnet_mnist.config.space import (
     DEPTH_HELP,
     DEV_SIZE,
-    NORMALIZATIONS,
     TEST_SIZE,
     TRAIN_SIZE,
     ConfigError,
@@ -56,7 +55,12 @@ class Device(StrEnum):
     cuda = "cuda"
 
 
-Normalize = StrEnum("Normalize", {name: name for name in NORMALIZATIONS})
+class Normalize(StrEnum):
+    """The input normalisations of `config.space.NORMALIZATIONS` (a test keeps the two equal)."""
+
+    seed = "seed"
+    mnist = "mnist"
+    none = "none"
 
 
 def setting(default: Any, help: str, **meta: Any) -> Any:
@@ -163,7 +167,7 @@ class TrainConfig:
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
-TYPES: dict[str, type] = typing.get_type_hints(TrainConfig)
+TYPES: dict[str, Any] = typing.get_type_hints(TrainConfig)
 TRUE, FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
 
 

@@ -231,6 +231,21 @@ def load(root: Path | str | None = None, verify: bool = True) -> Mnist:
     )
 
 
+def save_test_digits(out: Path, count: int, root: Path | str | None = None) -> list[Path]:
+    """The first `count` official test digits as PNG files named by index and label, so that a
+    user has real digits to try `predict` on."""
+    from PIL import Image
+
+    mnist = load(root)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(count):
+        path = out / f"test{i:05d}_label{mnist.test_labels[i]}.png"
+        Image.fromarray(mnist.test_images[i]).save(path)
+        paths.append(path)
+    return paths
+
+
 def dataset_digest() -> str:
     """A short digest of the four official files, for MLflow's dataset input."""
     return hashlib.sha256("".join(SHA256[n] for n in sorted(SHA256)).encode()).hexdigest()[:16]
@@ -296,7 +311,7 @@ class Preprocess(nn.Module):
         x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", antialias=True,
                           align_corners=False)
         x = x.round().clamp(0, 255) / 255.0
-        return (x - self.mean) / self.std
+        return (x - self.mean) / self.std  # type: ignore[operator]  # registered buffers
 
 
 def to_tensors(

@@ -23,11 +23,16 @@ INIT_GRAD_NORM = "init/grad_norm/"
 LESION = "lesion/"
 
 
+def _stages(model: nn.Module) -> dict[str, nn.Module]:
+    """The model's stages by name (its `stages()` method)."""
+    return model.stages()  # type: ignore[operator]
+
+
 def _stage_grad_norms(model: nn.Module) -> torch.Tensor:
     """The L2 norm of each stage's parameter gradients, in `stages()` order, on the device (no
     host sync); a stage without gradients counts 0."""
     norms = []
-    for stage in model.stages().values():
+    for stage in _stages(model).values():
         grads = [p.grad for p in stage.parameters() if p.grad is not None]
         if grads:
             per_tensor = torch.stack([torch.linalg.vector_norm(g.float()) for g in grads])
@@ -41,7 +46,7 @@ def grad_norms(model: nn.Module) -> dict[str, float]:
     """`grad_norm/<stage>` for the gradients now on the parameters (one host sync): a vanishing
     gradient shows as early stages orders of magnitude below the head."""
     values = _stage_grad_norms(model).tolist()
-    return {f"{GRAD_NORM}{name}": v for name, v in zip(model.stages(), values, strict=True)}
+    return {f"{GRAD_NORM}{name}": v for name, v in zip(_stages(model), values, strict=True)}
 
 
 def _output_module(stage: nn.Module) -> nn.Module:
@@ -72,7 +77,7 @@ def init_statistics(
         return hook
 
     handles = [_output_module(stage).register_forward_hook(keep_std(name))
-               for name, stage in model.stages().items()]
+               for name, stage in _stages(model).items()]
     devices = [x.device] if x.device.type == "cuda" else []
     try:
         with torch.random.fork_rng(devices=devices):
@@ -81,7 +86,7 @@ def init_statistics(
             model.train()
             loss = F.cross_entropy(model(x).float(), y, label_smoothing=label_smoothing)
             loss.backward()
-            values = torch.cat([torch.stack([stds[name] for name in model.stages()]),
+            values = torch.cat([torch.stack([stds[name] for name in _stages(model)]),
                                 _stage_grad_norms(model)]).tolist()
     finally:
         for handle in handles:
@@ -92,7 +97,7 @@ def init_statistics(
             for name, buffer in model.named_buffers():
                 buffer.copy_(saved_buffers[name])
         model.train(was_training)
-    names = list(model.stages())
+    names = list(_stages(model))
     return ({f"{INIT_ACT_STD}{n}": v for n, v in zip(names, values[: len(names)], strict=True)}
             | {f"{INIT_GRAD_NORM}{n}": v for n, v in zip(names, values[len(names):], strict=True)})
 

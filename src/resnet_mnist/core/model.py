@@ -20,6 +20,7 @@ its parameters counted without doing anything. The residual network has 11,175,3
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -206,8 +207,8 @@ def build_resnet(
 
 def blocks(model: nn.Module) -> list[tuple[str, ResBlock]]:
     """The residual units in forward order, named `stageK.blockI` (for lesion studies)."""
-    stages = getattr(model, "stages", lambda: {})()
-    return [(f"{name}.block{i}", block) for name, stage in stages.items()
+    stages: dict[str, nn.Sequential] = getattr(model, "stages", dict)()
+    return [(f"{name}.block{i}", cast(ResBlock, block)) for name, stage in stages.items()
             if name.startswith("stage") for i, block in enumerate(stage)]
 
 

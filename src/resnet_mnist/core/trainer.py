@@ -132,9 +132,9 @@ def load_tensors(config: TrainConfig, device: torch.device) -> Tensors:
     """Read, split and preprocess MNIST once, straight onto `device`."""
     mnist = D.load(config.data_root or None)
     splits = D.book_split(mnist, config.train_size, config.dev_size, config.test_size)
-    return Tensors(*(D.to_tensors(splits[name], config.normalize, device)
-                     for name in ("train", "dev", "test")),
-                   raw_examples=splits["dev"].images[:4].copy())
+    train, dev, test = (D.to_tensors(splits[name], config.normalize, device)
+                        for name in ("train", "dev", "test"))
+    return Tensors(train, dev, test, raw_examples=splits["dev"].images[:4].copy())
 
 
 @torch.inference_mode()
@@ -220,7 +220,7 @@ class Trainer:
     def _compiled(self) -> nn.Module:
         """torch.compile (CUDA graphs via reduce-overhead there); eager if it cannot compile."""
         mode = "reduce-overhead" if self.device.type == "cuda" else None
-        return torch.compile(self.model, mode=mode)
+        return torch.compile(self.model, mode=mode)  # type: ignore[return-value]  # an nn.Module
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """One SGD step on a batch already in the step's memory format; the loss stays on the
@@ -242,7 +242,7 @@ class Trainer:
         except Exception as exc:  # noqa: BLE001 - any compiler failure means: fall back
             warnings.warn(f"torch.compile failed ({type(exc).__name__}: {str(exc)[:200]}); "
                           "training eagerly", stacklevel=2)
-            self.model = self.model._orig_mod if hasattr(self.model, "_orig_mod") else self.model
+            self.model = getattr(self.model, "_orig_mod", self.model)
             self.optimizer.zero_grad(set_to_none=True)
             return self.train_step(x, y)
 
@@ -288,7 +288,8 @@ class Trainer:
         self.state = TrainState(epoch_rng=generator.get_state())
         if resume is not None:
             self.state = self._restore(resume)
-            generator.set_state(self.state.epoch_rng)
+            if self.state.epoch_rng is not None:
+                generator.set_state(self.state.epoch_rng)
         self.model.train()
         self._emit("on_start", self, total)
 

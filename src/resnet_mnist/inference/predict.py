@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from resnet_mnist.runtime.env import overridden
 from resnet_mnist.runtime.errors import ProjectError
-
-DEFAULT_MODEL_URI = "models:/resnet18-mnist@champion"
 
 
 class PredictError(ProjectError, RuntimeError):
@@ -87,10 +85,9 @@ def load_model(uri: str, allow_untrusted: bool = False):
             f"refused model {uri!r}: it is not a pt2 PyTorch model as this project logs (flavors: "
             f"{', '.join(sorted(flavors))}); loading it could run code it carries. Pass "
             "--allow-untrusted-model to load it anyway.")
-    saved = os.environ.get(PICKLE_SWITCH)
-    os.environ[PICKLE_SWITCH] = "true" if allow_untrusted else "false"
     try:
-        return mlflow.pyfunc.load_model(uri)
+        with overridden({PICKLE_SWITCH: "true" if allow_untrusted else "false"}):
+            return mlflow.pyfunc.load_model(uri)
     except (MlflowException, OSError) as exc:
         if not allow_untrusted and "pickle" in str(exc).lower():
             raise PredictError(
@@ -98,11 +95,6 @@ def load_model(uri: str, allow_untrusted: bool = False):
                 "them; loading it could run code it carries. Pass --allow-untrusted-model to "
                 "load it anyway.") from None
         raise PredictError(f"cannot load model {uri!r}: {first_line(exc)}") from None
-    finally:
-        if saved is None:
-            os.environ.pop(PICKLE_SWITCH, None)
-        else:
-            os.environ[PICKLE_SWITCH] = saved
 
 
 PICKLE_SWITCH = "MLFLOW_ALLOW_PICKLE_DESERIALIZATION"

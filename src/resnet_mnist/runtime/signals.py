@@ -16,9 +16,9 @@ import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import NoReturn
+from typing import Any, NoReturn
 
-_held = {"depth": 0, "pending": None}
+_held: dict[str, Any] = {"depth": 0, "pending": None}
 
 
 def _interrupt(signum: int) -> None:

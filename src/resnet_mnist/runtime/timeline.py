@@ -53,7 +53,9 @@ def stages(path: Path, started: float, ended: float) -> tuple[dict[str, float], 
     mark, and `teardown` from the last mark to `ended` (when the parent saw the process exit);
     and the peak memory (MiB) at the end of each stage."""
     data = json.loads(path.read_text())
-    seconds, peaks, last = {}, {}, started
+    seconds: dict[str, float] = {}
+    peaks: dict[str, float] = {}
+    last = started
     for stage, at, peak in data["marks"]:
         seconds[stage] = seconds.get(stage, 0.0) + at - last
         peaks[stage] = peak

@@ -22,7 +22,8 @@ from mlflow.tracking import MlflowClient
 from resnet_mnist.analysis.tables import write_table
 from resnet_mnist.config.space import VARIANTS
 from resnet_mnist.core.figures import smooth
-from resnet_mnist.study.spec import StudySpec, cells_of, choose_lr
+from resnet_mnist.study.execution import StudyHome, cells_of
+from resnet_mnist.study.spec import StudySpec, choose_lr
 from resnet_mnist.tracking.history import read_history
 
 DIAGNOSTIC_PREFIXES = ("grad_norm/", "init/", "lesion/")
@@ -170,7 +171,7 @@ def missing_cells(spec: StudySpec, cells: list[Cell]) -> int:
         if any(c is None for c in searched.values()):
             missing += len(spec.seeds) - 1
             continue
-        lr = choose_lr({lr: c.dev_accuracy for lr, c in searched.items()})
+        lr = choose_lr({lr: c.dev_accuracy for lr, c in searched.items() if c is not None})
         missing += sum((group.depth, variant, lr, s) not in have for s in spec.seeds[1:])
     return missing
 
@@ -433,3 +434,16 @@ def _log(client: MlflowClient, run_id: str, results: list[DepthResult], text: st
     client.set_tag(run_id, "study.status", "complete")
     for path in files:
         client.log_artifact(run_id, str(path), "study")
+
+
+def unfinished(client: MlflowClient, home: StudyHome, spec: StudySpec) -> str | None:
+    """None once every cell of the grid has finished; otherwise how many have not and how to
+    train them (the study run is tagged with the count)."""
+    cells = [to_cell(r) for r in cells_of(client, home.experiment_id, home.run_id)]
+    missing = missing_cells(spec, cells)
+    if not missing:
+        return None
+    client.set_tag(home.run_id, "study.status", f"{spec.cells() - missing}/{spec.cells()} cells")
+    return (f"{missing} of {spec.cells()} cells have not finished (other shards, or stopped); "
+            f"rerun `resnet-mnist study --study {spec.name}` to train them, or `--report-only` "
+            "once the other shards are done")

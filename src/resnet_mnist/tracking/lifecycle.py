@@ -10,23 +10,26 @@ RUNNING with a dead owner until `train --resume` takes it over (see `offline`).
 
 from __future__ import annotations
 
-import os
 import subprocess
+import threading
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
+from functools import partial
 from pathlib import Path
 
 import mlflow
 import torch
 from mlflow.entities import Run, RunStatus
+from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 from mlflow.tracking import MlflowClient
 
 from resnet_mnist.config.settings import ConfigError, TrainConfig, same_value
 from resnet_mnist.core.trainer import NonFiniteLossError, StopRequested
+from resnet_mnist.runtime.env import overridden
 from resnet_mnist.runtime.signals import shielded
+from resnet_mnist.tracking.names import DEFAULT_EXPERIMENT
 from resnet_mnist.tracking.offline import TrackingLost, unreachable
 from resnet_mnist.tracking.store import (
-    DEFAULT_EXPERIMENT,
     RunBusy,
     experiment_id,
     mark_training_experiment,
@@ -45,6 +48,14 @@ class RunInterrupted(KeyboardInterrupt):
         super().__init__(f"run {run_id} interrupted")
         self.run_id = run_id
         self.step = step
+
+
+def active_run_id() -> str:
+    """The id of the run this process is recording (inside `tracked_run`)."""
+    active = mlflow.active_run()
+    if active is None:
+        raise RuntimeError("no active MLflow run: this is called only inside tracked_run")
+    return active.info.run_id
 
 
 def git_commit() -> str | None:
@@ -94,30 +105,45 @@ def log_params(run_id: str, params: dict[str, object]) -> None:
 
 
 #: System metrics (CPU, memory, disk, network; GPU through nvidia-ml-py when one is present) are
-#: sampled by MLflow in a background thread while a training run is open.
+#: sampled in a background thread while a training run is open. The monitor is ours, not the one
+#: `start_run(log_system_metrics=True)` would keep, so that a run whose server went away can stop
+#: it through its public `finish` (see `detach`).
 SYSTEM_METRICS_INTERVAL_S = 2
+_monitors: dict[str, SystemMetricsMonitor] = {}
+
+
+def _monitor(run_id: str, resumed: bool) -> None:
+    monitor = SystemMetricsMonitor(run_id, sampling_interval=SYSTEM_METRICS_INTERVAL_S,
+                                   samples_before_logging=1, resume_logging=resumed)
+    monitor.start()
+    _monitors[run_id] = monitor
 
 
 def _start(config: TrainConfig, experiment: str, name: str | None, device: str,
            tags: dict[str, str] | None, parent_run_id: str | None, run_id: str | None,
            resume: bool) -> mlflow.ActiveRun:
-    mlflow.set_system_metrics_sampling_interval(SYSTEM_METRICS_INTERVAL_S)
-    mlflow.set_system_metrics_samples_before_logging(1)
+    run = _open(config, experiment, name, device, tags, parent_run_id, run_id, resume)
+    _monitor(run.info.run_id, resumed=run_id is not None)
+    return run
+
+
+def _open(config: TrainConfig, experiment: str, name: str | None, device: str,
+          tags: dict[str, str] | None, parent_run_id: str | None, run_id: str | None,
+          resume: bool) -> mlflow.ActiveRun:
     if resume:
-        run = mlflow.start_run(run_id=run_id, log_system_metrics=True)
+        run = mlflow.start_run(run_id=run_id)
         mlflow.set_tags(owner_tags())
         return run
     all_tags = train_tags(config, parent_run_id) | owner_tags() | (tags or {})
     params = config.params() | {"device": device}
     if run_id:  # the run `mlflow run` made for this process becomes the training run
-        run = mlflow.start_run(run_id=run_id, log_system_metrics=True)
+        run = mlflow.start_run(run_id=run_id)
         MlflowClient().update_run(run_id, name=name or run_name(config))
         mark_training_experiment(run.info.experiment_id)
         mlflow.set_tags(all_tags)
     else:
         run = mlflow.start_run(run_name=name or run_name(config),
-                               experiment_id=experiment_id(experiment), tags=all_tags,
-                               log_system_metrics=True)
+                               experiment_id=experiment_id(experiment), tags=all_tags)
     try:
         log_params(run.info.run_id, params)
     except BaseException:
@@ -185,7 +211,7 @@ def _end(run_id: str, status: int, tags: dict[str, str] | None = None) -> None:
     with shielded():
         try:
             for key, value in (tags or {}).items():
-                retry_locked(lambda key=key, value=value: client.set_tag(run_id, key, value))
+                retry_locked(partial(client.set_tag, run_id, key, value))
             _terminate(client, run_id, RunStatus.to_string(status))
         except Exception as exc:
             if unreachable(exc):  # nobody to tell: the run stays RUNNING with a dead owner
@@ -201,8 +227,11 @@ def _end(run_id: str, status: int, tags: dict[str, str] | None = None) -> None:
 
 
 def _terminate(client: MlflowClient, run_id: str, status: str) -> None:
-    """End the run through MLflow's fluent API when it is the active run (which also stops its
-    system metrics), else through the client."""
+    """Stop the run's system metrics (their last samples sent), then end it: through MLflow's
+    fluent API when it is the active run, else through the client."""
+    monitor = _monitors.pop(run_id, None)
+    if monitor is not None:
+        monitor.finish()
     active = mlflow.active_run()
     if active is not None and active.info.run_id == run_id:
         mlflow.end_run(status)
@@ -211,20 +240,22 @@ def _terminate(client: MlflowClient, run_id: str, status: str) -> None:
 
 
 def detach(run_id: str) -> None:
-    """Forget the active run in this process without a word to the store, which is gone.
-
-    Otherwise MLflow would end it at exit (retrying for a minute) and its system-metrics thread
-    would keep trying to send. MLflow has no public call for this; these are 3.17's internals.
-    """
-    from mlflow.tracking import fluent
-
-    stack = fluent._active_run_stack.get()
-    if stack and stack[-1].info.run_id == run_id:
-        stack.pop()
-        os.environ.pop("MLFLOW_RUN_ID", None)
-    monitor = fluent.run_id_to_system_metrics_monitor.pop(run_id, None)
-    if monitor is not None:
-        monitor._shutdown_event.set()  # a daemon thread: it ends with its current attempt
+    """Forget the active run in this process, asking the store (which is gone) only once, without
+    retries, so that MLflow neither ends it at exit (retrying for a minute) nor keeps its system
+    metrics thread sending. The run stays RUNNING with a dead owner (KILLED should that one call
+    reach it), for `train --resume` either way."""
+    monitor = _monitors.pop(run_id, None)
+    if monitor is not None:  # `finish` waits for a send in flight: not here, the server is gone
+        threading.Thread(target=monitor.finish, daemon=True, name="metrics-stop").start()
+    active = mlflow.active_run()
+    if active is None or active.info.run_id != run_id:
+        return
+    with overridden({"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "2"}):
+        try:
+            mlflow.end_run(RunStatus.to_string(RunStatus.KILLED))  # leaves the stack first
+        except Exception as exc:  # noqa: BLE001 - the store is gone: expected
+            if not unreachable(exc):
+                raise
 
 
 def same_params(run: Run, config: TrainConfig) -> bool:

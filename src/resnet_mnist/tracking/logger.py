@@ -15,11 +15,13 @@ import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 
 import mlflow
 import numpy as np
 import torch
+from mlflow.data.numpy_dataset import from_numpy
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 from torch import nn
@@ -32,7 +34,7 @@ from resnet_mnist.core.figures import History
 from resnet_mnist.core.model import DigitClassifier
 from resnet_mnist.core.trainer import Callback, Result, Tensors, Trainer
 from resnet_mnist.tracking.history import TIME_METRICS
-from resnet_mnist.tracking.lifecycle import version
+from resnet_mnist.tracking.lifecycle import active_run_id, version
 from resnet_mnist.tracking.offline import Spool, TrackingLost, unreachable
 from resnet_mnist.tracking.store import HEARTBEAT_S, retry_conflicts, retry_locked, store_lock
 
@@ -131,8 +133,8 @@ class MlflowTracker(Callback):
         with self.offline_on_loss():
             while self.buffer and self.spool is None:
                 chunk = self.buffer[:MAX_BATCH]
-                retry_locked(lambda chunk=chunk: self.client.log_batch(
-                    self.run_id, metrics=chunk, synchronous=True))
+                retry_locked(partial(self.client.log_batch, self.run_id, metrics=chunk,
+                                     synchronous=True))
                 del self.buffer[:len(chunk)]
         if self.spool is not None:
             # The model's scores are logged again, with the model, by the resumed run's ending.
@@ -242,14 +244,14 @@ def mnist_datasets(config: TrainConfig, tensors: Tensors) -> dict[str, mlflow.da
     size, so the same subset is the same dataset in every run."""
     source = str(D.raw_dir(config.data_root or None).resolve())
     sizes = tensors.sizes()
-    datasets = {}
+    datasets: dict[str, mlflow.data.Dataset] = {}
     for key in ("train", "dev", "test"):
         labels = getattr(tensors, key)[1].cpu().numpy()
         with warnings.catch_warnings():
             # MLflow registers its local-file source class twice and warns that a path is
             # ambiguous between the two identical candidates.
             warnings.filterwarnings("ignore", message="The specified dataset source")
-            datasets[key] = mlflow.data.from_numpy(
+            datasets[key] = from_numpy(
                 labels, source=source, name=f"mnist-{key}",
                 digest=f"{D.dataset_digest()}-{key}{sizes[key]}",
             )
@@ -262,8 +264,7 @@ def log_inputs(datasets: dict[str, mlflow.data.Dataset]) -> None:
         # Datasets are shared by the experiment: two processes adding the same one at once
         # collide on a unique key, so this is serialised (sqlite) or retried (a server).
         with store_lock(mlflow.get_tracking_uri()):
-            retry_conflicts(lambda key=key, context=context: mlflow.log_input(
-                datasets[key], context=context))
+            retry_conflicts(partial(mlflow.log_input, datasets[key], context=context))
 
 
 def log_complexity(c: Complexity) -> None:
@@ -279,7 +280,7 @@ def log_best_checkpoint(state: dict[str, torch.Tensor]) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = Path(tmp) / "best_model.pt"
         torch.save(state, checkpoint)
-        with naming(mlflow.active_run().info.run_id, "checkpoints/best_model.pt"):
+        with naming(active_run_id(), "checkpoints/best_model.pt"):
             mlflow.log_artifact(str(checkpoint), "checkpoints")
 
 
@@ -297,7 +298,7 @@ def log_model(model: nn.Module, normalize: str, example_images: np.ndarray, step
     with torch.inference_mode():
         output = classifier(torch.from_numpy(example)).numpy()
     signature = mlflow.models.infer_signature(example, output)
-    with naming(mlflow.active_run().info.run_id, "model"):
+    with naming(active_run_id(), "model"):
         info = mlflow.pytorch.log_model(
             classifier, name="model", signature=signature, input_example=example,
             pip_requirements=[f"torch=={version(torch)}", f"mlflow=={version(mlflow)}",
@@ -318,5 +319,5 @@ def log_curves(history: History, variant: str, title: str) -> None:
         # PNG only: the PDF, for papers, is made for the comparison figure (`compare`).
         for path in plot_curves({variant: [history]}, Path(tmp) / "curves.png", title=title,
                                 formats=("png",)):
-            with naming(mlflow.active_run().info.run_id, f"plots/{path.name}"):
+            with naming(active_run_id(), f"plots/{path.name}"):
                 mlflow.log_artifact(str(path), "plots")

@@ -36,8 +36,9 @@ from resnet_mnist.tracking.logger import (
     log_model,
     mnist_datasets,
 )
+from resnet_mnist.tracking.names import DEFAULT_EXPERIMENT
 from resnet_mnist.tracking.offline import Spool, unreachable
-from resnet_mnist.tracking.store import DEFAULT_EXPERIMENT, RunBusy, check_store, owner_alive, run_claim
+from resnet_mnist.tracking.store import RunBusy, check_store, owner_alive, run_claim
 
 
 class ResumeError(ProjectError, RuntimeError):
@@ -226,12 +227,15 @@ def _log_results(config: TrainConfig, model: nn.Module, tensors: Tensors, tracke
     safe_point(stop)
     log_best_checkpoint(result.best_state)
     mark("checkpoint")
-    run = mlflow.active_run()
-    log_curves(tracker.history, config.architecture, run.info.run_name or "")
-    tracker.log_diagnostics(run.info.run_name or "")
+    active = mlflow.active_run()
+    name = (active.info.run_name if active else None) or ""
+    log_curves(tracker.history, config.architecture, name)
+    tracker.log_diagnostics(name)
     mark("curves")
     safe_point(stop)
     try:
+        if tensors.raw_examples is None:
+            raise ValueError("the model's input example (raw dev digits) was not loaded")
         model_id = log_model(model, config.normalize, tensors.raw_examples, result.best_step)
     except BaseException:
         tracker.log_scores(None)

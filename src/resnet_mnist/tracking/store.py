@@ -15,11 +15,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
 
+from resnet_mnist.runtime.env import overridden
 from resnet_mnist.runtime.errors import ProjectError, first_line
 
 T = TypeVar("T")
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
-DEFAULT_EXPERIMENT = "resnet18-mnist"
 
 
 class TrackingUnavailable(ProjectError, RuntimeError):
@@ -118,10 +118,9 @@ def check_store(timeout_s: int = 5) -> str:
                 "move it aside (runs in it may be lost) or point MLFLOW_TRACKING_URI elsewhere."
             ) from None
         return uri
-    saved = {k: os.environ.get(k) for k in probe}
-    os.environ.update(probe)
     try:
-        MlflowClient().search_experiments(max_results=1)
+        with overridden(probe):
+            MlflowClient().search_experiments(max_results=1)
     except (MlflowException, OSError) as exc:
         if "401" in str(exc) or "Unauthorized" in str(exc):
             raise TrackingUnavailable(
@@ -130,12 +129,6 @@ def check_store(timeout_s: int = 5) -> str:
         raise TrackingUnavailable(
             f"the tracking server at {uri} does not answer ({first_line(exc)}). Start it (`make server`) "
             "or unset MLFLOW_TRACKING_URI to use the local sqlite:///mlflow.db store.") from None
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
     return uri
 
 
@@ -166,6 +159,8 @@ def experiment_id(name: str) -> str:
                     if not already_exists(exc):
                         raise
                     found = client.get_experiment_by_name(name)
+    if found is None:
+        raise TrackingUnavailable(f"experiment {name!r} could be neither found nor created")
     mark_training_experiment(found.experiment_id)
     return found.experiment_id
 

@@ -18,8 +18,10 @@ from scipy import stats
 
 from resnet_mnist.config.settings import ConfigError
 from resnet_mnist.runtime.supervise import drop_options
+from resnet_mnist.study import execution as E
 from resnet_mnist.study import report as R
 from resnet_mnist.study import spec as S
+from resnet_mnist.tracking.names import STUDY_EXPERIMENT
 from tests.conftest import BIN, REAL_ROOT, cli
 
 # -- the grid -----------------------------------------------------------------------------------
@@ -62,20 +64,20 @@ def test_a_study_needs_matched_settings(tmp_path: Path) -> None:
 def test_shards_and_workers_cover_every_group_once() -> None:
     groups = S.load_study("gpu").groups()
     for count in (1, 2, 3, 4):
-        parts = [S.shard(groups, i, count) for i in range(1, count + 1)]
+        parts = [E.shard(groups, i, count) for i in range(1, count + 1)]
         assert sorted(g.name for p in parts for g in p) == sorted(g.name for g in groups)
     # shard 2/3 with 2 workers -> shards 2/6 and 5/6, which together are shard 2/3
-    commands = S.worker_commands(["study", "--study", "gpu", "--workers=2", "--shard", "2/3"],
+    commands = E.worker_commands(["study", "--study", "gpu", "--workers=2", "--shard", "2/3"],
                                  2, 3, 2)
     shards = [c[c.index("--shard") + 1] for c in commands]
     assert shards == ["2/6", "5/6"]
     assert all(c.count("--shard") == 1 and "--no-report" in c for c in commands)
-    together = S.shard(groups, 2, 6) + S.shard(groups, 5, 6)
-    assert sorted(g.name for g in together) == sorted(g.name for g in S.shard(groups, 2, 3))
+    together = E.shard(groups, 2, 6) + E.shard(groups, 5, 6)
+    assert sorted(g.name for g in together) == sorted(g.name for g in E.shard(groups, 2, 3))
     with pytest.raises(ConfigError, match="K/N"):
-        S.parse_shard("two")
+        E.parse_shard("two")
     with pytest.raises(ConfigError, match="1..2"):
-        S.parse_shard("3/2")
+        E.parse_shard("3/2")
 
 
 def test_drop_options_handles_both_spellings_and_flags() -> None:
@@ -171,7 +173,7 @@ def own_store(tmp: Path) -> dict[str, str]:
 
 def study_runs(tmp: Path) -> list:
     client = MlflowClient(f"sqlite:///{tmp / 'mlflow.db'}")
-    exp = client.get_experiment_by_name(S.DEFAULT_EXPERIMENT)
+    exp = client.get_experiment_by_name(STUDY_EXPERIMENT)
     return [] if exp is None else client.search_runs([exp.experiment_id], max_results=1000)
 
 

