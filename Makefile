@@ -17,7 +17,7 @@ SEEDS ?=
 STUDY ?= cpu
 WORKERS ?= 2
 
-.PHONY: install data run compare study train bench server serve browser postgres test test-fast lint ui summary verify clean
+.PHONY: install data run compare study train bench server serve browser postgres test test-fast lint format ui summary verify clean
 
 install: $(STAMP) $(DATA)
 
@@ -83,8 +83,15 @@ test: install browser postgres $(PEER_STAMP)
 test-fast: install
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
+# The gates CI runs before the tests: lint (with a complexity limit), format, types.
 lint: $(STAMP)
-	$(BIN)/ruff check src tests
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/mypy
+
+format: $(STAMP)
+	$(BIN)/ruff check --fix src tests benchmarks
+	$(BIN)/ruff format src tests benchmarks
 
 # A tracking server on loopback with the sqlite backend; artifacts served from ./mlartifacts.
 # Point clients at it with MLFLOW_TRACKING_URI=http://127.0.0.1:$(PORT).

@@ -36,14 +36,18 @@ from resnet_mnist.core.trainer import Callback, Trainer, build_model, load_tenso
 
 
 def spread(values: list[float]) -> dict[str, float]:
-    return {"min": min(values), "median": statistics.median(values), "max": max(values),
-            "n": len(values)}
+    return {"min": min(values), "median": statistics.median(values), "max": max(values), "n": len(values)}
 
 
 def machine(device: torch.device) -> dict[str, Any]:
-    info = {"python": platform.python_version(), "torch": torch.__version__,
-            "platform": platform.platform(), "cpu_count": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(), "device": str(device)}
+    info = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "device": str(device),
+    }
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
     return info
@@ -55,14 +59,21 @@ def _sync(device: torch.device) -> None:
 
 
 def step_throughput(
-    device: torch.device, batch_size: int, bf16: bool, channels_last: bool,
-    steps: int, repeats: int,
+    device: torch.device,
+    batch_size: int,
+    bf16: bool,
+    channels_last: bool,
+    steps: int,
+    repeats: int,
 ) -> dict[str, Any]:
     """Images/s of the Trainer's own train step on random 1x32x32 inputs (data already on
     device), with the given precision and memory format."""
-    config = dataclasses.replace(build_config("seed", True), device=device.type,
-                                 precision="bf16" if bf16 else "fp32",
-                                 channels_last="true" if channels_last else "false")
+    config = dataclasses.replace(
+        build_config("seed", True),
+        device=device.type,
+        precision="bf16" if bf16 else "fp32",
+        channels_last="true" if channels_last else "false",
+    )
     trainer = Trainer(config, build_model(config, device))
     x = trainer.speed.images(torch.randn(batch_size, 1, 32, 32, device=device))
     y = torch.randint(0, 10, (batch_size,), device=device)
@@ -75,17 +86,22 @@ def step_throughput(
             trainer.train_step(x, y)
         _sync(device)
         rates.append(batch_size * steps / (time.perf_counter() - t0))
-    return {"batch_size": batch_size, "precision": "bf16" if bf16 else "fp32",
-            "memory_format": "channels_last" if channels_last else "contiguous",
-            "images_per_s": spread(rates)}
+    return {
+        "batch_size": batch_size,
+        "precision": "bf16" if bf16 else "fp32",
+        "memory_format": "channels_last" if channels_last else "contiguous",
+        "images_per_s": spread(rates),
+    }
 
 
 def _child_env(tracking_uri: str, data_root: str) -> dict[str, str]:
     """The environment of a `resnet-mnist` process the bench starts: its own store, the same
     MNIST files, and none of this process's active run or experiment (`set_experiment` exports
     MLFLOW_EXPERIMENT_ID)."""
-    env = os.environ | {"MLFLOW_TRACKING_URI": tracking_uri,
-                        "RESNET_MNIST_DATA": str(Path(data_root or D.default_root()).resolve())}
+    env = os.environ | {
+        "MLFLOW_TRACKING_URI": tracking_uri,
+        "RESNET_MNIST_DATA": str(Path(data_root or D.default_root()).resolve()),
+    }
     for key in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID"):
         env.pop(key, None)
     return env
@@ -103,7 +119,11 @@ class TrainProcess:
 
 
 def cli_train_seconds(
-    variant: str, workdir: Path, data_root: str, device: torch.device, extra: list[str] | None = None,
+    variant: str,
+    workdir: Path,
+    data_root: str,
+    device: torch.device,
+    extra: list[str] | None = None,
 ) -> TrainProcess:
     """Run one whole `resnet-mnist train` process (start-up and tracking included) with its
     timeline on, and say where its time and memory went."""
@@ -114,9 +134,23 @@ def cli_train_seconds(
     env = _child_env(f"sqlite:///{workdir / 'mlflow.db'}", data_root) | {timeline.ENV: str(marks)}
     start, launched = time.perf_counter(), time.time()
     with open(workdir / "train.log", "w") as log:
-        proc = subprocess.Popen([str(exe), "train", "--preset", "seed", "--use-residual", variant,
-                                 "--device", device.type, *(extra or [])], cwd=workdir, env=env,
-                                stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [
+                str(exe),
+                "train",
+                "--preset",
+                "seed",
+                "--use-residual",
+                variant,
+                "--device",
+                device.type,
+                *(extra or []),
+            ],
+            cwd=workdir,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
         proc.wait()
     wall, ended = time.perf_counter() - start, time.time()
     if proc.returncode != 0:
@@ -127,11 +161,17 @@ def cli_train_seconds(
     client = MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"])
     experiment = client.get_experiment_by_name("resnet18-mnist")
     assert experiment is not None, "the train process created no experiment"
-    run = client.search_runs([experiment.experiment_id], order_by=["attributes.start_time DESC"],
-                             max_results=1)[0]
+    run = client.search_runs(
+        [experiment.experiment_id], order_by=["attributes.start_time DESC"], max_results=1
+    )[0]
     stages, peaks = timeline.stages(marks, launched, ended)
-    return TrainProcess(wall, run.data.metrics["train_time_s"] + run.data.metrics["eval_time_s"],
-                        stages, peaks, max(peaks.values()))
+    return TrainProcess(
+        wall,
+        run.data.metrics["train_time_s"] + run.data.metrics["eval_time_s"],
+        stages,
+        peaks,
+        max(peaks.values()),
+    )
 
 
 def study_timing(name: str, workers: int, data_root: str, device: torch.device) -> dict[str, Any]:
@@ -144,24 +184,45 @@ def study_timing(name: str, workers: int, data_root: str, device: torch.device) 
         uri = f"sqlite:///{Path(tmp) / 'mlflow.db'}"
         env = _child_env(uri, data_root)
         start = time.perf_counter()
-        proc = subprocess.run([str(exe), "study", "--study", name, "--workers", str(workers),
-                               "--device", device.type, "--out", str(Path(tmp) / "out")],
-                              cwd=tmp, env=env, capture_output=True, text=True)
+        proc = subprocess.run(
+            [
+                str(exe),
+                "study",
+                "--study",
+                name,
+                "--workers",
+                str(workers),
+                "--device",
+                device.type,
+                "--out",
+                str(Path(tmp) / "out"),
+            ],
+            cwd=tmp,
+            env=env,
+            capture_output=True,
+            text=True,
+        )
         if proc.returncode != 0:
             raise RuntimeError(f"resnet-mnist study failed: {proc.stderr.strip()[-500:]}")
         wall = time.perf_counter() - start
         client = MlflowClient(tracking_uri=uri)
         experiment = client.get_experiment_by_name("resnet-mnist-study")
-        runs = client.search_runs([experiment.experiment_id], "tags.run_type = 'train'",
-                                  max_results=5000)
+        runs = client.search_runs([experiment.experiment_id], "tags.run_type = 'train'", max_results=5000)
     per_depth: dict[str, dict[str, list[float]]] = {}
     for run in runs:
         row = per_depth.setdefault(run.data.params["depth"], {"cell_s": [], "train_s": []})
         row["cell_s"].append((run.info.end_time - run.info.start_time) / 1000)
         row["train_s"].append(run.data.metrics["train_time_s"])
-    return {"study": name, "workers": workers, "wall_s": wall, "cells": len(runs),
-            "per_depth": {d: {k: spread(v) for k, v in row.items()}
-                          for d, row in sorted(per_depth.items(), key=lambda kv: int(kv[0]))}}
+    return {
+        "study": name,
+        "workers": workers,
+        "wall_s": wall,
+        "cells": len(runs),
+        "per_depth": {
+            d: {k: spread(v) for k, v in row.items()}
+            for d, row in sorted(per_depth.items(), key=lambda kv: int(kv[0]))
+        },
+    }
 
 
 def fit_seconds(config: TrainConfig, device: torch.device, callbacks: list[Callback]) -> float:
@@ -192,8 +253,12 @@ def tracking_overhead(config: TrainConfig, device: torch.device, repeats: int) -
     ratios = [a / b for a, b in zip(on, off, strict=True)]
     # The on/off ratio carries the machine's noise; the time spent inside MLflow calls during
     # training, as a share of the tracked training time, is the direct measure.
-    return {"tracked_s": spread(on), "untracked_s": spread(off), "ratio": spread(ratios),
-            "share_in_mlflow_calls": spread(inside)}
+    return {
+        "tracked_s": spread(on),
+        "untracked_s": spread(off),
+        "ratio": spread(ratios),
+        "share_in_mlflow_calls": spread(inside),
+    }
 
 
 class AccuracyClock(Callback):
@@ -214,8 +279,7 @@ class AccuracyClock(Callback):
 
 def time_to_accuracy(device: torch.device, data_root: str) -> dict[str, Any]:
     """Full preset with the test split as the evaluated split: seconds until >= 99.0 / 99.5 %."""
-    config = dataclasses.replace(build_config("full", True), data_root=data_root,
-                                 device=device.type)
+    config = dataclasses.replace(build_config("full", True), data_root=data_root, device=device.type)
     tensors = load_tensors(config, device)
     tensors.dev = tensors.test  # the clock watches test accuracy, as the target is stated
     clock = AccuracyClock((0.99, 0.995))
@@ -223,13 +287,23 @@ def time_to_accuracy(device: torch.device, data_root: str) -> dict[str, Any]:
     trainer = Trainer(config, model, [clock])
     clock.start = time.perf_counter()
     result = trainer.fit(tensors)
-    return {"reached_s": clock.reached, "final_test_accuracy": result.test_accuracy,
-            "train_time_s": result.train_time_s, "epochs": config.epochs}
+    return {
+        "reached_s": clock.reached,
+        "final_test_accuracy": result.test_accuracy,
+        "train_time_s": result.train_time_s,
+        "epochs": config.epochs,
+    }
 
 
 def book_experiment(
-    residual: bool, workdir: Path, data_root: str, device: torch.device, quick: bool,
-    repeats: int, peer: tuple[str, str] | None, log: Callable[[str], None],
+    residual: bool,
+    workdir: Path,
+    data_root: str,
+    device: torch.device,
+    quick: bool,
+    repeats: int,
+    peer: tuple[str, str] | None,
+    log: Callable[[str], None],
 ) -> dict[str, Any]:
     """One variant of the book's setting, side by side and interleaved: a whole `train` process
     (stage by stage), the book-style loop in this process and as a script of its own, and the
@@ -241,13 +315,13 @@ def book_experiment(
     loops, scripts, peers = [], [], []
     for _ in range(repeats):
         log(f"book setting, use_residual={variant}: resnet-mnist train against the references")
-        ours.append(cli_train_seconds(variant, workdir, data_root, device,
-                                      ["--epochs", "1"] if quick else []))
+        ours.append(
+            cli_train_seconds(variant, workdir, data_root, device, ["--epochs", "1"] if quick else [])
+        )
         loops.append(R.book_loop(config, device, workdir))
         scripts.append(R.as_process("book_loop", residual, workdir, data_root, device, quick))
         if peer:
-            peers.append(R.as_process("lightning_peer", residual, workdir, data_root, device,
-                                      quick, peer[0]))
+            peers.append(R.as_process("lightning_peer", residual, workdir, data_root, device, quick, peer[0]))
     walls = [p.wall_s for p in ours]
 
     def against(refs: list[dict[str, Any]], key: str) -> dict[str, float]:
@@ -259,27 +333,35 @@ def book_experiment(
         "cli_rest_s": spread([p.wall_s - p.fit_s for p in ours]),
         "fixed_cost_s": spread([p.wall_s - p.stages_s["training"] for p in ours]),
         "stages_s": {k: spread([p.stages_s.get(k, 0.0) for p in ours]) for k in ours[0].stages_s},
-        "stage_peaks_mib": {k: spread([p.peaks_mib.get(k, 0.0) for p in ours])
-                            for k in ours[0].peaks_mib},
+        "stage_peaks_mib": {k: spread([p.peaks_mib.get(k, 0.0) for p in ours]) for k in ours[0].peaks_mib},
         "peak_mib": spread([p.peak_mib for p in ours]),
         "reference_loop_s": spread([r["seconds"] for r in loops]),
         "ratio": against(loops, "seconds"),
         "reference_process_s": spread([r["process_s"] for r in scripts]),
         "reference_process_peak_mib": spread([r["peak_mib"] for r in scripts]),
         "process_ratio": against(scripts, "process_s"),
-        "reference_test_accuracy": loops[-1]["test_accuracy"]}
+        "reference_test_accuracy": loops[-1]["test_accuracy"],
+    }
     if peers:
-        row |= {"peer_process_s": spread([r["process_s"] for r in peers]),
-                "peer_peak_mib": spread([r["peak_mib"] for r in peers]),
-                "peer_ratio": against(peers, "process_s"),
-                "peer_test_accuracy": peers[-1]["test_accuracy"]}
+        row |= {
+            "peer_process_s": spread([r["process_s"] for r in peers]),
+            "peer_peak_mib": spread([r["peak_mib"] for r in peers]),
+            "peer_ratio": against(peers, "process_s"),
+            "peer_test_accuracy": peers[-1]["test_accuracy"],
+        }
     return row
 
 
 def run(
-    out_dir: Path, device: torch.device, repeats: int = 3, quick: bool = False,
-    with_time_to_accuracy: bool = False, data_root: str = "",
-    log: Callable[[str], None] = print, study: str | None = None, study_workers: int = 2,
+    out_dir: Path,
+    device: torch.device,
+    repeats: int = 3,
+    quick: bool = False,
+    with_time_to_accuracy: bool = False,
+    data_root: str = "",
+    log: Callable[[str], None] = print,
+    study: str | None = None,
+    study_workers: int = 2,
 ) -> dict[str, Any]:
     """Run every measurement and write `bench.json` and `bench.md` in `out_dir`."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -292,8 +374,10 @@ def run(
     for batch in sizes:
         steps = max(2, min(20, 4096 // batch)) if device.type == "cpu" else 50
         for bf16, cl in modes:
-            log(f"throughput batch {batch} {'bf16' if bf16 else 'fp32'} "
-                f"{'channels_last' if cl else 'contiguous'}")
+            log(
+                f"throughput batch {batch} {'bf16' if bf16 else 'fp32'} "
+                f"{'channels_last' if cl else 'contiguous'}"
+            )
             report["throughput"].append(step_throughput(device, batch, bf16, cl, steps, repeats))
 
     peer = R.peer_python()
@@ -301,14 +385,17 @@ def run(
         log(f"no Python with PyTorch Lightning: the peer is not measured ({R.PEER_SETUP})")
     with tempfile.TemporaryDirectory() as tmp:
         report["book_experiment"] = {
-            variant: book_experiment(variant == "true", Path(tmp), data_root, device, quick,
-                                     repeats, peer, log)
-            for variant in ("false", "true")}
+            variant: book_experiment(
+                variant == "true", Path(tmp), data_root, device, quick, repeats, peer, log
+            )
+            for variant in ("false", "true")
+        }
     report["lightning"] = peer[1] if peer else None
 
     log("tracking overhead (residual, seed preset)")
     report["tracking_overhead"] = tracking_overhead(
-        R.book_config(True, device, data_root, quick), device, repeats)
+        R.book_config(True, device, data_root, quick), device, repeats
+    )
     if with_time_to_accuracy:
         log("time to accuracy (full preset)")
         report["time_to_accuracy"] = time_to_accuracy(device, data_root)

@@ -29,20 +29,22 @@ from resnet_mnist.core.trainer import load_tensors
 
 #: The interpreter of the Lightning peer's environment (`make bench` makes `.venv-bench`).
 PEER_PYTHON_ENV = "RESNET_MNIST_PEER_PYTHON"
-PEER_SETUP = ("`make bench` sets it up: .venv-bench, the project's packages plus the `bench` "
-              "extra; or point $RESNET_MNIST_PEER_PYTHON at a Python that has them")
+PEER_SETUP = (
+    "`make bench` sets it up: .venv-bench, the project's packages plus the `bench` "
+    "extra; or point $RESNET_MNIST_PEER_PYTHON at a Python that has them"
+)
 
 CHECKOUT = Path(__file__).resolve().parents[1]
 
 
 def book_config(residual: bool, device: torch.device, data_root: str, quick: bool) -> TrainConfig:
     """The book's setting (seed preset) as the bench measures it (one epoch when `quick`)."""
-    config = dataclasses.replace(build_config("seed", residual), data_root=data_root,
-                                 device=device.type)
+    config = dataclasses.replace(build_config("seed", residual), data_root=data_root, device=device.type)
     return dataclasses.replace(config, epochs=1) if quick else config
 
 
 # -- the book-style loop ------------------------------------------------------------------------
+
 
 class PilDataset(torch.utils.data.Dataset):
     """The book's dataset: every item goes through PIL and torchvision transforms when drawn."""
@@ -51,9 +53,9 @@ class PilDataset(torch.utils.data.Dataset):
         from torchvision import transforms
 
         self.split = split
-        self.transform = transforms.Compose([
-            transforms.Resize(32), transforms.ToTensor(),
-            transforms.Normalize(mean=[1.0], std=[1.0])])
+        self.transform = transforms.Compose(
+            [transforms.Resize(32), transforms.ToTensor(), transforms.Normalize(mean=[1.0], std=[1.0])]
+        )
 
     def __len__(self) -> int:
         return len(self.split)
@@ -70,12 +72,16 @@ def book_loop(config: TrainConfig, device: torch.device, workdir: Path) -> dict[
     every `eval_steps`, best model saved to disk, best model scored on test. Returns its seconds
     and accuracies, for a side-by-side ratio."""
     start = time.perf_counter()
-    splits = D.book_split(D.load(config.data_root or None), config.train_size, config.dev_size,
-                          config.test_size)
+    splits = D.book_split(
+        D.load(config.data_root or None), config.train_size, config.dev_size, config.test_size
+    )
     torch.manual_seed(config.seed)
-    loaders = {name: torch.utils.data.DataLoader(PilDataset(split), batch_size=config.batch_size,
-                                                 shuffle=name == "train")
-               for name, split in splits.items()}
+    loaders = {
+        name: torch.utils.data.DataLoader(
+            PilDataset(split), batch_size=config.batch_size, shuffle=name == "train"
+        )
+        for name, split in splits.items()
+    }
     model = ResNet18(use_residual=config.use_residual).to(device)
     opt = torch.optim.SGD(model.parameters(), lr=config.lr)
     total = len(loaders["train"]) * config.epochs
@@ -108,11 +114,11 @@ def book_loop(config: TrainConfig, device: torch.device, workdir: Path) -> dict[
             step += 1
     model.load_state_dict(torch.load(path, weights_only=True))
     test = evaluate(loaders["test"])
-    return {"seconds": time.perf_counter() - start, "best_dev_accuracy": best,
-            "test_accuracy": test}
+    return {"seconds": time.perf_counter() - start, "best_dev_accuracy": best, "test_accuracy": test}
 
 
 # -- the Lightning peer -------------------------------------------------------------------------
+
 
 def peer_python() -> tuple[str, str] | None:
     """The interpreter that runs the Lightning peer and its Lightning version, if one with
@@ -124,11 +130,15 @@ def peer_python() -> tuple[str, str] | None:
     and 70 MiB.
     """
     python = os.environ.get(PEER_PYTHON_ENV) or str(
-        Path(sys.prefix).parent / ".venv-bench" / "bin" / "python")
+        Path(sys.prefix).parent / ".venv-bench" / "bin" / "python"
+    )
     if not Path(python).is_file():
         return None
-    probe = subprocess.run([python, "-c", "import importlib.metadata as m; "
-                            "print(m.version('lightning'))"], capture_output=True, text=True)
+    probe = subprocess.run(
+        [python, "-c", "import importlib.metadata as m; print(m.version('lightning'))"],
+        capture_output=True,
+        text=True,
+    )
     return (python, probe.stdout.strip()) if probe.returncode == 0 else None
 
 
@@ -145,11 +155,12 @@ def lightning_peer(config: TrainConfig, device: torch.device, workdir: Path) -> 
 
     tensors = load_tensors(config, torch.device("cpu"))
     L.seed_everything(config.seed, verbose=False)
-    loaders = {name: torch.utils.data.DataLoader(torch.utils.data.TensorDataset(*pair),
-                                                 batch_size=config.batch_size,
-                                                 shuffle=name == "train")
-               for name, pair in (("train", tensors.train), ("dev", tensors.dev),
-                                  ("test", tensors.test))}
+    loaders = {
+        name: torch.utils.data.DataLoader(
+            torch.utils.data.TensorDataset(*pair), batch_size=config.batch_size, shuffle=name == "train"
+        )
+        for name, pair in (("train", tensors.train), ("dev", tensors.dev), ("test", tensors.test))
+    }
 
     class Book(L.LightningModule):
         def __init__(self) -> None:
@@ -180,21 +191,32 @@ def lightning_peer(config: TrainConfig, device: torch.device, workdir: Path) -> 
         def configure_optimizers(self) -> torch.optim.Optimizer:
             return torch.optim.SGD(self.parameters(), lr=config.lr)
 
-    best = ModelCheckpoint(dirpath=workdir / "lightning-checkpoints", monitor="dev_accuracy",
-                           mode="max")
-    logger = MLFlowLogger(experiment_name="lightning-peer",
-                          tracking_uri=f"sqlite:///{workdir / 'lightning.db'}", log_model=True,
-                          save_dir=str(workdir / "lightning-mlruns"))
-    trainer = L.Trainer(max_epochs=config.epochs, val_check_interval=config.eval_steps,
-                        check_val_every_n_epoch=None, log_every_n_steps=1, logger=logger,
-                        callbacks=[best], accelerator="gpu" if device.type == "cuda" else "cpu",
-                        devices=1)
+    best = ModelCheckpoint(dirpath=workdir / "lightning-checkpoints", monitor="dev_accuracy", mode="max")
+    logger = MLFlowLogger(
+        experiment_name="lightning-peer",
+        tracking_uri=f"sqlite:///{workdir / 'lightning.db'}",
+        log_model=True,
+        save_dir=str(workdir / "lightning-mlruns"),
+    )
+    trainer = L.Trainer(
+        max_epochs=config.epochs,
+        val_check_interval=config.eval_steps,
+        check_val_every_n_epoch=None,
+        log_every_n_steps=1,
+        logger=logger,
+        callbacks=[best],
+        accelerator="gpu" if device.type == "cuda" else "cpu",
+        devices=1,
+    )
     module = Book()
     trainer.fit(module, loaders["train"], loaders["dev"])
     scores = trainer.test(module, loaders["test"], ckpt_path="best", verbose=False)[0]
-    return {"seconds": time.perf_counter() - start,
-            "best_dev_accuracy": float(best.best_model_score),
-            "test_accuracy": scores["test_accuracy"], "run_id": logger.run_id}
+    return {
+        "seconds": time.perf_counter() - start,
+        "best_dev_accuracy": float(best.best_model_score),
+        "test_accuracy": scores["test_accuracy"],
+        "run_id": logger.run_id,
+    }
 
 
 def with_checkout(env: Mapping[str, str]) -> dict[str, str]:
@@ -206,8 +228,16 @@ def with_checkout(env: Mapping[str, str]) -> dict[str, str]:
 
 # -- either as a script of its own --------------------------------------------------------------
 
-def as_process(reference: str, residual: bool, workdir: Path, data_root: str,
-               device: torch.device, quick: bool, python: str = sys.executable) -> dict[str, Any]:
+
+def as_process(
+    reference: str,
+    residual: bool,
+    workdir: Path,
+    data_root: str,
+    device: torch.device,
+    quick: bool,
+    python: str = sys.executable,
+) -> dict[str, Any]:
     """Run `reference` (`book_loop` or `lightning_peer`) as a script of its own under `python`, as
     its user would (Python and its imports, the loop, exit): its result, wall time and peak
     memory."""
@@ -217,11 +247,17 @@ def as_process(reference: str, residual: bool, workdir: Path, data_root: str,
         f"config = R.book_config({residual}, torch.device({device.type!r}), {data_root!r}, "
         f"{quick}); result = R.{reference}(config, torch.device({device.type!r}), "
         f"Path({str(workdir)!r})); from resnet_mnist.runtime.timeline import peak_mib; "
-        "print(json.dumps(result | {'peak_mib': peak_mib()}))")
+        "print(json.dumps(result | {'peak_mib': peak_mib()}))"
+    )
     start = time.perf_counter()
     with open(workdir / f"{reference}.log", "w+") as out:
-        proc = subprocess.Popen([python, "-c", script], cwd=workdir, stdout=out,
-                                stderr=subprocess.STDOUT, env=with_checkout(os.environ))
+        proc = subprocess.Popen(
+            [python, "-c", script],
+            cwd=workdir,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=with_checkout(os.environ),
+        )
         proc.wait()
         wall = time.perf_counter() - start
         out.seek(0)

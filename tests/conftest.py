@@ -24,8 +24,9 @@ def real_data_present() -> bool:
     return all((D.raw_dir(REAL_ROOT) / name).is_file() for name in D.SHA256)
 
 
-needs_data = pytest.mark.skipif(not real_data_present(),
-                                reason="MNIST not fetched (run `resnet-mnist data fetch`)")
+needs_data = pytest.mark.skipif(
+    not real_data_present(), reason="MNIST not fetched (run `resnet-mnist data fetch`)"
+)
 
 
 @pytest.fixture(autouse=True)
@@ -99,15 +100,24 @@ def child_env(env: dict[str, str] | None = None) -> dict[str, str]:
     return full_env
 
 
-def cli(*args: str, cwd: Path, env: dict[str, str] | None = None,
-        timeout: float = 600) -> subprocess.CompletedProcess[str]:
+def cli(
+    *args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 600
+) -> subprocess.CompletedProcess[str]:
     """Run the installed `resnet-mnist` console script as a user would."""
-    return subprocess.run([str(BIN / "resnet-mnist"), *args], cwd=cwd, env=child_env(env),
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [str(BIN / "resnet-mnist"), *args],
+        cwd=cwd,
+        env=child_env(env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
-def run_python(*args: str, cwd: Path, env: dict[str, str] | None = None,
-               timeout: float = 900) -> subprocess.CompletedProcess[str]:
+def run_python(
+    *args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 900
+) -> subprocess.CompletedProcess[str]:
     """Run this environment's Python (`python -m …`) as a user would."""
-    return subprocess.run([sys.executable, *args], cwd=cwd, env=child_env(env),
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, *args], cwd=cwd, env=child_env(env), capture_output=True, text=True, timeout=timeout
+    )

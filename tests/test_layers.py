@@ -15,8 +15,16 @@ from pathlib import Path
 import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "resnet_mnist"
-RANK = {"runtime": 0, "config": 1, "core": 2, "tracking": 3, "analysis": 4, "inference": 4,
-        "study": 5, "cli": 6}
+RANK = {
+    "runtime": 0,
+    "config": 1,
+    "core": 2,
+    "tracking": 3,
+    "analysis": 4,
+    "inference": 4,
+    "study": 5,
+    "cli": 6,
+}
 NO_MLFLOW = ("runtime", "config", "core")
 TOP_LEVEL = {"__init__", "__main__"}
 
@@ -29,7 +37,8 @@ def module_name(path: Path) -> str:
 def _type_checking(node: ast.If) -> bool:
     test = node.test
     return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
-        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
 
 
 def imports(path: Path) -> list[tuple[str, bool]]:
@@ -52,8 +61,11 @@ def imports(path: Path) -> list[tuple[str, bool]]:
         elif isinstance(child, ast.ImportFrom) and child.module and child.level == 0:
             found.append((child.module, runs))
             # `from resnet_mnist.core import data` imports the module resnet_mnist.core.data.
-            found.extend((f"{child.module}.{alias.name}", runs) for alias in child.names
-                         if (SRC.parent / child.module.replace(".", "/") / f"{alias.name}.py").is_file())
+            found.extend(
+                (f"{child.module}.{alias.name}", runs)
+                for alias in child.names
+                if (SRC.parent / child.module.replace(".", "/") / f"{alias.name}.py").is_file()
+            )
         visit(child, runs)
 
     visit(ast.parse(path.read_text()), True)
@@ -69,8 +81,9 @@ def layer(module: str) -> str | None:
 
 
 def test_every_module_sits_in_a_layer() -> None:
-    loose = [m for m, p in MODULES.items()
-             if layer(m) is None and m != "resnet_mnist" and p.stem not in TOP_LEVEL]
+    loose = [
+        m for m, p in MODULES.items() if layer(m) is None and m != "resnet_mnist" and p.stem not in TOP_LEVEL
+    ]
     assert not loose, f"modules outside the layers: {loose}"
     assert set(RANK) == {layer(m) for m in MODULES if layer(m)}, "a layer without modules"
 
@@ -79,9 +92,13 @@ def test_every_module_sits_in_a_layer() -> None:
 def test_imports_only_downwards(module: str) -> None:
     own = layer(module)
     assert own is not None
-    wrong = sorted({name for name, _ in imports(MODULES[module])
-                    if (other := layer(name)) is not None and other != own
-                    and RANK[other] >= RANK[own]})
+    wrong = sorted(
+        {
+            name
+            for name, _ in imports(MODULES[module])
+            if (other := layer(name)) is not None and other != own and RANK[other] >= RANK[own]
+        }
+    )
     assert not wrong, f"{module} ({own}) imports a layer at or above its own: {wrong}"
 
 
@@ -92,15 +109,15 @@ def test_core_and_below_import_no_mlflow(module: str) -> None:
 
 
 def test_the_package_never_imports_the_benchmarks() -> None:
-    users = sorted(m for m, p in MODULES.items()
-                   if any(n.split(".")[0] == "benchmarks" for n, _ in imports(p)))
+    users = sorted(
+        m for m, p in MODULES.items() if any(n.split(".")[0] == "benchmarks" for n, _ in imports(p))
+    )
     assert not users, f"{users} import benchmarks/ (outside the package, as torchvision's references)"
 
 
 def graph() -> dict[str, set[str]]:
     """module -> the project modules it imports at run time."""
-    return {m: {n for n, runs in imports(p) if runs and n in MODULES and n != m}
-            for m, p in MODULES.items()}
+    return {m: {n for n, runs in imports(p) if runs and n in MODULES and n != m} for m, p in MODULES.items()}
 
 
 def find_cycle(edges: dict[str, set[str]]) -> list[str] | None:
@@ -113,7 +130,7 @@ def find_cycle(edges: dict[str, set[str]]) -> list[str] | None:
         path.append(node)
         for nxt in sorted(edges.get(node, ())):
             if state.get(nxt) == 1:
-                return path[path.index(nxt):] + [nxt]
+                return path[path.index(nxt) :] + [nxt]
             if nxt not in state and (loop := walk(nxt)):
                 return loop
         path.pop()
@@ -140,7 +157,13 @@ def test_the_cycle_finder_finds_cycles() -> None:
 
 def test_the_layer_rule_sees_function_level_imports(tmp_path: Path) -> None:
     source = tmp_path / "m.py"
-    source.write_text("def f():\n    from resnet_mnist.cli import app\n"
-                      "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import mlflow\n")
-    assert set(imports(source)) == {("typing", True), ("resnet_mnist.cli", True),
-                                    ("resnet_mnist.cli.app", True), ("mlflow", False)}
+    source.write_text(
+        "def f():\n    from resnet_mnist.cli import app\n"
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import mlflow\n"
+    )
+    assert set(imports(source)) == {
+        ("typing", True),
+        ("resnet_mnist.cli", True),
+        ("resnet_mnist.cli.app", True),
+        ("mlflow", False),
+    }

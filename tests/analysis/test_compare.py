@@ -67,8 +67,9 @@ def test_existing_runs_with_same_params_are_reused(trained, client) -> None:
     got = SEL.ensure_runs(client, exp_id, "smoke", None, must_not_train)
     assert got == [ids["plain"], ids["residual"]]
     calls = []
-    SEL.ensure_runs(client, exp_id, "smoke", None, lambda c, p: calls.append(c.epochs) or "x",
-                  overrides={"epochs": 2})
+    SEL.ensure_runs(
+        client, exp_id, "smoke", None, lambda c, p: calls.append(c.epochs) or "x", overrides={"epochs": 2}
+    )
     assert calls == [2, 2]
 
 
@@ -79,8 +80,7 @@ def test_compare_outputs_match_mlflow_and_register_dev_winner(trained, client, t
     runs = SEL.select_runs(client, EXP, "smoke")
     result = C.compare(client, runs, tmp_path / "out", exp_id, "digits")
 
-    for name in ("comparison.png", "comparison.pdf", "comparison.md", "comparison.csv",
-                 "verdict.txt"):
+    for name in ("comparison.png", "comparison.pdf", "comparison.md", "comparison.csv", "verdict.txt"):
         assert (tmp_path / "out" / name).stat().st_size > 0
     with open(tmp_path / "out" / "comparison.csv") as fh:
         rows = {r["variant"]: r for r in csv.DictReader(fh)}
@@ -99,37 +99,43 @@ def test_compare_outputs_match_mlflow_and_register_dev_winner(trained, client, t
     comparison = client.get_run(result.run_id)
     assert comparison.data.tags["run_type"] == "comparison"
     assert comparison.data.tags["compared_run_ids"] == f"{ids['plain']},{ids['residual']}"
-    assert "comparison/comparison.png" in {
-        a.path for a in client.list_artifacts(result.run_id, "comparison")}
+    assert "comparison/comparison.png" in {a.path for a in client.list_artifacts(result.run_id, "comparison")}
     assert comparison.data.tags["mlflow.note.content"] == result.verdict
 
     # every compared run carries its full-test evaluation, also on its LoggedModel
     for run_id in ids.values():
         run = client.get_run(run_id)
-        assert {"evaluation/confusion_matrix.json", "evaluation/confusion_matrix.png",
-                "evaluation/mistakes.png"} <= {
-            a.path for a in client.list_artifacts(run_id, "evaluation")}
-        confusion = json.loads(mlflow.artifacts.load_text(
-            f"runs:/{run_id}/evaluation/confusion_matrix.json"))["matrix"]
+        assert {
+            "evaluation/confusion_matrix.json",
+            "evaluation/confusion_matrix.png",
+            "evaluation/mistakes.png",
+        } <= {a.path for a in client.list_artifacts(run_id, "evaluation")}
+        confusion = json.loads(
+            mlflow.artifacts.load_text(f"runs:/{run_id}/evaluation/confusion_matrix.json")
+        )["matrix"]
         assert np.trace(confusion) / np.sum(confusion) == pytest.approx(
-            run.data.metrics["test_accuracy_full"])
+            run.data.metrics["test_accuracy_full"]
+        )
         assert np.sum(confusion) == 10_000
-        assert {f"test_full/{k}_digit{d}" for k in ("precision", "recall", "f1")
-                for d in range(10)} <= set(run.data.metrics)
+        assert {f"test_full/{k}_digit{d}" for k in ("precision", "recall", "f1") for d in range(10)} <= set(
+            run.data.metrics
+        )
         model = mlflow.get_logged_model(run.outputs.model_outputs[0].model_id)
         for split in ("dev", "test"):
             key = f"{split}_accuracy_full"
             full = [m for m in model.metrics if m.key == key]
             assert [(m.value, m.dataset_name, m.step) for m in full] == [
-                (run.data.metrics[key], f"mnist-{split}", int(run.data.metrics["best_step"]))]
+                (run.data.metrics[key], f"mnist-{split}", int(run.data.metrics["best_step"]))
+            ]
 
     # the comparison run holds each variant's mean curve and band as step metrics
     curve = client.get_metric_history(result.run_id, "train_loss/plain_mean")
     plain_loss = client.get_metric_history(ids["plain"], "train_loss")
     assert [m.step for m in curve] == [m.step for m in plain_loss]
     assert [m.value for m in curve] == pytest.approx([m.value for m in plain_loss])
-    assert {"dev_accuracy/residual_mean", "dev_accuracy/residual_min",
-            "dev_accuracy/residual_max"} <= set(comparison.data.metrics)
+    assert {"dev_accuracy/residual_mean", "dev_accuracy/residual_min", "dev_accuracy/residual_max"} <= set(
+        comparison.data.metrics
+    )
 
     # the statistic, the winning variant and the champion come from the full dev split
     dev = {v: client.get_run(i).data.metrics["dev_accuracy_full"] for v, i in ids.items()}
@@ -172,8 +178,13 @@ def test_champion_loads_by_alias(trained, client, tmp_path) -> None:
 def test_only_one_variant_is_a_clear_error(trained, client, tmp_path) -> None:
     _, _, ids = trained
     with pytest.raises(C.CompareError, match="found only: residual"):
-        C.compare(client, [client.get_run(ids["residual"])], tmp_path,
-                  client.get_experiment_by_name(EXP).experiment_id, None)
+        C.compare(
+            client,
+            [client.get_run(ids["residual"])],
+            tmp_path,
+            client.get_experiment_by_name(EXP).experiment_id,
+            None,
+        )
 
 
 def test_missing_experiment_is_a_clear_error(client) -> None:
@@ -183,10 +194,23 @@ def test_missing_experiment_is_a_clear_error(client) -> None:
 
 def summary(variant: str, seed: int, acc: float, dev: float = 0.9) -> C.RunSummary:
     """A run whose full-dev accuracy is `acc` (test 1 point lower) and book dev accuracy `dev`."""
-    return C.RunSummary(f"{variant}{seed}", variant, seed, 18, best_dev_accuracy=dev,
-                        test_accuracy=acc - 0.01, test_loss=0.1, dev_accuracy_full=acc,
-                        dev_loss_full=0.1, test_accuracy_full=acc - 0.01, test_loss_full=0.1,
-                        param_count=1, macs=1, train_time_s=1.0, history=History())
+    return C.RunSummary(
+        f"{variant}{seed}",
+        variant,
+        seed,
+        18,
+        best_dev_accuracy=dev,
+        test_accuracy=acc - 0.01,
+        test_loss=0.1,
+        dev_accuracy_full=acc,
+        dev_loss_full=0.1,
+        test_accuracy_full=acc - 0.01,
+        test_loss_full=0.1,
+        param_count=1,
+        macs=1,
+        train_time_s=1.0,
+        history=History(),
+    )
 
 
 def test_paired_statistics_and_verdicts() -> None:
@@ -241,15 +265,21 @@ def test_unpaired_seeds_use_welch_and_the_dev_split_size() -> None:
 
 # -- vetting the runs: settings, duplicates, the newest matching pair (no store needed) ---------
 
-def fake_run(run_id: str, variant: str, start: int, preset: str = "seed", *,
-             drop: tuple[str, ...] = (), **overrides) -> Run:
+
+def fake_run(
+    run_id: str, variant: str, start: int, preset: str = "seed", *, drop: tuple[str, ...] = (), **overrides
+) -> Run:
     """A FINISHED training run as MLflow returns it, with the params `train` would log."""
     config = build_config(preset, variant == "residual", overrides)
     params = {k: str(v) for k, v in config.params().items() if k not in drop}
     params["device"] = "cpu" if start % 2 else "cuda:0"
-    return Run(RunInfo(run_id, "0", "", "FINISHED", start, start + 1, "active"),
-               RunData(params=[Param(k, v) for k, v in params.items()],
-                       tags=[RunTag("variant", variant), RunTag("preset", preset)]))
+    return Run(
+        RunInfo(run_id, "0", "", "FINISHED", start, start + 1, "active"),
+        RunData(
+            params=[Param(k, v) for k, v in params.items()],
+            tags=[RunTag("variant", variant), RunTag("preset", preset)],
+        ),
+    )
 
 
 def test_settings_match_across_variants_of_a_preset_but_not_with_overrides() -> None:
@@ -288,16 +318,19 @@ def test_duplicate_seeds_keep_the_newest_and_set_the_others_aside() -> None:
 
 
 def test_default_selection_takes_the_newest_matching_pair() -> None:
-    newest_first = [fake_run("r-lr", "residual", 9, lr=0.02), fake_run("r", "residual", 8),
-                    fake_run("p-old", "plain", 2), fake_run("p", "plain", 7),
-                    fake_run("p-ep", "plain", 6, epochs=1)]
+    newest_first = [
+        fake_run("r-lr", "residual", 9, lr=0.02),
+        fake_run("r", "residual", 8),
+        fake_run("p-old", "plain", 2),
+        fake_run("p", "plain", 7),
+        fake_run("p-ep", "plain", 6, epochs=1),
+    ]
     newest_first.sort(key=lambda r: -r.info.start_time)
     assert [r.info.run_id for r in SEL.newest_pair(newest_first)] == ["p", "r"]
     unrelated = [fake_run("r-lr", "residual", 9, lr=0.02), fake_run("p-ep", "plain", 6, epochs=1)]
     with pytest.raises(C.CompareError, match=r"share their settings.*epochs: 1 \(plain p-ep\)"):
         SEL.newest_pair(unrelated)
-    assert [r.info.run_id for r in SEL.newest_pair(unrelated, allow_mismatch=True)] == [
-        "p-ep", "r-lr"]
+    assert [r.info.run_id for r in SEL.newest_pair(unrelated, allow_mismatch=True)] == ["p-ep", "r-lr"]
     assert [r.info.run_id for r in SEL.newest_pair(unrelated[:1])] == ["r-lr"]
 
 
@@ -316,8 +349,10 @@ def overridden(trained):
         mp.setenv("MLFLOW_TRACKING_URI", uri)
         mp.setenv("RESNET_MNIST_DATA", str(REAL_ROOT))
         mlflow.set_tracking_uri(uri)
-        ids = {name: train(build_config("smoke", name != "plain", {"lr": 0.02}), OTHER).run_id
-               for name in ("plain", "residual-old", "residual")}
+        ids = {
+            name: train(build_config("smoke", name != "plain", {"lr": 0.02}), OTHER).run_id
+            for name in ("plain", "residual-old", "residual")
+        }
     return ids
 
 
@@ -338,9 +373,7 @@ def test_runs_trained_with_overrides_are_not_compared_with_default_ones(
 
 
 @pytest.mark.slow
-def test_default_and_filtered_selection_of_runs_with_a_duplicate_seed(
-    overridden, client, tmp_path
-) -> None:
+def test_default_and_filtered_selection_of_runs_with_a_duplicate_seed(overridden, client, tmp_path) -> None:
     pair = SEL.select_runs(client, OTHER, "smoke")
     assert [r.info.run_id for r in pair] == [overridden["plain"], overridden["residual"]]
     everything = SEL.select_runs(client, OTHER, where="tags.preset = 'smoke'")
@@ -358,8 +391,10 @@ def candidates(client, trained, overridden) -> dict[str, tuple[list[Run], float]
     """Two comparable pairs (defaults, lr 0.02) and the full-dev accuracy of each one's winner."""
     _, _, ids = trained
     scorer, out = FullSplitScorer(client), {}
-    for name, pair in (("default", [ids["plain"], ids["residual"]]),
-                       ("lr", [overridden["plain"], overridden["residual"]])):
+    for name, pair in (
+        ("default", [ids["plain"], ids["residual"]]),
+        ("lr", [overridden["plain"], overridden["residual"]]),
+    ):
         scores = [scorer(client.get_run(i)).dev_accuracy for i in pair]
         out[name] = [client.get_run(i) for i in pair], max(scores)
     assert out["default"][1] != out["lr"][1], "the two pairs tie on dev: pick another override"
@@ -400,8 +435,17 @@ def test_concurrent_compares_leave_the_better_model_as_champion(
 
     def run(key: str) -> None:
         ids = ",".join(r.info.run_id for r in pairs[key][0])
-        results[key] = cli("compare", "--runs", ids, "--model-name", "raced", "--out",
-                           str(tmp_path / key), cwd=tmp, env={"MLFLOW_TRACKING_URI": uri})
+        results[key] = cli(
+            "compare",
+            "--runs",
+            ids,
+            "--model-name",
+            "raced",
+            "--out",
+            str(tmp_path / key),
+            cwd=tmp,
+            env={"MLFLOW_TRACKING_URI": uri},
+        )
 
     threads = [threading.Thread(target=run, args=(k,)) for k in pairs]
     for thread in threads:
@@ -414,5 +458,4 @@ def test_concurrent_compares_leave_the_better_model_as_champion(
     champion = client.get_model_version_by_alias("raced", "champion")
     assert float(champion.tags["dev_accuracy_full"]) == pytest.approx(pairs[best][1], abs=1e-4)
     assert champion.run_id in {r.info.run_id for r in pairs[best][0]}
-    assert any("champion stays" in " ".join(o.stdout.split()) or "≥" in o.stdout
-               for o in results.values())
+    assert any("champion stays" in " ".join(o.stdout.split()) or "≥" in o.stdout for o in results.values())

@@ -20,9 +20,21 @@ def bench(*args: str, cwd: Path, env: dict[str, str]) -> subprocess.CompletedPro
 
 @needs_data
 def test_quick_bench_writes_consistent_report(tmp_path: Path) -> None:
-    out = bench("--quick", "--repeats", "1", "--device", "cpu", "--out", "report",
-              "--study", "tiny", "--study-workers", "1",
-              cwd=tmp_path, env={"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'unused.db'}"})
+    out = bench(
+        "--quick",
+        "--repeats",
+        "1",
+        "--device",
+        "cpu",
+        "--out",
+        "report",
+        "--study",
+        "tiny",
+        "--study-workers",
+        "1",
+        cwd=tmp_path,
+        env={"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'unused.db'}"},
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     report = json.loads((tmp_path / "report" / "bench.json").read_text())
 
@@ -38,29 +50,38 @@ def test_quick_bench_writes_consistent_report(tmp_path: Path) -> None:
         # of the process, and the rest is what start-up, the store and model logging cost.
         assert 0 < inside < process
         assert row["cli_rest_s"]["median"] == pytest.approx(process - inside)
-        assert row["ratio"]["median"] == pytest.approx(
-            process / row["reference_loop_s"]["median"])
+        assert row["ratio"]["median"] == pytest.approx(process / row["reference_loop_s"]["median"])
         # The book-style loop as a script of its own: Python and torch start-up included.
         assert row["reference_process_s"]["median"] > row["reference_loop_s"]["median"]
-        assert row["process_ratio"]["median"] == pytest.approx(
-            process / row["reference_process_s"]["median"])
+        assert row["process_ratio"]["median"] == pytest.approx(process / row["reference_process_s"]["median"])
         assert row["reference_process_peak_mib"]["median"] > 100
         assert 0.0 <= row["reference_test_accuracy"] <= 1.0
         # The Lightning peer (installed by `make test`), a process of its own like the script.
         assert row["peer_process_s"]["median"] > 0 and row["peer_peak_mib"]["median"] > 100
-        assert row["peer_ratio"]["median"] == pytest.approx(
-            process / row["peer_process_s"]["median"])
+        assert row["peer_ratio"]["median"] == pytest.approx(process / row["peer_process_s"]["median"])
         assert 0.0 <= row["peer_test_accuracy"] <= 1.0
         # Every stage of the process is timed, and together they make up its wall time.
         stages = row["stages_s"]
         assert list(stages) == [
-            "startup", "imports", "data", "store", "torch_dynamo", "complexity", "run_start",
-            "training", "checkpoint", "curves", "model", "run_end", "summary", "teardown"]
+            "startup",
+            "imports",
+            "data",
+            "store",
+            "torch_dynamo",
+            "complexity",
+            "run_start",
+            "training",
+            "checkpoint",
+            "curves",
+            "model",
+            "run_end",
+            "summary",
+            "teardown",
+        ]
         assert all(v["median"] >= 0 for v in stages.values())
         assert sum(v["median"] for v in stages.values()) == pytest.approx(process, abs=0.5)
         assert stages["training"]["median"] >= inside
-        assert row["fixed_cost_s"]["median"] == pytest.approx(
-            process - stages["training"]["median"], abs=0.5)
+        assert row["fixed_cost_s"]["median"] == pytest.approx(process - stages["training"]["median"], abs=0.5)
         peaks = row["stage_peaks_mib"]
         assert 0 < peaks["startup"]["median"] < peaks["training"]["median"]
         assert row["peak_mib"]["median"] == max(p["median"] for p in peaks.values())

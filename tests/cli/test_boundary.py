@@ -22,13 +22,19 @@ def broken(exc: BaseException):
     return measure
 
 
-@pytest.mark.parametrize("exc,code,line", [
-    (ConfigError("lr=0 must be > 0"), 2, "error: lr=0 must be > 0"),
-    (D.DataError("train-images-idx3-ubyte: missing"), 1, "error: train-images-idx3-ubyte: missing"),
-    (ZeroDivisionError("division by zero"), 1,
-     f"error: unexpected ZeroDivisionError: division by zero (rerun with --debug or {DEBUG_ENV}=1"),
-    (KeyboardInterrupt(), 130, "error: interrupted"),
-])
+@pytest.mark.parametrize(
+    "exc,code,line",
+    [
+        (ConfigError("lr=0 must be > 0"), 2, "error: lr=0 must be > 0"),
+        (D.DataError("train-images-idx3-ubyte: missing"), 1, "error: train-images-idx3-ubyte: missing"),
+        (
+            ZeroDivisionError("division by zero"),
+            1,
+            f"error: unexpected ZeroDivisionError: division by zero (rerun with --debug or {DEBUG_ENV}=1",
+        ),
+        (KeyboardInterrupt(), 130, "error: interrupted"),
+    ],
+)
 def test_errors_become_one_line_and_an_exit_code(
     monkeypatch: pytest.MonkeyPatch, exc: BaseException, code: int, line: str
 ) -> None:
@@ -57,8 +63,10 @@ def test_expected_failures_of_the_store_and_compare_are_one_line(
     experiment_id("resnet18-mnist")
     cases = [
         (["compare", "--runs", "nope1,nope2"], "error: no run 'nope1' in"),
-        (["compare", "--filter", "params.lr ==== 3"],
-         "error: --filter 'params.lr ==== 3' is not an MLflow search string MLflow accepts"),
+        (
+            ["compare", "--filter", "params.lr ==== 3"],
+            "error: --filter 'params.lr ==== 3' is not an MLflow search string MLflow accepts",
+        ),
     ]
     for args, line in cases:
         out = cli.invoke(app, args, terminal_width=300)

@@ -44,8 +44,7 @@ def test_verify_with_weights_file_and_bad_file(tmp_path: Path) -> None:
 
     weights = tmp_path / "resnet18.pth"
     torch.save(torchvision.models.resnet18().state_dict(), weights)
-    assert cli("verify-torchvision", "--size", "64", "--weights", str(weights),
-               cwd=tmp_path).returncode == 0
+    assert cli("verify-torchvision", "--size", "64", "--weights", str(weights), cwd=tmp_path).returncode == 0
     (tmp_path / "bad.pth").write_bytes(b"not a checkpoint")
     out = cli("verify-torchvision", "--weights", str(tmp_path / "bad.pth"), cwd=tmp_path)
     assert out.returncode == 1 and "cannot load torchvision weights" in out.stderr
@@ -73,8 +72,9 @@ def test_corrupted_file_is_refused_by_name(data_copy: Path, tmp_path: Path) -> N
     content[100] ^= 0xFF
     path.write_bytes(bytes(content))
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    out = cli("train", "--preset", "smoke", "--root", str(data_copy), cwd=tmp_path,
-              env={"MLFLOW_TRACKING_URI": uri})
+    out = cli(
+        "train", "--preset", "smoke", "--root", str(data_copy), cwd=tmp_path, env={"MLFLOW_TRACKING_URI": uri}
+    )
     assert out.returncode == 1
     assert "train-labels-idx1-ubyte" in out.stderr and "SHA-256 mismatch" in out.stderr
     assert runs_in(uri) == []
@@ -82,16 +82,27 @@ def test_corrupted_file_is_refused_by_name(data_copy: Path, tmp_path: Path) -> N
 
 def test_train_smoke_through_cli(tmp_path: Path) -> None:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    out = cli("train", "--preset", "smoke", "--use-residual", "false", "--epochs", "1",
-              cwd=tmp_path, env={"MLFLOW_TRACKING_URI": uri})
+    out = cli(
+        "train",
+        "--preset",
+        "smoke",
+        "--use-residual",
+        "false",
+        "--epochs",
+        "1",
+        cwd=tmp_path,
+        env={"MLFLOW_TRACKING_URI": uri},
+    )
     assert out.returncode == 0, out.stderr
     assert "[Train] epoch: 0/1, step: 0/16, loss:" in out.stdout
     assert "[Evaluate] dev score:" in out.stdout
     (run,) = runs_in(uri)
     assert run.info.status == "FINISHED" and run.data.params["variant"] == "plain"
     assert f"runs:/{run.info.run_id}/model" in out.stdout
-    assert (f"in the MLflow UI: http://127.0.0.1:5000/#/experiments/{run.info.experiment_id}/runs/"
-            f"{run.info.run_id}?workflowType=machine_learning") in out.stdout
+    assert (
+        f"in the MLflow UI: http://127.0.0.1:5000/#/experiments/{run.info.experiment_id}/runs/"
+        f"{run.info.run_id}?workflowType=machine_learning"
+    ) in out.stdout
     assert run.data.params["epochs"] == "1"
 
 
@@ -100,16 +111,17 @@ def flat(text: str) -> str:
     return " ".join(text.replace("│", " ").split())
 
 
-@pytest.mark.parametrize("args,message", [
-    (["--lr", "0"], "lr=0.0 must be a finite number > 0"),
-    (["--batch-size", "0"], "batch_size=0 must be >= 1"),
-    (["--test-size", "20000"], "test_size=20000 must be in 1..10000"),
-    (["--preset", "nope"], "unknown preset 'nope'"),
-    (["--use-residual", "maybe"], "'maybe' is not true or false"),
-])
-def test_invalid_parameters_exit_nonzero_without_a_run(
-    tmp_path: Path, args: list[str], message: str
-) -> None:
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--lr", "0"], "lr=0.0 must be a finite number > 0"),
+        (["--batch-size", "0"], "batch_size=0 must be >= 1"),
+        (["--test-size", "20000"], "test_size=20000 must be in 1..10000"),
+        (["--preset", "nope"], "unknown preset 'nope'"),
+        (["--use-residual", "maybe"], "'maybe' is not true or false"),
+    ],
+)
+def test_invalid_parameters_exit_nonzero_without_a_run(tmp_path: Path, args: list[str], message: str) -> None:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     out = cli("train", "--preset", "smoke", *args, cwd=tmp_path, env={"MLFLOW_TRACKING_URI": uri})
     assert out.returncode == 2
@@ -117,29 +129,47 @@ def test_invalid_parameters_exit_nonzero_without_a_run(
     assert runs_in(uri) == []
 
 
-def mlflow_run(tmp_path: Path, uri: str, *params: str, experiment: str = "resnet18-mnist"
-               ) -> subprocess.CompletedProcess[str]:
+def mlflow_run(
+    tmp_path: Path, uri: str, *params: str, experiment: str = "resnet18-mnist"
+) -> subprocess.CompletedProcess[str]:
     """`mlflow run` of this project in the local environment, as the README shows it."""
     return mlflow_run_entry(tmp_path, uri, "main", *params, experiment=experiment)
 
 
-def mlflow_run_entry(tmp_path: Path, uri: str, entry: str, *params: str, experiment: str
-                     ) -> subprocess.CompletedProcess[str]:
+def mlflow_run_entry(
+    tmp_path: Path, uri: str, entry: str, *params: str, experiment: str
+) -> subprocess.CompletedProcess[str]:
     """`mlflow run -e ENTRY` of this project in the local environment."""
     env = os.environ.copy() | {"MLFLOW_TRACKING_URI": uri, "PATH": f"{BIN}:{os.environ['PATH']}"}
     for key in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID"):
         env.pop(key, None)
     args = [a for p in params for a in ("-P", p)]
     return subprocess.run(
-        [str(BIN / "mlflow"), "run", str(REPO), "-e", entry, "--env-manager", "local",
-         "--experiment-name", experiment, *args], cwd=tmp_path, env=env, capture_output=True,
-        text=True, timeout=900)
+        [
+            str(BIN / "mlflow"),
+            "run",
+            str(REPO),
+            "-e",
+            entry,
+            "--env-manager",
+            "local",
+            "--experiment-name",
+            experiment,
+            *args,
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
 
 
 def test_mlflow_run_is_one_run_with_the_resolved_values(tmp_path: Path) -> None:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    out = mlflow_run(tmp_path, uri, "use_residual=false", "preset=smoke", "lr=0.02", "epochs=2",
-                     "eval_batch_size=250")
+    out = mlflow_run(
+        tmp_path, uri, "use_residual=false", "preset=smoke", "lr=0.02", "epochs=2", "eval_batch_size=250"
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     (run,) = runs_in(uri)
     assert run.info.status == "FINISHED" and run.data.tags["run_type"] == "train"
@@ -149,8 +179,7 @@ def test_mlflow_run_is_one_run_with_the_resolved_values(tmp_path: Path) -> None:
     params = run.data.params
     # -P values as MLflow logged them, and the preset's values the run actually used
     assert (params["use_residual"], params["lr"], params["epochs"]) == ("false", "0.02", "2")
-    assert (params["batch_size"], params["eval_batch_size"], params["variant"]) == (
-        "32", "250", "plain")
+    assert (params["batch_size"], params["eval_batch_size"], params["variant"]) == ("32", "250", "plain")
     client = MlflowClient(uri)
     history = client.get_metric_history(run.info.run_id, "train_loss")
     assert [m.step for m in history] == list(range(32))
@@ -162,12 +191,26 @@ def test_mlflow_run_is_one_run_with_the_resolved_values(tmp_path: Path) -> None:
 def test_mlflow_run_compare_makes_its_run_the_comparison(tmp_path: Path) -> None:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     out = subprocess.run(
-        [str(BIN / "mlflow"), "run", str(REPO), "-e", "compare", "--env-manager", "local",
-         "--experiment-name", "resnet18-mnist-comparisons", "-P", "preset=smoke"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=900,
-        env={k: v for k, v in os.environ.items() if k not in ("MLFLOW_RUN_ID",
-                                                               "MLFLOW_EXPERIMENT_ID")}
-        | {"MLFLOW_TRACKING_URI": uri, "PATH": f"{BIN}:{os.environ['PATH']}"})
+        [
+            str(BIN / "mlflow"),
+            "run",
+            str(REPO),
+            "-e",
+            "compare",
+            "--env-manager",
+            "local",
+            "--experiment-name",
+            "resnet18-mnist-comparisons",
+            "-P",
+            "preset=smoke",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env={k: v for k, v in os.environ.items() if k not in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID")}
+        | {"MLFLOW_TRACKING_URI": uri, "PATH": f"{BIN}:{os.environ['PATH']}"},
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     (comparison,) = runs_in(uri, "resnet18-mnist-comparisons")
     assert comparison.data.tags["run_type"] == "comparison"
@@ -176,7 +219,8 @@ def test_mlflow_run_compare_makes_its_run_the_comparison(tmp_path: Path) -> None
     trains = runs_in(uri)
     assert sorted(r.data.tags["variant"] for r in trains) == ["plain", "residual"]
     assert comparison.data.tags["compared_run_ids"] == ",".join(
-        r.info.run_id for r in sorted(trains, key=lambda r: r.data.tags["variant"]))
+        r.info.run_id for r in sorted(trains, key=lambda r: r.data.tags["variant"])
+    )
 
 
 def test_mlflow_run_study_makes_its_run_the_study_run(tmp_path: Path) -> None:
@@ -192,14 +236,15 @@ def test_mlflow_run_study_makes_its_run_the_study_run(tmp_path: Path) -> None:
     assert {r.data.tags["mlflow.parentRunId"] for r in cells} == {study.info.run_id}
 
 
-@pytest.mark.parametrize("param,message", [
-    ("use_residual=maybe", "'maybe' is not true or false"),
-    ("bacth_size=8", "No such option: --bacth-size"),
-    ("epochs=0", "epochs=0 must be >= 1"),
-])
-def test_mlflow_run_refuses_bad_parameters_before_training(
-    tmp_path: Path, param: str, message: str
-) -> None:
+@pytest.mark.parametrize(
+    "param,message",
+    [
+        ("use_residual=maybe", "'maybe' is not true or false"),
+        ("bacth_size=8", "No such option: --bacth-size"),
+        ("epochs=0", "epochs=0 must be >= 1"),
+    ],
+)
+def test_mlflow_run_refuses_bad_parameters_before_training(tmp_path: Path, param: str, message: str) -> None:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     out = mlflow_run(tmp_path, uri, "preset=smoke", param)
     assert out.returncode != 0
@@ -212,8 +257,7 @@ def test_data_samples_writes_labelled_pngs(tmp_path: Path, mnist) -> None:
     out = cli("data", "samples", "--out", str(tmp_path / "d"), "--count", "3", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     files = sorted((tmp_path / "d").glob("*.png"))
-    assert [f.name for f in files] == [
-        f"test{i:05d}_label{mnist.test_labels[i]}.png" for i in range(3)]
+    assert [f.name for f in files] == [f"test{i:05d}_label{mnist.test_labels[i]}.png" for i in range(3)]
     import numpy as np
     from PIL import Image
 

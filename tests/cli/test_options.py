@@ -81,22 +81,24 @@ def test_options_not_given_keep_the_preset(captured: list[TrainConfig]) -> None:
     out = cli.invoke(app, ["train", "--preset", "seed", "--use-residual", "false"])
     assert out.exit_code == 0, out.output
     (config,) = captured
-    assert (config.lr, config.batch_size, config.epochs, config.use_residual) == (0.005, 64, 5,
-                                                                                 False)
+    assert (config.lr, config.batch_size, config.epochs, config.use_residual) == (0.005, 64, 5, False)
 
 
-@pytest.mark.parametrize("args,message", [
-    (["--use-residual", "maybe"], "'maybe' is not true or false"),
-    (["--lr", "abc"], "Invalid value for '--lr'"),
-    (["--schedule", "cosine"], "Invalid value for '--schedule'"),
-    (["--lr", "0"], "lr=0.0 must be a finite number > 0"),
-    (["--nesterov", "true"], "nesterov needs momentum > 0"),
-    (["--batch_size", "0"], "batch_size=0 must be >= 1"),
-    (["--learning-rate", "0.1"], "No such option: --learning-rate"),
-    (["--preset", "nope"], "unknown preset 'nope'; known presets:"),
-    (["--resume", "abc", "--lr", "0.1"], "drop --lr"),
-    (["--resume", "abc", "--nproc", "2"], "--resume continues in one process"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--use-residual", "maybe"], "'maybe' is not true or false"),
+        (["--lr", "abc"], "Invalid value for '--lr'"),
+        (["--schedule", "cosine"], "Invalid value for '--schedule'"),
+        (["--lr", "0"], "lr=0.0 must be a finite number > 0"),
+        (["--nesterov", "true"], "nesterov needs momentum > 0"),
+        (["--batch_size", "0"], "batch_size=0 must be >= 1"),
+        (["--learning-rate", "0.1"], "No such option: --learning-rate"),
+        (["--preset", "nope"], "unknown preset 'nope'; known presets:"),
+        (["--resume", "abc", "--lr", "0.1"], "drop --lr"),
+        (["--resume", "abc", "--nproc", "2"], "--resume continues in one process"),
+    ],
+)
 def test_bad_options_exit_2_before_training(
     captured: list[TrainConfig], args: list[str], message: str
 ) -> None:

@@ -25,17 +25,20 @@ def test_overrides_win_and_none_keeps_preset() -> None:
     assert cfg.params()["variant"] == "residual"
 
 
-@pytest.mark.parametrize("overrides,message", [
-    ({"lr": 0.0}, "lr=0.0 must be a finite number > 0"),
-    ({"lr": float("nan")}, "lr=nan"),
-    ({"batch_size": 0}, "batch_size=0 must be >= 1"),
-    ({"epochs": 0}, "epochs=0"),
-    ({"eval_steps": -1}, "eval_steps=-1"),
-    ({"dev_size": 10001}, "dev_size=10001 must be in 1..10000"),
-    ({"train_size": 50001}, "train_size=50001"),
-    ({"device": "tpu"}, "device='tpu'"),
-    ({"normalize": "zscore"}, "normalize='zscore'"),
-])
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        ({"lr": 0.0}, "lr=0.0 must be a finite number > 0"),
+        ({"lr": float("nan")}, "lr=nan"),
+        ({"batch_size": 0}, "batch_size=0 must be >= 1"),
+        ({"epochs": 0}, "epochs=0"),
+        ({"eval_steps": -1}, "eval_steps=-1"),
+        ({"dev_size": 10001}, "dev_size=10001 must be in 1..10000"),
+        ({"train_size": 50001}, "train_size=50001"),
+        ({"device": "tpu"}, "device='tpu'"),
+        ({"normalize": "zscore"}, "normalize='zscore'"),
+    ],
+)
 def test_invalid_values_are_refused(overrides: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(".", r"\.")):
         build_config("seed", True, overrides)
@@ -64,8 +67,7 @@ def test_bad_yaml_and_unknown_keys(tmp_path: Path) -> None:
 def test_text_values_are_read_in_the_fields_type() -> None:
     from resnet_mnist.config.settings import Schedule, coerce, from_params, parse_bool, same_value
 
-    assert [parse_bool(v) for v in ("true", "False", "1", "no", "ON")] == [True, False, True,
-                                                                            False, True]
+    assert [parse_bool(v) for v in ("true", "False", "1", "no", "ON")] == [True, False, True, False, True]
     with pytest.raises(ValueError, match="'maybe' is not true or false"):
         parse_bool("maybe")
     assert coerce("lr", "2e-2") == 0.02 and coerce("epochs", "3") == 3
@@ -84,10 +86,12 @@ def test_text_values_are_read_in_the_fields_type() -> None:
 
 
 def test_preset_values_must_have_the_fields_type(tmp_path: Path) -> None:
-    for text, message in (("schedule: cosine\n", "schedule='cosine' must be one of"),
-                          ("nesterov: 1\n", "nesterov must be true or false"),
-                          ("epochs: 2.5\n", "epochs must be of type int"),
-                          ("use_residual: true\n", "unknown keys use_residual")):
+    for text, message in (
+        ("schedule: cosine\n", "schedule='cosine' must be one of"),
+        ("nesterov: 1\n", "nesterov must be true or false"),
+        ("epochs: 2.5\n", "epochs must be of type int"),
+        ("use_residual: true\n", "unknown keys use_residual"),
+    ):
         preset = tmp_path / "p.yaml"
         preset.write_text(text)
         with pytest.raises(ConfigError, match=message):
@@ -95,8 +99,11 @@ def test_preset_values_must_have_the_fields_type(tmp_path: Path) -> None:
 
 
 def test_presets_with_non_string_keys_or_wrong_shapes_are_refused(tmp_path: Path) -> None:
-    for text, message in (("1: 2\n", "unknown keys 1"), ("- lr\n", "must be a mapping"),
-                          ("variants: [plain]\n", "`variants` may only hold")):
+    for text, message in (
+        ("1: 2\n", "unknown keys 1"),
+        ("- lr\n", "must be a mapping"),
+        ("variants: [plain]\n", "`variants` may only hold"),
+    ):
         preset = tmp_path / "p.yaml"
         preset.write_text(text)
         with pytest.raises(ConfigError, match=message):

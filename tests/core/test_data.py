@@ -44,9 +44,7 @@ def test_wrong_magic_is_refused(tmp_path: Path) -> None:
         D.parse_idx(path, 1)
 
 
-def test_wrong_hash_names_file_expected_and_actual(
-    tmp_path: Path, tiny_files: dict[str, bytes]
-) -> None:
+def test_wrong_hash_names_file_expected_and_actual(tmp_path: Path, tiny_files: dict[str, bytes]) -> None:
     files = dict(tiny_files)
     files["t10k-labels-idx1-ubyte"] = idx_bytes(np.ones(12))
     write_files(D.raw_dir(tmp_path), files)
@@ -62,9 +60,7 @@ def test_missing_file_says_to_fetch(tmp_path: Path) -> None:
         D.load(tmp_path)
 
 
-def test_fetch_tries_sources_in_order_and_is_idempotent(
-    tmp_path: Path, tiny_files: dict[str, bytes]
-) -> None:
+def test_fetch_tries_sources_in_order_and_is_idempotent(tmp_path: Path, tiny_files: dict[str, bytes]) -> None:
     calls: list[str] = []
 
     def unreachable(dest: Path, names: list[str]) -> None:
@@ -128,9 +124,18 @@ def test_mirror_source_fails_fast_when_unreachable(tmp_path: Path) -> None:
 @needs_data
 def test_real_split_and_label_counts(mnist: D.Mnist) -> None:
     assert np.bincount(mnist.train_labels).tolist() == [
-        5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
-    assert np.bincount(mnist.test_labels).tolist() == [
-        980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
+        5923,
+        6742,
+        5958,
+        6131,
+        5842,
+        5421,
+        5918,
+        6265,
+        5851,
+        5949,
+    ]
+    assert np.bincount(mnist.test_labels).tolist() == [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
     full = D.book_split(mnist)
     assert {k: len(v) for k, v in full.items()} == {"train": 50000, "dev": 10000, "test": 10000}
     assert np.array_equal(full["dev"].images[0], mnist.train_images[50000])
@@ -153,8 +158,9 @@ def test_preprocess_matches_torchvision_transforms(normalize: str, mean: float, 
 
     rng = np.random.default_rng(1)
     images = rng.integers(0, 256, (5, 28, 28), dtype=np.uint8)
-    reference = transforms.Compose([transforms.Resize(32), transforms.ToTensor(),
-                                    transforms.Normalize(mean=[mean], std=[std])])
+    reference = transforms.Compose(
+        [transforms.Resize(32), transforms.ToTensor(), transforms.Normalize(mean=[mean], std=[std])]
+    )
     expected = torch.stack([reference(Image.fromarray(img)) for img in images])
     actual = D.Preprocess(normalize)(torch.from_numpy(images))
     assert actual.shape == (5, 1, 32, 32)

@@ -55,8 +55,7 @@ def test_init_statistics_leave_no_trace() -> None:
     stats = init_statistics(model, x, y)
 
     names = list(model.stages())
-    assert list(stats) == [f"init/act_std/{n}" for n in names] + [
-        f"init/grad_norm/{n}" for n in names]
+    assert list(stats) == [f"init/act_std/{n}" for n in names] + [f"init/grad_norm/{n}" for n in names]
     assert all(math.isfinite(v) and v > 0 for v in stats.values())
     assert stats["init/act_std/stem"] == pytest.approx(1.0, abs=0.01)  # the stem's BatchNorm
     after = model.state_dict()
@@ -95,8 +94,14 @@ def test_bypassing_a_block_changes_the_output_and_is_undone() -> None:
 def test_lesion_skips_blocks_without_a_shortcut_and_resets_on_error() -> None:
     model = build_resnet(18, use_residual=False)
     names = [k.removeprefix("lesion/") for k in block_lesion(model, lambda m: 0.0)]
-    assert names == ["none", "stage1.block0", "stage1.block1", "stage2.block1", "stage3.block1",
-                     "stage4.block1"]
+    assert names == [
+        "none",
+        "stage1.block0",
+        "stage1.block1",
+        "stage2.block1",
+        "stage3.block1",
+        "stage4.block1",
+    ]
 
     def fail(m: torch.nn.Module) -> float:
         if any(b.bypass for _, b in blocks(m)):
@@ -138,9 +143,20 @@ def random_tensors() -> Tensors:
 
 
 def test_diagnostics_do_not_change_training() -> None:
-    config = TrainConfig(depth=8, train_size=48, dev_size=16, test_size=16, epochs=2,
-                         batch_size=16, eval_steps=2, log_steps=2, lr=0.1, momentum=0.9,
-                         device="cpu", seed=3)
+    config = TrainConfig(
+        depth=8,
+        train_size=48,
+        dev_size=16,
+        test_size=16,
+        epochs=2,
+        batch_size=16,
+        eval_steps=2,
+        log_steps=2,
+        lr=0.1,
+        momentum=0.9,
+        device="cpu",
+        seed=3,
+    )
     tensors = random_tensors()
     runs = {}
     for on in (False, True):
@@ -156,8 +172,9 @@ def test_diagnostics_do_not_change_training() -> None:
 
     stages = list(model_on.stages())
     init, *grads, lesion = on.metrics
-    assert init[0] == 0 and set(init[1]) == {f"init/{kind}/{s}" for kind in ("act_std", "grad_norm")
-                                             for s in stages}
+    assert init[0] == 0 and set(init[1]) == {
+        f"init/{kind}/{s}" for kind in ("act_std", "grad_norm") for s in stages
+    }
     assert [step for step, _ in grads] == on.logs == [0, 2, 4, 5]
     assert all(list(m) == [f"grad_norm/{s}" for s in stages] for _, m in grads)
     assert lesion[0] == 5 and lesion[1] == on.result.diagnostics
@@ -167,8 +184,7 @@ def test_diagnostics_do_not_change_training() -> None:
 
 
 def test_tracked_smoke_run_records_diagnostics(store, real_root) -> None:
-    config = build_config("smoke", True, {"diagnostics": True, "epochs": 1,
-                                          "data_root": str(real_root)})
+    config = build_config("smoke", True, {"diagnostics": True, "epochs": 1, "data_root": str(real_root)})
     trained = train(config, experiment="exp")
     client, run_id = MlflowClient(), trained.run_id
     stages = ["stem", "stage1", "stage2", "stage3", "stage4", "head"]
@@ -181,13 +197,17 @@ def test_tracked_smoke_run_records_diagnostics(store, real_root) -> None:
         for kind in ("act_std", "grad_norm"):
             assert [s for s, _ in history(f"init/{kind}/{stage}")] == [0]
     lesion = {k: history(k) for k in client.get_run(run_id).data.metrics if k.startswith("lesion/")}
-    assert set(lesion) == {"lesion/none"} | {f"lesion/stage{i}.block{j}" for i in range(1, 5)
-                                             for j in range(2)}
+    assert set(lesion) == {"lesion/none"} | {
+        f"lesion/stage{i}.block{j}" for i in range(1, 5) for j in range(2)
+    }
     assert all([s for s, _ in h] == [15] for h in lesion.values())
     assert lesion["lesion/none"][0][1] == pytest.approx(trained.result.test_accuracy)
     values = [v for h in lesion.values() for _, v in h] + [
-        v for s in stages for k in ("grad_norm", "init/act_std", "init/grad_norm")
-        for _, v in history(f"{k}/{s}")]
+        v
+        for s in stages
+        for k in ("grad_norm", "init/act_std", "init/grad_norm")
+        for _, v in history(f"{k}/{s}")
+    ]
     assert all(math.isfinite(v) for v in values)
     assert "plots/diagnostics.png" in {a.path for a in client.list_artifacts(run_id, "plots")}
 
@@ -201,12 +221,19 @@ def test_resumed_tracker_sends_no_diagnostic_twice(store) -> None:
         tracker.on_metrics(step, {"grad_norm/stem": 2.0})
     tracker.flush()
     assert [(m.step, m.value) for m in client.get_metric_history(run_id, "grad_norm/stem")] == [
-        (0, 1.0), (8, 1.0), (16, 2.0)]
+        (0, 1.0),
+        (8, 1.0),
+        (16, 2.0),
+    ]
     assert tracker.diagnostics["grad_norm/stem"] == {0: 1.0, 8: 1.0, 16: 2.0}
 
 
 def test_plot_diagnostics_writes_a_png(tmp_path) -> None:
-    path = plot_diagnostics({"stem": {0: 1.0, 8: 0.5}, "head": {0: 3.0, 8: 2.0}},
-                            {"none": 0.9, "stage1.block0": 0.8}, tmp_path / "d.png", "t")
+    path = plot_diagnostics(
+        {"stem": {0: 1.0, 8: 0.5}, "head": {0: 3.0, 8: 2.0}},
+        {"none": 0.9, "stage1.block0": 0.8},
+        tmp_path / "d.png",
+        "t",
+    )
     assert path == tmp_path / "d.png" and path.read_bytes()[:4] == b"\x89PNG"
     assert plot_diagnostics({}, {}, tmp_path / "empty.png").is_file()

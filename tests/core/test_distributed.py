@@ -47,39 +47,54 @@ class Losses(Callback):
 def tiny_problem() -> tuple[nn.Module, Tensors]:
     """A small conv net without BatchNorm (so the shards see exactly the single-process math)."""
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(1, 4, 3, stride=2), nn.ReLU(), nn.Flatten(),
-                          nn.Linear(4 * 15 * 15, 10))
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, stride=2), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 15 * 15, 10))
     g = torch.Generator().manual_seed(1)
-    split = lambda n: (torch.randn(n, 1, 32, 32, generator=g),  # noqa: E731
-                       torch.randint(0, 10, (n,), generator=g))
+
+    def split(n):
+        return (
+            torch.randn(n, 1, 32, 32, generator=g),
+            torch.randint(0, 10, (n,), generator=g),
+        )
+
     return model, Tensors(split(64), split(20), split(20))
 
 
 def tiny_config():
-    return dataclasses.replace(build_config("smoke", True), epochs=2, batch_size=16, lr=0.05,
-                               momentum=0.9, eval_steps=3, log_steps=2, device="cpu")
+    return dataclasses.replace(
+        build_config("smoke", True),
+        epochs=2,
+        batch_size=16,
+        lr=0.05,
+        momentum=0.9,
+        eval_steps=3,
+        log_steps=2,
+        device="cpu",
+    )
 
 
 def _worker(rank: int, world: int, port: int, out: str) -> None:
     # As under torchrun: the store is served by the launcher (here the test process), not by
     # rank 0, so neither worker's exit can pull the store from under the other.
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
-                      WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
-                      TORCHELASTIC_USE_AGENT_STORE="True")
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        WORLD_SIZE=str(world),
+        LOCAL_RANK=str(rank),
+        TORCHELASTIC_USE_AGENT_STORE="True",
+    )
     torch.set_num_threads(1)
     d = distributed.init("cpu")
     model, tensors = tiny_problem()
     losses = Losses()
     result = Trainer(tiny_config(), model, [losses], d).fit(tensors)
     if d.is_main:
-        Path(out).write_text(json.dumps({"train": losses.train, "dev": losses.dev,
-                                         "test": result.test_loss}))
+        Path(out).write_text(json.dumps({"train": losses.train, "dev": losses.dev, "test": result.test_loss}))
     distributed.close()
     # The work is done and written. Skip the interpreter's teardown: in about one run in six a
     # gloo thread still joinable there aborts the process ("terminate called without an active
     # exception"), which would fail this test for a reason that has nothing to do with it.
     os._exit(0)
-
 
 
 @pytest.mark.slow
@@ -103,23 +118,19 @@ def test_two_processes_equal_one_on_a_batchnorm_free_model(tmp_path: Path) -> No
 def test_train_nproc_2_logs_one_run_like_a_single_process(tmp_path: Path) -> None:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     env = {"MLFLOW_TRACKING_URI": uri}
-    out = cli("train", "--preset", "smoke", "--nproc", "2", "--run-name", "ddp", cwd=tmp_path,
-              env=env)
+    out = cli("train", "--preset", "smoke", "--nproc", "2", "--run-name", "ddp", cwd=tmp_path, env=env)
     assert out.returncode == 0, out.stderr[-3000:]
-    assert cli("train", "--preset", "smoke", "--run-name", "single", cwd=tmp_path,
-               env=env).returncode == 0
+    assert cli("train", "--preset", "smoke", "--run-name", "single", cwd=tmp_path, env=env).returncode == 0
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name("resnet18-mnist")
     found = {r.info.run_name: r for r in client.search_runs([exp.experiment_id])}
     assert set(found) == {"ddp", "single"}, "rank 1 must not log a run"
     ddp, single = found["ddp"], found["single"]
     assert ddp.info.status == "FINISHED"
-    assert {k: ddp.data.params[k] for k in ("world_size", "backend", "global_batch_size",
-                                            "per_rank_batch_size")} == {
-        "world_size": "2", "backend": "gloo", "global_batch_size": "32",
-        "per_rank_batch_size": "16"}
-    history = {key: client.get_metric_history(ddp.info.run_id, key)
-               for key in ("train_loss", "dev_accuracy")}
+    assert {
+        k: ddp.data.params[k] for k in ("world_size", "backend", "global_batch_size", "per_rank_batch_size")
+    } == {"world_size": "2", "backend": "gloo", "global_batch_size": "32", "per_rank_batch_size": "16"}
+    history = {key: client.get_metric_history(ddp.info.run_id, key) for key in ("train_loss", "dev_accuracy")}
     assert [m.step for m in history["train_loss"]] == list(range(48))
     reference = client.get_metric_history(single.info.run_id, "dev_accuracy")
     assert [m.step for m in history["dev_accuracy"]] == [m.step for m in reference]
@@ -134,14 +145,21 @@ def test_train_nproc_2_logs_one_run_like_a_single_process(tmp_path: Path) -> Non
 @pytest.mark.slow
 def test_bad_settings_fail_before_any_process_starts(tmp_path: Path) -> None:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    out = cli("train", "--preset", "smoke", "--nproc", "2", "--lr", "0", cwd=tmp_path,
-              env={"MLFLOW_TRACKING_URI": uri})
+    out = cli(
+        "train",
+        "--preset",
+        "smoke",
+        "--nproc",
+        "2",
+        "--lr",
+        "0",
+        cwd=tmp_path,
+        env={"MLFLOW_TRACKING_URI": uri},
+    )
     assert out.returncode == 2 and "lr=0.0 must be a finite number > 0" in out.stderr
     assert "torch.distributed" not in out.stderr
-    out = cli("train", "--resume", "abc", "--nproc", "2", cwd=tmp_path,
-              env={"MLFLOW_TRACKING_URI": uri})
-    assert out.returncode == 2 and "--resume continues in one process" in " ".join(
-        out.stderr.split())
+    out = cli("train", "--resume", "abc", "--nproc", "2", cwd=tmp_path, env={"MLFLOW_TRACKING_URI": uri})
+    assert out.returncode == 2 and "--resume continues in one process" in " ".join(out.stderr.split())
 
 
 @pytest.mark.slow
@@ -149,13 +167,21 @@ def test_sigterm_stops_every_rank_then_resume_finishes(tmp_path: Path) -> None:
     """SIGTERM to `train --nproc 2`: the one run ends KILLED with a resumable checkpoint, exit
     130, no rank left running; `train --resume` then finishes it with every step once."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    env = os.environ | {"MLFLOW_TRACKING_URI": uri, "RESNET_MNIST_DATA": str(REAL_ROOT),
-                        "PYTHONUNBUFFERED": "1"}
+    env = os.environ | {
+        "MLFLOW_TRACKING_URI": uri,
+        "RESNET_MNIST_DATA": str(REAL_ROOT),
+        "PYTHONUNBUFFERED": "1",
+    }
     for key in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID"):
         env.pop(key, None)
-    proc = subprocess.Popen([str(BIN / "resnet-mnist"), "train", "--preset", "smoke",
-                             "--nproc", "2"], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [str(BIN / "resnet-mnist"), "train", "--preset", "smoke", "--nproc", "2"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     for line in proc.stdout:
         if "step: 16/48" in line:
             ranks = psutil.Process(proc.pid).children(recursive=True)
@@ -170,12 +196,10 @@ def test_sigterm_stops_every_rank_then_resume_finishes(tmp_path: Path) -> None:
     assert run.info.status == "KILLED"
     stopped = int(run.data.tags["stopped_at_step"])
     assert 17 <= stopped < 48
-    assert "checkpoints/resume.pt" in {a.path for a in client.list_artifacts(run.info.run_id,
-                                                                          "checkpoints")}
+    assert "checkpoints/resume.pt" in {a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")}
     assert "Traceback" not in err and "torch.distributed.elastic" not in err
 
-    resumed = cli("train", "--resume", run.info.run_id, cwd=tmp_path,
-                  env={"MLFLOW_TRACKING_URI": uri})
+    resumed = cli("train", "--resume", run.info.run_id, cwd=tmp_path, env={"MLFLOW_TRACKING_URI": uri})
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     run = client.get_run(run.info.run_id)
     assert run.info.status == "FINISHED"

@@ -20,13 +20,21 @@ def test_smooth_is_centred_and_keeps_length() -> None:
 
 def history(offset: float) -> History:
     steps = list(range(20))
-    return History(steps, [2.0 - 0.05 * s + offset for s in steps], [5, 10, 19],
-                   [1.0 + offset, 0.5, 0.3], [0.5, 0.8 + offset, 0.9])
+    return History(
+        steps,
+        [2.0 - 0.05 * s + offset for s in steps],
+        [5, 10, 19],
+        [1.0 + offset, 0.5, 0.3],
+        [0.5, 0.8 + offset, 0.9],
+    )
 
 
 def test_plot_curves_writes_png_and_pdf(tmp_path: Path) -> None:
-    written = plot_curves({"plain": [history(0.0), history(0.1)], "residual": [history(-0.1)],
-                           "empty": []}, tmp_path / "fig.png", "title")
+    written = plot_curves(
+        {"plain": [history(0.0), history(0.1)], "residual": [history(-0.1)], "empty": []},
+        tmp_path / "fig.png",
+        "title",
+    )
     assert written == [tmp_path / "fig.png", tmp_path / "fig.pdf"]
     assert all(p.stat().st_size > 1000 for p in written)
     assert (tmp_path / "fig.png").read_bytes()[:4] == b"\x89PNG"

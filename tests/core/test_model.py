@@ -52,8 +52,12 @@ def test_projection_only_where_shape_changes_and_only_with_residual() -> None:
 def test_stem_has_maxpool_and_all_four_stages() -> None:
     model = ResNet18()
     assert isinstance(model.maxpool, torch.nn.MaxPool2d)
-    channels = [model.layer1[0].conv1.out_channels, model.layer2[0].conv1.out_channels,
-                model.layer3[0].conv1.out_channels, model.layer4[0].conv1.out_channels]
+    channels = [
+        model.layer1[0].conv1.out_channels,
+        model.layer2[0].conv1.out_channels,
+        model.layer3[0].conv1.out_channels,
+        model.layer4[0].conv1.out_channels,
+    ]
     assert channels == [64, 128, 256, 512]
 
 
@@ -75,15 +79,15 @@ def test_equivalent_to_torchvision() -> None:
 
 def test_torchvision_weights_refused_by_plain_model() -> None:
     with pytest.raises(ValueError, match="residual variant"):
-        load_torchvision_weights(ResNet18(3, 1000, use_residual=False),
-                                 torchvision.models.resnet18().state_dict())
+        load_torchvision_weights(
+            ResNet18(3, 1000, use_residual=False), torchvision.models.resnet18().state_dict()
+        )
 
 
 def test_resnet34_is_torchvisions_and_depth_picks_the_family() -> None:
     from resnet_mnist.core.model import CifarResNet, ResNet, build_resnet, family
 
-    assert count_params(build_resnet(34, True, 3, 1000)) == count_params(
-        torchvision.models.resnet34())
+    assert count_params(build_resnet(34, True, 3, 1000)) == count_params(torchvision.models.resnet34())
     assert build_resnet(18).depth == 18 and count_params(build_resnet(18)) == 11_175_370
     assert isinstance(build_resnet(34), ResNet) and build_resnet(34).depth == 34
     assert isinstance(build_resnet(56), CifarResNet) and build_resnet(56).depth == 56
@@ -94,8 +98,7 @@ def test_resnet34_is_torchvisions_and_depth_picks_the_family() -> None:
 
 
 @pytest.mark.parametrize("depth,params", [(20, 269_434), (56, 852_730), (110, 1_727_674)])
-def test_cifar_family_matches_the_paper_and_shortcuts_cost_nothing(depth: int, params: int
-                                                                   ) -> None:
+def test_cifar_family_matches_the_paper_and_shortcuts_cost_nothing(depth: int, params: int) -> None:
     """He et al. report 0.27 M, 0.85 M and 1.7 M parameters (3 input channels); option A
     shortcuts have none, so plain and residual networks are the same size."""
     from resnet_mnist.core.model import CifarResNet

@@ -111,8 +111,7 @@ def test_non_finite_loss_stops_at_once(smoke) -> None:
 
 
 def test_step_boundary_follows_the_schedule() -> None:
-    config = dataclasses.replace(build_config("smoke", True), eval_steps=8, log_steps=5,
-                                 checkpoint_every=7)
+    config = dataclasses.replace(build_config("smoke", True), eval_steps=8, log_steps=5, checkpoint_every=7)
     trainer = Trainer(config, torch.nn.Linear(2, 2))
     total = 20
     todo = [trainer.at_step_boundary(step, total) for step in range(total)]

@@ -61,28 +61,35 @@ def test_compare_seeds_then_predict_with_champion(tmp_path: Path, mnist: D.Mnist
     assert len(groups) == 1 and len(trains) == 4
     assert {r.data.tags["mlflow.parentRunId"] for r in trains} == {groups[0].info.run_id}
     assert sorted((r.data.tags["variant"], r.data.params["seed"]) for r in trains) == [
-        ("plain", "0"), ("plain", "1"), ("residual", "0"), ("residual", "1")]
+        ("plain", "0"),
+        ("plain", "1"),
+        ("residual", "0"),
+        ("residual", "1"),
+    ]
     assert all(r.info.status == "FINISHED" for r in runs)
     # the comparison has its own experiment, so the training runs' charts hold training only
     comparisons = client.get_experiment_by_name("resnet18-mnist-comparisons")
     (comparison,) = client.search_runs([comparisons.experiment_id])
     assert comparison.data.tags["run_type"] == "comparison"
-    for experiment_id, run_id in ((exp.experiment_id, ""), (comparisons.experiment_id,
-                                                             f"/runs/{comparison.info.run_id}")):
+    for experiment_id, run_id in (
+        (exp.experiment_id, ""),
+        (comparisons.experiment_id, f"/runs/{comparison.info.run_id}"),
+    ):
         link = f"http://127.0.0.1:5000/#/experiments/{experiment_id}{run_id}?workflowType=machine_learning"
         assert link in out.stdout
 
-    again = cli("compare", "--preset", "smoke", "--seeds", "2", "--no-register", cwd=tmp_path,
-                env=env)
+    again = cli("compare", "--preset", "smoke", "--seeds", "2", "--no-register", cwd=tmp_path, env=env)
     assert again.returncode == 0
     assert len(client.search_runs([exp.experiment_id], "tags.run_type = 'train'")) == 4
 
     digits = save_digits(mnist, tmp_path / "digits", 10)
-    pred = cli("predict", *[str(p) for p, _ in digits], "--mnist-test", "500", cwd=tmp_path,
-               env=env)
+    pred = cli("predict", *[str(p) for p, _ in digits], "--mnist-test", "500", cwd=tmp_path, env=env)
     assert pred.returncode == 0, pred.stderr[-3000:]
-    answers = {line.rsplit(": ", 1)[0]: int(line.rsplit(": ", 1)[1].split()[0])
-               for line in pred.stdout.splitlines() if line.startswith(str(tmp_path))}
+    answers = {
+        line.rsplit(": ", 1)[0]: int(line.rsplit(": ", 1)[1].split()[0])
+        for line in pred.stdout.splitlines()
+        if line.startswith(str(tmp_path))
+    }
     correct = sum(answers[str(p)] == label for p, label in digits)
     assert correct >= 7, pred.stdout
     accuracy = float(pred.stdout.split("MNIST test images:")[1].split()[0])
@@ -93,8 +100,14 @@ def test_compare_seeds_then_predict_with_champion(tmp_path: Path, mnist: D.Mnist
 def test_predict_errors(tmp_path: Path, mnist: D.Mnist) -> None:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     ((png, _),) = save_digits(mnist, tmp_path / "d", 1)
-    out = cli("predict", str(png), "--model-uri", "models:/nothing@champion", cwd=tmp_path,
-              env={"MLFLOW_TRACKING_URI": uri})
+    out = cli(
+        "predict",
+        str(png),
+        "--model-uri",
+        "models:/nothing@champion",
+        cwd=tmp_path,
+        env={"MLFLOW_TRACKING_URI": uri},
+    )
     assert out.returncode == 1 and "cannot load model 'models:/nothing@champion'" in out.stderr
     (tmp_path / "fake.png").write_bytes(b"\x89PNG garbage")
     out = cli("predict", str(tmp_path / "fake.png"), cwd=tmp_path, env={"MLFLOW_TRACKING_URI": uri})
@@ -168,12 +181,15 @@ def test_models_that_carry_code_or_pickles_are_refused(store: str, tmp_path: Pat
     mlflow.set_experiment("untrusted")
     with mlflow.start_run():
         example = np.zeros((1, 4), dtype=np.float32)
-        pickled = mlflow.pytorch.log_model(torch.nn.Linear(4, 2), name="pickled",
-                                           serialization_format="pickle", input_example=example)
+        pickled = mlflow.pytorch.log_model(
+            torch.nn.Linear(4, 2), name="pickled", serialization_format="pickle", input_example=example
+        )
         code = mlflow.pyfunc.log_model(name="code", python_model=Carrier(), input_example=example)
     marker.unlink(missing_ok=True)  # MLflow itself loads the model once while logging it
-    for info, why in ((pickled, "its weights are a pickle, not pt2"),
-                      (code, "it is not a pt2 PyTorch model as this project logs")):
+    for info, why in (
+        (pickled, "its weights are a pickle, not pt2"),
+        (code, "it is not a pt2 PyTorch model as this project logs"),
+    ):
         with pytest.raises(PredictError, match=f"refused model .*: {why}"):
             load_model(info.model_uri)
     assert not marker.exists(), "loading a refused model ran its code"

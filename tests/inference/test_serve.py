@@ -34,13 +34,12 @@ READY_TIMEOUT_S = 120
 OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
-
-def request(url: str, body: bytes | None = None,
-            content_type: str = "application/json") -> tuple[int, str, str]:
+def request(
+    url: str, body: bytes | None = None, content_type: str = "application/json"
+) -> tuple[int, str, str]:
     """GET (no body) or POST; returns (status, content type, body text), also for 4xx/5xx."""
     headers = {"Content-Type": content_type} if body is not None else {}
-    req = urllib.request.Request(url, data=body, headers=headers,
-                                 method="GET" if body is None else "POST")
+    req = urllib.request.Request(url, data=body, headers=headers, method="GET" if body is None else "POST")
     try:
         with OPENER.open(req, timeout=60) as response:
             return response.status, response.headers.get("Content-Type", ""), response.read().decode()
@@ -82,8 +81,7 @@ def champion(tmp_path_factory: pytest.TempPathFactory, real_root: Path) -> tuple
     """A temp store in which `compare` trained both smoke variants and registered the champion."""
     home = tmp_path_factory.mktemp("serve")
     uri = f"sqlite:///{home / 'mlflow.db'}"
-    out = cli("compare", "--preset", "smoke", "--train-missing", cwd=home,
-              env={"MLFLOW_TRACKING_URI": uri})
+    out = cli("compare", "--preset", "smoke", "--train-missing", cwd=home, env={"MLFLOW_TRACKING_URI": uri})
     assert out.returncode == 0, out.stderr[-3000:]
     assert MODEL_URI in out.stdout
     return home, uri
@@ -99,8 +97,9 @@ def digits(champion: tuple[Path, str], mnist: D.Mnist) -> dict[str, np.ndarray]:
     paths = [folder / f"digit{i}.png" for i in range(BATCH)]
     for path, image in zip(paths, images, strict=True):
         Image.fromarray(image).save(path)
-    out = cli("predict", *map(str, paths), "--model-uri", MODEL_URI, cwd=home,
-              env={"MLFLOW_TRACKING_URI": uri})
+    out = cli(
+        "predict", *map(str, paths), "--model-uri", MODEL_URI, cwd=home, env={"MLFLOW_TRACKING_URI": uri}
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     said: dict[str, tuple[int, float]] = {}
     for line in out.stdout.splitlines():  # `PATH: DIGIT (p=0.961)`
@@ -109,24 +108,45 @@ def digits(champion: tuple[Path, str], mnist: D.Mnist) -> dict[str, np.ndarray]:
             digit, prob = answer.split(" (p=")
             said[path] = (int(digit), float(prob.rstrip(")")))
     assert set(said) == set(map(str, paths)), out.stdout
-    return {"images": images, "labels": labels,
-            "cli_digits": np.array([said[str(p)][0] for p in paths]),
-            "cli_probs": np.array([said[str(p)][1] for p in paths])}
+    return {
+        "images": images,
+        "labels": labels,
+        "cli_digits": np.array([said[str(p)][0] for p in paths]),
+        "cli_probs": np.array([said[str(p)][1] for p in paths]),
+    }
 
 
 def start_server(home: Path, uri: str) -> tuple[subprocess.Popen, str, Path]:
     """`make serve` on a free port; returns once GET /ping answers 200 from our own process."""
     port = free_port()
     log_path = home / f"serve-{port}.log"
-    env = os.environ.copy() | {"MLFLOW_TRACKING_URI": uri,
-                               "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+    env = os.environ.copy() | {
+        "MLFLOW_TRACKING_URI": uri,
+        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
     for key in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID"):
         env.pop(key, None)
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
-            [str(BIN / "mlflow"), "models", "serve", "-m", MODEL_URI, "--env-manager", "local",
-             "-h", "127.0.0.1", "-p", str(port)],
-            cwd=home, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            [
+                str(BIN / "mlflow"),
+                "models",
+                "serve",
+                "-m",
+                MODEL_URI,
+                "--env-manager",
+                "local",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(port),
+            ],
+            cwd=home,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + READY_TIMEOUT_S
@@ -147,8 +167,10 @@ def start_server(home: Path, uri: str) -> tuple[subprocess.Popen, str, Path]:
         stop(proc)
         raise
     stop(proc)
-    pytest.fail(f"mlflow models serve did not answer /ping within {READY_TIMEOUT_S} s:\n"
-                + log_path.read_text(errors="replace")[-3000:])
+    pytest.fail(
+        f"mlflow models serve did not answer /ping within {READY_TIMEOUT_S} s:\n"
+        + log_path.read_text(errors="replace")[-3000:]
+    )
 
 
 @pytest.fixture(scope="module")
@@ -179,8 +201,9 @@ def test_ping_and_version(server: str) -> None:
 @pytest.mark.parametrize("count", [1, BATCH], ids=["one", "batch"])
 @pytest.mark.parametrize("dtype", ["uint8", "float"])
 @pytest.mark.parametrize("key", ["inputs", "instances"])
-def test_predictions_match_the_cli(server: str, digits: dict[str, np.ndarray], key: str, dtype: str,
-                                   count: int) -> None:
+def test_predictions_match_the_cli(
+    server: str, digits: dict[str, np.ndarray], key: str, dtype: str, count: int
+) -> None:
     images = digits["images"][:count]
     # JSON has no dtype: floats 0.0-255.0 are what a client with float images sends.
     values = images.tolist() if dtype == "uint8" else images.astype(np.float64).tolist()
@@ -217,33 +240,63 @@ def test_floats_are_cast_to_the_uint8_signature(server: str, digits: dict[str, n
 
 def malformed(images: np.ndarray) -> dict[str, tuple[bytes, str, int, str]]:
     """name -> (body, content type, the status MLflow 3.17 answers, a phrase of its message)."""
+
     def js(payload: object) -> bytes:
         return json.dumps(payload).encode()
 
     expected_shape = "does not match expected shape (-1, 28, 28)"
     return {
-        "wrong key": (js({"images": images.tolist()}), "application/json", 400,
-                      "exactly one of the input fields"),
-        "both keys": (js({"inputs": images.tolist(), "instances": images.tolist()}),
-                      "application/json", 400, "exactly one of the input fields"),
+        "wrong key": (
+            js({"images": images.tolist()}),
+            "application/json",
+            400,
+            "exactly one of the input fields",
+        ),
+        "both keys": (
+            js({"inputs": images.tolist(), "instances": images.tolist()}),
+            "application/json",
+            400,
+            "exactly one of the input fields",
+        ),
         "bare list": (js(images.tolist()), "application/json", 400, "must be a JSON dictionary"),
         "not json": (b"this is not json", "application/json", 400, "valid JSON"),
-        "shape (2, 5)": (js({"inputs": np.zeros((2, 5), np.uint8).tolist()}), "application/json",
-                         400, f"Shape of input (2, 5) {expected_shape}"),
-        "one digit without batch axis": (js({"inputs": images[0].tolist()}), "application/json",
-                                         400, f"Shape of input (28, 28) {expected_shape}"),
-        "value 256": (js({"inputs": (images.astype(int) + 1).tolist()}), "application/json", 400,
-                      "256 out of bounds for uint8"),
-        "negative": (js({"instances": (images.astype(int) - 1).tolist()}), "application/json", 400,
-                     "-1 out of bounds for uint8"),
-        "text/plain": (js({"inputs": images.tolist()}), "text/plain", 415,
-                       "only supports the following content types"),
+        "shape (2, 5)": (
+            js({"inputs": np.zeros((2, 5), np.uint8).tolist()}),
+            "application/json",
+            400,
+            f"Shape of input (2, 5) {expected_shape}",
+        ),
+        "one digit without batch axis": (
+            js({"inputs": images[0].tolist()}),
+            "application/json",
+            400,
+            f"Shape of input (28, 28) {expected_shape}",
+        ),
+        "value 256": (
+            js({"inputs": (images.astype(int) + 1).tolist()}),
+            "application/json",
+            400,
+            "256 out of bounds for uint8",
+        ),
+        "negative": (
+            js({"instances": (images.astype(int) - 1).tolist()}),
+            "application/json",
+            400,
+            "-1 out of bounds for uint8",
+        ),
+        "text/plain": (
+            js({"inputs": images.tolist()}),
+            "text/plain",
+            415,
+            "only supports the following content types",
+        ),
     }
 
 
 @pytest.mark.parametrize("case", list(malformed(np.zeros((1, 28, 28), np.uint8))))
-def test_malformed_requests_get_a_4xx_with_a_message(server: str, digits: dict[str, np.ndarray],
-                                                     case: str) -> None:
+def test_malformed_requests_get_a_4xx_with_a_message(
+    server: str, digits: dict[str, np.ndarray], case: str
+) -> None:
     images = digits["images"][:2].copy()
     images[:, 0, 0] = 255  # so that +1 leaves the uint8 range
     images[:, 0, 1] = 0  # and -1 does too

@@ -80,9 +80,7 @@ def test_ten_signals_while_a_run_ends_leave_it_killed_with_its_reason(
     assert mlflow.active_run() is None
 
 
-def test_a_signal_while_finishing_waits_for_the_status(
-    store: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_signal_while_finishing_waits_for_the_status(store: str, monkeypatch: pytest.MonkeyPatch) -> None:
     run_id = _started(store)
     real_end = mlflow.end_run
 
@@ -115,6 +113,5 @@ def test_an_error_while_ending_makes_the_run_failed_not_finished(
     monkeypatch.undo()
     run = MlflowClient().get_run(run_id)
     assert run.info.status == "FAILED"
-    assert run.data.tags["failure_reason"] == ("error while ending the run: OSError: No space "
-                                               "left on device")
+    assert run.data.tags["failure_reason"] == ("error while ending the run: OSError: No space left on device")
     runs._terminate(MlflowClient(), run_id, "FAILED")  # pops the fluent stack the error left

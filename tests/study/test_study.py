@@ -39,12 +39,15 @@ def test_study_files_load_and_list_every_cell() -> None:
     assert S.load_study("cpu").key() != S.load_study("cpu", seeds=[0, 1]).key()
 
 
-@pytest.mark.parametrize("kwargs,message", [
-    ({"name": "nope"}, "unknown study 'nope'"),
-    ({"name": "tiny", "depths": [19]}, "depth=19 is not a ResNet depth"),
-    ({"name": "tiny", "seeds": [1, 1]}, "seeds repeats a value"),
-    ({"name": "tiny", "lrs": [-1.0]}, "lr=-1.0 must be a finite number > 0"),
-])
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        ({"name": "nope"}, "unknown study 'nope'"),
+        ({"name": "tiny", "depths": [19]}, "depth=19 is not a ResNet depth"),
+        ({"name": "tiny", "seeds": [1, 1]}, "seeds repeats a value"),
+        ({"name": "tiny", "lrs": [-1.0]}, "lr=-1.0 must be a finite number > 0"),
+    ],
+)
 def test_bad_studies_are_refused_before_training(kwargs: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         S.load_study(**kwargs)
@@ -67,8 +70,7 @@ def test_shards_and_workers_cover_every_group_once() -> None:
         parts = [E.shard(groups, i, count) for i in range(1, count + 1)]
         assert sorted(g.name for p in parts for g in p) == sorted(g.name for g in groups)
     # shard 2/3 with 2 workers -> shards 2/6 and 5/6, which together are shard 2/3
-    commands = E.worker_commands(["study", "--study", "gpu", "--workers=2", "--shard", "2/3"],
-                                 2, 3, 2)
+    commands = E.worker_commands(["study", "--study", "gpu", "--workers=2", "--shard", "2/3"], 2, 3, 2)
     shards = [c[c.index("--shard") + 1] for c in commands]
     assert shards == ["2/6", "5/6"]
     assert all(c.count("--shard") == 1 and "--no-report" in c for c in commands)
@@ -81,12 +83,13 @@ def test_shards_and_workers_cover_every_group_once() -> None:
 
 
 def test_drop_options_handles_both_spellings_and_flags() -> None:
-    argv = ["study", "--workers", "2", "--shard=1/2", "--no-report", "--seeds", "3", "--threads",
-            "1"]
-    assert drop_options(argv, ("--workers", "--shard", "--threads"), ("--no-report",)) == \
-        ["study", "--seeds", "3"]
-    assert drop_options(["train", "--nproc", "2", "--lr", "0.1"], ("--nproc",)) == \
-        ["train", "--lr", "0.1"]
+    argv = ["study", "--workers", "2", "--shard=1/2", "--no-report", "--seeds", "3", "--threads", "1"]
+    assert drop_options(argv, ("--workers", "--shard", "--threads"), ("--no-report",)) == [
+        "study",
+        "--seeds",
+        "3",
+    ]
+    assert drop_options(["train", "--nproc", "2", "--lr", "0.1"], ("--nproc",)) == ["train", "--lr", "0.1"]
 
 
 def test_the_rate_is_chosen_on_dev_and_ties_go_to_the_smaller() -> None:
@@ -95,6 +98,7 @@ def test_the_rate_is_chosen_on_dev_and_ties_go_to_the_smaller() -> None:
 
 
 # -- statistics and verdict ---------------------------------------------------------------------
+
 
 def test_intervals_match_scipy() -> None:
     values = [0.1, 0.4, 0.35, 0.2]
@@ -108,10 +112,10 @@ def test_intervals_match_scipy() -> None:
     assert (welch.low, welch.high) == pytest.approx((res.low, res.high))
 
 
-def _cell(depth: int, variant: str, seed: int, loss: float, dev: float, lr: float = 0.05
-          ) -> R.Cell:
-    return R.Cell(f"{depth}{variant}{seed}{lr}", depth, variant, lr, seed, "", loss, dev, 10000,
-                  dev, 1000, 1.0)
+def _cell(depth: int, variant: str, seed: int, loss: float, dev: float, lr: float = 0.05) -> R.Cell:
+    return R.Cell(
+        f"{depth}{variant}{seed}{lr}", depth, variant, lr, seed, "", loss, dev, 10000, dev, 1000, 1.0
+    )
 
 
 def synthetic_grid() -> tuple[S.StudySpec, list[R.Cell]]:
@@ -119,10 +123,12 @@ def synthetic_grid() -> tuple[S.StudySpec, list[R.Cell]]:
     spec = S.StudySpec("synthetic", "study-tiny", (20, 56), (0, 1, 2), (0.02, 0.05))
     cells = []
     for seed, jitter in zip((0, 1, 2), (0.0, 0.02, -0.02), strict=True):
-        cells += [_cell(20, "plain", seed, 0.30 + jitter, 0.97), _cell(20, "residual", seed,
-                  0.30 - jitter, 0.97 + jitter / 10),
-                  _cell(56, "plain", seed, 1.50 + jitter, 0.40), _cell(56, "residual", seed,
-                  0.20 + jitter / 2, 0.98)]
+        cells += [
+            _cell(20, "plain", seed, 0.30 + jitter, 0.97),
+            _cell(20, "residual", seed, 0.30 - jitter, 0.97 + jitter / 10),
+            _cell(56, "plain", seed, 1.50 + jitter, 0.40),
+            _cell(56, "residual", seed, 0.20 + jitter / 2, 0.98),
+        ]
     # the rate search: seed 0 at the other rate, worse on dev
     cells += [_cell(d, v, 0, 2.0, 0.1, lr=0.02) for d in (20, 56) for v in S.VARIANTS]
     return spec, cells
@@ -153,17 +159,26 @@ def test_report_figures_are_written(tmp_path: Path) -> None:
     for r in results:
         for c in (c for v in S.VARIANTS for c in r.cells[v]):
             c.steps, c.train_loss = list(range(20)), list(np.linspace(2.3, c.final_train_loss, 20))
-            c.diagnostics = {"grad_norm/stem": 0.1, "grad_norm/stage1": 0.2, "grad_norm/head": 1.0,
-                             "init/grad_norm/stem": 0.5, "init/grad_norm/head": 2.0,
-                             "lesion/none": 0.97, "lesion/stage1.block0": 0.5,
-                             "lesion/stage1.block1": 0.9}
-    for path in (R.plot_fig6(results, tmp_path / "fig6.png"),
-                 R.plot_depth(results, tmp_path / "depth.png"),
-                 R.plot_diagnostics(results, tmp_path / "diag.png")):
+            c.diagnostics = {
+                "grad_norm/stem": 0.1,
+                "grad_norm/stage1": 0.2,
+                "grad_norm/head": 1.0,
+                "init/grad_norm/stem": 0.5,
+                "init/grad_norm/head": 2.0,
+                "lesion/none": 0.97,
+                "lesion/stage1.block0": 0.5,
+                "lesion/stage1.block1": 0.9,
+            }
+    for path in (
+        R.plot_fig6(results, tmp_path / "fig6.png"),
+        R.plot_depth(results, tmp_path / "depth.png"),
+        R.plot_diagnostics(results, tmp_path / "diag.png"),
+    ):
         assert path is not None and path.stat().st_size > 10_000
 
 
 # -- the whole study (slow tier) ----------------------------------------------------------------
+
 
 def own_store(tmp: Path) -> dict[str, str]:
     """This test's own store: earlier in-process tests may have exported another one (MLflow's
@@ -189,19 +204,28 @@ def test_study_end_to_end_then_nothing_to_train(tmp_path: Path) -> None:
     assert {r.data.params["depth"] for r in cells} == {"8"}
     assert {r.data.tags["architecture"] for r in cells} == {"resnet8-plain", "resnet8-residual"}
     # matched settings: both variants share batch size, schedule and epochs
-    assert len({(r.data.params["batch_size"], r.data.params["schedule"],
-                 r.data.params["epochs"]) for r in cells}) == 1
-    assert all("grad_norm/stage1" in r.data.metrics and "lesion/none" in r.data.metrics
-               for r in cells)
+    assert (
+        len(
+            {(r.data.params["batch_size"], r.data.params["schedule"], r.data.params["epochs"]) for r in cells}
+        )
+        == 1
+    )
+    assert all("grad_norm/stage1" in r.data.metrics and "lesion/none" in r.data.metrics for r in cells)
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     parent = client.get_run(parent.info.run_id)
     assert parent.data.tags["study.status"] == "complete"
     assert "At 8 layers" in parent.data.tags["mlflow.note.content"]
     assert "final_train_loss/plain" in parent.data.metrics
     artifacts = {f.path for f in client.list_artifacts(parent.info.run_id, "study")}
-    assert {"study/fig6_train_loss.png", "study/depth.png", "study/diagnostics.png",
-            "study/study.md", "study/study.csv", "study/lr_search.md",
-            "study/verdict.md"} <= artifacts
+    assert {
+        "study/fig6_train_loss.png",
+        "study/depth.png",
+        "study/diagnostics.png",
+        "study/study.md",
+        "study/study.csv",
+        "study/lr_search.md",
+        "study/verdict.md",
+    } <= artifacts
     assert (tmp_path / "out" / "verdict.md").read_text().startswith("# Study tiny")
 
     again = cli("study", "--study", "tiny", "--out", "out", cwd=tmp_path, env=own_store(tmp_path))
@@ -229,14 +253,19 @@ def test_workers_stop_cleanly_and_a_rerun_finishes(tmp_path: Path) -> None:
     """SIGTERM to a study with two workers: it exits 130, no worker outlives it, no cell is left
     RUNNING; the rerun trains only what is missing."""
     env = {"RESNET_MNIST_DATA": str(REAL_ROOT)} | own_store(tmp_path)
-    args = [str(BIN / "resnet-mnist"), "study", "--study", "tiny", "--workers", "2",
-            "--seeds", "0,1,2"]
-    proc = subprocess.Popen(args, cwd=tmp_path, env=__import__("os").environ | env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    args = [str(BIN / "resnet-mnist"), "study", "--study", "tiny", "--workers", "2", "--seeds", "0,1,2"]
+    proc = subprocess.Popen(
+        args,
+        cwd=tmp_path,
+        env=__import__("os").environ | env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.time() + 120
     while time.time() < deadline and not any(
-            r.info.status == "FINISHED" and r.data.tags.get("run_type") == "train"
-            for r in study_runs(tmp_path)):
+        r.info.status == "FINISHED" and r.data.tags.get("run_type") == "train" for r in study_runs(tmp_path)
+    ):
         time.sleep(0.5)
     workers = psutil.Process(proc.pid).children(recursive=True)
     assert workers, "no worker processes started"
@@ -244,11 +273,13 @@ def test_workers_stop_cleanly_and_a_rerun_finishes(tmp_path: Path) -> None:
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
     assert not [w for w in workers if w.is_running() and w.status() != psutil.STATUS_ZOMBIE]
-    statuses = [r.info.status for r in study_runs(tmp_path)
-                if r.data.tags.get("run_type") == "train"]
+    statuses = [r.info.status for r in study_runs(tmp_path) if r.data.tags.get("run_type") == "train"]
     assert "RUNNING" not in statuses
     rerun = cli("study", "--study", "tiny", "--seeds", "0,1,2", cwd=tmp_path, env=own_store(tmp_path))
     assert rerun.returncode == 0, rerun.stderr
-    finished = [r for r in study_runs(tmp_path)
-                if r.data.tags.get("run_type") == "train" and r.info.status == "FINISHED"]
+    finished = [
+        r
+        for r in study_runs(tmp_path)
+        if r.data.tags.get("run_type") == "train" and r.info.status == "FINISHED"
+    ]
     assert len(finished) == 8

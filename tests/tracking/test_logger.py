@@ -52,30 +52,34 @@ def test_finished_run_records_everything(store, smoke_config, mnist, tmp_path) -
     assert {i.dataset.name for i in inputs} == {"mnist-train", "mnist-dev", "mnist-test"}
     # the experiment opens as model training; CPU and memory were sampled while it trained
     assert client.get_experiment(run.info.experiment_id).tags["mlflow.experimentKind"] == (
-        "custom_model_development")
-    assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= set(
-        metrics)
+        "custom_model_development"
+    )
+    assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= set(metrics)
 
     # The LoggedModel is the best checkpoint: linked to its step, with its dev and test scores
     # and the dataset each was measured on, so models rank by dev accuracy.
     (output,) = run.outputs.model_outputs
     assert output.step == result.best_step == metrics["best_step"]
     (logged,) = mlflow.search_logged_models(
-        experiment_ids=[run.info.experiment_id], output_format="list",
-        order_by=[{"field_name": "metrics.best_dev_accuracy", "ascending": False}])
+        experiment_ids=[run.info.experiment_id],
+        output_format="list",
+        order_by=[{"field_name": "metrics.best_dev_accuracy", "ascending": False}],
+    )
     assert logged.model_id == output.model_id and logged.source_run_id == run_id
     scores = {m.key: m for m in logged.metrics}
     assert scores["best_dev_accuracy"].value == result.best_dev_accuracy
     assert (scores["best_dev_accuracy"].dataset_name, scores["test_accuracy"].dataset_name) == (
-        "mnist-dev", "mnist-test")
+        "mnist-dev",
+        "mnist-test",
+    )
     assert {m.step for m in logged.metrics} == {result.best_step}
-    assert [m.step for m in client.get_metric_history(run_id, "best_dev_accuracy")] == [
-        result.best_step]
+    assert [m.step for m in client.get_metric_history(run_id, "best_dev_accuracy")] == [result.best_step]
 
     artifacts = {a.path for a in client.list_artifacts(run_id, "plots")}
     assert artifacts == {"plots/curves.png"}
-    local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="checkpoints",
-                                                dst_path=str(tmp_path / "dl"))
+    local = mlflow.artifacts.download_artifacts(
+        run_id=run_id, artifact_path="checkpoints", dst_path=str(tmp_path / "dl")
+    )
     state = torch.load(f"{local}/best_model.pt", weights_only=True)
     assert all(torch.equal(state[k], result.best_state[k]) for k in state)
     assert "summary/layers.txt" in {a.path for a in client.list_artifacts(run_id, "summary")}
@@ -100,8 +104,9 @@ class Boom(Callback):
             raise self.exc
 
 
-@pytest.mark.parametrize("exc,status", [(RuntimeError("disk full"), "FAILED"),
-                                        (KeyboardInterrupt(), "KILLED")])
+@pytest.mark.parametrize(
+    "exc,status", [(RuntimeError("disk full"), "FAILED"), (KeyboardInterrupt(), "KILLED")]
+)
 def test_runs_never_stay_running(store, smoke_config, exc, status) -> None:
     with pytest.raises(type(exc)):
         train(smoke_config, experiment="exp", callbacks=[Boom(exc)])
@@ -112,7 +117,8 @@ def test_runs_never_stay_running(store, smoke_config, exc, status) -> None:
         assert run.data.tags["error"] == "RuntimeError: disk full"
     # the best checkpoint reached before the failure is kept
     assert "checkpoints/best_model.pt" in {
-        a.path for a in MlflowClient().list_artifacts(run.info.run_id, "checkpoints")}
+        a.path for a in MlflowClient().list_artifacts(run.info.run_id, "checkpoints")
+    }
 
 
 def test_non_finite_loss_fails_with_step_tag(store, smoke_config) -> None:
@@ -123,8 +129,6 @@ def test_non_finite_loss_fails_with_step_tag(store, smoke_config) -> None:
     assert run.info.status == "FAILED"
     assert run.data.tags["failure_reason"] == "NonFiniteLossError"
     assert int(run.data.tags["failed_at_step"]) >= 0
-
-
 
 
 def test_a_stop_before_training_makes_no_run(store, smoke_config) -> None:

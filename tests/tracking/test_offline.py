@@ -27,8 +27,9 @@ def test_the_default_bound_is_about_a_minute_and_users_settings_win(monkeypatch)
     from urllib3.exceptions import NewConnectionError
     from urllib3.util.retry import Retry
 
-    retries, factor = (int(RETRY_BOUND[f"MLFLOW_HTTP_REQUEST_{k}"])
-                       for k in ("MAX_RETRIES", "BACKOFF_FACTOR"))
+    retries, factor = (
+        int(RETRY_BOUND[f"MLFLOW_HTTP_REQUEST_{k}"]) for k in ("MAX_RETRIES", "BACKOFF_FACTOR")
+    )
     retry, waited = Retry(total=retries, backoff_factor=factor), 0.0
     for _ in range(retries):
         retry = retry.increment("GET", "/", error=NewConnectionError(None, "refused"))
@@ -42,8 +43,7 @@ def test_the_default_bound_is_about_a_minute_and_users_settings_win(monkeypatch)
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "3")
     bound_retries()
     assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "3"
-    assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == RETRY_BOUND[
-        "MLFLOW_HTTP_REQUEST_MAX_RETRIES"]
+    assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == RETRY_BOUND["MLFLOW_HTTP_REQUEST_MAX_RETRIES"]
 
 
 def test_a_dead_server_is_unreachable_a_refusal_is_not(store: str, monkeypatch) -> None:
@@ -65,10 +65,11 @@ def test_the_spool_keeps_metrics_and_checkpoint_whole(tmp_path: Path, monkeypatc
     with open(spool.path / "metrics.jsonl", "a") as fh:
         fh.write('["train_loss", 0.3, 3')  # a process killed while writing its last line
     assert [(m.key, m.value, m.step) for m in spool.metrics()] == [
-        ("train_loss", 0.5, 3), ("train_loss", 0.4, 4)]
+        ("train_loss", 0.5, 3),
+        ("train_loss", 0.4, 4),
+    ]
     spool.keep_checkpoint({"state": {"step": 5}, "w": torch.ones(2)})
-    assert sorted(p.name for p in spool.path.iterdir()) == ["metrics.jsonl", "resume.pt",
-                                                            "run.json"]
+    assert sorted(p.name for p in spool.path.iterdir()) == ["metrics.jsonl", "resume.pt", "run.json"]
     assert Spool.find("abc") is not None and Spool.find("other") is None
     assert not spool.released
     spool.release()
@@ -80,8 +81,7 @@ def test_the_spool_keeps_metrics_and_checkpoint_whole(tmp_path: Path, monkeypatc
     assert str(spool.path) in text and "resnet-mnist train --resume abc" in text
 
 
-def test_replay_sends_only_what_the_server_lacks(store: str, tmp_path: Path,
-                                                  monkeypatch) -> None:
+def test_replay_sends_only_what_the_server_lacks(store: str, tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("RESNET_MNIST_STATE_DIR", str(tmp_path / "state"))
     client = MlflowClient()
     run_id = client.create_run(client.create_experiment("offline")).info.run_id
@@ -89,16 +89,16 @@ def test_replay_sends_only_what_the_server_lacks(store: str, tmp_path: Path,
     client.log_batch(run_id, [Metric("train_loss", float(s), now, s) for s in range(5)])
     spool = Spool(run_id).open(store, "gone")
     # Steps 3 and 4 reached the server before it went away; 5..7 did not.
-    spool.add([Metric("train_loss", float(s), now, s) for s in range(3, 8)]
-              + [Metric("dev_accuracy", 0.9, now, 7)])
+    spool.add(
+        [Metric("train_loss", float(s), now, s) for s in range(3, 8)] + [Metric("dev_accuracy", 0.9, now, 7)]
+    )
     spool.keep_checkpoint({"state": {"step": 8}})
     assert spool.replay(client) == 4
     assert [m.step for m in client.get_metric_history(run_id, "train_loss")] == list(range(8))
     assert [m.step for m in client.get_metric_history(run_id, "dev_accuracy")] == [7]
     run = client.get_run(run_id)
     assert run.data.tags["resume_step"] == "8" and run.data.tags["offline.replayed"] == "4"
-    assert [a.path for a in client.list_artifacts(run_id, "checkpoints")] == [
-        "checkpoints/resume.pt"]
+    assert [a.path for a in client.list_artifacts(run_id, "checkpoints")] == ["checkpoints/resume.pt"]
     assert not spool.path.exists() and Spool.find(run_id) is None
 
     again = Spool(run_id).open(store, "gone")  # a replay cut short and repeated adds nothing

@@ -26,8 +26,11 @@ FINAL = ("best_dev_accuracy", "best_step", "test_accuracy", "test_loss")
 
 
 def env_for(uri: str) -> dict[str, str]:
-    env = os.environ.copy() | {"MLFLOW_TRACKING_URI": uri, "RESNET_MNIST_DATA": str(REAL_ROOT),
-                               "PYTHONUNBUFFERED": "1"}
+    env = os.environ.copy() | {
+        "MLFLOW_TRACKING_URI": uri,
+        "RESNET_MNIST_DATA": str(REAL_ROOT),
+        "PYTHONUNBUFFERED": "1",
+    }
     for key in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID"):
         env.pop(key, None)
     return env
@@ -40,9 +43,14 @@ def runs(uri: str, experiment: str = "resnet18-mnist") -> list:
 
 
 def start_train(tmp: Path, uri: str, *args: str) -> subprocess.Popen:
-    return subprocess.Popen([str(BIN / "resnet-mnist"), "train", "--preset", "smoke", *args],
-                            cwd=tmp, env=env_for(uri), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [str(BIN / "resnet-mnist"), "train", "--preset", "smoke", *args],
+        cwd=tmp,
+        env=env_for(uri),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def stop_after(proc: subprocess.Popen, marker: str, sig: int) -> tuple[int, str, str]:
@@ -71,12 +79,12 @@ def test_sigterm_then_resume_equals_uninterrupted(tmp_path: Path) -> None:
     assert 17 <= stopped < 48
     client = MlflowClient(uri)
     assert "checkpoints/resume.pt" in {
-        a.path for a in client.list_artifacts(killed.info.run_id, "checkpoints")}
+        a.path for a in client.list_artifacts(killed.info.run_id, "checkpoints")
+    }
     logged = [m.step for m in client.get_metric_history(killed.info.run_id, "train_loss")]
     assert logged == list(range(stopped))
 
-    resumed = cli("train", "--resume", killed.info.run_id, cwd=tmp_path,
-                  env={"MLFLOW_TRACKING_URI": uri})
+    resumed = cli("train", "--resume", killed.info.run_id, cwd=tmp_path, env={"MLFLOW_TRACKING_URI": uri})
     assert resumed.returncode == 0, resumed.stderr
     done = client.get_run(killed.info.run_id)
     assert done.info.status == "FINISHED"
@@ -101,8 +109,17 @@ def test_ctrl_c_ends_killed_with_checkpoint(tmp_path: Path) -> None:
 
 def test_periodic_checkpoints(tmp_path: Path) -> None:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    out = cli("train", "--preset", "smoke", "--epochs", "1", "--checkpoint-every", "5",
-              cwd=tmp_path, env={"MLFLOW_TRACKING_URI": uri})
+    out = cli(
+        "train",
+        "--preset",
+        "smoke",
+        "--epochs",
+        "1",
+        "--checkpoint-every",
+        "5",
+        cwd=tmp_path,
+        env={"MLFLOW_TRACKING_URI": uri},
+    )
     assert out.returncode == 0, out.stderr
     (run,) = runs(uri)
     assert run.data.tags["resume_step"] == "15"
@@ -141,8 +158,10 @@ def test_resume_refusals(tmp_path: Path) -> None:
 
 def test_concurrent_writers_lose_nothing(tmp_path: Path) -> None:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    procs = [start_train(tmp_path, uri, "--epochs", "1", "--seed", str(seed),
-                         "--checkpoint-every", "4") for seed in range(4)]
+    procs = [
+        start_train(tmp_path, uri, "--epochs", "1", "--seed", str(seed), "--checkpoint-every", "4")
+        for seed in range(4)
+    ]
     results = [p.communicate(timeout=600) for p in procs]
     assert [p.returncode for p in procs] == [0, 0, 0, 0], [err[-1500:] for _, err in results]
     finished = runs(uri)
@@ -151,16 +170,19 @@ def test_concurrent_writers_lose_nothing(tmp_path: Path) -> None:
     for run in finished:
         steps = [m.step for m in client.get_metric_history(run.info.run_id, "train_loss")]
         assert steps == list(range(16))
-        assert [m.step for m in client.get_metric_history(run.info.run_id, "dev_accuracy")] == [
-            8, 15]
+        assert [m.step for m in client.get_metric_history(run.info.run_id, "dev_accuracy")] == [8, 15]
         assert set(FINAL) <= set(run.data.metrics)
-
 
 
 def test_unreachable_tracking_server_fails_fast(tmp_path: Path) -> None:
     start = time.perf_counter()
-    out = cli("train", "--preset", "smoke", cwd=tmp_path,
-              env={"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{free_port()}"})
+    out = cli(
+        "train",
+        "--preset",
+        "smoke",
+        cwd=tmp_path,
+        env={"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{free_port()}"},
+    )
     assert out.returncode == 1 and "does not answer" in out.stderr
     assert time.perf_counter() - start < 60
 
@@ -169,11 +191,26 @@ def start_server(tmp: Path, port: int) -> subprocess.Popen:
     """`mlflow server` on loopback with a sqlite backend and proxied artifacts in `tmp`, in its own
     process group (so that it can be killed whole); returns once it answers /health."""
     proc = subprocess.Popen(
-        [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
-         "--workers", "1", "--backend-store-uri", f"sqlite:///{tmp / 'server.db'}",
-         "--artifacts-destination", str(tmp / "server-artifacts")],
-        cwd=tmp, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        env=env_for("") | {"PATH": f"{BIN}:{os.environ['PATH']}"}, start_new_session=True)
+        [
+            str(BIN / "mlflow"),
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+            "--backend-store-uri",
+            f"sqlite:///{tmp / 'server.db'}",
+            "--artifacts-destination",
+            str(tmp / "server-artifacts"),
+        ],
+        cwd=tmp,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env_for("") | {"PATH": f"{BIN}:{os.environ['PATH']}"},
+        start_new_session=True,
+    )
     deadline = time.time() + 90
     while time.time() < deadline:
         try:
@@ -250,8 +287,7 @@ def test_bad_input_never_leaves_a_run(tmp_path: Path) -> None:
 
 def test_non_finite_loss_through_cli(tmp_path: Path) -> None:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    out = cli("train", "--preset", "smoke", "--lr", "1e30", cwd=tmp_path,
-              env={"MLFLOW_TRACKING_URI": uri})
+    out = cli("train", "--preset", "smoke", "--lr", "1e30", cwd=tmp_path, env={"MLFLOW_TRACKING_URI": uri})
     assert out.returncode == 1 and "non-finite training loss" in out.stderr
     (run,) = runs(uri)
     assert run.info.status == "FAILED"
@@ -289,12 +325,10 @@ def test_kill_9_then_stale_then_one_of_two_resumes_takes_over(tmp_path: Path) ->
 
     def cut_off_model() -> str:
         """What a process killed while logging its model leaves: a LoggedModel still PENDING."""
-        return client.create_logged_model(run.info.experiment_id, name="model",
-                                          source_run_id=run_id).model_id
+        return client.create_logged_model(run.info.experiment_id, name="model", source_run_id=run_id).model_id
 
     listed = cli("stale", cwd=tmp_path, env=env)
-    assert listed.returncode == 0 and f"{run_id}  resnet18-residual-seed0  owner gone" in (
-        listed.stdout)
+    assert listed.returncode == 0 and f"{run_id}  resnet18-residual-seed0  owner gone" in (listed.stdout)
     before_stale = cut_off_model()
     marked = cli("stale", "--mark-killed", cwd=tmp_path, env=env)
     assert marked.returncode == 0 and "marked KILLED" in marked.stdout
@@ -303,19 +337,31 @@ def test_kill_9_then_stale_then_one_of_two_resumes_takes_over(tmp_path: Path) ->
     before_resume = cut_off_model()
 
     # two resumes at once: exactly one trains, the other says why it does not
-    both = [subprocess.Popen([str(BIN / "resnet-mnist"), "train", "--resume", run_id], cwd=tmp_path,
-                             env=env_for(uri), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             text=True) for _ in range(2)]
+    both = [
+        subprocess.Popen(
+            [str(BIN / "resnet-mnist"), "train", "--resume", run_id],
+            cwd=tmp_path,
+            env=env_for(uri),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
     results = [p.communicate(timeout=600) for p in both]
     codes = sorted(p.returncode for p in both)
     assert codes == [0, 1], [err[-1500:] for _, err in results]
     refused = next(err for p, (_, err) in zip(both, results, strict=True) if p.returncode == 1)
-    assert ("being trained by another process" in refused or "is alive; stop it first" in refused
-            or "already FINISHED" in refused), refused
+    assert (
+        "being trained by another process" in refused
+        or "is alive; stop it first" in refused
+        or "already FINISHED" in refused
+    ), refused
     done = client.get_run(run_id)
     assert done.info.status == "FINISHED"
-    models = client.search_logged_models([run.info.experiment_id],
-                                         filter_string=f"source_run_id = '{run_id}'")
+    models = client.search_logged_models(
+        [run.info.experiment_id], filter_string=f"source_run_id = '{run_id}'"
+    )
     assert sorted(str(m.status) for m in models) == ["FAILED", "FAILED", "READY"]
     assert client.get_logged_model(before_resume).tags["failure_reason"].startswith("its logging")
     for key, count in (("train_loss", 48), ("dev_accuracy", 6), ("train_epoch_loss", 3)):
@@ -332,8 +378,7 @@ def test_a_running_run_with_a_live_owner_is_not_taken_over(tmp_path: Path) -> No
             if "step: 8/640" in line:
                 break
         (run,) = runs(uri)
-        out = cli("train", "--resume", run.info.run_id, cwd=tmp_path,
-                  env={"MLFLOW_TRACKING_URI": uri})
+        out = cli("train", "--resume", run.info.run_id, cwd=tmp_path, env={"MLFLOW_TRACKING_URI": uri})
         assert out.returncode == 1 and "is alive; stop it first" in out.stderr
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -373,12 +418,24 @@ def test_ten_ctrl_c_while_a_run_ends_leave_it_killed_never_running(tmp_path: Pat
 def test_ten_ctrl_c_while_compare_runs_leave_its_run_killed(tmp_path: Path) -> None:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     for residual in ("true", "false"):
-        done = cli("train", "--preset", "smoke", "--use-residual", residual, cwd=tmp_path,
-                   env={"MLFLOW_TRACKING_URI": uri})
+        done = cli(
+            "train",
+            "--preset",
+            "smoke",
+            "--use-residual",
+            residual,
+            cwd=tmp_path,
+            env={"MLFLOW_TRACKING_URI": uri},
+        )
         assert done.returncode == 0, done.stderr
-    proc = subprocess.Popen([str(BIN / "resnet-mnist"), "compare", "--preset", "smoke"],
-                            cwd=tmp_path, env=env_for(uri), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [str(BIN / "resnet-mnist"), "compare", "--preset", "smoke"],
+        cwd=tmp_path,
+        env=env_for(uri),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.time() + 120
     while time.time() < deadline and not runs(uri, "resnet18-mnist-comparisons"):
         time.sleep(0.05)
@@ -405,8 +462,9 @@ def test_a_full_disk_while_writing_an_artifact_fails_the_run_naming_the_file(
         pytest.skip("mounting a small filesystem needs root")
     artifacts = tmp_path / "mlruns"
     artifacts.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(artifacts)],
-                             capture_output=True, text=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(artifacts)], capture_output=True, text=True
+    )
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
     try:
@@ -434,20 +492,29 @@ def server_to_lose(tmp_path: Path) -> tuple[int, str, dict[str, str]]:
     client that gives up on it quickly and keeps what it could not send in `tmp_path/state`."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    return port, url, {"MLFLOW_TRACKING_URI": url,
-                       "RESNET_MNIST_STATE_DIR": str(tmp_path / "state")} | QUICK_GIVE_UP
+    return (
+        port,
+        url,
+        {"MLFLOW_TRACKING_URI": url, "RESNET_MNIST_STATE_DIR": str(tmp_path / "state")} | QUICK_GIVE_UP,
+    )
 
 
 def assert_same_histories(client: MlflowClient, run_id: str, reference_id: str) -> None:
     """Every step once, and the same values as the uninterrupted reference run (CPU)."""
-    for key in ("train_loss", "dev_accuracy", "dev_loss", "train_epoch_loss", "best_step",
-                "train_time_s", "tracking_log_seconds"):
+    for key in (
+        "train_loss",
+        "dev_accuracy",
+        "dev_loss",
+        "train_epoch_loss",
+        "best_step",
+        "train_time_s",
+        "tracking_log_seconds",
+    ):
         got = client.get_metric_history(run_id, key)
         want = client.get_metric_history(reference_id, key)
         assert sorted(m.step for m in got) == sorted(m.step for m in want), key
         if key in ("train_loss", "dev_accuracy", "dev_loss", "train_epoch_loss", "best_step"):
-            assert sorted((m.step, m.value) for m in got) == sorted(
-                (m.step, m.value) for m in want), key
+            assert sorted((m.step, m.value) for m in got) == sorted((m.step, m.value) for m in want), key
     done, reference = client.get_run(run_id), client.get_run(reference_id)
     for key in FINAL:
         assert done.data.metrics[key] == reference.data.metrics[key], key
@@ -455,8 +522,9 @@ def assert_same_histories(client: MlflowClient, run_id: str, reference_id: str) 
         assert len(client.get_metric_history(run_id, key)) == 1, key
 
 
-def train_until_the_server_dies(tmp_path: Path, env: dict[str, str], server: subprocess.Popen,
-                                at: str, *args: str) -> tuple[subprocess.Popen, str]:
+def train_until_the_server_dies(
+    tmp_path: Path, env: dict[str, str], server: subprocess.Popen, at: str, *args: str
+) -> tuple[subprocess.Popen, str]:
     """`resnet-mnist train --preset smoke --checkpoint-every 4 ARGS`; when its progress shows
     `at`, the server is killed while the command and its ranks are frozen, so the kill lands
     mid-run however loaded the machine is. Returns the ended process and its stderr."""
@@ -464,8 +532,12 @@ def train_until_the_server_dies(tmp_path: Path, env: dict[str, str], server: sub
 
     proc = subprocess.Popen(
         [str(BIN / "resnet-mnist"), "train", "--preset", "smoke", "--checkpoint-every", "4", *args],
-        cwd=tmp_path, env=env_for(env["MLFLOW_TRACKING_URI"]) | env, stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True)
+        cwd=tmp_path,
+        env=env_for(env["MLFLOW_TRACKING_URI"]) | env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     for line in proc.stdout:
         if at in line:
             tree = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
@@ -479,14 +551,12 @@ def train_until_the_server_dies(tmp_path: Path, env: dict[str, str], server: sub
     return proc, err
 
 
-def test_a_server_killed_mid_run_keeps_everything_and_one_command_continues(
-        tmp_path: Path) -> None:
+def test_a_server_killed_mid_run_keeps_everything_and_one_command_continues(tmp_path: Path) -> None:
     port, url, env = server_to_lose(tmp_path)
     state = tmp_path / "state"
     server = start_server(tmp_path, port)
     try:
-        straight = cli("train", "--preset", "smoke", "--run-name", "reference", cwd=tmp_path,
-                       env=env)
+        straight = cli("train", "--preset", "smoke", "--run-name", "reference", cwd=tmp_path, env=env)
         assert straight.returncode == 0, straight.stderr[-2000:]
         proc, err = train_until_the_server_dies(tmp_path, env, server, "step: 16/48")
         assert proc.returncode == 75, err[-3000:]
@@ -519,8 +589,7 @@ def test_a_server_killed_mid_run_keeps_everything_and_one_command_continues(
         kill_server(server, signal.SIGTERM)
 
 
-def test_a_server_killed_under_a_distributed_run_ends_it_with_one_message_and_exit_75(
-        tmp_path: Path) -> None:
+def test_a_server_killed_under_a_distributed_run_ends_it_with_one_message_and_exit_75(tmp_path: Path) -> None:
     port, url, env = server_to_lose(tmp_path)
     state = tmp_path / "state"
     server = start_server(tmp_path, port)
@@ -546,7 +615,8 @@ def test_a_server_killed_under_a_distributed_run_ends_it_with_one_message_and_ex
 
 
 def test_a_server_lost_while_results_are_written_keeps_the_finished_training(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import mlflow
 
     from resnet_mnist.config.settings import build_config

@@ -20,11 +20,13 @@ def test_experiments_are_tagged_and_linked_to_the_training_view(store: str) -> N
 
     assert ui_link(new) == f"http://127.0.0.1:5000/#/experiments/{new}?workflowType=machine_learning"
     assert ui_link(new, "abc", base="http://host:1") == (
-        f"http://host:1/#/experiments/{new}/runs/abc?workflowType=machine_learning")
+        f"http://host:1/#/experiments/{new}/runs/abc?workflowType=machine_learning"
+    )
     out = CliRunner().invoke(app, ["links", "--port", "5123"], terminal_width=200)
     assert out.exit_code == 0, out.output
     assert f"made-here: http://127.0.0.1:5123/#/experiments/{new}?workflowType=machine_learning" in (
-        out.output)
+        out.output
+    )
 
 
 def test_a_tracking_server_is_its_own_ui(monkeypatch) -> None:
@@ -43,8 +45,9 @@ def test_owner_alive_from_process_or_heartbeat() -> None:
 
     mine = owner_tags()
     assert owner_alive(mine) is True
-    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                          capture_output=True, text=True, check=True)
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True
+    )
     assert owner_alive(mine | {"owner.pid": gone.stdout.strip()}) is False
     # a reused pid is another process: its start time differs
     assert owner_alive(mine | {"owner.started": "1.0"}) is False

@@ -35,7 +35,6 @@ def pg_tool(name: str) -> str | None:
     return candidates[-1] if candidates else None
 
 
-
 @pytest.fixture(scope="module")
 def postgres() -> Iterator[str]:
     """A PostgreSQL cluster in a temporary directory, listening on loopback only; yields the
@@ -49,18 +48,39 @@ def postgres() -> Iterator[str]:
     if as_owner:
         shutil.chown(base, "postgres", "postgres")
     base.chmod(0o755)
-    run = lambda *args: subprocess.run([*as_owner, *args], check=True, capture_output=True,  # noqa: E731
-                                       text=True, timeout=120)
-    run(pg_tool("initdb"), "-D", str(data), "--username", "mlflow", "--auth", "trust",
-        "--encoding", "UTF8")
-    run(pg_tool("pg_ctl"), "-D", str(data), "-l", str(base / "server.log"), "-w", "-t", "60",
-        "-o", f"-c listen_addresses=127.0.0.1 -p {port} -k {base}", "start")
+
+    def run(*args):
+        return subprocess.run(
+            [*as_owner, *args],
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    run(pg_tool("initdb"), "-D", str(data), "--username", "mlflow", "--auth", "trust", "--encoding", "UTF8")
+    run(
+        pg_tool("pg_ctl"),
+        "-D",
+        str(data),
+        "-l",
+        str(base / "server.log"),
+        "-w",
+        "-t",
+        "60",
+        "-o",
+        f"-c listen_addresses=127.0.0.1 -p {port} -k {base}",
+        "start",
+    )
     try:
         run(pg_tool("createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "mlflow", "mlflow")
         yield f"postgresql://mlflow@127.0.0.1:{port}/mlflow"
     finally:
-        subprocess.run([*as_owner, pg_tool("pg_ctl"), "-D", str(data), "-m", "fast", "-w",
-                        "stop"], capture_output=True, timeout=120)
+        subprocess.run(
+            [*as_owner, pg_tool("pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"],
+            capture_output=True,
+            timeout=120,
+        )
         shutil.rmtree(base, ignore_errors=True)
 
 
@@ -71,18 +91,37 @@ def team_server(postgres: str, tmp_path_factory) -> Iterator[tuple[str, dict[str
     tmp = tmp_path_factory.mktemp("team")
     password = secrets.token_urlsafe(16)
     config = tmp / "basic_auth.ini"
-    config.write_text("[mlflow]\ndefault_permission = READ\n"
-                      f"database_uri = sqlite:///{tmp / 'basic_auth.db'}\n"
-                      f"admin_username = admin\nadmin_password = {password}\n"
-                      "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
+    config.write_text(
+        "[mlflow]\ndefault_permission = READ\n"
+        f"database_uri = sqlite:///{tmp / 'basic_auth.db'}\n"
+        f"admin_username = admin\nadmin_password = {password}\n"
+        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+    )
     port = free_port()
-    env = os.environ | {"MLFLOW_AUTH_CONFIG_PATH": str(config),
-                        "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(16)}
+    env = os.environ | {
+        "MLFLOW_AUTH_CONFIG_PATH": str(config),
+        "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(16),
+    }
     server = subprocess.Popen(
-        [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
-         "--backend-store-uri", postgres, "--artifacts-destination", str(tmp / "artifacts"),
-         "--app-name", "basic-auth"],
-        cwd=tmp, env=env, stdout=open(tmp / "server.log", "w"), stderr=subprocess.STDOUT)
+        [
+            str(BIN / "mlflow"),
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--backend-store-uri",
+            postgres,
+            "--artifacts-destination",
+            str(tmp / "artifacts"),
+            "--app-name",
+            "basic-auth",
+        ],
+        cwd=tmp,
+        env=env,
+        stdout=open(tmp / "server.log", "w"),
+        stderr=subprocess.STDOUT,
+    )
     uri = f"http://127.0.0.1:{port}"
     deadline = time.time() + 120
     while time.time() < deadline:
@@ -109,13 +148,14 @@ def team_server(postgres: str, tmp_path_factory) -> Iterator[tuple[str, dict[str
 def test_an_unauthenticated_client_is_refused(team_server, tmp_path: Path) -> None:
     uri, _ = team_server
     with pytest.raises(urllib.error.HTTPError) as info:
-        urllib.request.urlopen(f"{uri}/api/2.0/mlflow/experiments/search?max_results=1",
-                               timeout=10)
+        urllib.request.urlopen(f"{uri}/api/2.0/mlflow/experiments/search?max_results=1", timeout=10)
     assert info.value.code == 401
     request = urllib.request.Request(
-        f"{uri}/api/2.0/mlflow/registered-models/alias", method="POST",
+        f"{uri}/api/2.0/mlflow/registered-models/alias",
+        method="POST",
         data=b'{"name": "resnet18-mnist", "alias": "champion", "version": "1"}',
-        headers={"Content-Type": "application/json"})
+        headers={"Content-Type": "application/json"},
+    )
     with pytest.raises(urllib.error.HTTPError) as info:
         urllib.request.urlopen(request, timeout=10)
     assert info.value.code == 401
@@ -126,15 +166,34 @@ def test_an_unauthenticated_client_is_refused(team_server, tmp_path: Path) -> No
 
 def test_eight_trainings_then_compare_registry_and_predict(team_server, tmp_path: Path) -> None:
     uri, login = team_server
-    env = os.environ | login | {"MLFLOW_TRACKING_URI": uri, "RESNET_MNIST_DATA": str(REAL_ROOT),
-                                "OMP_NUM_THREADS": "1"}
+    env = (
+        os.environ
+        | login
+        | {"MLFLOW_TRACKING_URI": uri, "RESNET_MNIST_DATA": str(REAL_ROOT), "OMP_NUM_THREADS": "1"}
+    )
     for key in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID"):
         env.pop(key, None)
-    procs = [subprocess.Popen([str(BIN / "resnet-mnist"), "train", "--preset", "smoke",
-                               "--use-residual", residual, "--seed", str(seed)],
-                              cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.PIPE, text=True)
-             for residual in ("false", "true") for seed in range(4)]
+    procs = [
+        subprocess.Popen(
+            [
+                str(BIN / "resnet-mnist"),
+                "train",
+                "--preset",
+                "smoke",
+                "--use-residual",
+                residual,
+                "--seed",
+                str(seed),
+            ],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for residual in ("false", "true")
+        for seed in range(4)
+    ]
     errors = [p.communicate(timeout=900)[1] for p in procs]
     assert [p.returncode for p in procs] == [0] * 8, "\n".join(e[-1500:] for e in errors)
 
@@ -153,14 +212,30 @@ def test_eight_trainings_then_compare_registry_and_predict(team_server, tmp_path
             os.environ.pop(key, None)
 
     compared = subprocess.run(
-        [str(BIN / "resnet-mnist"), "compare", "--filter",
-         "tags.preset = 'smoke' and params.seed = '0'", "--out", "compare"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+        [
+            str(BIN / "resnet-mnist"),
+            "compare",
+            "--filter",
+            "tags.preset = 'smoke' and params.seed = '0'",
+            "--out",
+            "compare",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert compared.returncode == 0, compared.stderr[-3000:]
     assert "models:/resnet18-mnist@champion is version 1" in compared.stdout
     predicted = subprocess.run(
         [str(BIN / "resnet-mnist"), "predict", "--mnist-test", "50"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert predicted.returncode == 0, predicted.stderr[-3000:]
     accuracy = float(predicted.stdout.strip().split()[-1])
     assert accuracy > 0.5

@@ -26,8 +26,15 @@ from resnet_mnist.core.distributed import free_port
 from tests.conftest import BIN, REAL_ROOT, REPO, cli, needs_data
 
 CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 SHOTS = REPO / "reports" / "ui"
 WAIT_MS = 60_000  # the longest any one element may take to show up on this slow machine
 EXPERIMENT = "resnet18-mnist"
@@ -35,8 +42,10 @@ MODEL = "resnet18-mnist"
 RUN_NAMES = {"plain": "resnet18-plain-seed0", "residual": "resnet18-residual-seed0"}
 # Keep the MLflow Assistant side panel (opened on first load since MLflow 3.x) closed, so the page
 # gets the full width. Harmless if a later MLflow renames these keys: the panel just shows.
-CLOSE_ASSISTANT = ("localStorage.setItem('mlflow.assistant.panelOpen_v1', 'false');"
-                   "localStorage.setItem('mlflow.assistant.fab.autoOpenedOnFirstLoad_v1', 'true');")
+CLOSE_ASSISTANT = (
+    "localStorage.setItem('mlflow.assistant.panelOpen_v1', 'false');"
+    "localStorage.setItem('mlflow.assistant.fab.autoOpenedOnFirstLoad_v1', 'true');"
+)
 # True once the chart card titled `metric` draws a line with data for every one of the run names.
 # (The legend names every run shown, data or not.) Looked up afresh on each poll: the cards re-render.
 PLOTTED = """([metric, names]) => [...document.querySelectorAll(
@@ -50,8 +59,9 @@ PLOTTED = """([metric, names]) => [...document.querySelectorAll(
 pytestmark = [
     pytest.mark.slow,  # a tracking server, two trainings and a browser
     needs_data,
-    pytest.mark.skipif(not CHROMIUM.exists(),
-                       reason=f"{CHROMIUM} missing: `make browser` installs Debian's chromium"),
+    pytest.mark.skipif(
+        not CHROMIUM.exists(), reason=f"{CHROMIUM} missing: `make browser` installs Debian's chromium"
+    ),
 ]
 
 
@@ -64,7 +74,6 @@ class Tracked:
     run_ids: dict[str, str]  # variant -> run id
     params: dict[str, dict[str, str]]  # variant -> params
     champion_version: str
-
 
 
 def stop_group(proc: subprocess.Popen) -> None:
@@ -96,10 +105,26 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path
         env.pop(key, None)
     log = (tmp / "server.log").open("w")
     proc = subprocess.Popen(
-        [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
-         "--workers", "1", "--backend-store-uri", f"sqlite:///{tmp / 'server.db'}",
-         "--artifacts-destination", str(tmp / "server-artifacts")],
-        cwd=tmp, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        [
+            str(BIN / "mlflow"),
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+            "--backend-store-uri",
+            f"sqlite:///{tmp / 'server.db'}",
+            "--artifacts-destination",
+            str(tmp / "server-artifacts"),
+        ],
+        cwd=tmp,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+        start_new_session=True,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120
@@ -124,8 +149,15 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path
 def tracked(server: tuple[str, Path]) -> Tracked:
     """`resnet-mnist compare --preset smoke --train-missing` against the server, as a user runs it."""
     url, tmp = server
-    out = cli("compare", "--preset", "smoke", "--train-missing", cwd=tmp,
-              env={"MLFLOW_TRACKING_URI": url, "RESNET_MNIST_DATA": str(REAL_ROOT)}, timeout=1200)
+    out = cli(
+        "compare",
+        "--preset",
+        "smoke",
+        "--train-missing",
+        cwd=tmp,
+        env={"MLFLOW_TRACKING_URI": url, "RESNET_MNIST_DATA": str(REAL_ROOT)},
+        timeout=1200,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     client = MlflowClient(url)
     experiment = client.get_experiment_by_name(EXPERIMENT)
@@ -135,17 +167,21 @@ def tracked(server: tuple[str, Path]) -> Tracked:
     by_variant = {r.data.tags["variant"]: r for r in train_runs}
     assert {v: r.info.run_name for v, r in by_variant.items()} == RUN_NAMES
     champion = client.get_model_version_by_alias(MODEL, "champion")
-    return Tracked(url=url, experiment_id=experiment.experiment_id,
-                   run_ids={v: r.info.run_id for v, r in by_variant.items()},
-                   params={v: dict(r.data.params) for v, r in by_variant.items()},
-                   champion_version=str(champion.version))
+    return Tracked(
+        url=url,
+        experiment_id=experiment.experiment_id,
+        run_ids={v: r.info.run_id for v, r in by_variant.items()},
+        params={v: dict(r.data.params) for v, r in by_variant.items()},
+        champion_version=str(champion.version),
+    )
 
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
     with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS,
-                                              headless=True, timeout=120_000)
+        chromium = playwright.chromium.launch(
+            executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True, timeout=120_000
+        )
         try:
             yield chromium
         finally:
@@ -173,8 +209,9 @@ def screenshot(page: Page, name: str) -> None:
 
 
 def runs_url(tracked: Tracked, **query: str) -> str:
-    return (f"{tracked.url}/#/experiments/{tracked.experiment_id}/runs?"
-            + urllib.parse.urlencode({"workflowType": "machine_learning", **query}))
+    return f"{tracked.url}/#/experiments/{tracked.experiment_id}/runs?" + urllib.parse.urlencode(
+        {"workflowType": "machine_learning", **query}
+    )
 
 
 def test_runs_page_lists_both_trainings(tracked: Tracked, page: Page) -> None:
@@ -191,8 +228,7 @@ def test_runs_page_lists_both_trainings(tracked: Tracked, page: Page) -> None:
         screenshot(page, "1-runs.png")
 
 
-def test_chart_view_plots_train_loss_and_dev_accuracy_for_both_runs(tracked: Tracked,
-                                                                     page: Page) -> None:
+def test_chart_view_plots_train_loss_and_dev_accuracy_for_both_runs(tracked: Tracked, page: Page) -> None:
     # The same page as the runs table with its "chart" toggle on (what the toggle puts in the URL).
     page.goto(runs_url(tracked, compareRunsMode="CHART"))
     search = page.get_by_placeholder("Search metric charts")
@@ -207,7 +243,8 @@ def test_chart_view_plots_train_loss_and_dev_accuracy_for_both_runs(tracked: Tra
     for metric in ("train_loss", "dev_accuracy"):
         search.fill(metric)
         card = page.get_by_test_id("experiment-view-compare-runs-card").filter(
-            has=page.get_by_text(metric, exact=True))
+            has=page.get_by_text(metric, exact=True)
+        )
         try:
             expect(card).to_have_count(1, timeout=WAIT_MS)
             for name in RUN_NAMES.values():  # the legend: "<run name> (<metric>)"
@@ -220,15 +257,18 @@ def test_chart_view_plots_train_loss_and_dev_accuracy_for_both_runs(tracked: Tra
             screenshot(page, f"2-chart-{metric}.png")
 
 
-def test_compare_page_shows_both_runs_and_the_parameters_that_differ(tracked: Tracked,
-                                                                     page: Page) -> None:
+def test_compare_page_shows_both_runs_and_the_parameters_that_differ(tracked: Tracked, page: Page) -> None:
     variants = list(RUN_NAMES)  # plain, residual: the order of the compare page's columns
-    query = urllib.parse.urlencode({
-        "runs": json.dumps([tracked.run_ids[v] for v in variants]),
-        "experiments": json.dumps([tracked.experiment_id])})
+    query = urllib.parse.urlencode(
+        {
+            "runs": json.dumps([tracked.run_ids[v] for v in variants]),
+            "experiments": json.dumps([tracked.experiment_id]),
+        }
+    )
     page.goto(f"{tracked.url}/#/compare-runs?{query}")
-    differ = sorted(k for k in tracked.params["plain"]
-                    if tracked.params["plain"][k] != tracked.params["residual"].get(k))
+    differ = sorted(
+        k for k in tracked.params["plain"] if tracked.params["plain"][k] != tracked.params["residual"].get(k)
+    )
     assert "variant" in differ and "use_residual" in differ
     try:
         expect(page.get_by_text("Comparing 2 Runs from 1 Experiment")).to_be_visible(timeout=WAIT_MS)
@@ -243,7 +283,8 @@ def test_compare_page_shows_both_runs_and_the_parameters_that_differ(tracked: Tr
         for key in differ:
             row = table.get_by_role("row").filter(has=page.get_by_role("rowheader", name=key, exact=True))
             expect(row.get_by_role("cell")).to_have_text(
-                [tracked.params[v][key] for v in variants], timeout=WAIT_MS)
+                [tracked.params[v][key] for v in variants], timeout=WAIT_MS
+            )
         # The parallel coordinates plot above, which plots the differing parameters by default.
         expect(page.locator(".js-plotly-plot").first).to_be_visible(timeout=WAIT_MS)
     finally:
@@ -255,7 +296,8 @@ def test_registry_page_shows_the_champion_alias(tracked: Tracked, page: Page) ->
     try:
         expect(page.get_by_role("heading", name=MODEL, exact=True)).to_be_visible(timeout=WAIT_MS)
         row = page.get_by_role("row").filter(
-            has=page.get_by_role("link", name=f"Version {tracked.champion_version}", exact=True))
+            has=page.get_by_role("link", name=f"Version {tracked.champion_version}", exact=True)
+        )
         expect(row.get_by_text(re.compile(r"^@\s*champion$"))).to_be_visible(timeout=WAIT_MS)
     finally:
         screenshot(page, "4-registry.png")

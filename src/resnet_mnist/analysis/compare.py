@@ -33,8 +33,9 @@ from resnet_mnist.tracking.names import CHAMPION, COMPARISONS, MODEL_NAME
 from resnet_mnist.tracking.store import experiment_id
 
 
-def summarize(client: MlflowClient, runs: list[Run], scorer: FullSplitScorer,
-              stop: threading.Event | None = None) -> list[RunSummary]:
+def summarize(
+    client: MlflowClient, runs: list[Run], scorer: FullSplitScorer, stop: threading.Event | None = None
+) -> list[RunSummary]:
     out = []
     for run in runs:
         safe_point(stop)
@@ -43,29 +44,51 @@ def summarize(client: MlflowClient, runs: list[Run], scorer: FullSplitScorer,
         if variant not in VARIANTS:
             raise CompareError(f"run {run.info.run_id} is not a training run (no variant tag)")
         full = scorer(run)
-        out.append(RunSummary(
-            run_id=run.info.run_id, variant=variant, seed=int(p.get("seed", -1)),
-            depth=int(p.get("depth", 18)), best_dev_accuracy=m["best_dev_accuracy"],
-            test_accuracy=m["test_accuracy"], test_loss=m["test_loss"],
-            dev_accuracy_full=full.dev_accuracy, dev_loss_full=full.dev_loss,
-            test_accuracy_full=full.test_accuracy, test_loss_full=full.test_loss,
-            param_count=int(m.get("param_count", 0)), macs=int(m.get("macs", 0)),
-            train_time_s=m.get("train_time_s", float("nan")), history=read_history(client, run.info.run_id),
-        ))
+        out.append(
+            RunSummary(
+                run_id=run.info.run_id,
+                variant=variant,
+                seed=int(p.get("seed", -1)),
+                depth=int(p.get("depth", 18)),
+                best_dev_accuracy=m["best_dev_accuracy"],
+                test_accuracy=m["test_accuracy"],
+                test_loss=m["test_loss"],
+                dev_accuracy_full=full.dev_accuracy,
+                dev_loss_full=full.dev_loss,
+                test_accuracy_full=full.test_accuracy,
+                test_loss_full=full.test_loss,
+                param_count=int(m.get("param_count", 0)),
+                macs=int(m.get("macs", 0)),
+                train_time_s=m.get("train_time_s", float("nan")),
+                history=read_history(client, run.info.run_id),
+            )
+        )
     return out
 
 
 # -- outputs ------------------------------------------------------------------------------------
 
+
 def plot(summaries: list[RunSummary], path: Path, title: str) -> list[Path]:
     """Plain vs residual; with several seeds, the mean curve and a min-max band per variant."""
-    return plot_curves({v: [s.history for s in summaries if s.variant == v] for v in VARIANTS},
-                       path, title)
+    return plot_curves({v: [s.history for s in summaries if s.variant == v] for v in VARIANTS}, path, title)
 
 
-COLUMNS = ("variant", "depth", "run id", "seeds", "dev acc (10k)", "best dev acc (book)",
-           "test acc (book)", "test acc (10k)", "test loss (book)", "test loss (10k)", "params",
-           "MACs", "train time s")
+COLUMNS = (
+    "variant",
+    "depth",
+    "run id",
+    "seeds",
+    "dev acc (10k)",
+    "best dev acc (book)",
+    "test acc (book)",
+    "test acc (10k)",
+    "test loss (book)",
+    "test loss (10k)",
+    "params",
+    "MACs",
+    "train time s",
+)
 
 
 def table_rows(summaries: list[RunSummary]) -> list[list[str]]:
@@ -82,13 +105,23 @@ def table_rows(summaries: list[RunSummary]) -> list[list[str]]:
             text = format(values.mean(), fmt)
             return text + (f" ± {format(values.std(ddof=1), fmt)}" if len(values) > 1 else "")
 
-        rows.append([
-            variant, ",".join(sorted({str(s.depth) for s in group})),
-            ",".join(s.run_id[:8] for s in group), ",".join(str(s.seed) for s in group),
-            cell("dev_accuracy_full"), cell("best_dev_accuracy"), cell("test_accuracy"),
-            cell("test_accuracy_full"), cell("test_loss"), cell("test_loss_full"),
-            f"{group[0].param_count:,}", f"{group[0].macs:,}", cell("train_time_s", fmt=".1f"),
-        ])
+        rows.append(
+            [
+                variant,
+                ",".join(sorted({str(s.depth) for s in group})),
+                ",".join(s.run_id[:8] for s in group),
+                ",".join(str(s.seed) for s in group),
+                cell("dev_accuracy_full"),
+                cell("best_dev_accuracy"),
+                cell("test_accuracy"),
+                cell("test_accuracy_full"),
+                cell("test_loss"),
+                cell("test_loss_full"),
+                f"{group[0].param_count:,}",
+                f"{group[0].macs:,}",
+                cell("train_time_s", fmt=".1f"),
+            ]
+        )
     return rows
 
 
@@ -110,20 +143,23 @@ def mean_curves(summaries: list[RunSummary]) -> dict[str, list[tuple[int, float]
             values = np.array([values_of(h)[: len(steps)] for h in group]).reshape(len(group), -1)
             for stat, reduce in (("mean", np.mean), ("min", np.min), ("max", np.max)):
                 if len(steps):
-                    curves[f"{key}/{variant}_{stat}"] = list(zip(steps, reduce(values, 0),
-                                                                 strict=True))
+                    curves[f"{key}/{variant}_{stat}"] = list(zip(steps, reduce(values, 0), strict=True))
     return curves
 
 
 def log_mean_curves(client: MlflowClient, run_id: str, summaries: list[RunSummary]) -> None:
     now = int(time.time() * 1000)
-    metrics = [Metric(key, float(value), now, int(step))
-               for key, points in mean_curves(summaries).items() for step, value in points]
+    metrics = [
+        Metric(key, float(value), now, int(step))
+        for key, points in mean_curves(summaries).items()
+        for step, value in points
+    ]
     for start in range(0, len(metrics), 1000):
-        client.log_batch(run_id, metrics=metrics[start:start + 1000])
+        client.log_batch(run_id, metrics=metrics[start : start + 1000])
 
 
 # -- the comparison -----------------------------------------------------------------------------
+
 
 @dataclass
 class Comparison:
@@ -147,9 +183,14 @@ def comparisons_experiment(client: MlflowClient, selected: list[Run]) -> str:
 
 
 def compare(
-    client: MlflowClient, runs: list[Run], out_dir: Path, experiment_id: str,
-    model_name: str | None = MODEL_NAME, data_root: str | None = None,
-    run_id: str | None = None, allow_mismatch: bool = False,
+    client: MlflowClient,
+    runs: list[Run],
+    out_dir: Path,
+    experiment_id: str,
+    model_name: str | None = MODEL_NAME,
+    data_root: str | None = None,
+    run_id: str | None = None,
+    allow_mismatch: bool = False,
     stop: threading.Event | None = None,
 ) -> Comparison:
     """Vet, summarise, plot, tabulate, judge, log a `comparison` run, and crown the dev winner.
@@ -168,12 +209,17 @@ def compare(
     text = verdict(stats)
     mismatch = describe(vetted.mismatch)
     if mismatch:
-        text += (f" Caution (--allow-mismatch): the runs differ in more than the variant, so the "
-                 f"difference is not the shortcuts' alone: {mismatch}.")
+        text += (
+            f" Caution (--allow-mismatch): the runs differ in more than the variant, so the "
+            f"difference is not the shortcuts' alone: {mismatch}."
+        )
     set_aside = [r.info.run_id for r in vetted.set_aside]
     if set_aside:
-        text += (" Set aside as older duplicates of a variant and seed (the newest is compared): "
-                 + ", ".join(map(run_label, vetted.set_aside)) + ".")
+        text += (
+            " Set aside as older duplicates of a variant and seed (the newest is compared): "
+            + ", ".join(map(run_label, vetted.set_aside))
+            + "."
+        )
     rows = table_rows(summaries)
     out_dir.mkdir(parents=True, exist_ok=True)
     presets = sorted({r.data.tags.get("preset", "?") for r in vetted.runs})
@@ -182,9 +228,15 @@ def compare(
     stem = out_dir / "comparison"
     files = plot(summaries, stem, title) + write_table(COLUMNS, rows, stem)
     ids = [s.run_id for s in summaries]
-    tags = {"run_type": "comparison", "compared_run_ids": ",".join(ids),
-            "preset": ",".join(presets), "depth": depths, "dev_winner": stats.dev_winner,
-            "statistic": stats.metric, "selected_by": "dev_accuracy_full"}
+    tags = {
+        "run_type": "comparison",
+        "compared_run_ids": ",".join(ids),
+        "preset": ",".join(presets),
+        "depth": depths,
+        "dev_winner": stats.dev_winner,
+        "statistic": stats.metric,
+        "selected_by": "dev_accuracy_full",
+    }
     if mismatch:
         tags["settings_mismatch"] = mismatch[:5000]
     if set_aside:
@@ -195,39 +247,63 @@ def compare(
     # guarding its end); a stop asked for meanwhile is honoured between the writes, and the run
     # then ends KILLED.
     with shielded():
-        run = mlflow.start_run(run_id=run_id) if run_id else mlflow.start_run(
-            experiment_id=experiment_id, run_name=name)
+        run = (
+            mlflow.start_run(run_id=run_id)
+            if run_id
+            else mlflow.start_run(experiment_id=experiment_id, run_name=name)
+        )
         if run_id:
             client.update_run(run_id, name=name)
         with ended(run.info.run_id):
             safe_point(stop)
             mlflow.set_tags(tags)
             log_mean_curves(client, run.info.run_id, summaries)
-            mlflow.log_metrics({
-                "diff_dev_accuracy_full": stats.diff, "diff_ci_low": stats.ci[0],
-                "diff_ci_high": stats.ci[1], "n_plain": stats.n["plain"],
-                "n_residual": stats.n["residual"],
-                "diff_test_accuracy_full": (stats.mean["residual"]["test_accuracy_full"]
-                                            - stats.mean["plain"]["test_accuracy_full"]),
-                **{f"{v}_{k}_mean": stats.mean[v][k] for v in VARIANTS for k in METRICS},
-            })
+            mlflow.log_metrics(
+                {
+                    "diff_dev_accuracy_full": stats.diff,
+                    "diff_ci_low": stats.ci[0],
+                    "diff_ci_high": stats.ci[1],
+                    "n_plain": stats.n["plain"],
+                    "n_residual": stats.n["residual"],
+                    "diff_test_accuracy_full": (
+                        stats.mean["residual"]["test_accuracy_full"]
+                        - stats.mean["plain"]["test_accuracy_full"]
+                    ),
+                    **{f"{v}_{k}_mean": stats.mean[v][k] for v in VARIANTS for k in METRICS},
+                }
+            )
             safe_point(stop)
             if model_name:
-                best = max((s for s in summaries if s.variant == stats.dev_winner),
-                           key=lambda s: s.dev_accuracy_full)
-                crowning = crown(client, best, model_name, {
-                    "variant": best.variant, "depth": str(best.depth), "preset": ",".join(presets),
-                    "dev_accuracy_full": f"{best.dev_accuracy_full:.4f}",
-                    "best_dev_accuracy": f"{best.best_dev_accuracy:.4f}",
-                    "test_accuracy_full": f"{best.test_accuracy_full:.4f}",
-                    "selected_by": "dev_accuracy_full",
-                    "compared_runs": ",".join(ids), "comparison_run": run.info.run_id,
-                } | ({"settings_mismatch": mismatch[:5000]} if mismatch else {}), scorer)
+                best = max(
+                    (s for s in summaries if s.variant == stats.dev_winner), key=lambda s: s.dev_accuracy_full
+                )
+                crowning = crown(
+                    client,
+                    best,
+                    model_name,
+                    {
+                        "variant": best.variant,
+                        "depth": str(best.depth),
+                        "preset": ",".join(presets),
+                        "dev_accuracy_full": f"{best.dev_accuracy_full:.4f}",
+                        "best_dev_accuracy": f"{best.best_dev_accuracy:.4f}",
+                        "test_accuracy_full": f"{best.test_accuracy_full:.4f}",
+                        "selected_by": "dev_accuracy_full",
+                        "compared_runs": ",".join(ids),
+                        "comparison_run": run.info.run_id,
+                    }
+                    | ({"settings_mismatch": mismatch[:5000]} if mismatch else {}),
+                    scorer,
+                )
                 text += f" {crowning.note[0].upper()}{crowning.note[1:]}."
-                mlflow.set_tags({"champion_version": crowning.version,
-                                 "champion_run": crowning.run_id,
-                                 "champion_moved": str(crowning.moved).lower(),
-                                 "champion_note": crowning.note})
+                mlflow.set_tags(
+                    {
+                        "champion_version": crowning.version,
+                        "champion_run": crowning.run_id,
+                        "champion_moved": str(crowning.moved).lower(),
+                        "champion_note": crowning.note,
+                    }
+                )
             safe_point(stop)
             mlflow.set_tag("mlflow.note.content", text)
             (out_dir / "verdict.txt").write_text(text + "\n")
@@ -235,7 +311,15 @@ def compare(
             for path in files:
                 mlflow.log_artifact(str(path), "comparison")
     return Comparison(
-        run.info.run_id, summaries, stats, text, rows, files,
+        run.info.run_id,
+        summaries,
+        stats,
+        text,
+        rows,
+        files,
         f"models:/{model_name}@{CHAMPION}" if crowning else None,
-        crowning.version if crowning else None, crowning.note if crowning else "",
-        set_aside, mismatch)
+        crowning.version if crowning else None,
+        crowning.note if crowning else "",
+        set_aside,
+        mismatch,
+    )

@@ -38,8 +38,7 @@ class Evaluation:
         precision = np.divide(tp, predicted, out=np.zeros_like(tp), where=predicted > 0)
         recall = np.divide(tp, actual, out=np.zeros_like(tp), where=actual > 0)
         denominator = precision + recall
-        f1 = np.divide(2 * precision * recall, denominator, out=np.zeros_like(tp),
-                       where=denominator > 0)
+        f1 = np.divide(2 * precision * recall, denominator, out=np.zeros_like(tp), where=denominator > 0)
         return {"precision": precision, "recall": recall, "f1": f1}
 
     def mistakes(self, count: int) -> np.ndarray:
@@ -51,12 +50,12 @@ class Evaluation:
 
 
 @torch.inference_mode()
-def evaluate_model(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
-                   batch_size: int = 1000) -> Evaluation:
+def evaluate_model(
+    model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 1000
+) -> Evaluation:
     """Run `model` (eval mode) over a preprocessed split and score every prediction."""
     model.eval()
-    logits = torch.cat([model(images[i:i + batch_size]).float()
-                        for i in range(0, len(labels), batch_size)])
+    logits = torch.cat([model(images[i : i + batch_size]).float() for i in range(0, len(labels), batch_size)])
     loss = F.cross_entropy(logits, labels).item()
     probabilities = torch.softmax(logits, 1).numpy()
     truth = labels.numpy()
@@ -72,10 +71,22 @@ def plot_confusion(ev: Evaluation, path: Path, title: str = "") -> Path:
     image = ax.imshow(np.log1p(ev.confusion), cmap="Blues")
     for (row, col), count in np.ndenumerate(ev.confusion):
         if count:
-            ax.text(col, row, str(count), ha="center", va="center", fontsize=7,
-                    color="white" if row == col else "black")
-    ax.set(xticks=range(CLASSES), yticks=range(CLASSES), xlabel="predicted digit",
-           ylabel="true digit", title=title or f"confusion matrix, accuracy {ev.accuracy:.4f}")
+            ax.text(
+                col,
+                row,
+                str(count),
+                ha="center",
+                va="center",
+                fontsize=7,
+                color="white" if row == col else "black",
+            )
+    ax.set(
+        xticks=range(CLASSES),
+        yticks=range(CLASSES),
+        xlabel="predicted digit",
+        ylabel="true digit",
+        title=title or f"confusion matrix, accuracy {ev.accuracy:.4f}",
+    )
     fig.colorbar(image, ax=ax, label="log(1 + count)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)

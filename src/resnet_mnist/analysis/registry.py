@@ -22,8 +22,8 @@ if TYPE_CHECKING:
     from resnet_mnist.analysis.summary import RunSummary
 
 
-
 # -- the champion -------------------------------------------------------------------------------
+
 
 @dataclass
 class Crowning:
@@ -69,7 +69,10 @@ def champion_dev_accuracy(
 
 
 def crown(
-    client: MlflowClient, candidate: RunSummary, name: str, tags: dict[str, str],
+    client: MlflowClient,
+    candidate: RunSummary,
+    name: str,
+    tags: dict[str, str],
     scorer: FullSplitScorer,
 ) -> Crowning:
     """Register `candidate` and move `@champion` to it, if its full-dev accuracy is at least that
@@ -87,14 +90,21 @@ def crown(
         held = None
         if current is not None:
             if current.run_id == candidate.run_id:
-                return Crowning(str(current.version), candidate.run_id, False,
-                                f"champion stays version {current.version}: it is this run "
-                                f"already (dev {acc:.2%})")
+                return Crowning(
+                    str(current.version),
+                    candidate.run_id,
+                    False,
+                    f"champion stays version {current.version}: it is this run already (dev {acc:.2%})",
+                )
             held = champion_dev_accuracy(client, current, scorer)
             if held is not None and held > acc:
-                return Crowning(str(current.version), current.run_id or "", False,
-                                f"champion stays version {current.version}: dev {held:.2%} > "
-                                f"{acc:.2%} for run {candidate.run_id[:8]}")
+                return Crowning(
+                    str(current.version),
+                    current.run_id or "",
+                    False,
+                    f"champion stays version {current.version}: dev {held:.2%} > "
+                    f"{acc:.2%} for run {candidate.run_id[:8]}",
+                )
         run = client.get_run(candidate.run_id)
         source = run.data.tags.get("logged_model_uri", f"runs:/{candidate.run_id}/model")
         version = str(mlflow.register_model(source, name, tags=tags).version)
@@ -105,7 +115,9 @@ def crown(
         why = f"version {current.version} has no full-dev score"
     else:
         why = f"dev {acc:.2%} ≥ {held:.2%} for version {current.version}"
-    return Crowning(version, candidate.run_id, True, f"champion is now version {version}: {why} "
-                                   f"(run {candidate.run_id[:8]}, dev {acc:.2%})")
-
-
+    return Crowning(
+        version,
+        candidate.run_id,
+        True,
+        f"champion is now version {version}: {why} (run {candidate.run_id[:8]}, dev {acc:.2%})",
+    )

@@ -24,6 +24,7 @@ from resnet_mnist.runtime.errors import first_line
 
 # -- scoring runs on the full splits ------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class FullScores:
     """A best-dev checkpoint's loss and accuracy on the full dev split and the full test set."""
@@ -66,34 +67,40 @@ class FullSplitScorer:
         try:
             with tempfile.TemporaryDirectory() as tmp:
                 path = mlflow.artifacts.download_artifacts(
-                    run_id=run_id, artifact_path="checkpoints/best_model.pt", dst_path=tmp)
+                    run_id=run_id, artifact_path="checkpoints/best_model.pt", dst_path=tmp
+                )
                 state = torch.load(path, map_location="cpu", weights_only=True)
         except (MlflowException, OSError) as exc:
-            raise CompareError(f"run {run_id} has no best-dev checkpoint to score "
-                               f"(checkpoints/best_model.pt: {first_line(exc)})") from None
+            raise CompareError(
+                f"run {run_id} has no best-dev checkpoint to score "
+                f"(checkpoints/best_model.pt: {first_line(exc)})"
+            ) from None
         depth = int(params.get("depth", 18))
         model = build_resnet(depth, use_residual=variant_of(run) == "residual")
         try:
             model.load_state_dict(state)
         except RuntimeError as exc:
-            raise CompareError(f"run {run_id}: its checkpoint is not a depth-{depth} "
-                               f"{variant_of(run)} network ({first_line(exc)})") from None
+            raise CompareError(
+                f"run {run_id}: its checkpoint is not a depth-{depth} "
+                f"{variant_of(run)} network ({first_line(exc)})"
+            ) from None
         return model
 
     def __call__(self, run: Run) -> FullScores:
         metrics = dict(run.data.metrics)
-        todo = [s for s in self.SPLITS
-                if not {f"{s}_accuracy_full", f"{s}_loss_full"} <= set(metrics)]
+        todo = [s for s in self.SPLITS if not {f"{s}_accuracy_full", f"{s}_loss_full"} <= set(metrics)]
         if todo:
             model = self._model(run)
             for split in todo:
-                result = evaluate_model(model, *self._split(
-                    split, run.data.params.get("normalize", "seed")))
+                result = evaluate_model(model, *self._split(split, run.data.params.get("normalize", "seed")))
                 self._log(run, split, result)
-                metrics |= {f"{split}_accuracy_full": result.accuracy,
-                            f"{split}_loss_full": result.loss}
-        return FullScores(metrics["dev_accuracy_full"], metrics["dev_loss_full"],
-                          metrics["test_accuracy_full"], metrics["test_loss_full"])
+                metrics |= {f"{split}_accuracy_full": result.accuracy, f"{split}_loss_full": result.loss}
+        return FullScores(
+            metrics["dev_accuracy_full"],
+            metrics["dev_loss_full"],
+            metrics["test_accuracy_full"],
+            metrics["test_loss_full"],
+        )
 
     def _log(self, run: Run, split: str, ev: Evaluation) -> None:
         run_id, step = run.info.run_id, int(run.data.metrics.get("best_step", 0))
@@ -102,26 +109,44 @@ class FullSplitScorer:
         model_id = model_uri.removeprefix("models:/") if model_uri.startswith("models:/m-") else None
         size = D.DEV_SIZE if split == "dev" else D.TEST_SIZE
         digest = f"{D.dataset_digest()}-{split}{size}"
-        scores = [Metric(key, value, now, step, model_id=model_id,
-                         dataset_name=f"mnist-{split}" if model_id else None,
-                         dataset_digest=digest if model_id else None)
-                  for key, value in ((f"{split}_accuracy_full", ev.accuracy),
-                                     (f"{split}_loss_full", ev.loss))]
+        scores = [
+            Metric(
+                key,
+                value,
+                now,
+                step,
+                model_id=model_id,
+                dataset_name=f"mnist-{split}" if model_id else None,
+                dataset_digest=digest if model_id else None,
+            )
+            for key, value in ((f"{split}_accuracy_full", ev.accuracy), (f"{split}_loss_full", ev.loss))
+        ]
         if split == "dev":
             self.client.log_batch(run_id, metrics=scores)
             return
-        per_class = [Metric(f"test_full/{name}_digit{digit}", float(value), now, step)
-                     for name, values in ev.per_class().items()
-                     for digit, value in enumerate(values)]
+        per_class = [
+            Metric(f"test_full/{name}_digit{digit}", float(value), now, step)
+            for name, values in ev.per_class().items()
+            for digit, value in enumerate(values)
+        ]
         self.client.log_batch(run_id, metrics=scores + per_class)
         with tempfile.TemporaryDirectory() as tmp:
             folder = Path(tmp)
-            (folder / "confusion_matrix.json").write_text(json.dumps({
-                "rows": "true digit", "columns": "predicted digit",
-                "matrix": ev.confusion.tolist(), "accuracy": ev.accuracy}, indent=1))
-            plot_confusion(ev, folder / "confusion_matrix.png",
-                           f"{run.info.run_name}: {ev.accuracy:.2%} of 10,000 test digits")
+            (folder / "confusion_matrix.json").write_text(
+                json.dumps(
+                    {
+                        "rows": "true digit",
+                        "columns": "predicted digit",
+                        "matrix": ev.confusion.tolist(),
+                        "accuracy": ev.accuracy,
+                    },
+                    indent=1,
+                )
+            )
+            plot_confusion(
+                ev,
+                folder / "confusion_matrix.png",
+                f"{run.info.run_name}: {ev.accuracy:.2%} of 10,000 test digits",
+            )
             plot_mistakes(ev, self.splits["test"].images, folder / "mistakes.png")
             self.client.log_artifacts(run_id, tmp, "evaluation")
-
-

@@ -24,6 +24,7 @@ from resnet_mnist.tracking.store import experiment_id as find_experiment
 
 # -- finding and training runs ------------------------------------------------------------------
 
+
 def quote(value: str) -> str:
     return "'" + value.replace("'", "\\'") + "'"
 
@@ -37,8 +38,9 @@ def train_runs(client: MlflowClient, experiment_ids: list[str], where: str = "")
     query = "tags.run_type = 'train' and attributes.status = 'FINISHED'"
     if where:
         query += f" and {where}"
-    return client.search_runs(experiment_ids, query, order_by=["attributes.start_time DESC"],
-                              max_results=1000)
+    return client.search_runs(
+        experiment_ids, query, order_by=["attributes.start_time DESC"], max_results=1000
+    )
 
 
 def seed_group(client: MlflowClient, experiment_id: str, preset: str, seeds: list[int]) -> str:
@@ -46,13 +48,17 @@ def seed_group(client: MlflowClient, experiment_id: str, preset: str, seeds: lis
     seeds_tag = ",".join(map(str, seeds))
     found = client.search_runs(
         [experiment_id],
-        f"tags.run_type = 'seed_group' and tags.preset = {quote(preset)} "
-        f"and tags.seeds = {quote(seeds_tag)}",
-        order_by=["attributes.start_time DESC"], max_results=1)
+        f"tags.run_type = 'seed_group' and tags.preset = {quote(preset)} and tags.seeds = {quote(seeds_tag)}",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
     if found:
         return found[0].info.run_id
-    run = client.create_run(experiment_id, run_name=f"seeds-{preset}-{seeds_tag}",
-                            tags={"run_type": "seed_group", "preset": preset, "seeds": seeds_tag})
+    run = client.create_run(
+        experiment_id,
+        run_name=f"seeds-{preset}-{seeds_tag}",
+        tags={"run_type": "seed_group", "preset": preset, "seeds": seeds_tag},
+    )
     client.set_terminated(run.info.run_id, "FINISHED")
     return run.info.run_id
 
@@ -61,8 +67,13 @@ TrainFn = Callable[[TrainConfig, str | None], str]
 
 
 def ensure_runs(
-    client: MlflowClient, experiment_id: str, preset: str, seeds: list[int] | None,
-    train: TrainFn, overrides: dict | None = None, force: bool = False,
+    client: MlflowClient,
+    experiment_id: str,
+    preset: str,
+    seeds: list[int] | None,
+    train: TrainFn,
+    overrides: dict | None = None,
+    force: bool = False,
 ) -> list[str]:
     """Make sure each variant has a FINISHED run per seed with the preset's parameters.
 
@@ -78,8 +89,7 @@ def ensure_runs(
         for seed in list[int | None](seeds) if seeds else [None]:
             extra = (overrides or {}) | ({"seed": seed} if seed is not None else {})
             config = build_config(preset, variant == "residual", extra)
-            match = None if force else next(
-                (r for r in existing if same_params(r, config)), None)
+            match = None if force else next((r for r in existing if same_params(r, config)), None)
             ids.append(match.info.run_id if match else train(config, parent))
     return ids
 
@@ -88,8 +98,18 @@ def ensure_runs(
 
 #: Params that say which run of a pair it is, or where and how it ran, not what it learned; never
 #: part of a run's settings. (The per-process batch sizes follow from batch_size and world_size.)
-NOT_SETTINGS = frozenset({"use_residual", "variant", "seed", "device", "data_root", "backend",
-                          "global_batch_size", "per_rank_batch_size"})
+NOT_SETTINGS = frozenset(
+    {
+        "use_residual",
+        "variant",
+        "seed",
+        "device",
+        "data_root",
+        "backend",
+        "global_batch_size",
+        "per_rank_batch_size",
+    }
+)
 NOT_LOGGED = "(not logged)"
 
 
@@ -98,12 +118,14 @@ def per_variant_values(preset: str) -> dict[str, tuple[str, str]]:
     """The settings a preset gives each variant its own value of: name -> (plain, residual) as
     text; empty for a preset that cannot be read (e.g. `custom`)."""
     try:
-        plain, residual = (build_config(preset, use_residual).params()
-                           for use_residual in (False, True))
+        plain, residual = (build_config(preset, use_residual).params() for use_residual in (False, True))
     except ConfigError:
         return {}
-    return {k: (str(plain[k]), str(residual[k])) for k in plain
-            if k not in NOT_SETTINGS and plain[k] != residual[k]}
+    return {
+        k: (str(plain[k]), str(residual[k]))
+        for k in plain
+        if k not in NOT_SETTINGS and plain[k] != residual[k]
+    }
 
 
 def _as_text(name: str, value: str) -> str:
@@ -161,9 +183,10 @@ def differences(runs: list[Run]) -> dict[str, dict[str, list[Run]]]:
 def describe(diff: dict[str, dict[str, list[Run]]]) -> str:
     """`lr: 0.02 (residual 1a2b3c4d) vs smoke preset... (plain 9f8e7d6c)`, one part a setting."""
     return "; ".join(
-        f"{name}: " + " vs ".join(f"{value} ({', '.join(map(run_label, runs))})"
-                                  for value, runs in by_value.items())
-        for name, by_value in diff.items())
+        f"{name}: "
+        + " vs ".join(f"{value} ({', '.join(map(run_label, runs))})" for value, runs in by_value.items())
+        for name, by_value in diff.items()
+    )
 
 
 def newest_per_seed(runs: list[Run]) -> tuple[list[Run], list[Run]]:
@@ -176,8 +199,7 @@ def newest_per_seed(runs: list[Run]) -> tuple[list[Run], list[Run]]:
     for run in sorted(unique, key=lambda r: r.info.start_time or 0, reverse=True):
         newest.setdefault((variant_of(run), run.data.params.get("seed")), run)
     kept = {r.info.run_id for r in newest.values()}
-    return ([r for r in unique if r.info.run_id in kept],
-            [r for r in unique if r.info.run_id not in kept])
+    return ([r for r in unique if r.info.run_id in kept], [r for r in unique if r.info.run_id not in kept])
 
 
 @dataclass
@@ -209,7 +231,8 @@ def vet(runs: list[Run], allow_mismatch: bool = False) -> Vetted:
         raise CompareError(
             f"the selected runs differ in more than the variant, so their difference would not be "
             f"the shortcuts' alone: {describe(mismatch)}. Select runs trained with the same "
-            "settings, or pass --allow-mismatch to compare them anyway (the verdict says so).")
+            "settings, or pass --allow-mismatch to compare them anyway (the verdict says so)."
+        )
     return Vetted(kept, set_aside, mismatch)
 
 
@@ -222,8 +245,7 @@ def newest_pair(runs: list[Run], allow_mismatch: bool = False) -> list[Run]:
     """
     keyed = [(run, tuple(settings(run).items())) for run in runs]
     for run, key in keyed:
-        partner = next((r for r, k in keyed if k == key and variant_of(r) != variant_of(run)),
-                       None)
+        partner = next((r for r, k in keyed if k == key and variant_of(r) != variant_of(run)), None)
         if partner is not None:
             pair = {variant_of(run): run, variant_of(partner): partner}
             return [pair[v] for v in VARIANTS]
@@ -235,13 +257,18 @@ def newest_pair(runs: list[Run], allow_mismatch: bool = False) -> list[Run]:
         raise CompareError(
             "no plain and residual runs here share their settings; the newest of each differ in "
             f"{describe(differences(newest))}. Train the missing variant with the same settings "
-            "(`resnet-mnist compare --train-missing`), or pass --allow-mismatch.")
+            "(`resnet-mnist compare --train-missing`), or pass --allow-mismatch."
+        )
     return newest
 
 
 def select_runs(
-    client: MlflowClient, experiment: str, preset: str | None = None,
-    run_ids: list[str] | None = None, where: str = "", allow_mismatch: bool = False,
+    client: MlflowClient,
+    experiment: str,
+    preset: str | None = None,
+    run_ids: list[str] | None = None,
+    where: str = "",
+    allow_mismatch: bool = False,
 ) -> list[Run]:
     """Explicit ids, or a search string, or by default the newest FINISHED pair of the preset
     whose settings match (`newest_pair`).
@@ -255,26 +282,38 @@ def select_runs(
             try:
                 runs.append(client.get_run(run_id))
             except MlflowException:
-                raise CompareError(f"no run {run_id!r} in {mlflow.get_tracking_uri()} "
-                                   "(--runs takes run ids, comma-separated)") from None
+                raise CompareError(
+                    f"no run {run_id!r} in {mlflow.get_tracking_uri()} "
+                    "(--runs takes run ids, comma-separated)"
+                ) from None
         return runs
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
-        raise CompareError(f"experiment {experiment!r} does not exist: train first "
-                           "(`resnet-mnist train` or `make compare`)")
+        raise CompareError(
+            f"experiment {experiment!r} does not exist: train first (`resnet-mnist train` or `make compare`)"
+        )
     narrow = where or (f"tags.preset = {quote(preset)}" if preset else "")
     try:
         runs = train_runs(client, [exp.experiment_id], narrow)
     except MlflowException as exc:
-        raise CompareError(f"--filter {where!r} is not an MLflow search string MLflow accepts "
-                           f"({first_line(exc)})") from None
+        raise CompareError(
+            f"--filter {where!r} is not an MLflow search string MLflow accepts ({first_line(exc)})"
+        ) from None
     return runs if where else newest_pair(runs, allow_mismatch)
 
 
 def choose_runs(
-    client: MlflowClient, experiment: str, preset: str, *, run_ids: list[str] | None = None,
-    where: str = "", seeds: list[int] | None = None, train_missing: bool = False,
-    force: bool = False, allow_mismatch: bool = False, train: TrainFn | None = None,
+    client: MlflowClient,
+    experiment: str,
+    preset: str,
+    *,
+    run_ids: list[str] | None = None,
+    where: str = "",
+    seeds: list[int] | None = None,
+    train_missing: bool = False,
+    force: bool = False,
+    allow_mismatch: bool = False,
+    train: TrainFn | None = None,
 ) -> list[Run]:
     """The runs a comparison uses: exactly `run_ids`, or those `where` finds, or (with seeds,
     `train_missing` or `force`) the preset's runs with any missing one trained by `train`, or else
@@ -291,6 +330,8 @@ def choose_runs(
     else:
         selected = select_runs(client, experiment, preset, allow_mismatch=allow_mismatch)
     if not selected:
-        raise CompareError(f"no FINISHED training runs to compare in {experiment!r} (preset "
-                           f"{preset!r}); run `make compare` or `resnet-mnist compare --train-missing`")
+        raise CompareError(
+            f"no FINISHED training runs to compare in {experiment!r} (preset "
+            f"{preset!r}); run `make compare` or `resnet-mnist compare --train-missing`"
+        )
     return selected

@@ -32,8 +32,14 @@ class Stats:
     metric: str = "dev_accuracy_full"
 
 
-METRICS = ("dev_accuracy_full", "dev_loss_full", "best_dev_accuracy", "test_accuracy",
-           "test_accuracy_full", "test_loss_full")
+METRICS = (
+    "dev_accuracy_full",
+    "dev_loss_full",
+    "best_dev_accuracy",
+    "test_accuracy",
+    "test_accuracy_full",
+    "test_loss_full",
+)
 #: How many images each full-split accuracy counts: the n of its binomial interval.
 SPLIT_SIZE = {"dev_accuracy_full": D.DEV_SIZE, "test_accuracy_full": D.TEST_SIZE}
 
@@ -53,20 +59,30 @@ def statistics(summaries: list[RunSummary], metric: str = "dev_accuracy_full") -
     missing = [v for v in VARIANTS if not by[v]]
     if missing:
         have = ", ".join(v for v in VARIANTS if by[v]) or "none"
-        raise CompareError(f"need both variants to compare; found only: {have}. Train the "
-                           f"missing one (`resnet-mnist train --{'no-' if missing[0] == 'plain' else ''}"
-                           "use-residual`) or run `resnet-mnist compare --train-missing`.")
+        raise CompareError(
+            f"need both variants to compare; found only: {have}. Train the "
+            f"missing one (`resnet-mnist train --{'no-' if missing[0] == 'plain' else ''}"
+            "use-residual`) or run `resnet-mnist compare --train-missing`."
+        )
     mean = {v: {k: float(np.mean([getattr(s, k) for s in by[v]])) for k in METRICS} for v in VARIANTS}
-    std = {v: {k: float(np.std([getattr(s, k) for s in by[v]], ddof=1)) if len(by[v]) > 1
-               else float("nan") for k in METRICS} for v in VARIANTS}
+    std = {
+        v: {
+            k: float(np.std([getattr(s, k) for s in by[v]], ddof=1)) if len(by[v]) > 1 else float("nan")
+            for k in METRICS
+        }
+        for v in VARIANTS
+    }
     plain = {s.seed: getattr(s, metric) for s in by["plain"]}
     residual = {s.seed: getattr(s, metric) for s in by["residual"]}
     paired = sorted(set(plain) & set(residual))
     if len(paired) >= 2 and len(paired) == len(by["plain"]) == len(by["residual"]):
         d = np.array([residual[k] - plain[k] for k in paired])
         half = st.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / math.sqrt(len(d))
-        diff, ci, method = float(d.mean()), (float(d.mean() - half), float(d.mean() + half)), \
-            f"paired t over {len(d)} seeds"
+        diff, ci, method = (
+            float(d.mean()),
+            (float(d.mean() - half), float(d.mean() + half)),
+            f"paired t over {len(d)} seeds",
+        )
     elif min(len(by[v]) for v in VARIANTS) >= 2:
         a, b = ([getattr(s, metric) for s in by[v]] for v in ("residual", "plain"))
         low, high = st.ttest_ind(a, b, equal_var=False).confidence_interval(0.95)
@@ -83,8 +99,7 @@ def statistics(summaries: list[RunSummary], metric: str = "dev_accuracy_full") -
         runs = "1 seed" if len(by["plain"]) == len(by["residual"]) == 1 else "unpaired seeds"
         method = f"binomial interval over {n:,} {metric.split('_')[0]} images, {runs}"
     dev_winner = max(VARIANTS, key=lambda v: (mean[v]["dev_accuracy_full"], v == "residual"))
-    return Stats({v: len(by[v]) for v in VARIANTS}, mean, std, diff, ci, method, dev_winner,
-                 metric)
+    return Stats({v: len(by[v]) for v in VARIANTS}, mean, std, diff, ci, method, dev_winner, metric)
 
 
 def _pair(s: Stats, key: str) -> str:
@@ -98,21 +113,29 @@ def verdict(s: Stats) -> str:
     leader, other = ("residual", "plain") if s.diff >= 0 else ("plain", "residual")
     lo, hi = 100 * s.ci[0], 100 * s.ci[1]
     acc = {v: 100 * s.mean[v][s.metric] for v in VARIANTS}
-    text = (f"On the full 10,000-image dev split the {leader} network scores "
-            f"{acc[leader]:.2f} % against {acc[other]:.2f} % for the {other} one "
-            f"(difference residual - plain {pts:+.2f} points, 95 % interval [{lo:+.2f}, {hi:+.2f}], "
-            f"{s.method}). ")
+    text = (
+        f"On the full 10,000-image dev split the {leader} network scores "
+        f"{acc[leader]:.2f} % against {acc[other]:.2f} % for the {other} one "
+        f"(difference residual - plain {pts:+.2f} points, 95 % interval [{lo:+.2f}, {hi:+.2f}], "
+        f"{s.method}). "
+    )
     if lo > 0 or hi < 0:
         text += f"The difference is larger than the noise: {leader} wins."
     else:
         text += "The interval includes zero: the difference is within the noise, no winner."
     if s.method.startswith("binomial"):
-        text += (" With one seed per variant (or seeds that do not pair) the seed-to-seed "
-                 "variation is not measured; `--seeds 5` measures it.")
-    text += (f" Full-dev accuracy alone chooses the registered model: {s.dev_winner} has the "
-             "higher mean (a tie goes to residual), and its best run on dev is the candidate.")
-    text += (f" Held out, deciding nothing: on the full 10,000-image test set "
-             f"{_pair(s, 'test_accuracy_full')}; on the book's small test subset "
-             f"{_pair(s, 'test_accuracy')}. The book's metric, best accuracy on the small dev "
-             f"subset that picked each checkpoint: {_pair(s, 'best_dev_accuracy')}.")
+        text += (
+            " With one seed per variant (or seeds that do not pair) the seed-to-seed "
+            "variation is not measured; `--seeds 5` measures it."
+        )
+    text += (
+        f" Full-dev accuracy alone chooses the registered model: {s.dev_winner} has the "
+        "higher mean (a tie goes to residual), and its best run on dev is the candidate."
+    )
+    text += (
+        f" Held out, deciding nothing: on the full 10,000-image test set "
+        f"{_pair(s, 'test_accuracy_full')}; on the book's small test subset "
+        f"{_pair(s, 'test_accuracy')}. The book's metric, best accuracy on the small dev "
+        f"subset that picked each checkpoint: {_pair(s, 'best_dev_accuracy')}."
+    )
     return text

@@ -11,8 +11,14 @@ from pathlib import Path
 def write_table(columns: Sequence[str], rows: list[list[str]], stem: Path) -> list[Path]:
     """`stem`.md and `stem`.csv with the same header and rows; returns both paths."""
     md, csv_path = stem.with_suffix(".md"), stem.with_suffix(".csv")
-    md.write_text("| " + " | ".join(columns) + " |\n|" + "---|" * len(columns) + "\n"
-                  + "".join("| " + " | ".join(r) + " |\n" for r in rows))
+    md.write_text(
+        "| "
+        + " | ".join(columns)
+        + " |\n|"
+        + "---|" * len(columns)
+        + "\n"
+        + "".join("| " + " | ".join(r) + " |\n" for r in rows)
+    )
     with open(csv_path, "w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(columns)

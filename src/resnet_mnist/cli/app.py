@@ -14,10 +14,14 @@ from resnet_mnist.runtime import timeline
 from resnet_mnist.runtime.signals import ignore_signals_at_exit, leave, own_process
 from resnet_mnist.runtime.timeline import mark
 
-app = typer.Typer(no_args_is_help=True, add_completion=False,
-                  pretty_exceptions_enable=False, cls=ErrorBoundary,
-                  # `mlflow run -P batch_size=8` passes `--batch_size 8`: accept both spellings.
-                  context_settings={"token_normalize_func": lambda t: t.replace("_", "-")})
+app = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    cls=ErrorBoundary,
+    # `mlflow run -P batch_size=8` passes `--batch_size 8`: accept both spellings.
+    context_settings={"token_normalize_func": lambda t: t.replace("_", "-")},
+)
 data_app = typer.Typer(help="Get and check the MNIST IDX files.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 data_app.command("fetch")(data.fetch)
@@ -35,8 +39,9 @@ app.command()(runs.links)
 @app.callback()
 @app.callback()
 def main_options(
-    debug: Annotated[bool, typer.Option(
-        help=f"Show the traceback of an unexpected error (or set {DEBUG_ENV}=1).")] = False,
+    debug: Annotated[
+        bool, typer.Option(help=f"Show the traceback of an unexpected error (or set {DEBUG_ENV}=1).")
+    ] = False,
 ) -> None:
     """MLflow-tracked ResNet18 with and without residual connections on MNIST."""
 

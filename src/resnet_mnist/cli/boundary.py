@@ -33,8 +33,10 @@ def fail(message: str, code: int = 1) -> typer.Exit:
 def disk_full(exc: OSError) -> str:
     """Which file could not be written, and what happened to the run."""
     where = exc.filename2 or exc.filename
-    return (f"no space left on the device while writing {where or 'a file'} ({exc.strerror}); "
-            "free some space and rerun (any run in progress was ended FAILED)")
+    return (
+        f"no space left on the device while writing {where or 'a file'} ({exc.strerror}); "
+        "free some space and rerun (any run in progress was ended FAILED)"
+    )
 
 
 class ErrorBoundary(TyperGroup):
@@ -56,8 +58,11 @@ class ErrorBoundary(TyperGroup):
             if not reports():  # a rank stopped with its job: rank 0 tells what happened
                 raise typer.Exit(130) from None
             if isinstance(exc, RunInterrupted):
-                hint = (f"; resume with `resnet-mnist train --resume {exc.run_id}`"
-                        if exc.step is not None else "")
+                hint = (
+                    f"; resume with `resnet-mnist train --resume {exc.run_id}`"
+                    if exc.step is not None
+                    else ""
+                )
                 raise fail(f"interrupted; run {exc.run_id} was ended KILLED{hint}", 130) from None
             raise fail("interrupted", 130) from None
         except Exception as exc:
@@ -68,5 +73,8 @@ class ErrorBoundary(TyperGroup):
             if debug:
                 raise
             first = first_line(exc, 500) if str(exc).strip() else ""
-            raise fail(f"unexpected {type(exc).__name__}" + (f": {first}" if first else "")
-                       + f" (rerun with --debug or {DEBUG_ENV}=1 for the traceback)") from None
+            raise fail(
+                f"unexpected {type(exc).__name__}"
+                + (f": {first}" if first else "")
+                + f" (rerun with --debug or {DEBUG_ENV}=1 for the traceback)"
+            ) from None

@@ -15,8 +15,7 @@ console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 160)
 
 RootOption = Annotated[
     Path | None,
-    typer.Option("--root", help="Data root (files in ROOT/MNIST/raw); default $RESNET_MNIST_DATA "
-                 "or ./data."),
+    typer.Option("--root", help="Data root (files in ROOT/MNIST/raw); default $RESNET_MNIST_DATA or ./data."),
 ]
 
 
@@ -32,8 +31,9 @@ def parse_seeds(value: str | None) -> list[int] | None:
             return list(range(count))
         seeds = [int(v) for v in value.split(",") if v.strip()]
     except ValueError:
-        raise typer.BadParameter(f"--seeds takes a count >= 1 or a list like 0,1,2; got {value!r}",
-                                 param_hint="--seeds") from None
+        raise typer.BadParameter(
+            f"--seeds takes a count >= 1 or a list like 0,1,2; got {value!r}", param_hint="--seeds"
+        ) from None
     if len(set(seeds)) != len(seeds) or not seeds:
         raise typer.BadParameter(f"--seeds {value!r} repeats a seed", param_hint="--seeds")
     return seeds
@@ -46,5 +46,4 @@ def parse_numbers(value: str | None, kind: type, option: str) -> list | None:
     try:
         return [kind(v) for v in value.split(",") if v.strip()]
     except ValueError:
-        raise typer.BadParameter(f"takes a comma list of numbers, got {value!r}",
-                                 param_hint=option) from None
+        raise typer.BadParameter(f"takes a comma list of numbers, got {value!r}", param_hint=option) from None

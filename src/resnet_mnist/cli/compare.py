@@ -17,27 +17,43 @@ from resnet_mnist.tracking.names import DEFAULT_EXPERIMENT, MODEL_NAME
 
 def compare(
     preset: Annotated[str, typer.Option(help="Preset whose runs to compare or train.")] = "seed",
-    seeds: Annotated[str | None, typer.Option(
-        help="Train missing runs so each variant has these seeds (`5` = 0..4, or `0,1,2`), "
-             "nested under one seed-group run, and compare mean ± std.")] = None,
-    train_missing: Annotated[bool, typer.Option(
-        help="Train a variant that has no FINISHED run with the preset's parameters.")] = False,
+    seeds: Annotated[
+        str | None,
+        typer.Option(
+            help="Train missing runs so each variant has these seeds (`5` = 0..4, or `0,1,2`), "
+            "nested under one seed-group run, and compare mean ± std."
+        ),
+    ] = None,
+    train_missing: Annotated[
+        bool, typer.Option(help="Train a variant that has no FINISHED run with the preset's parameters.")
+    ] = False,
     force: Annotated[bool, typer.Option(help="Retrain even when matching runs exist.")] = False,
-    runs: Annotated[str | None, typer.Option(help="Compare exactly these run ids (comma list).")]
-    = None,
-    filter: Annotated[str | None, typer.Option(
-        "--filter", help="An MLflow search string choosing the runs, e.g. \"params.seed = '1'\".")]
-    = None,
-    allow_mismatch: Annotated[bool, typer.Option(
-        help="Compare runs whose settings differ in more than the variant (refused otherwise); "
-             "the verdict and the tag `settings_mismatch` name the differences.")] = False,
+    runs: Annotated[str | None, typer.Option(help="Compare exactly these run ids (comma list).")] = None,
+    filter: Annotated[
+        str | None,
+        typer.Option(
+            "--filter", help="An MLflow search string choosing the runs, e.g. \"params.seed = '1'\"."
+        ),
+    ] = None,
+    allow_mismatch: Annotated[
+        bool,
+        typer.Option(
+            help="Compare runs whose settings differ in more than the variant (refused otherwise); "
+            "the verdict and the tag `settings_mismatch` name the differences."
+        ),
+    ] = False,
     experiment: Annotated[str, typer.Option(help="MLflow experiment.")] = DEFAULT_EXPERIMENT,
     model_name: Annotated[str, typer.Option(help="Registered model name.")] = MODEL_NAME,
-    register: Annotated[bool, typer.Option(
-        help="Register the dev winner as @champion if it is at least as good on the full dev "
-             "split as the current champion.")] = True,
-    out: Annotated[Path, typer.Option(help="Where the figure, table and verdict go.")]
-    = Path("reports/compare"),
+    register: Annotated[
+        bool,
+        typer.Option(
+            help="Register the dev winner as @champion if it is at least as good on the full dev "
+            "split as the current champion."
+        ),
+    ] = True,
+    out: Annotated[Path, typer.Option(help="Where the figure, table and verdict go.")] = Path(
+        "reports/compare"
+    ),
     device: Annotated[Device, typer.Option(help="Device for any training.")] = Device.auto,
     data_root: RootOption = None,
 ) -> None:
@@ -70,19 +86,37 @@ def compare(
     started = time.perf_counter()
 
     with stop_on_signals() as stop:
+
         def train_one(config, parent):
             config = dataclasses.replace(config, device=device, data_root=root)
             console.print(f"training {config.architecture} seed {config.seed} ({config.preset})")
-            return runner.train(config, experiment, callbacks=[for_console(console)],
-                                parent_run_id=parent, stop=stop).run_id
+            return runner.train(
+                config, experiment, callbacks=[for_console(console)], parent_run_id=parent, stop=stop
+            ).run_id
 
         selected = SEL.choose_runs(
-            client, experiment, preset, run_ids=[r.strip() for r in runs.split(",")] if runs else None,
-            where=filter or "", seeds=seed_list, train_missing=train_missing, force=force,
-            allow_mismatch=allow_mismatch, train=train_one)
-        result = C.compare(client, selected, out, C.comparisons_experiment(client, selected),
-                           model_name if register else None, root or None, run_id=project_run,
-                           allow_mismatch=allow_mismatch, stop=stop)
+            client,
+            experiment,
+            preset,
+            run_ids=[r.strip() for r in runs.split(",")] if runs else None,
+            where=filter or "",
+            seeds=seed_list,
+            train_missing=train_missing,
+            force=force,
+            allow_mismatch=allow_mismatch,
+            train=train_one,
+        )
+        result = C.compare(
+            client,
+            selected,
+            out,
+            C.comparisons_experiment(client, selected),
+            model_name if register else None,
+            root or None,
+            run_id=project_run,
+            allow_mismatch=allow_mismatch,
+            stop=stop,
+        )
     table = Table(title="plain vs residual")
     for column in C.COLUMNS:
         table.add_column(column, justify="left" if column in ("variant", "run id") else "right")
@@ -93,9 +127,10 @@ def compare(
     console.print(f"figure, table and verdict in {out}/; comparison run {result.run_id}")
     comparison = client.get_run(result.run_id)
     console.print(f"the runs:       {ui_link(selected[0].info.experiment_id)}", highlight=False)
-    console.print(f"the comparison: {ui_link(comparison.info.experiment_id, result.run_id)}",
-                  highlight=False)
+    console.print(f"the comparison: {ui_link(comparison.info.experiment_id, result.run_id)}", highlight=False)
     if result.champion_uri:
-        console.print(f"{result.champion_note}; {result.champion_uri} is version "
-                      f"{result.champion_version}", highlight=False)
+        console.print(
+            f"{result.champion_note}; {result.champion_uri} is version {result.champion_version}",
+            highlight=False,
+        )
     console.print(f"wall time {time.perf_counter() - started:.1f} s")

@@ -25,14 +25,18 @@ def summary(
         model = build_resnet(depth, use_residual)
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--depth") from None
-    console.print(f"ResNet{depth} ({family(depth)}-style, "
-                  f"{'residual' if use_residual else 'plain'}), 1 channel, 10 classes")
+    console.print(
+        f"ResNet{depth} ({family(depth)}-style, "
+        f"{'residual' if use_residual else 'plain'}), 1 channel, 10 classes"
+    )
     console.print(format_table(measure(model)), highlight=False)
 
 
 def verify_torchvision(
-    weights: Annotated[Path | None, typer.Option(
-        help="A torchvision resnet18 state_dict (.pth); random weights when omitted.")] = None,
+    weights: Annotated[
+        Path | None,
+        typer.Option(help="A torchvision resnet18 state_dict (.pth); random weights when omitted."),
+    ] = None,
     batch: Annotated[int, typer.Option(min=1, help="Images in the random batch.")] = 4,
     size: Annotated[int, typer.Option(min=32, help="Image side in pixels.")] = 224,
     tolerance: Annotated[float, typer.Option(help="Largest allowed difference.")] = 1e-5,
@@ -42,8 +46,10 @@ def verify_torchvision(
     from resnet_mnist.core.equivalence import torchvision_difference
 
     diff = torchvision_difference(weights, batch, size, seed)
-    console.print(f"torchvision resnet18 vs resnet_mnist.ResNet18 on {batch}x3x{size}x{size}: "
-                  f"max |difference| = {diff:.3e} (tolerance {tolerance:.0e})")
+    console.print(
+        f"torchvision resnet18 vs resnet_mnist.ResNet18 on {batch}x3x{size}x{size}: "
+        f"max |difference| = {diff:.3e} (tolerance {tolerance:.0e})"
+    )
     if not diff <= tolerance:
         raise fail(f"outputs differ by {diff:.3e} > {tolerance:.0e}")
     console.print("[green]equivalent[/]")

@@ -29,11 +29,11 @@ def flag(name: str) -> str:
 def _option(name: str) -> inspect.Parameter:
     kind = TYPES[name]
     extra: dict[str, Any] = {"parser": parse_bool, "metavar": "BOOLEAN"} if kind is bool else {}
-    info = typer.Option(flag(name), help=FIELDS[name].metadata["help"], show_default=False,
-                        rich_help_panel=PANEL, **extra)
+    info = typer.Option(
+        flag(name), help=FIELDS[name].metadata["help"], show_default=False, rich_help_panel=PANEL, **extra
+    )
     annotation = Annotated[(Bool if kind is bool else kind) | None, info]  # type: ignore[valid-type]
-    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None,
-                             annotation=annotation)
+    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=annotation)
 
 
 def config_option_names() -> list[str]:
@@ -47,7 +47,6 @@ def with_config_options(command: F) -> F:
     signature = inspect.signature(command, eval_str=True)
     own = [p for p in signature.parameters.values() if p.kind is not p.VAR_KEYWORD]
     command.__signature__ = signature.replace(  # type: ignore[attr-defined]
-        parameters=own + [_option(name) for name in config_option_names()])
+        parameters=own + [_option(name) for name in config_option_names()]
+    )
     return command
-
-

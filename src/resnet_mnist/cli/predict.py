@@ -13,13 +13,19 @@ from resnet_mnist.tracking.names import CHAMPION_URI
 
 def predict(
     images: Annotated[list[Path] | None, typer.Argument(help="PNG/JPG digit images.")] = None,
-    model_uri: Annotated[str, typer.Option(help="Any MLflow model URI: models:/NAME@ALIAS, "
-                                           "runs:/ID/model, …")] = CHAMPION_URI,
-    mnist_test: Annotated[int | None, typer.Option(
-        help="Also score the first N official test images.")] = None,
-    allow_untrusted_model: Annotated[bool, typer.Option(
-        help="Load a model that is not this project's pt2 PyTorch model (it may carry code or "
-             "a pickle that runs when loaded).")] = False,
+    model_uri: Annotated[
+        str, typer.Option(help="Any MLflow model URI: models:/NAME@ALIAS, runs:/ID/model, …")
+    ] = CHAMPION_URI,
+    mnist_test: Annotated[
+        int | None, typer.Option(help="Also score the first N official test images.")
+    ] = None,
+    allow_untrusted_model: Annotated[
+        bool,
+        typer.Option(
+            help="Load a model that is not this project's pt2 PyTorch model (it may carry code or "
+            "a pickle that runs when loaded)."
+        ),
+    ] = False,
     data_root: RootOption = None,
 ) -> None:
     """Classify digit images with a model loaded by URI (the champion by default)."""

@@ -24,8 +24,12 @@ class RichProgress(Callback):
     def __init__(self, console: Console) -> None:
         self.console = console
         self.progress = Progress(
-            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=console,
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[info]}"),
+            TimeElapsedColumn(),
+            console=console,
         )
         self.task: TaskID | None = None
         self.epochs = 0
@@ -33,13 +37,13 @@ class RichProgress(Callback):
 
     def on_start(self, trainer: Trainer, total_steps: int) -> None:
         self.epochs = trainer.config.epochs
-        self.task = self.progress.add_task(trainer.config.architecture, total=total_steps,
-                                           info="")
+        self.task = self.progress.add_task(trainer.config.architecture, total=total_steps, info="")
         self.progress.start()
 
     def on_log(self, step: int, epoch: int, loss: float, images_per_s: float) -> None:
-        info = (f"epoch {epoch + 1}/{self.epochs}  loss {loss:.4f}  dev acc {self.dev}  "
-                f"{images_per_s:,.0f} img/s")
+        info = (
+            f"epoch {epoch + 1}/{self.epochs}  loss {loss:.4f}  dev acc {self.dev}  {images_per_s:,.0f} img/s"
+        )
         if self.task is not None:
             self.progress.update(self.task, completed=step + 1, info=info)
 
@@ -65,20 +69,25 @@ class PlainLog(Callback):
         self.epochs, self.total = trainer.config.epochs, total_steps
 
     def on_log(self, step: int, epoch: int, loss: float, images_per_s: float) -> None:
-        self._print(f"[Train] epoch: {epoch}/{self.epochs}, step: {step}/{self.total}, "
-                    f"loss: {loss:.5f}, {images_per_s:,.0f} images/s")
+        self._print(
+            f"[Train] epoch: {epoch}/{self.epochs}, step: {step}/{self.total}, "
+            f"loss: {loss:.5f}, {images_per_s:,.0f} images/s"
+        )
 
     def on_eval(self, step: int, dev_loss: float, dev_accuracy: float) -> None:
         self._print(f"[Evaluate] dev score: {dev_accuracy:.5f}, dev loss: {dev_loss:.5f}")
 
     def on_best(self, step: int, dev_accuracy: float) -> None:
-        self._print(f"[Evaluate] best accuracy performance has been updated: "
-                    f"{self.best:.5f} --> {dev_accuracy:.5f}")
+        self._print(
+            f"[Evaluate] best accuracy performance has been updated: {self.best:.5f} --> {dev_accuracy:.5f}"
+        )
         self.best = dev_accuracy
 
     def on_end(self, result: Result) -> None:
-        self._print(f"[Test] best checkpoint (step {result.best_step}): "
-                    f"accuracy {result.test_accuracy:.5f}, loss {result.test_loss:.5f}")
+        self._print(
+            f"[Test] best checkpoint (step {result.best_step}): "
+            f"accuracy {result.test_accuracy:.5f}, loss {result.test_loss:.5f}"
+        )
 
 
 def for_console(console: Console) -> Callback:

@@ -13,8 +13,9 @@ from resnet_mnist.tracking.names import DEFAULT_EXPERIMENT
 
 def stale(
     experiment: Annotated[str, typer.Option(help="MLflow experiment.")] = DEFAULT_EXPERIMENT,
-    mark_killed: Annotated[bool, typer.Option(
-        help="End the runs whose owner is gone as KILLED (they stay resumable).")] = False,
+    mark_killed: Annotated[
+        bool, typer.Option(help="End the runs whose owner is gone as KILLED (they stay resumable).")
+    ] = False,
 ) -> None:
     """List RUNNING runs whose training process is gone (killed, or its machine died).
 
@@ -35,17 +36,24 @@ def stale(
     for run, alive in found:
         tags, run_id = run.data.tags, run.info.run_id
         state = {True: "owner alive", False: "owner gone", None: "no owner recorded"}[alive]
-        console.print(f"{run_id}  {run.info.run_name}  {state} (pid {tags.get('owner.pid', '?')} "
-                      f"on {tags.get('owner.host', '?')}, checkpoint at step "
-                      f"{tags.get('resume_step', 'none')})", highlight=False)
+        console.print(
+            f"{run_id}  {run.info.run_name}  {state} (pid {tags.get('owner.pid', '?')} "
+            f"on {tags.get('owner.host', '?')}, checkpoint at step "
+            f"{tags.get('resume_step', 'none')})",
+            highlight=False,
+        )
         kept = Spool.find(run_id)
         if kept is not None:
-            console.print(f"  lost its tracking server; kept on this machine in {kept.path} "
-                          f"(`resnet-mnist train --resume {run_id}` sends it)", highlight=False)
+            console.print(
+                f"  lost its tracking server; kept on this machine in {kept.path} "
+                f"(`resnet-mnist train --resume {run_id}` sends it)",
+                highlight=False,
+            )
         if mark_killed and alive is False:
             if end_stale(client, run_id):
-                console.print(f"  marked KILLED; resume with `resnet-mnist train --resume "
-                              f"{run_id}`", highlight=False)
+                console.print(
+                    f"  marked KILLED; resume with `resnet-mnist train --resume {run_id}`", highlight=False
+                )
             else:
                 console.print(f"  {run_id} is being resumed by another process; left alone")
 

@@ -18,26 +18,42 @@ from resnet_mnist.tracking.names import STUDY_EXPERIMENT
 
 
 def study(
-    name: Annotated[str, typer.Option("--study", help="cpu (this 2-core machine, < 30 min), gpu "
-                                      "(the full grid), tiny (tests), or a YAML file.")] = "cpu",
-    depths: Annotated[str | None, typer.Option(help="Depths instead of the file's, e.g. 20,56 "
-                                               "(18, 34, or 6n+2).")] = None,
-    seeds: Annotated[str | None, typer.Option(help="Seeds instead of the file's: a count (`3` = "
-                                              "0..2) or a list (`0,1,2`).")] = None,
-    lrs: Annotated[str | None, typer.Option(help="Learning-rate grid instead of the file's, "
-                                            "e.g. 0.02,0.05.")] = None,
-    workers: Annotated[int, typer.Option(min=1, help="Worker processes on this machine (the "
-                                         "groups are split between them).")] = 1,
-    shard: Annotated[str, typer.Option(help="K/N: train only this machine's share of the grid "
-                                       "(run one shard per machine against one tracking "
-                                       "server).")] = "1/1",
-    report: Annotated[bool, typer.Option(help="Judge the grid and log the report when every cell "
-                                         "has finished.")] = True,
-    report_only: Annotated[bool, typer.Option(help="Train nothing; report the finished grid.")]
-    = False,
+    name: Annotated[
+        str,
+        typer.Option(
+            "--study",
+            help="cpu (this 2-core machine, < 30 min), gpu (the full grid), tiny (tests), or a YAML file.",
+        ),
+    ] = "cpu",
+    depths: Annotated[
+        str | None, typer.Option(help="Depths instead of the file's, e.g. 20,56 (18, 34, or 6n+2).")
+    ] = None,
+    seeds: Annotated[
+        str | None,
+        typer.Option(help="Seeds instead of the file's: a count (`3` = 0..2) or a list (`0,1,2`)."),
+    ] = None,
+    lrs: Annotated[
+        str | None, typer.Option(help="Learning-rate grid instead of the file's, e.g. 0.02,0.05.")
+    ] = None,
+    workers: Annotated[
+        int, typer.Option(min=1, help="Worker processes on this machine (the groups are split between them).")
+    ] = 1,
+    shard: Annotated[
+        str,
+        typer.Option(
+            help="K/N: train only this machine's share of the grid "
+            "(run one shard per machine against one tracking "
+            "server)."
+        ),
+    ] = "1/1",
+    report: Annotated[
+        bool, typer.Option(help="Judge the grid and log the report when every cell has finished.")
+    ] = True,
+    report_only: Annotated[bool, typer.Option(help="Train nothing; report the finished grid.")] = False,
     experiment: Annotated[str, typer.Option(help="MLflow experiment.")] = STUDY_EXPERIMENT,
-    out: Annotated[Path, typer.Option(help="Where the figures, tables and verdict go.")]
-    = Path("reports/study"),
+    out: Annotated[Path, typer.Option(help="Where the figures, tables and verdict go.")] = Path(
+        "reports/study"
+    ),
     device: Annotated[Device, typer.Option(help="Device for the training.")] = Device.auto,
     threads: Annotated[int | None, typer.Option(hidden=True, min=1)] = None,
     data_root: RootOption = None,
@@ -63,8 +79,9 @@ def study(
     from resnet_mnist.tracking import runner
     from resnet_mnist.tracking.store import check_store, take_project_run, ui_link
 
-    spec = S.load_study(name, parse_numbers(depths, int, "--depths"), parse_seeds(seeds),
-                        parse_numbers(lrs, float, "--lrs"))
+    spec = S.load_study(
+        name, parse_numbers(depths, int, "--depths"), parse_seeds(seeds), parse_numbers(lrs, float, "--lrs")
+    )
     index, count = E.parse_shard(shard)
     if threads:
         import torch
@@ -83,19 +100,24 @@ def study(
 
     if not report_only:
         with stop_on_signals() as stop:
+
             def train_cell(config: TrainConfig, tags: dict[str, str]) -> str:
                 config = dataclasses.replace(config, device=device, data_root=root)
-                say(f"{prefix}{config.architecture} lr {config.lr:g} seed {config.seed} "
-                    f"({tags['study.phase']}): training")
-                trained = runner.train(config, home.experiment, tags=tags,
-                                       parent_run_id=home.run_id, stop=stop)
+                say(
+                    f"{prefix}{config.architecture} lr {config.lr:g} seed {config.seed} "
+                    f"({tags['study.phase']}): training"
+                )
+                trained = runner.train(
+                    config, home.experiment, tags=tags, parent_run_id=home.run_id, stop=stop
+                )
                 r = trained.result
-                say(f"{prefix}{config.architecture} lr {config.lr:g} seed {config.seed}: dev "
-                    f"{r.best_dev_accuracy:.2%}, {r.train_time_s:.0f} s training")
+                say(
+                    f"{prefix}{config.architecture} lr {config.lr:g} seed {config.seed}: dev "
+                    f"{r.best_dev_accuracy:.2%}, {r.train_time_s:.0f} s training"
+                )
                 return trained.run_id
 
-            E.train_grid(client, home, spec, (index, count), workers, sys.argv[1:], train_cell,
-                         stop, say)
+            E.train_grid(client, home, spec, (index, count), workers, sys.argv[1:], train_cell, stop, say)
     if not report and not report_only:
         return
     missing = unfinished(client, home, spec)

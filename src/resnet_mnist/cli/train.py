@@ -25,15 +25,26 @@ RESUME_OVERRIDES = ("device", "data_root")
 
 @with_config_options
 def train(
-    preset: Annotated[str, typer.Option(help="seed (the book), full (all of MNIST), smoke "
-                                        "(tests), or a path to a YAML file.")] = "seed",
-    nproc: Annotated[int, typer.Option(
-        min=1, help="Data-parallel processes on this machine (torchrun; gloo on CPU, NCCL on "
-        "GPUs). For several machines run torchrun yourself: see the README.")] = 1,
-    resume: Annotated[str | None, typer.Option(
-        help="Continue this KILLED/FAILED run (or one whose process or tracking server went "
-             "away) from its resumable checkpoint, in the same run, with its logged settings "
-             "(only --device and --root may change).")] = None,
+    preset: Annotated[
+        str,
+        typer.Option(help="seed (the book), full (all of MNIST), smoke (tests), or a path to a YAML file."),
+    ] = "seed",
+    nproc: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Data-parallel processes on this machine (torchrun; gloo on CPU, NCCL on "
+            "GPUs). For several machines run torchrun yourself: see the README.",
+        ),
+    ] = 1,
+    resume: Annotated[
+        str | None,
+        typer.Option(
+            help="Continue this KILLED/FAILED run (or one whose process or tracking server went "
+            "away) from its resumable checkpoint, in the same run, with its logged settings "
+            "(only --device and --root may change)."
+        ),
+    ] = None,
     experiment: Annotated[str, typer.Option(help="MLflow experiment name.")] = DEFAULT_EXPERIMENT,
     run_name: Annotated[str | None, typer.Option(help="Default resnet18-VARIANT-seedN.")] = None,
     **settings: Any,
@@ -55,21 +66,26 @@ def train(
     given = {k: v for k, v in settings.items() if v is not None}
     if resume:
         if nproc > 1:
-            raise typer.BadParameter("--resume continues in one process; drop --nproc",
-                                     param_hint="--nproc")
+            raise typer.BadParameter("--resume continues in one process; drop --nproc", param_hint="--nproc")
         ignored = [flag(k) for k in given if k not in RESUME_OVERRIDES]
         if ignored:
-            raise typer.BadParameter(f"--resume continues with the run's logged settings; drop "
-                                     f"{', '.join(ignored)}", param_hint="--resume")
+            raise typer.BadParameter(
+                f"--resume continues with the run's logged settings; drop {', '.join(ignored)}",
+                param_hint="--resume",
+            )
         from resnet_mnist.tracking.offline import Spool
 
         kept = Spool.find(resume)
         if kept is not None:
-            console.print(f"sending what was kept while the server was gone ({kept.metric_count()}"
-                          f" metric values, the checkpoint) from {kept.path}", highlight=False)
+            console.print(
+                f"sending what was kept while the server was gone ({kept.metric_count()}"
+                f" metric values, the checkpoint) from {kept.path}",
+                highlight=False,
+            )
         with stop_on_signals() as stop:
-            trained = runner.resume(resume, given.get("data_root", ""), given.get("device"),
-                                    [for_console(console)], stop)
+            trained = runner.resume(
+                resume, given.get("data_root", ""), given.get("device"), [for_console(console)], stop
+            )
     else:
         config = build_config(preset, given.pop("use_residual", True), given)
         if nproc > 1 and not distributed.launched():
@@ -79,16 +95,20 @@ def train(
             if stop.is_set() or code == 130:
                 raise KeyboardInterrupt("distributed run stopped")
             raise typer.Exit(code)
-        dist = distributed.init(resolve_device(config.device).type) if distributed.launched() \
-            else None
+        dist = distributed.init(resolve_device(config.device).type) if distributed.launched() else None
         main_rank = dist is None or dist.is_main
         project_run = take_project_run()
         try:
             with stop_on_signals() as stop:
                 trained = runner.train(
-                    config, experiment, run_name,
+                    config,
+                    experiment,
+                    run_name,
                     callbacks=[for_console(console)] if main_rank else [],
-                    run_id=project_run if main_rank else None, dist=dist, stop=stop)
+                    run_id=project_run if main_rank else None,
+                    dist=dist,
+                    stop=stop,
+                )
         finally:
             distributed.close()
         if not main_rank:
@@ -118,5 +138,4 @@ def _print_trained(trained: Trained) -> None:
     from resnet_mnist.tracking.store import ui_link
 
     run = mlflow.get_run(trained.run_id)
-    console.print(f"in the MLflow UI: {ui_link(run.info.experiment_id, trained.run_id)}",
-                  highlight=False)
+    console.print(f"in the MLflow UI: {ui_link(run.info.experiment_id, trained.run_id)}", highlight=False)

@@ -72,14 +72,14 @@ def setting(default: Any, help: str, **meta: Any) -> Any:
 class TrainConfig:
     """Every setting a training run uses; all of it (but local paths) is logged as MLflow params."""
 
-    use_residual: bool = setting(True, "ResNet18 with shortcuts (true) or the plain network "
-                                 "without them (false).", preset=False)
+    use_residual: bool = setting(
+        True, "ResNet18 with shortcuts (true) or the plain network without them (false).", preset=False
+    )
     depth: int = setting(18, f"Network depth: {DEPTH_HELP}.")
     preset: str = setting("custom", "", cli=False, preset=False)
     train_size: int = setting(2000, "Train on the first N of the 50,000 training images.")
     dev_size: int = setting(200, "Evaluate on the first N of the 10,000 dev images.")
-    test_size: int = setting(200, "Score the best checkpoint on the first N of the 10,000 test "
-                             "images.")
+    test_size: int = setting(200, "Score the best checkpoint on the first N of the 10,000 test images.")
     epochs: int = setting(5, "Passes over the training subset.")
     batch_size: int = setting(128, "Mini-batch size (the global batch under --nproc).")
     eval_batch_size: int = setting(1000, "Batch size for evaluation.")
@@ -89,25 +89,34 @@ class TrainConfig:
     weight_decay: float = setting(0.0, "L2 weight decay (>= 0).")
     schedule: Schedule = setting(Schedule.constant, "Learning-rate schedule.")
     label_smoothing: float = setting(0.0, "Cross-entropy label smoothing in [0, 1).")
-    eval_steps: int = setting(15, "Evaluate on dev every N steps and at the last step (0: only at "
-                              "the last).")
+    eval_steps: int = setting(15, "Evaluate on dev every N steps and at the last step (0: only at the last).")
     log_steps: int = setting(15, "Fetch and report the training loss every N steps.")
-    normalize: Normalize = setting(Normalize.seed, "Input normalisation: seed (the book's mean 1, "
-                                   "std 1) or mnist (mean 0.1307, std 0.3081).")
+    normalize: Normalize = setting(
+        Normalize.seed,
+        "Input normalisation: seed (the book's mean 1, std 1) or mnist (mean 0.1307, std 0.3081).",
+    )
     seed: int = setting(100, "Torch seed: initial weights and batch order.")
     device: Device = setting(Device.auto, "auto picks CUDA when available.")
     precision: Precision = setting(Precision.auto, "auto: bf16 autocast on CUDA, fp32 on CPU.")
     channels_last: Switch = setting(Switch.auto, "channels_last memory format (auto: on CUDA).")
     compile: bool = setting(False, "torch.compile the model (eager with a warning if it fails).")
-    checkpoint_every: int = setting(0, "Save a resumable checkpoint every N steps (0: only when "
-                                    "stopped by Ctrl-C or SIGTERM).")
-    diagnostics: bool = setting(False, "Record per-stage gradient norms at every log step, "
-                                "activation and gradient statistics at initialisation, and a "
-                                "block-lesion test after training.")
+    checkpoint_every: int = setting(
+        0, "Save a resumable checkpoint every N steps (0: only when stopped by Ctrl-C or SIGTERM)."
+    )
+    diagnostics: bool = setting(
+        False,
+        "Record per-stage gradient norms at every log step, "
+        "activation and gradient statistics at initialisation, and a "
+        "block-lesion test after training.",
+    )
     sync_bn: bool = setting(False, "SyncBatchNorm across processes under --nproc (CUDA only).")
-    data_root: str = setting("", "Data root (files in ROOT/MNIST/raw); default "
-                             "$RESNET_MNIST_DATA or ./data.", log=False, flag="--root",
-                             preset=False)
+    data_root: str = setting(
+        "",
+        "Data root (files in ROOT/MNIST/raw); default $RESNET_MNIST_DATA or ./data.",
+        log=False,
+        flag="--root",
+        preset=False,
+    )
 
     @property
     def variant(self) -> str:
@@ -120,8 +129,9 @@ class TrainConfig:
 
     def params(self) -> dict[str, Any]:
         """The values to log: everything except local paths, plus the variant."""
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
-                if f.metadata.get("log", True)} | {"variant": self.variant}
+        return {
+            f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.metadata.get("log", True)
+        } | {"variant": self.variant}
 
     def validate(self) -> TrainConfig:
         try:
@@ -137,29 +147,41 @@ class TrainConfig:
             (self.epochs >= 1, f"epochs={self.epochs} must be >= 1"),
             (self.eval_steps >= 0, f"eval_steps={self.eval_steps} must be >= 0 (0: at the end)"),
             (self.log_steps >= 1, f"log_steps={self.log_steps} must be >= 1"),
-            (self.checkpoint_every >= 0,
-             f"checkpoint_every={self.checkpoint_every} must be >= 0 (0: only when stopped)"),
-            (1 <= self.train_size <= TRAIN_SIZE,
-             f"train_size={self.train_size} must be in 1..{TRAIN_SIZE} (the train split)"),
-            (1 <= self.dev_size <= DEV_SIZE,
-             f"dev_size={self.dev_size} must be in 1..{DEV_SIZE} (the dev split)"),
-            (1 <= self.test_size <= TEST_SIZE,
-             f"test_size={self.test_size} must be in 1..{TEST_SIZE} (the test split)"),
-            (math.isfinite(self.momentum) and 0 <= self.momentum < 1,
-             f"momentum={self.momentum} must be in [0, 1)"),
+            (
+                self.checkpoint_every >= 0,
+                f"checkpoint_every={self.checkpoint_every} must be >= 0 (0: only when stopped)",
+            ),
+            (
+                1 <= self.train_size <= TRAIN_SIZE,
+                f"train_size={self.train_size} must be in 1..{TRAIN_SIZE} (the train split)",
+            ),
+            (
+                1 <= self.dev_size <= DEV_SIZE,
+                f"dev_size={self.dev_size} must be in 1..{DEV_SIZE} (the dev split)",
+            ),
+            (
+                1 <= self.test_size <= TEST_SIZE,
+                f"test_size={self.test_size} must be in 1..{TEST_SIZE} (the test split)",
+            ),
+            (
+                math.isfinite(self.momentum) and 0 <= self.momentum < 1,
+                f"momentum={self.momentum} must be in [0, 1)",
+            ),
             (not self.nesterov or self.momentum > 0, "nesterov needs momentum > 0"),
-            (math.isfinite(self.weight_decay) and self.weight_decay >= 0,
-             f"weight_decay={self.weight_decay} must be >= 0"),
-            (0 <= self.label_smoothing < 1,
-             f"label_smoothing={self.label_smoothing} must be in [0, 1)"),
-            (not self.sync_bn or self.device != "cpu",
-             "sync_bn needs CUDA (PyTorch's SyncBatchNorm has no CPU kernel)"),
+            (
+                math.isfinite(self.weight_decay) and self.weight_decay >= 0,
+                f"weight_decay={self.weight_decay} must be >= 0",
+            ),
+            (0 <= self.label_smoothing < 1, f"label_smoothing={self.label_smoothing} must be in [0, 1)"),
+            (
+                not self.sync_bn or self.device != "cpu",
+                "sync_bn needs CUDA (PyTorch's SyncBatchNorm has no CPU kernel)",
+            ),
         ]
         for name, kind in TYPES.items():
             if isinstance(kind, type) and issubclass(kind, StrEnum):
                 value = getattr(self, name)
-                checks.append((value in list(kind), f"{name}={value!r} must be one of "
-                               f"{', '.join(kind)}"))
+                checks.append((value in list(kind), f"{name}={value!r} must be one of {', '.join(kind)}"))
         errors = [message for ok, message in checks if not ok]
         if errors:
             raise ConfigError("; ".join(errors))
@@ -248,8 +270,11 @@ def _from_yaml(name: str, value: Any, source: str) -> Any:
     kind = TYPES[name]
     if kind is bool and not isinstance(value, bool):
         raise ConfigError(f"{source}: {name} must be true or false, got {value!r}")
-    if kind in (int, float) and (isinstance(value, bool) or not isinstance(value, int | float)
-                                 or (kind is int and isinstance(value, float))):
+    if kind in (int, float) and (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or (kind is int and isinstance(value, float))
+    ):
         raise ConfigError(f"{source}: {name} must be of type {kind.__name__}, got {value!r}")
     try:
         return coerce(name, value)
@@ -267,14 +292,14 @@ def load_preset(name: str, use_residual: bool) -> dict[str, Any]:
     values = dict(raw) | dict(variants.get("residual" if use_residual else "plain") or {})
     unknown = set(values) - set(PRESET_KEYS)
     if unknown:
-        raise ConfigError(f"preset {path}: unknown keys {', '.join(sorted(map(str, unknown)))}; "
-                          f"allowed: {', '.join(PRESET_KEYS)}")
+        raise ConfigError(
+            f"preset {path}: unknown keys {', '.join(sorted(map(str, unknown)))}; "
+            f"allowed: {', '.join(PRESET_KEYS)}"
+        )
     return {k: _from_yaml(k, v, str(path)) for k, v in values.items()}
 
 
-def build_config(
-    preset: str, use_residual: bool, overrides: dict[str, Any] | None = None
-) -> TrainConfig:
+def build_config(preset: str, use_residual: bool, overrides: dict[str, Any] | None = None) -> TrainConfig:
     """Preset values, then non-None overrides (the CLI's options), validated."""
     values = load_preset(preset, use_residual)
     values |= {k: v for k, v in (overrides or {}).items() if v is not None}

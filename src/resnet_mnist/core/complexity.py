@@ -47,9 +47,11 @@ def layer_table(model: nn.Module, example: torch.Tensor) -> list[Layer]:
     hooks = []
     for name, module in model.named_modules():
         if name and not list(module.children()):
+
             def hook(mod: nn.Module, _inp: object, out: torch.Tensor, name: str = name) -> None:
                 params = sum(p.numel() for p in mod.parameters(recurse=False))
                 rows.append(Layer(name, type(mod).__name__, tuple(out.shape), params))
+
             hooks.append(module.register_forward_hook(hook))
     was_training = model.training
     try:
@@ -91,23 +93,29 @@ def cache_dir() -> Path:
     return Path(base) / "resnet-mnist" / "complexity"
 
 
-def measured(model: nn.Module, architecture: str,
-             input_shape: tuple[int, ...] = (1, 1, 32, 32)) -> Complexity:
+def measured(
+    model: nn.Module, architecture: str, input_shape: tuple[int, ...] = (1, 1, 32, 32)
+) -> Complexity:
     """`measure`, once per architecture on this machine, then read back (a few ms instead of a
     second). The key holds everything the figures depend on: the architecture, the input shape,
     torch's version and the source of this module and of the model's."""
     import sys
     from importlib.metadata import version
 
-    sources = b"".join(Path(file).read_bytes() for file in
-                       (__file__, sys.modules[type(model).__module__].__file__ or ""))
-    key = hashlib.sha256("|".join((architecture, str(input_shape), torch.__version__,
-                                   version("ultralytics-thop"))).encode() + sources)
+    sources = b"".join(
+        Path(file).read_bytes() for file in (__file__, sys.modules[type(model).__module__].__file__ or "")
+    )
+    key = hashlib.sha256(
+        "|".join((architecture, str(input_shape), torch.__version__, version("ultralytics-thop"))).encode()
+        + sources
+    )
     path = cache_dir() / f"{architecture}-{key.hexdigest()[:16]}.json"
     try:
         data = json.loads(path.read_text())
-        return Complexity(**data | {"layers": [Layer(**r | {"output_shape": tuple(r["output_shape"])})
-                                               for r in data["layers"]]})
+        return Complexity(
+            **data
+            | {"layers": [Layer(**r | {"output_shape": tuple(r["output_shape"])}) for r in data["layers"]]}
+        )
     except (OSError, ValueError, TypeError, KeyError, IndexError):
         pass
     found = measure(model, input_shape)

@@ -149,8 +149,16 @@ def fetch(root: Path | str | None = None, sources: list[Source] | None = None) -
                     verify_file(Path(tmp) / name, name)
                     os.replace(Path(tmp) / name, target / name)
                     missing.remove(name)
-            except (OSError, urllib.error.URLError, DataError, subprocess.SubprocessError,
-                    tarfile.TarError, EOFError, StopIteration, KeyError) as exc:
+            except (
+                OSError,
+                urllib.error.URLError,
+                DataError,
+                subprocess.SubprocessError,
+                tarfile.TarError,
+                EOFError,
+                StopIteration,
+                KeyError,
+            ) as exc:
                 tried.append(f"  - {source.__name__}: {exc}")
     if missing:
         raise DataError(
@@ -187,9 +195,7 @@ def parse_idx(path: Path, ndim: int) -> np.ndarray:
     dims = [int.from_bytes(head[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
     expected = header + int(np.prod(dims))
     if size != expected:
-        raise DataError(
-            f"{path}: wrong size {size} bytes (expected {expected} for dimensions {dims})."
-        )
+        raise DataError(f"{path}: wrong size {size} bytes (expected {expected} for dimensions {dims}).")
     if expected == header:  # no items: mmap cannot map zero bytes
         return np.zeros(dims, dtype=np.uint8)
     return np.asarray(np.memmap(path, dtype=np.uint8, mode="r", offset=header, shape=tuple(dims)))
@@ -212,9 +218,7 @@ def load(root: Path | str | None = None, verify: bool = True) -> Mnist:
     for name in SHA256:
         path = directory / name
         if not path.is_file():
-            raise DataError(
-                f"{path}: missing. Run `resnet-mnist data fetch` (or set RESNET_MNIST_DATA)."
-            )
+            raise DataError(f"{path}: missing. Run `resnet-mnist data fetch` (or set RESNET_MNIST_DATA).")
         if verify:
             verify_file(path, name)
         arrays[name] = parse_idx(path, 3 if "images" in name else 1)
@@ -277,8 +281,10 @@ def book_split(
     out = {}
     for name, (split, size) in sizes.items():
         if not 1 <= size <= len(split):
-            raise DataError(f"{name}_size={size} is out of range: the {name} split has "
-                            f"{len(split)} images (choose 1..{len(split)}).")
+            raise DataError(
+                f"{name}_size={size} is out of range: the {name} split has "
+                f"{len(split)} images (choose 1..{len(split)})."
+            )
         out[name] = Split(split.images[:size], split.labels[:size])
     return out
 
@@ -295,9 +301,7 @@ class Preprocess(nn.Module):
     def __init__(self, normalize: str = "seed", size: int = IMAGE_SIZE) -> None:
         super().__init__()
         if normalize not in NORMALIZATIONS:
-            raise ValueError(
-                f"unknown normalize={normalize!r}; choose one of {', '.join(NORMALIZATIONS)}"
-            )
+            raise ValueError(f"unknown normalize={normalize!r}; choose one of {', '.join(NORMALIZATIONS)}")
         self.normalize = normalize
         self.size = size
         mean, std = NORMALIZATIONS[normalize]
@@ -308,8 +312,9 @@ class Preprocess(nn.Module):
         x = images.to(torch.float32)
         if x.dim() == 3:
             x = x.unsqueeze(1)
-        x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", antialias=True,
-                          align_corners=False)
+        x = F.interpolate(
+            x, size=(self.size, self.size), mode="bilinear", antialias=True, align_corners=False
+        )
         x = x.round().clamp(0, 255) / 255.0
         return (x - self.mean) / self.std  # type: ignore[operator]  # registered buffers
 
@@ -320,8 +325,9 @@ def to_tensors(
     """Preprocess a whole split once into (images, labels) tensors on `device`."""
     prep = Preprocess(normalize)
     with torch.inference_mode():
-        parts = [prep(torch.from_numpy(split.images[i : i + chunk].copy()))
-                 for i in range(0, len(split), chunk)]
+        parts = [
+            prep(torch.from_numpy(split.images[i : i + chunk].copy())) for i in range(0, len(split), chunk)
+        ]
     images = torch.cat(parts).to(device).contiguous()
     labels = torch.from_numpy(split.labels.copy()).to(device)
     return images, labels

@@ -23,8 +23,7 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise DeviceUnavailable("device=cuda was asked for but no CUDA GPU is available; "
-                                "use --device cpu")
+        raise DeviceUnavailable("device=cuda was asked for but no CUDA GPU is available; use --device cpu")
     return torch.device(str(name))
 
 

@@ -74,10 +74,12 @@ def init_statistics(
         # The std is taken at once: an in-place ReLU may overwrite the output right after.
         def hook(module: nn.Module, inputs: object, output: torch.Tensor) -> None:
             stds[name] = output.detach().float().std()
+
         return hook
 
-    handles = [_output_module(stage).register_forward_hook(keep_std(name))
-               for name, stage in _stages(model).items()]
+    handles = [
+        _output_module(stage).register_forward_hook(keep_std(name)) for name, stage in _stages(model).items()
+    ]
     devices = [x.device] if x.device.type == "cuda" else []
     try:
         with torch.random.fork_rng(devices=devices):
@@ -86,8 +88,9 @@ def init_statistics(
             model.train()
             loss = F.cross_entropy(model(x).float(), y, label_smoothing=label_smoothing)
             loss.backward()
-            values = torch.cat([torch.stack([stds[name] for name in _stages(model)]),
-                                _stage_grad_norms(model)]).tolist()
+            values = torch.cat(
+                [torch.stack([stds[name] for name in _stages(model)]), _stage_grad_norms(model)]
+            ).tolist()
     finally:
         for handle in handles:
             handle.remove()
@@ -98,8 +101,9 @@ def init_statistics(
                 buffer.copy_(saved_buffers[name])
         model.train(was_training)
     names = list(_stages(model))
-    return ({f"{INIT_ACT_STD}{n}": v for n, v in zip(names, values[: len(names)], strict=True)}
-            | {f"{INIT_GRAD_NORM}{n}": v for n, v in zip(names, values[len(names):], strict=True)})
+    return {f"{INIT_ACT_STD}{n}": v for n, v in zip(names, values[: len(names)], strict=True)} | {
+        f"{INIT_GRAD_NORM}{n}": v for n, v in zip(names, values[len(names) :], strict=True)
+    }
 
 
 def block_lesion(model: nn.Module, accuracy: Callable[[nn.Module], float]) -> dict[str, float]:

@@ -93,11 +93,13 @@ def launch(nproc: int, argv: list[str], stop: threading.Event) -> int:
     the command. Returns the exit code: rank 0's, or the first failure's.
     """
     threads = os.environ.get("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
-    base = os.environ | {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()),
-                         "WORLD_SIZE": str(nproc), "LOCAL_WORLD_SIZE": str(nproc),
-                         "OMP_NUM_THREADS": threads}
-    envs = [base | {"RANK": str(rank), "LOCAL_RANK": str(rank), "GROUP_RANK": "0"}
-            for rank in range(nproc)]
-    codes = supervise([[sys.executable, "-m", "resnet_mnist", *argv]] * nproc, envs, stop,
-                      all_or_none=True)
+    base = os.environ | {
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(free_port()),
+        "WORLD_SIZE": str(nproc),
+        "LOCAL_WORLD_SIZE": str(nproc),
+        "OMP_NUM_THREADS": threads,
+    }
+    envs = [base | {"RANK": str(rank), "LOCAL_RANK": str(rank), "GROUP_RANK": "0"} for rank in range(nproc)]
+    codes = supervise([[sys.executable, "-m", "resnet_mnist", *argv]] * nproc, envs, stop, all_or_none=True)
     return next((code for code in codes if code not in (0, None)), 0)

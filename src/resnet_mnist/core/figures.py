@@ -37,8 +37,9 @@ def smooth(values: list[float], window: int = 9) -> list[float]:
     return list((cumsum[hi] - cumsum[lo]) / (hi - lo))
 
 
-def plot_curves(groups: dict[str, list[History]], path: Path, title: str = "",
-                formats: tuple[str, ...] = ("png", "pdf")) -> list[Path]:
+def plot_curves(
+    groups: dict[str, list[History]], path: Path, title: str = "", formats: tuple[str, ...] = ("png", "pdf")
+) -> list[Path]:
     """The book's two panels, one colour per label: train loss per step (raw, faint, and smoothed)
     with dev loss, and dev accuracy per step. A label with several runs (seeds) is drawn as their
     mean with a min-max band. Writes `path` in each of `formats` and returns the paths."""
@@ -55,8 +56,9 @@ def plot_curves(groups: dict[str, list[History]], path: Path, title: str = "",
         dev_acc = np.array([h.dev_accuracy[: len(evals)] for h in runs])
         ax_loss.plot(steps, loss.mean(0), color=color, alpha=0.25, linewidth=0.8)
         ax_loss.plot(steps, smooth(list(loss.mean(0))), color=color, label=f"{name} train loss")
-        ax_loss.plot(evals, dev_loss.mean(0), color=color, linestyle="--", marker=".",
-                     label=f"{label} dev loss")
+        ax_loss.plot(
+            evals, dev_loss.mean(0), color=color, linestyle="--", marker=".", label=f"{label} dev loss"
+        )
         ax_acc.plot(evals, dev_acc.mean(0), color=color, marker=".", label=name)
         if n > 1:
             ax_loss.fill_between(steps, loss.min(0), loss.max(0), color=color, alpha=0.1)
@@ -85,19 +87,16 @@ def plot_diagnostics(
     bypassed (`lesion`: block -> accuracy, `none` the intact network, drawn as a line). Writes
     `path` as PNG and returns it."""
     blocks = [name for name in lesion if name != "none"]
-    fig, (ax_grad, ax_lesion) = plt.subplots(
-        1, 2, figsize=(12 + 0.15 * max(0, len(blocks) - 12), 4.5))
+    fig, (ax_grad, ax_lesion) = plt.subplots(1, 2, figsize=(12 + 0.15 * max(0, len(blocks) - 12), 4.5))
     for index, (stage, series) in enumerate(grad_norms.items()):
         steps = sorted(series)
-        ax_grad.plot(steps, [series[s] for s in steps], color=f"C{index}", marker=".",
-                     label=stage)
+        ax_grad.plot(steps, [series[s] for s in steps], color=f"C{index}", marker=".", label=stage)
     ax_grad.set_yscale("log")
     ax_grad.set(xlabel="step", ylabel="gradient L2 norm", title="gradient norm per stage")
     ax_lesion.bar(range(len(blocks)), [lesion[b] for b in blocks], color="C0")
     ax_lesion.set_xticks(range(len(blocks)), blocks, rotation=90, fontsize=7)
     if "none" in lesion:
-        ax_lesion.axhline(lesion["none"], color="C3", linestyle="--",
-                          label=f"intact {lesion['none']:.3f}")
+        ax_lesion.axhline(lesion["none"], color="C3", linestyle="--", label=f"intact {lesion['none']:.3f}")
     ax_lesion.set(ylim=(0, 1), ylabel="test accuracy", title="test accuracy with one block bypassed")
     for ax in (ax_grad, ax_lesion):
         ax.grid(alpha=0.3)

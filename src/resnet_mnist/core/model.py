@@ -58,8 +58,11 @@ class ResBlock(nn.Module):
     def can_bypass(self) -> bool:
         """A block can be lesioned when it has a shortcut path of the right shape: identity, or
         the residual network's projection. A plain block that changes shape has none."""
-        return self.use_residual or (self.shortcut is None and self.conv1.stride == (1, 1)
-                                     and self.conv1.in_channels == self.conv2.out_channels)
+        return self.use_residual or (
+            self.shortcut is None
+            and self.conv1.stride == (1, 1)
+            and self.conv1.in_channels == self.conv2.out_channels
+        )
 
     def shortcut_path(self, x: torch.Tensor) -> torch.Tensor:
         return self.shortcut(x) if self.shortcut is not None else x
@@ -98,7 +101,11 @@ class CifarBlock(ResBlock):
 
 
 def make_stage(
-    block: type[ResBlock], in_channels: int, out_channels: int, count: int, stride: int,
+    block: type[ResBlock],
+    in_channels: int,
+    out_channels: int,
+    count: int,
+    stride: int,
     use_residual: bool,
 ) -> nn.Sequential:
     """`count` blocks; the first changes the shape (stride, channels), the rest keep it."""
@@ -113,8 +120,11 @@ class ResNet(nn.Module):
     `use_residual=False` gives the plain network."""
 
     def __init__(
-        self, blocks: tuple[int, ...] = IMAGENET_BLOCKS[18], in_channels: int = 1,
-        num_classes: int = 10, use_residual: bool = True,
+        self,
+        blocks: tuple[int, ...] = IMAGENET_BLOCKS[18],
+        in_channels: int = 1,
+        num_classes: int = 10,
+        use_residual: bool = True,
     ) -> None:
         super().__init__()
         self.use_residual = use_residual
@@ -130,16 +140,19 @@ class ResNet(nn.Module):
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(512, num_classes)
 
-    def _make_layer(
-        self, in_channels: int, out_channels: int, count: int, stride: int
-    ) -> nn.Sequential:
+    def _make_layer(self, in_channels: int, out_channels: int, count: int, stride: int) -> nn.Sequential:
         return make_stage(ResBlock, in_channels, out_channels, count, stride, self.use_residual)
 
     def stages(self) -> dict[str, nn.Module]:
         """The network in order, for per-stage diagnostics: stem, the stages, the classifier."""
-        return {"stem": nn.ModuleList([self.conv1, self.bn1]), "stage1": self.layer1,
-                "stage2": self.layer2, "stage3": self.layer3, "stage4": self.layer4,
-                "head": self.fc}
+        return {
+            "stem": nn.ModuleList([self.conv1, self.bn1]),
+            "stage1": self.layer1,
+            "stage2": self.layer2,
+            "stage3": self.layer3,
+            "stage4": self.layer4,
+            "head": self.fc,
+        }
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
@@ -150,9 +163,7 @@ class ResNet(nn.Module):
 class ResNet18(ResNet):
     """ResNet18 (two blocks per stage): the book's network and this project's default."""
 
-    def __init__(
-        self, in_channels: int = 1, num_classes: int = 10, use_residual: bool = True
-    ) -> None:
+    def __init__(self, in_channels: int = 1, num_classes: int = 10, use_residual: bool = True) -> None:
         super().__init__(IMAGENET_BLOCKS[18], in_channels, num_classes, use_residual)
 
 
@@ -161,7 +172,10 @@ class CifarResNet(nn.Module):
     blocks (16/32/64 channels, the last two starting with stride 2), average pool, linear."""
 
     def __init__(
-        self, depth: int = 20, in_channels: int = 1, num_classes: int = 10,
+        self,
+        depth: int = 20,
+        in_channels: int = 1,
+        num_classes: int = 10,
         use_residual: bool = True,
     ) -> None:
         super().__init__()
@@ -181,14 +195,17 @@ class CifarResNet(nn.Module):
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 
-    def _make_layer(
-        self, in_channels: int, out_channels: int, count: int, stride: int
-    ) -> nn.Sequential:
+    def _make_layer(self, in_channels: int, out_channels: int, count: int, stride: int) -> nn.Sequential:
         return make_stage(CifarBlock, in_channels, out_channels, count, stride, self.use_residual)
 
     def stages(self) -> dict[str, nn.Module]:
-        return {"stem": nn.ModuleList([self.conv1, self.bn1]), "stage1": self.layer1,
-                "stage2": self.layer2, "stage3": self.layer3, "head": self.fc}
+        return {
+            "stem": nn.ModuleList([self.conv1, self.bn1]),
+            "stage1": self.layer1,
+            "stage2": self.layer2,
+            "stage3": self.layer3,
+            "head": self.fc,
+        }
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.relu(self.bn1(self.conv1(x)))
@@ -208,8 +225,12 @@ def build_resnet(
 def blocks(model: nn.Module) -> list[tuple[str, ResBlock]]:
     """The residual units in forward order, named `stageK.blockI` (for lesion studies)."""
     stages: dict[str, nn.Sequential] = getattr(model, "stages", dict)()
-    return [(f"{name}.block{i}", cast(ResBlock, block)) for name, stage in stages.items()
-            if name.startswith("stage") for i, block in enumerate(stage)]
+    return [
+        (f"{name}.block{i}", cast(ResBlock, block))
+        for name, stage in stages.items()
+        if name.startswith("stage")
+        for i, block in enumerate(stage)
+    ]
 
 
 def from_torchvision_state_dict(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:

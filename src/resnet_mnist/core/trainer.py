@@ -124,23 +124,27 @@ class Callback:
 def build_model(config: TrainConfig, device: torch.device) -> nn.Module:
     """Seed, then build, so that the same seed gives the same initial weights."""
     torch.manual_seed(config.seed)
-    return build_resnet(config.depth, config.use_residual, in_channels=1,
-                        num_classes=10).to(device)
+    return build_resnet(config.depth, config.use_residual, in_channels=1, num_classes=10).to(device)
 
 
 def load_tensors(config: TrainConfig, device: torch.device) -> Tensors:
     """Read, split and preprocess MNIST once, straight onto `device`."""
     mnist = D.load(config.data_root or None)
     splits = D.book_split(mnist, config.train_size, config.dev_size, config.test_size)
-    train, dev, test = (D.to_tensors(splits[name], config.normalize, device)
-                        for name in ("train", "dev", "test"))
+    train, dev, test = (
+        D.to_tensors(splits[name], config.normalize, device) for name in ("train", "dev", "test")
+    )
     return Tensors(train, dev, test, raw_examples=splits["dev"].images[:4].copy())
 
 
 @torch.inference_mode()
 def evaluate(
-    model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int,
-    speed: Speed | None = None, dist: Dist | None = None,
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    batch_size: int,
+    speed: Speed | None = None,
+    dist: Dist | None = None,
 ) -> tuple[float, float]:
     """Mean cross-entropy and accuracy over a whole split, in eval mode; with `dist` each rank
     scores its shard and the sums are all-reduced."""
@@ -188,8 +192,12 @@ class Trainer:
     """
 
     def __init__(
-        self, config: TrainConfig, model: nn.Module, callbacks: Sequence[Callback] = (),
-        dist: Dist | None = None, stop: threading.Event | None = None,
+        self,
+        config: TrainConfig,
+        model: nn.Module,
+        callbacks: Sequence[Callback] = (),
+        dist: Dist | None = None,
+        stop: threading.Event | None = None,
     ) -> None:
         self.config = config
         self.dist = dist
@@ -213,8 +221,11 @@ class Trainer:
         if self.speed.compile:
             self.model = self._compiled()
         self.optimizer = torch.optim.SGD(
-            model.parameters(), lr=config.lr, momentum=config.momentum,
-            nesterov=config.nesterov, weight_decay=config.weight_decay,
+            model.parameters(),
+            lr=config.lr,
+            momentum=config.momentum,
+            nesterov=config.nesterov,
+            weight_decay=config.weight_decay,
         )
 
     def _compiled(self) -> nn.Module:
@@ -240,8 +251,10 @@ class Trainer:
         try:
             return self.train_step(x, y)
         except Exception as exc:  # noqa: BLE001 - any compiler failure means: fall back
-            warnings.warn(f"torch.compile failed ({type(exc).__name__}: {str(exc)[:200]}); "
-                          "training eagerly", stacklevel=2)
+            warnings.warn(
+                f"torch.compile failed ({type(exc).__name__}: {str(exc)[:200]}); training eagerly",
+                stacklevel=2,
+            )
             self.model = getattr(self.model, "_orig_mod", self.model)
             self.optimizer.zero_grad(set_to_none=True)
             return self.train_step(x, y)
@@ -283,7 +296,8 @@ class Trainer:
         self.scheduler = None
         if cfg.schedule == "onecycle":
             self.scheduler = torch.optim.lr_scheduler.OneCycleLR(
-                self.optimizer, max_lr=cfg.lr, total_steps=total)
+                self.optimizer, max_lr=cfg.lr, total_steps=total
+            )
         generator = torch.Generator().manual_seed(cfg.seed)
         self.state = TrainState(epoch_rng=generator.get_state())
         if resume is not None:
@@ -296,9 +310,16 @@ class Trainer:
         # -- train: epoch after epoch, each from where the state stands --
         train = self.speed.images(tensors.train[0]), tensors.train[1]
         if cfg.diagnostics and resume is None:
-            self._emit("on_metrics", 0, init_statistics(
-                self.model_without_ddp, train[0][: cfg.batch_size], train[1][: cfg.batch_size],
-                cfg.label_smoothing))
+            self._emit(
+                "on_metrics",
+                0,
+                init_statistics(
+                    self.model_without_ddp,
+                    train[0][: cfg.batch_size],
+                    train[1][: cfg.batch_size],
+                    cfg.label_smoothing,
+                ),
+            )
         while self.state.epoch < cfg.epochs:
             self.train_one_epoch(train, tensors, generator, per_epoch, total)
 
@@ -306,8 +327,12 @@ class Trainer:
         return self._test(tensors, total)
 
     def train_one_epoch(
-        self, train: tuple[torch.Tensor, torch.Tensor], tensors: Tensors,
-        generator: torch.Generator, per_epoch: int, total: int,
+        self,
+        train: tuple[torch.Tensor, torch.Tensor],
+        tensors: Tensors,
+        generator: torch.Generator,
+        per_epoch: int,
+        total: int,
     ) -> None:
         """The rest of the current epoch (all of it unless resuming mid-epoch); `tensors.dev` is
         what the boundary evaluates."""
@@ -356,15 +381,22 @@ class Trainer:
         st = self.state
         t0 = time.perf_counter()
         self.model_without_ddp.load_state_dict(st.best_state)
-        test_loss, test_acc = evaluate(self.model_without_ddp, *tensors.test,
-                                       self.config.eval_batch_size, self.speed, self.dist)
+        test_loss, test_acc = evaluate(
+            self.model_without_ddp, *tensors.test, self.config.eval_batch_size, self.speed, self.dist
+        )
         st.eval_time += time.perf_counter() - t0
         lesion = self._lesion(tensors, total - 1) if self.config.diagnostics else {}
         result = Result(
-            best_dev_accuracy=st.best_accuracy, best_step=st.best_step, test_accuracy=test_acc,
-            test_loss=test_loss, steps=total, train_time_s=st.train_time,
-            eval_time_s=st.eval_time, train_images_per_s=st.images_per_s(),
-            best_state=st.best_state, diagnostics=lesion,
+            best_dev_accuracy=st.best_accuracy,
+            best_step=st.best_step,
+            test_accuracy=test_acc,
+            test_loss=test_loss,
+            steps=total,
+            train_time_s=st.train_time,
+            eval_time_s=st.eval_time,
+            train_images_per_s=st.images_per_s(),
+            best_state=st.best_state,
+            diagnostics=lesion,
         )
         self._emit("on_end", result)
         return result
@@ -372,9 +404,9 @@ class Trainer:
     def _lesion(self, tensors: Tensors, step: int) -> dict[str, float]:
         """The lesion test of the weights now loaded (the best checkpoint) on the test split,
         reported at `step`."""
+
         def accuracy(model: nn.Module) -> float:
-            return evaluate(model, *tensors.test, self.config.eval_batch_size, self.speed,
-                            self.dist)[1]
+            return evaluate(model, *tensors.test, self.config.eval_batch_size, self.speed, self.dist)[1]
 
         metrics = block_lesion(self.model_without_ddp, accuracy)
         self._emit("on_metrics", step, metrics)
@@ -393,14 +425,16 @@ class Trainer:
     def _evaluate(self, step: int, tensors: Tensors) -> None:
         st = self.state
         t0 = time.perf_counter()
-        dev_loss, dev_acc = evaluate(self.model_without_ddp, *tensors.dev,
-                                     self.config.eval_batch_size, self.speed, self.dist)
+        dev_loss, dev_acc = evaluate(
+            self.model_without_ddp, *tensors.dev, self.config.eval_batch_size, self.speed, self.dist
+        )
         st.eval_time += time.perf_counter() - t0
         self._emit("on_eval", step, dev_loss, dev_acc)
         if dev_acc > st.best_accuracy:
             st.best_accuracy, st.best_step = dev_acc, step
-            st.best_state = {k: v.detach().to("cpu", copy=True)
-                             for k, v in self.model_without_ddp.state_dict().items()}
+            st.best_state = {
+                k: v.detach().to("cpu", copy=True) for k, v in self.model_without_ddp.state_dict().items()
+            }
             self._emit("on_best", step, dev_acc)
 
     def checkpoint(self) -> dict:
@@ -414,8 +448,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
             "torch_rng": torch.get_rng_state(),
-            "state": {f.name: getattr(st, f.name) for f in dataclasses.fields(st)
-                      if f.name != "best_state"},
+            "state": {f.name: getattr(st, f.name) for f in dataclasses.fields(st) if f.name != "best_state"},
             "best_state": st.best_state,
         }
 
@@ -423,8 +456,7 @@ class Trainer:
         if ckpt.get("format") != CHECKPOINT_FORMAT:
             raise CheckpointError("not a resnet-mnist resume checkpoint")
         mine = {k: str(v) for k, v in self.config.params().items()}
-        differs = sorted(k for k in ckpt["params"]
-                         if k != "device" and ckpt["params"][k] != mine.get(k))
+        differs = sorted(k for k in ckpt["params"] if k != "device" and ckpt["params"][k] != mine.get(k))
         if differs:
             raise CheckpointError(f"checkpoint was made with other settings: {', '.join(differs)}")
         self.model_without_ddp.load_state_dict(ckpt["model"])

@@ -84,7 +84,8 @@ def load_model(uri: str, allow_untrusted: bool = False):
         raise PredictError(
             f"refused model {uri!r}: it is not a pt2 PyTorch model as this project logs (flavors: "
             f"{', '.join(sorted(flavors))}); loading it could run code it carries. Pass "
-            "--allow-untrusted-model to load it anyway.")
+            "--allow-untrusted-model to load it anyway."
+        )
     try:
         with overridden({PICKLE_SWITCH: "true" if allow_untrusted else "false"}):
             return mlflow.pyfunc.load_model(uri)
@@ -93,7 +94,8 @@ def load_model(uri: str, allow_untrusted: bool = False):
             raise PredictError(
                 f"refused model {uri!r}: its weights are a pickle, not pt2 as this project logs "
                 "them; loading it could run code it carries. Pass --allow-untrusted-model to "
-                "load it anyway.") from None
+                "load it anyway."
+            ) from None
         raise PredictError(f"cannot load model {uri!r}: {first_line(exc)}") from None
 
 
@@ -104,8 +106,12 @@ def is_ours(flavors: dict) -> bool:
     """A PyTorch model behind MLflow's own PyTorch loader, with no code of its own. (Whether its
     weights are pt2 or a pickle is checked by MLflow at load time with pickles switched off.)"""
     pyfunc = flavors.get("python_function", {})
-    return ("pytorch" in flavors and pyfunc.get("loader_module") == "mlflow.pytorch"
-            and not flavors["pytorch"].get("code") and not pyfunc.get("code"))
+    return (
+        "pytorch" in flavors
+        and pyfunc.get("loader_module") == "mlflow.pytorch"
+        and not flavors["pytorch"].get("code")
+        and not pyfunc.get("code")
+    )
 
 
 @dataclass

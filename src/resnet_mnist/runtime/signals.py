@@ -25,8 +25,7 @@ def _interrupt(signum: int) -> None:
     """What a signal does outside a shield once a stop was already asked for."""
     if _held["depth"] > 0:
         _held["pending"] = signum
-        print("ending the run first (its status and reason are being recorded)",
-              file=sys.stderr, flush=True)
+        print("ending the run first (its status and reason are being recorded)", file=sys.stderr, flush=True)
         return
     raise KeyboardInterrupt(f"signal {signum}")
 
@@ -67,8 +66,7 @@ def stop_on_signals() -> Iterator[threading.Event]:
             _interrupt(signum)
             return
         stop.set()
-        print("stopping at the next step boundary (again to interrupt at once)",
-              file=sys.stderr, flush=True)
+        print("stopping at the next step boundary (again to interrupt at once)", file=sys.stderr, flush=True)
 
     for sig in previous:
         signal.signal(sig, handler)
@@ -125,6 +123,7 @@ def exit_quietly_on_signals() -> None:
     traceback: what the run needed is already recorded. Only in the command's own process."""
     if not _owns_process["value"]:
         return
+
     def handler(signum: int, frame: object) -> None:
         for stream in (sys.stdout, sys.stderr):
             try:

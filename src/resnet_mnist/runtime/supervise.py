@@ -10,8 +10,7 @@ import threading
 import time
 
 
-def drop_options(argv: list[str], with_value: tuple[str, ...] = (),
-                 flags: tuple[str, ...] = ()) -> list[str]:
+def drop_options(argv: list[str], with_value: tuple[str, ...] = (), flags: tuple[str, ...] = ()) -> list[str]:
     """The command line minus some options (`--name VALUE`, `--name=VALUE`, or a bare flag), for
     the processes a command starts with its own arguments (torchrun ranks, study workers)."""
     out, skip = [], False
@@ -26,8 +25,13 @@ def drop_options(argv: list[str], with_value: tuple[str, ...] = (),
     return out
 
 
-def supervise(commands: list[list[str]], envs: list[dict[str, str]], stop: threading.Event,
-              all_or_none: bool = False, grace_s: float = 120.0) -> list[int]:
+def supervise(
+    commands: list[list[str]],
+    envs: list[dict[str, str]],
+    stop: threading.Event,
+    all_or_none: bool = False,
+    grace_s: float = 120.0,
+) -> list[int]:
     """Run child processes (torch.distributed ranks, study workers) to the end; return their exit
     codes. No child outlives this call.
 
@@ -37,8 +41,10 @@ def supervise(commands: list[list[str]], envs: list[dict[str, str]], stop: threa
     that wait on each other) a child that fails stops the others. After `grace_s` seconds of
     waiting on stopped children, the rest are killed.
     """
-    procs = [subprocess.Popen(cmd, env=env, start_new_session=True)
-             for cmd, env in zip(commands, envs, strict=True)]
+    procs = [
+        subprocess.Popen(cmd, env=env, start_new_session=True)
+        for cmd, env in zip(commands, envs, strict=True)
+    ]
     sent: list[int] = []
     interrupted = False
     deadline = None

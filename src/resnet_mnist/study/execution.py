@@ -35,7 +35,7 @@ def shard(groups: list[Group], index: int, count: int) -> list[Group]:
     """Shard `index` (1-based) of `count`: every count-th group, so that deep and shallow mix."""
     if not 1 <= index <= count:
         raise ConfigError(f"shard {index}/{count}: the index must be in 1..{count}")
-    return groups[index - 1::count]
+    return groups[index - 1 :: count]
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -49,20 +49,26 @@ def parse_shard(text: str) -> tuple[int, int]:
     return index, count
 
 
-def study_run(client: MlflowClient, experiment_id: str, spec: StudySpec,
-              run_id: str | None = None) -> str:
+def study_run(client: MlflowClient, experiment_id: str, spec: StudySpec, run_id: str | None = None) -> str:
     """The study's parent run, found by its grid key or created (as `run_id` when given, the run
     `mlflow run -e study` made). Creation is serialised; should two machines still race on a
     server, the oldest run with the key is the study run."""
     key = spec.key()
     query = f"tags.run_type = 'study' and tags.`study.key` = '{key}'"
-    tags = {"run_type": "study", "study": spec.name, "study.key": key,
-            "preset": spec.preset, "study.depths": ",".join(map(str, spec.depths)),
-            "study.seeds": ",".join(map(str, spec.seeds)),
-            "study.lrs": ",".join(map(str, spec.lrs)), "study.cells": str(spec.cells())}
+    tags = {
+        "run_type": "study",
+        "study": spec.name,
+        "study.key": key,
+        "preset": spec.preset,
+        "study.depths": ",".join(map(str, spec.depths)),
+        "study.seeds": ",".join(map(str, spec.seeds)),
+        "study.lrs": ",".join(map(str, spec.lrs)),
+        "study.cells": str(spec.cells()),
+    }
     with store_lock(mlflow.get_tracking_uri()):
-        found = client.search_runs([experiment_id], query, order_by=["attributes.start_time ASC"],
-                                   max_results=1)
+        found = client.search_runs(
+            [experiment_id], query, order_by=["attributes.start_time ASC"], max_results=1
+        )
         if found:
             return found[0].info.run_id
         if run_id is None:
@@ -73,8 +79,7 @@ def study_run(client: MlflowClient, experiment_id: str, spec: StudySpec,
             client.set_tag(run_id, key, value)
         # A container: its status says nothing of its cells (`study.status` does).
         client.set_terminated(run_id, "FINISHED")
-    oldest = client.search_runs([experiment_id], query, order_by=["attributes.start_time ASC"],
-                                max_results=1)
+    oldest = client.search_runs([experiment_id], query, order_by=["attributes.start_time ASC"], max_results=1)
     return oldest[0].info.run_id if oldest else run_id
 
 
@@ -87,8 +92,9 @@ class StudyHome:
     run_id: str
 
 
-def open_study(client: MlflowClient, spec: StudySpec, experiment: str,
-               project_run: str | None = None) -> StudyHome:
+def open_study(
+    client: MlflowClient, spec: StudySpec, experiment: str, project_run: str | None = None
+) -> StudyHome:
     """The study run for this grid, found or created: in `experiment`, or, under `mlflow run -e
     study`, in the project run's experiment (the project run becomes the study run, or points to
     the one that already exists with the tag `study.run`)."""
@@ -106,8 +112,11 @@ def open_study(client: MlflowClient, spec: StudySpec, experiment: str,
 def cells_of(client: MlflowClient, experiment_id: str, study_run_id: str) -> list[Run]:
     """The study's FINISHED cells."""
     return client.search_runs(
-        [experiment_id], f"tags.`mlflow.parentRunId` = '{study_run_id}' and "
-        "tags.run_type = 'train' and attributes.status = 'FINISHED'", max_results=5000)
+        [experiment_id],
+        f"tags.`mlflow.parentRunId` = '{study_run_id}' and "
+        "tags.run_type = 'train' and attributes.status = 'FINISHED'",
+        max_results=5000,
+    )
 
 
 @dataclass
@@ -119,13 +128,21 @@ class GroupResult:
 
 
 def run_group(
-    client: MlflowClient, experiment_id: str, study_run_id: str, spec: StudySpec, group: Group,
-    train: TrainCell, overrides: dict[str, Any] | None = None,
+    client: MlflowClient,
+    experiment_id: str,
+    study_run_id: str,
+    spec: StudySpec,
+    group: Group,
+    train: TrainCell,
+    overrides: dict[str, Any] | None = None,
 ) -> GroupResult:
     """The group's rate search (seed 0 at each rate), then its other seeds at the chosen rate.
     Cells that already finished with the same settings are reused."""
-    done = [r for r in cells_of(client, experiment_id, study_run_id)
-            if r.data.tags.get("architecture") == group.name]
+    done = [
+        r
+        for r in cells_of(client, experiment_id, study_run_id)
+        if r.data.tags.get("architecture") == group.name
+    ]
     trained = reused = 0
 
     def cell(config: TrainConfig, phase: str) -> Run:
@@ -139,10 +156,8 @@ def run_group(
         return client.get_run(run_id)
 
     first, rest = spec.seeds[0], spec.seeds[1:]
-    search = {lr: cell(cell_config(spec, group, lr, first, overrides), "lr-search")
-              for lr in spec.lrs}
-    best_lr = choose_lr({lr: run.data.metrics.get("best_dev_accuracy", 0.0)
-                         for lr, run in search.items()})
+    search = {lr: cell(cell_config(spec, group, lr, first, overrides), "lr-search") for lr in spec.lrs}
+    best_lr = choose_lr({lr: run.data.metrics.get("best_dev_accuracy", 0.0) for lr, run in search.items()})
     client.set_tag(study_run_id, f"study.lr.{group.name}", str(best_lr))
     for seed in rest:
         cell(cell_config(spec, group, best_lr, seed, overrides), "seeds")
@@ -153,12 +168,26 @@ def worker_commands(argv: list[str], index: int, count: int, workers: int) -> li
     """Command lines for `workers` processes that split shard `index`/`count` between them: worker
     j takes shard index + count*j of count*workers. The cores are split between them too (small
     convolutions use threads poorly, so processes make better use of them)."""
-    base = drop_options(argv, ("--workers", "--shard", "--threads"),
-                        ("--report", "--no-report", "--report-only"))
+    base = drop_options(
+        argv, ("--workers", "--shard", "--threads"), ("--report", "--no-report", "--report-only")
+    )
     threads = max(1, (os.cpu_count() or 1) // workers)
-    return [[sys.executable, "-m", "resnet_mnist", *base, "--workers", "1", "--no-report",
-             "--shard", f"{index + count * j}/{count * workers}", "--threads", str(threads)]
-            for j in range(workers)]
+    return [
+        [
+            sys.executable,
+            "-m",
+            "resnet_mnist",
+            *base,
+            "--workers",
+            "1",
+            "--no-report",
+            "--shard",
+            f"{index + count * j}/{count * workers}",
+            "--threads",
+            str(threads),
+        ]
+        for j in range(workers)
+    ]
 
 
 def run_workers(commands: list[list[str]], stop: threading.Event) -> list[int]:
@@ -167,9 +196,17 @@ def run_workers(commands: list[list[str]], stop: threading.Event) -> list[int]:
     return supervise(commands, [dict(os.environ)] * len(commands), stop)
 
 
-def train_grid(client: MlflowClient, home: StudyHome, spec: StudySpec, shard_of: tuple[int, int],
-               workers: int, argv: list[str], train: TrainCell, stop: threading.Event,
-               log: Callable[[str], None]) -> None:
+def train_grid(
+    client: MlflowClient,
+    home: StudyHome,
+    spec: StudySpec,
+    shard_of: tuple[int, int],
+    workers: int,
+    argv: list[str],
+    train: TrainCell,
+    stop: threading.Event,
+    log: Callable[[str], None],
+) -> None:
     """Train this shard's cells of the grid: in worker processes of this command (`argv`, each
     with a share of the groups), or here, group by group, through `train`."""
     index, count = shard_of
@@ -178,11 +215,14 @@ def train_grid(client: MlflowClient, home: StudyHome, spec: StudySpec, shard_of:
         if stop.is_set():
             raise KeyboardInterrupt("study stopped")
         if any(codes):
-            raise StudyIncomplete(f"{sum(c != 0 for c in codes)} of {workers} workers failed "
-                                  f"(exit codes {codes}); rerun to train the missing cells")
+            raise StudyIncomplete(
+                f"{sum(c != 0 for c in codes)} of {workers} workers failed "
+                f"(exit codes {codes}); rerun to train the missing cells"
+            )
         return
     prefix = f"[{index}/{count}] " if count > 1 else ""
     for group in shard(spec.groups(), index, count):
         done = run_group(client, home.experiment_id, home.run_id, spec, group, train)
-        log(f"{prefix}{group.name}: lr {done.lr:g} chosen; {done.trained} cells trained, "
-            f"{done.reused} reused")
+        log(
+            f"{prefix}{group.name}: lr {done.lr:g} chosen; {done.trained} cells trained, {done.reused} reused"
+        )

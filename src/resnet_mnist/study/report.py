@@ -57,12 +57,18 @@ class Cell:
 def to_cell(run: Run) -> Cell:
     m, p, t = run.data.metrics, run.data.params, run.data.tags
     return Cell(
-        run_id=run.info.run_id, depth=int(p.get("depth", 18)), variant=t.get("variant", "?"),
-        lr=float(p["lr"]), seed=int(p["seed"]), phase=t.get("study.phase", ""),
+        run_id=run.info.run_id,
+        depth=int(p.get("depth", 18)),
+        variant=t.get("variant", "?"),
+        lr=float(p["lr"]),
+        seed=int(p["seed"]),
+        phase=t.get("study.phase", ""),
         final_train_loss=m.get("train_epoch_loss", math.nan),
-        dev_accuracy=m.get("best_dev_accuracy", math.nan), dev_size=int(p.get("dev_size", 0)),
+        dev_accuracy=m.get("best_dev_accuracy", math.nan),
+        dev_size=int(p.get("dev_size", 0)),
         test_accuracy=m.get("test_accuracy", math.nan),
-        param_count=int(m.get("param_count", 0)), train_time_s=m.get("train_time_s", math.nan),
+        param_count=int(m.get("param_count", 0)),
+        train_time_s=m.get("train_time_s", math.nan),
         diagnostics={k: v for k, v in m.items() if k.startswith(DIAGNOSTIC_PREFIXES)},
     )
 
@@ -80,8 +86,10 @@ class Interval:
     def text(self, fmt: str = ".3f", scale: float = 1.0) -> str:
         if self.n < 2:
             return f"{self.mean * scale:{fmt}} (one seed: no interval)"
-        return (f"{self.mean * scale:{fmt}} (95 % interval [{self.low * scale:{fmt}}, "
-                f"{self.high * scale:{fmt}}], n={self.n})")
+        return (
+            f"{self.mean * scale:{fmt}} (95 % interval [{self.low * scale:{fmt}}, "
+            f"{self.high * scale:{fmt}}], n={self.n})"
+        )
 
 
 def t_interval(values: list[float]) -> Interval:
@@ -145,16 +153,22 @@ def analyse(spec: StudySpec, cells: list[Cell]) -> tuple[list[DepthResult], list
         lr, chosen = {}, {}
         for variant in VARIANTS:
             group = [c for c in cells if c.depth == depth and c.variant == variant]
-            lr[variant] = choose_lr({c.lr: c.dev_accuracy for c in search
-                                     if c.depth == depth and c.variant == variant})
+            lr[variant] = choose_lr(
+                {c.lr: c.dev_accuracy for c in search if c.depth == depth and c.variant == variant}
+            )
             by_seed = {c.seed: c for c in group if c.lr == lr[variant]}
             chosen[variant] = [by_seed[s] for s in spec.seeds if s in by_seed]
-        results.append(DepthResult(
-            depth, lr, chosen,
-            {v: t_interval([c.final_train_loss for c in chosen[v]]) for v in VARIANTS},
-            {v: t_interval([c.dev_accuracy for c in chosen[v]]) for v in VARIANTS},
-            paired(chosen, "final_train_loss", 1), paired(chosen, "dev_accuracy", -1),
-        ))
+        results.append(
+            DepthResult(
+                depth,
+                lr,
+                chosen,
+                {v: t_interval([c.final_train_loss for c in chosen[v]]) for v in VARIANTS},
+                {v: t_interval([c.dev_accuracy for c in chosen[v]]) for v in VARIANTS},
+                paired(chosen, "final_train_loss", 1),
+                paired(chosen, "dev_accuracy", -1),
+            )
+        )
     return results, search
 
 
@@ -164,9 +178,17 @@ def missing_cells(spec: StudySpec, cells: list[Cell]) -> int:
     missing = 0
     for group in spec.groups():
         variant = "residual" if group.use_residual else "plain"
-        searched = {lr: next((c for c in cells if (c.depth, c.variant, c.lr, c.seed) ==
-                              (group.depth, variant, lr, spec.seeds[0])), None)
-                    for lr in spec.lrs}
+        searched = {
+            lr: next(
+                (
+                    c
+                    for c in cells
+                    if (c.depth, c.variant, c.lr, c.seed) == (group.depth, variant, lr, spec.seeds[0])
+                ),
+                None,
+            )
+            for lr in spec.lrs
+        }
         missing += sum(c is None for c in searched.values())
         if any(c is None for c in searched.values()):
             missing += len(spec.seeds) - 1
@@ -178,6 +200,7 @@ def missing_cells(spec: StudySpec, cells: list[Cell]) -> int:
 
 # -- the verdict --------------------------------------------------------------------------------
 
+
 def verdict(results: list[DepthResult]) -> str:
     """One paragraph per depth, then the degradation problem: deep against shallow, per variant."""
     lines = []
@@ -185,44 +208,59 @@ def verdict(results: list[DepthResult]) -> str:
         gap, acc = r.loss_gap, r.accuracy_gap
         loss = {v: r.train_loss[v].mean for v in VARIANTS}
         direction = "higher" if gap.mean >= 0 else "lower"
-        text = (f"At {r.depth} layers the plain network's final training loss is "
-                f"{abs(gap.mean):.3f} {direction} than the residual network's "
-                f"({loss['plain']:.3f} against {loss['residual']:.3f}; plain - residual "
-                f"{gap.text('+.3f')}). ")
+        text = (
+            f"At {r.depth} layers the plain network's final training loss is "
+            f"{abs(gap.mean):.3f} {direction} than the residual network's "
+            f"({loss['plain']:.3f} against {loss['residual']:.3f}; plain - residual "
+            f"{gap.text('+.3f')}). "
+        )
         if gap.excludes_zero():
-            text += ("That is larger than the seed-to-seed noise: "
-                     + ("shortcuts make this network easier to train. " if gap.mean > 0 else
-                        "here the plain network fits its training data better. "))
+            text += "That is larger than the seed-to-seed noise: " + (
+                "shortcuts make this network easier to train. "
+                if gap.mean > 0
+                else "here the plain network fits its training data better. "
+            )
         else:
             text += "That is within the seed-to-seed noise. "
         devs = {v: 100 * r.dev_accuracy[v].mean for v in VARIANTS}
         n_dev = next((c.dev_size for v in VARIANTS for c in r.cells[v]), 0)
-        text += (f"Accuracy on the {n_dev:,} dev images: residual {devs['residual']:.2f} %, "
-                 f"plain {devs['plain']:.2f} %"
-                 f" (residual - plain {acc.text('+.2f', 100)} points"
-                 f"{'' if acc.excludes_zero() else ', within the noise'}). "
-                 f"Learning rates chosen on dev: plain {r.lr['plain']:g}, residual "
-                 f"{r.lr['residual']:g}.")
+        text += (
+            f"Accuracy on the {n_dev:,} dev images: residual {devs['residual']:.2f} %, "
+            f"plain {devs['plain']:.2f} %"
+            f" (residual - plain {acc.text('+.2f', 100)} points"
+            f"{'' if acc.excludes_zero() else ', within the noise'}). "
+            f"Learning rates chosen on dev: plain {r.lr['plain']:g}, residual "
+            f"{r.lr['residual']:g}."
+        )
         lines.append(text)
     for shallow, deep in zip(results, results[1:], strict=False):  # He et al.'s question, depth by depth
         for variant in VARIANTS:
-            change = welch_interval([c.final_train_loss for c in deep.cells[variant]],
-                                    [c.final_train_loss for c in shallow.cells[variant]])
+            change = welch_interval(
+                [c.final_train_loss for c in deep.cells[variant]],
+                [c.final_train_loss for c in shallow.cells[variant]],
+            )
             worse = change.excludes_zero() and change.mean > 0
             better = change.excludes_zero() and change.mean < 0
             lines.append(
                 f"{variant.capitalize()} networks from {shallow.depth} to {deep.depth} layers: "
                 f"final training loss {shallow.train_loss[variant].mean:.3f} -> "
                 f"{deep.train_loss[variant].mean:.3f} (deep - shallow {change.text('+.3f')}, "
-                "Welch). " + ("The deeper network trains worse: the degradation problem."
-                              if worse and variant == "plain" else
-                              "The deeper network trains worse." if worse else
-                              "The deeper network trains better." if better else
-                              "No difference beyond the noise."))
+                "Welch). "
+                + (
+                    "The deeper network trains worse: the degradation problem."
+                    if worse and variant == "plain"
+                    else "The deeper network trains worse."
+                    if worse
+                    else "The deeper network trains better."
+                    if better
+                    else "No difference beyond the noise."
+                )
+            )
     return "\n\n".join(lines)
 
 
 # -- figures and tables -------------------------------------------------------------------------
+
 
 def plot_fig6(results: list[DepthResult], path: Path) -> Path:
     """He et al.'s Fig. 6 for these networks: training loss per step, one colour per depth,
@@ -240,8 +278,13 @@ def plot_fig6(results: list[DepthResult], path: Path) -> Path:
                 continue
             n = min(len(c.steps) for c in runs)
             mean = np.mean([c.train_loss[:n] for c in runs], axis=0)
-            ax.plot(runs[0].steps[:n], smooth(list(mean), 15), linestyle=style,
-                    color=f"C{index}", label=f"{variant}-{r.depth}")
+            ax.plot(
+                runs[0].steps[:n],
+                smooth(list(mean), 15),
+                linestyle=style,
+                color=f"C{index}",
+                label=f"{variant}-{r.depth}",
+            )
         ax.set(xlabel="step", title=f"{variant} networks", yscale="log")
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=8)
@@ -266,14 +309,16 @@ def plot_depth(results: list[DepthResult], path: Path) -> Path:
         for ax, key, scale in ((ax_loss, "train_loss", 1.0), (ax_acc, "dev_accuracy", 100.0)):
             intervals = [getattr(r, key)[variant] for r in results]
             mean = np.array([i.mean for i in intervals]) * scale
-            err = np.array([[i.mean - i.low, i.high - i.mean] if i.n >= 2 else [0, 0]
-                            for i in intervals]).T * scale
-            ax.errorbar(depths, mean, yerr=err, fmt=style, color=colour, capsize=4,
-                        label=variant)
+            err = (
+                np.array([[i.mean - i.low, i.high - i.mean] if i.n >= 2 else [0, 0] for i in intervals]).T
+                * scale
+            )
+            ax.errorbar(depths, mean, yerr=err, fmt=style, color=colour, capsize=4, label=variant)
     ax_loss.set(xlabel="depth (layers)", ylabel="final training loss", title="fit")
     n_dev = next((c.dev_size for r in results for v in VARIANTS for c in r.cells[v]), 0)
-    ax_acc.set(xlabel="depth (layers)", ylabel=f"accuracy on {n_dev:,} dev digits (%)",
-               title="generalisation")
+    ax_acc.set(
+        xlabel="depth (layers)", ylabel=f"accuracy on {n_dev:,} dev digits (%)", title="generalisation"
+    )
     for ax in (ax_loss, ax_acc):
         ax.set_xticks(depths)
         ax.grid(alpha=0.3)
@@ -305,19 +350,28 @@ def plot_diagnostics(results: list[DepthResult], path: Path) -> Path | None:
             stages = [k.removeprefix(prefix) for k in d if k.startswith(prefix)]
             stages.sort(key=_stage_order)
             if stages:
-                ax.plot(stages, [d[prefix + s] for s in stages], style, marker="o",
-                        color=colour, label=label)
-        blocks = sorted((k.removeprefix("lesion/") for k in d
-                         if k.startswith("lesion/") and k != "lesion/none"), key=_block_order)
+                ax.plot(stages, [d[prefix + s] for s in stages], style, marker="o", color=colour, label=label)
+        blocks = sorted(
+            (k.removeprefix("lesion/") for k in d if k.startswith("lesion/") and k != "lesion/none"),
+            key=_block_order,
+        )
         if blocks:
             x = np.linspace(0, 1, len(blocks)) if len(blocks) > 1 else np.zeros(1)
-            axes[2].plot(x, [100 * d["lesion/" + b] for b in blocks], style, marker=".",
-                         color=colour, label=f"{label} (intact "
-                         f"{100 * d.get('lesion/none', math.nan):.1f} %)")
+            axes[2].plot(
+                x,
+                [100 * d["lesion/" + b] for b in blocks],
+                style,
+                marker=".",
+                color=colour,
+                label=f"{label} (intact {100 * d.get('lesion/none', math.nan):.1f} %)",
+            )
     axes[0].set(title="gradient norm per stage at initialisation", yscale="log")
     axes[1].set(title="gradient norm per stage at the last log step", yscale="log")
-    axes[2].set(title="test accuracy with one block bypassed", xlabel="block position (0 = first)",
-                ylabel="accuracy (%)")
+    axes[2].set(
+        title="test accuracy with one block bypassed",
+        xlabel="block position (0 = first)",
+        ylabel="accuracy (%)",
+    )
     for ax in axes:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
@@ -337,8 +391,18 @@ def _block_order(name: str) -> tuple[int, int]:
     return (int(stage.removeprefix("stage") or 0), int(block or 0))
 
 
-TABLE = ("depth", "variant", "lr (chosen on dev)", "seeds", "final train loss",
-         "dev acc", "test acc", "params", "train time s", "run ids")
+TABLE = (
+    "depth",
+    "variant",
+    "lr (chosen on dev)",
+    "seeds",
+    "final train loss",
+    "dev acc",
+    "test acc",
+    "params",
+    "train time s",
+    "run ids",
+)
 SEARCH_TABLE = ("depth", "variant", "lr", "dev acc", "final train loss", "chosen", "run id")
 
 
@@ -352,25 +416,41 @@ def table_rows(results: list[DepthResult]) -> list[list[str]]:
     for r in results:
         for v in VARIANTS:
             cells = r.cells[v]
-            rows.append([str(r.depth), v, f"{r.lr[v]:g}", ",".join(str(c.seed) for c in cells),
-                         cell(r.train_loss[v]), cell(r.dev_accuracy[v], 100, ".2f") + " %",
-                         f"{100 * np.mean([c.test_accuracy for c in cells]):.2f} %"
-                         if cells else "",
-                         f"{cells[0].param_count:,}" if cells else "",
-                         f"{np.mean([c.train_time_s for c in cells]):.1f}" if cells else "",
-                         ",".join(c.run_id[:8] for c in cells)])
+            rows.append(
+                [
+                    str(r.depth),
+                    v,
+                    f"{r.lr[v]:g}",
+                    ",".join(str(c.seed) for c in cells),
+                    cell(r.train_loss[v]),
+                    cell(r.dev_accuracy[v], 100, ".2f") + " %",
+                    f"{100 * np.mean([c.test_accuracy for c in cells]):.2f} %" if cells else "",
+                    f"{cells[0].param_count:,}" if cells else "",
+                    f"{np.mean([c.train_time_s for c in cells]):.1f}" if cells else "",
+                    ",".join(c.run_id[:8] for c in cells),
+                ]
+            )
     return rows
 
 
 def search_rows(results: list[DepthResult], search: list[Cell]) -> list[list[str]]:
     chosen = {(r.depth, v): r.lr[v] for r in results for v in VARIANTS}
-    return [[str(c.depth), c.variant, f"{c.lr:g}", f"{100 * c.dev_accuracy:.2f} %",
-             f"{c.final_train_loss:.4f}", "yes" if chosen.get((c.depth, c.variant)) == c.lr
-             else "", c.run_id[:8]]
-            for c in sorted(search, key=lambda c: (c.depth, c.variant, c.lr))]
+    return [
+        [
+            str(c.depth),
+            c.variant,
+            f"{c.lr:g}",
+            f"{100 * c.dev_accuracy:.2f} %",
+            f"{c.final_train_loss:.4f}",
+            "yes" if chosen.get((c.depth, c.variant)) == c.lr else "",
+            c.run_id[:8],
+        ]
+        for c in sorted(search, key=lambda c: (c.depth, c.variant, c.lr))
+    ]
 
 
 # -- the report ---------------------------------------------------------------------------------
+
 
 @dataclass
 class Report:
@@ -381,8 +461,9 @@ class Report:
     files: list[Path]
 
 
-def study_report(client: MlflowClient, experiment_id: str, study_run_id: str, spec: StudySpec,
-                 out_dir: Path) -> Report:
+def study_report(
+    client: MlflowClient, experiment_id: str, study_run_id: str, spec: StudySpec, out_dir: Path
+) -> Report:
     """Judge a finished grid and log everything to the study run (and to `out_dir`)."""
     cells = [to_cell(r) for r in cells_of(client, experiment_id, study_run_id)]
     results, search = analyse(spec, cells)
@@ -393,43 +474,51 @@ def study_report(client: MlflowClient, experiment_id: str, study_run_id: str, sp
     text = verdict(results)
     rows = table_rows(results)
     out_dir.mkdir(parents=True, exist_ok=True)
-    files = [plot_fig6(results, out_dir / "fig6_train_loss.png"),
-             plot_depth(results, out_dir / "depth.png")]
+    files = [plot_fig6(results, out_dir / "fig6_train_loss.png"), plot_depth(results, out_dir / "depth.png")]
     diagnostics = plot_diagnostics(results, out_dir / "diagnostics.png")
     files += [diagnostics] if diagnostics else []
     files += write_table(TABLE, rows, out_dir / "study")
     files += write_table(SEARCH_TABLE, search_rows(results, search), out_dir / "lr_search")
-    (out_dir / "verdict.md").write_text(f"# Study {spec.name}: where shortcuts matter\n\n"
-                                        f"{text}\n")
+    (out_dir / "verdict.md").write_text(f"# Study {spec.name}: where shortcuts matter\n\n{text}\n")
     files.append(out_dir / "verdict.md")
     _log(client, study_run_id, results, text, files)
     return Report(results, search, text, rows, files)
 
 
-def _log(client: MlflowClient, run_id: str, results: list[DepthResult], text: str,
-         files: list[Path]) -> None:
+def _log(client: MlflowClient, run_id: str, results: list[DepthResult], text: str, files: list[Path]) -> None:
     """Metrics keyed so that MLflow's charts show them against depth (the step is the depth) and
     the mean training curves overlaid (the step is the training step)."""
     now = int(time.time() * 1000)
     metrics = []
     for r in results:
         for v in VARIANTS:
-            metrics += [Metric(f"final_train_loss/{v}", r.train_loss[v].mean, now, r.depth),
-                        Metric(f"dev_accuracy_full/{v}", r.dev_accuracy[v].mean, now, r.depth)]
+            metrics += [
+                Metric(f"final_train_loss/{v}", r.train_loss[v].mean, now, r.depth),
+                Metric(f"dev_accuracy_full/{v}", r.dev_accuracy[v].mean, now, r.depth),
+            ]
             runs = [c for c in r.cells[v] if c.steps]
             if runs:
                 n = min(len(c.steps) for c in runs)
                 mean = np.mean([c.train_loss[:n] for c in runs], axis=0)
-                metrics += [Metric(f"train_loss/resnet{r.depth}_{v}", float(value), now, step)
-                            for step, value in zip(runs[0].steps[:n], mean, strict=True)]
-        for key, interval in (("loss_gap_plain_minus_residual", r.loss_gap),
-                              ("dev_gap_residual_minus_plain", r.accuracy_gap)):
-            metrics += [Metric(f"{key}/{stat}", value, now, r.depth)
-                        for stat, value in (("mean", interval.mean), ("ci_low", interval.low),
-                                            ("ci_high", interval.high))
-                        if math.isfinite(value)]
+                metrics += [
+                    Metric(f"train_loss/resnet{r.depth}_{v}", float(value), now, step)
+                    for step, value in zip(runs[0].steps[:n], mean, strict=True)
+                ]
+        for key, interval in (
+            ("loss_gap_plain_minus_residual", r.loss_gap),
+            ("dev_gap_residual_minus_plain", r.accuracy_gap),
+        ):
+            metrics += [
+                Metric(f"{key}/{stat}", value, now, r.depth)
+                for stat, value in (
+                    ("mean", interval.mean),
+                    ("ci_low", interval.low),
+                    ("ci_high", interval.high),
+                )
+                if math.isfinite(value)
+            ]
     for start in range(0, len(metrics), 1000):
-        client.log_batch(run_id, metrics=metrics[start:start + 1000])
+        client.log_batch(run_id, metrics=metrics[start : start + 1000])
     client.set_tag(run_id, "mlflow.note.content", text)
     client.set_tag(run_id, "study.status", "complete")
     for path in files:
@@ -444,6 +533,8 @@ def unfinished(client: MlflowClient, home: StudyHome, spec: StudySpec) -> str | 
     if not missing:
         return None
     client.set_tag(home.run_id, "study.status", f"{spec.cells() - missing}/{spec.cells()} cells")
-    return (f"{missing} of {spec.cells()} cells have not finished (other shards, or stopped); "
-            f"rerun `resnet-mnist study --study {spec.name}` to train them, or `--report-only` "
-            "once the other shards are done")
+    return (
+        f"{missing} of {spec.cells()} cells have not finished (other shards, or stopped); "
+        f"rerun `resnet-mnist study --study {spec.name}` to train them, or `--report-only` "
+        "once the other shards are done"
+    )

@@ -44,15 +44,20 @@ class StudySpec:
     def key(self) -> str:
         """Identifies the grid: the same study on another machine finds the same study run."""
         settings = load_preset(self.preset, True)
-        text = json.dumps({"preset": self.preset, "settings": {k: str(v) for k, v in
-                                                               sorted(settings.items())},
-                           "depths": self.depths, "seeds": self.seeds, "lrs": self.lrs})
+        text = json.dumps(
+            {
+                "preset": self.preset,
+                "settings": {k: str(v) for k, v in sorted(settings.items())},
+                "depths": self.depths,
+                "seeds": self.seeds,
+                "lrs": self.lrs,
+            }
+        )
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def groups(self) -> list[Group]:
         """Deepest first (they take longest), plain before residual: the order shards split."""
-        return [Group(d, v == "residual") for d in sorted(self.depths, reverse=True)
-                for v in VARIANTS]
+        return [Group(d, v == "residual") for d in sorted(self.depths, reverse=True) for v in VARIANTS]
 
     def cells(self) -> int:
         return len(self.groups()) * (len(self.lrs) + len(self.seeds) - 1)
@@ -77,8 +82,10 @@ def find_study(name: str) -> Path:
 
 def _numbers(value: Any, kind: type, what: str, source: str) -> tuple:
     items = value if isinstance(value, list) else [value]
-    if not items or any(isinstance(v, bool) or not isinstance(v, int | float)
-                        or (kind is int and not float(v).is_integer()) for v in items):
+    if not items or any(
+        isinstance(v, bool) or not isinstance(v, int | float) or (kind is int and not float(v).is_integer())
+        for v in items
+    ):
         raise ConfigError(f"{source}: {what} must be a non-empty list of numbers, got {value!r}")
     out = tuple(kind(v) for v in items)
     if len(set(out)) != len(out):
@@ -87,7 +94,9 @@ def _numbers(value: Any, kind: type, what: str, source: str) -> tuple:
 
 
 def load_study(
-    name: str, depths: list[int] | None = None, seeds: list[int] | None = None,
+    name: str,
+    depths: list[int] | None = None,
+    seeds: list[int] | None = None,
     lrs: list[float] | None = None,
 ) -> StudySpec:
     """A study file, with any of its lists replaced; everything validated before training."""
@@ -95,15 +104,22 @@ def load_study(
     raw = read_mapping(path, "study", "preset, depths, seeds, lrs")
     unknown = set(raw) - {"preset", "depths", "seeds", "lrs"}
     if unknown or "preset" not in raw:
-        raise ConfigError(f"study {path} takes preset, depths, seeds and lrs; "
-                          f"{'unknown: ' + ', '.join(map(str, unknown)) if unknown else 'no preset'}")
+        raise ConfigError(
+            f"study {path} takes preset, depths, seeds and lrs; "
+            f"{'unknown: ' + ', '.join(map(str, unknown)) if unknown else 'no preset'}"
+        )
     source = str(path)
     spec = StudySpec(
-        name=path.stem, preset=str(raw["preset"]),
+        name=path.stem,
+        preset=str(raw["preset"]),
         depths=_numbers(depths or raw.get("depths", [18]), int, "depths", source),
         seeds=_numbers(seeds or raw.get("seeds", [0]), int, "seeds", source),
-        lrs=_numbers(lrs or raw.get("lrs", []) or [load_preset(str(raw["preset"]), True).get(
-            "lr", TrainConfig.lr)], float, "lrs", source),
+        lrs=_numbers(
+            lrs or raw.get("lrs", []) or [load_preset(str(raw["preset"]), True).get("lr", TrainConfig.lr)],
+            float,
+            "lrs",
+            source,
+        ),
     )
     for depth in spec.depths:
         try:
@@ -112,17 +128,21 @@ def load_study(
             raise ConfigError(f"{source}: {exc}") from None
     find_preset(spec.preset)
     if load_preset(spec.preset, True) != load_preset(spec.preset, False):
-        raise ConfigError(f"preset {spec.preset!r} sets the variants differently; a study "
-                          "compares them with matched settings (one value per setting)")
+        raise ConfigError(
+            f"preset {spec.preset!r} sets the variants differently; a study "
+            "compares them with matched settings (one value per setting)"
+        )
     for group in spec.groups():  # every cell's settings are valid
         cell_config(spec, group, spec.lrs[0], spec.seeds[0])
     return spec
 
 
-def cell_config(spec: StudySpec, group: Group, lr: float, seed: int,
-                overrides: dict[str, Any] | None = None) -> TrainConfig:
-    return build_config(spec.preset, group.use_residual,
-                        (overrides or {}) | {"depth": group.depth, "lr": lr, "seed": seed})
+def cell_config(
+    spec: StudySpec, group: Group, lr: float, seed: int, overrides: dict[str, Any] | None = None
+) -> TrainConfig:
+    return build_config(
+        spec.preset, group.use_residual, (overrides or {}) | {"depth": group.depth, "lr": lr, "seed": seed}
+    )
 
 
 def choose_lr(dev_accuracy: dict[float, float]) -> float:
@@ -131,4 +151,3 @@ def choose_lr(dev_accuracy: dict[float, float]) -> float:
 
 
 # -- worker processes ---------------------------------------------------------------------------
-

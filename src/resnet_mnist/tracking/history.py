@@ -20,15 +20,17 @@ def read_history(client: MlflowClient, run_id: str) -> History:
     dev_loss = {m.step: m.value for m in client.get_metric_history(run_id, "dev_loss")}
     dev_acc = sorted((m.step, m.value) for m in client.get_metric_history(run_id, "dev_accuracy"))
     return History(
-        steps=[s for s, _ in train], train_loss=[v for _, v in train],
-        eval_steps=[s for s, _ in dev_acc], dev_loss=[dev_loss[s] for s, _ in dev_acc],
+        steps=[s for s, _ in train],
+        train_loss=[v for _, v in train],
+        eval_steps=[s for s, _ in dev_acc],
+        dev_loss=[dev_loss[s] for s, _ in dev_acc],
         dev_accuracy=[v for _, v in dev_acc],
     )
 
 
-def last_logged_steps(client: MlflowClient, run_id: str,
-                      keys: Iterable[str] = STEP_METRICS) -> dict[str, int]:
+def last_logged_steps(
+    client: MlflowClient, run_id: str, keys: Iterable[str] = STEP_METRICS
+) -> dict[str, int]:
     """The last step already in the store for each metric of `keys` (-1 when none): what a
     resumed run, or a replay of kept metrics, must not send again."""
-    return {key: max((m.step for m in client.get_metric_history(run_id, key)), default=-1)
-            for key in keys}
+    return {key: max((m.step for m in client.get_metric_history(run_id, key)), default=-1) for key in keys}

@@ -60,8 +60,13 @@ def active_run_id() -> str:
 
 def git_commit() -> str | None:
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                             timeout=5, cwd=Path(__file__).resolve().parent)
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            cwd=Path(__file__).resolve().parent,
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() or None
@@ -77,9 +82,15 @@ def run_name(config: TrainConfig) -> str:
 
 def train_tags(config: TrainConfig, parent_run_id: str | None = None) -> dict[str, str]:
     """What a training run is (variant, depth, preset, versions, commit): tags to search and group by."""
-    tags = {"variant": config.variant, "depth": str(config.depth),
-            "architecture": config.architecture, "preset": config.preset, "run_type": "train",
-            "torch_version": version(torch), "mlflow_version": version(mlflow)}
+    tags = {
+        "variant": config.variant,
+        "depth": str(config.depth),
+        "architecture": config.architecture,
+        "preset": config.preset,
+        "run_type": "train",
+        "torch_version": version(torch),
+        "mlflow_version": version(mlflow),
+    }
     if parent_run_id:
         tags["mlflow.parentRunId"] = parent_run_id
     commit = git_commit()
@@ -99,8 +110,10 @@ def log_params(run_id: str, params: dict[str, object]) -> None:
     have = client.get_run(run_id).data.params
     clash = sorted(k for k, v in params.items() if k in have and not same_value(k, have[k], v))
     if clash:
-        raise ConfigError("the run already holds other values for "
-                          + ", ".join(f"{k}={have[k]!r} (wanted {params[k]!s})" for k in clash))
+        raise ConfigError(
+            "the run already holds other values for "
+            + ", ".join(f"{k}={have[k]!r} (wanted {params[k]!s})" for k in clash)
+        )
     mlflow.log_params({k: v for k, v in params.items() if k not in have})
 
 
@@ -113,23 +126,38 @@ _monitors: dict[str, SystemMetricsMonitor] = {}
 
 
 def _monitor(run_id: str, resumed: bool) -> None:
-    monitor = SystemMetricsMonitor(run_id, sampling_interval=SYSTEM_METRICS_INTERVAL_S,
-                                   samples_before_logging=1, resume_logging=resumed)
+    monitor = SystemMetricsMonitor(
+        run_id, sampling_interval=SYSTEM_METRICS_INTERVAL_S, samples_before_logging=1, resume_logging=resumed
+    )
     monitor.start()
     _monitors[run_id] = monitor
 
 
-def _start(config: TrainConfig, experiment: str, name: str | None, device: str,
-           tags: dict[str, str] | None, parent_run_id: str | None, run_id: str | None,
-           resume: bool) -> mlflow.ActiveRun:
+def _start(
+    config: TrainConfig,
+    experiment: str,
+    name: str | None,
+    device: str,
+    tags: dict[str, str] | None,
+    parent_run_id: str | None,
+    run_id: str | None,
+    resume: bool,
+) -> mlflow.ActiveRun:
     run = _open(config, experiment, name, device, tags, parent_run_id, run_id, resume)
     _monitor(run.info.run_id, resumed=run_id is not None)
     return run
 
 
-def _open(config: TrainConfig, experiment: str, name: str | None, device: str,
-          tags: dict[str, str] | None, parent_run_id: str | None, run_id: str | None,
-          resume: bool) -> mlflow.ActiveRun:
+def _open(
+    config: TrainConfig,
+    experiment: str,
+    name: str | None,
+    device: str,
+    tags: dict[str, str] | None,
+    parent_run_id: str | None,
+    run_id: str | None,
+    resume: bool,
+) -> mlflow.ActiveRun:
     if resume:
         run = mlflow.start_run(run_id=run_id)
         mlflow.set_tags(owner_tags())
@@ -142,8 +170,9 @@ def _open(config: TrainConfig, experiment: str, name: str | None, device: str,
         mark_training_experiment(run.info.experiment_id)
         mlflow.set_tags(all_tags)
     else:
-        run = mlflow.start_run(run_name=name or run_name(config),
-                               experiment_id=experiment_id(experiment), tags=all_tags)
+        run = mlflow.start_run(
+            run_name=name or run_name(config), experiment_id=experiment_id(experiment), tags=all_tags
+        )
     try:
         log_params(run.info.run_id, params)
     except BaseException:
@@ -154,9 +183,14 @@ def _open(config: TrainConfig, experiment: str, name: str | None, device: str,
 
 @contextmanager
 def tracked_run(
-    config: TrainConfig, experiment: str = DEFAULT_EXPERIMENT, name: str | None = None,
-    device: str = "cpu", tags: dict[str, str] | None = None, parent_run_id: str | None = None,
-    run_id: str | None = None, resume: bool = False,
+    config: TrainConfig,
+    experiment: str = DEFAULT_EXPERIMENT,
+    name: str | None = None,
+    device: str = "cpu",
+    tags: dict[str, str] | None = None,
+    parent_run_id: str | None = None,
+    run_id: str | None = None,
+    resume: bool = False,
 ) -> Iterator[mlflow.ActiveRun]:
     """Start a run and make sure it ends in the right state (see the module docstring).
 
@@ -192,13 +226,20 @@ def ended(run_id: str) -> Iterator[None]:
         raise
     except KeyboardInterrupt as exc:
         step = exc.step if isinstance(exc, StopRequested) else None
-        _end(run_id, RunStatus.KILLED, {"failure_reason": "interrupted (Ctrl-C or SIGTERM)"}
-             | ({"stopped_at_step": str(step)} if step is not None else {}))
+        _end(
+            run_id,
+            RunStatus.KILLED,
+            {"failure_reason": "interrupted (Ctrl-C or SIGTERM)"}
+            | ({"stopped_at_step": str(step)} if step is not None else {}),
+        )
         raise RunInterrupted(run_id, step) from exc
     except BaseException as exc:
-        _end(run_id, RunStatus.FAILED, {"error": f"{type(exc).__name__}: {exc}"[:5000],
-                                         "failure_reason": type(exc).__name__}
-             | ({"failed_at_step": str(exc.step)} if isinstance(exc, NonFiniteLossError) else {}))
+        _end(
+            run_id,
+            RunStatus.FAILED,
+            {"error": f"{type(exc).__name__}: {exc}"[:5000], "failure_reason": type(exc).__name__}
+            | ({"failed_at_step": str(exc.step)} if isinstance(exc, NonFiniteLossError) else {}),
+        )
         raise
     else:
         _end(run_id, RunStatus.FINISHED)
@@ -219,8 +260,11 @@ def _end(run_id: str, status: int, tags: dict[str, str] | None = None) -> None:
                 raise
             final = RunStatus.FAILED if status == RunStatus.FINISHED else status
             try:
-                client.set_tag(run_id, "failure_reason",
-                               f"error while ending the run: {type(exc).__name__}: {exc}"[:5000])
+                client.set_tag(
+                    run_id,
+                    "failure_reason",
+                    f"error while ending the run: {type(exc).__name__}: {exc}"[:5000],
+                )
             finally:
                 client.set_terminated(run_id, RunStatus.to_string(final))
             raise
@@ -263,15 +307,17 @@ def same_params(run: Run, config: TrainConfig) -> bool:
     stand in for training it again. A run from before a setting existed holds that setting's
     default."""
     have, defaults = run.data.params, TrainConfig().params()
-    return all(same_value(k, have[k], v) if k in have else defaults.get(k) == v
-               for k, v in config.params().items() if k != "device")
+    return all(
+        same_value(k, have[k], v) if k in have else defaults.get(k) == v
+        for k, v in config.params().items()
+        if k != "device"
+    )
 
 
 def running_runs(client: MlflowClient, experiment: str) -> list[tuple[Run, bool | None]]:
     """The experiment's RUNNING runs, each with whether its owner is alive (None: unknown)."""
     exp = client.get_experiment_by_name(experiment)
-    running = [] if exp is None else client.search_runs(
-        [exp.experiment_id], "attributes.status = 'RUNNING'")
+    running = [] if exp is None else client.search_runs([exp.experiment_id], "attributes.status = 'RUNNING'")
     return [(run, owner_alive(run.data.tags)) for run in running]
 
 
@@ -296,11 +342,16 @@ def fail_unfinished_models(client: MlflowClient, run: Run) -> list[str]:
     from mlflow.entities import LoggedModelStatus
 
     # by run only: a `status = 'PENDING'` filter matches nothing in MLflow 3.17's sqlite store
-    models = [m for m in client.search_logged_models(
-        experiment_ids=[run.info.experiment_id], filter_string=f"source_run_id = '{run.info.run_id}'")
-        if m.status == LoggedModelStatus.PENDING]
+    models = [
+        m
+        for m in client.search_logged_models(
+            experiment_ids=[run.info.experiment_id], filter_string=f"source_run_id = '{run.info.run_id}'"
+        )
+        if m.status == LoggedModelStatus.PENDING
+    ]
     for model in models:
-        client.set_logged_model_tags(model.model_id, {
-            "failure_reason": "its logging was cut off; the run's owner is gone"})
+        client.set_logged_model_tags(
+            model.model_id, {"failure_reason": "its logging was cut off; the run's owner is gone"}
+        )
         client.finalize_logged_model(model.model_id, LoggedModelStatus.FAILED)
     return [m.model_id for m in models]

@@ -68,9 +68,14 @@ class MlflowTracker(Callback):
     has stopped answering: from then on nothing is sent, everything is kept there.
     """
 
-    def __init__(self, run_id: str, client: MlflowClient | None = None,
-                 history: History | None = None, logged: dict[str, int] | None = None,
-                 datasets: dict[str, mlflow.data.Dataset] | None = None) -> None:
+    def __init__(
+        self,
+        run_id: str,
+        client: MlflowClient | None = None,
+        history: History | None = None,
+        logged: dict[str, int] | None = None,
+        datasets: dict[str, mlflow.data.Dataset] | None = None,
+    ) -> None:
         self.run_id = run_id
         self.client = client or MlflowClient()
         self.buffer: list[Metric] = []
@@ -133,9 +138,8 @@ class MlflowTracker(Callback):
         with self.offline_on_loss():
             while self.buffer and self.spool is None:
                 chunk = self.buffer[:MAX_BATCH]
-                retry_locked(partial(self.client.log_batch, self.run_id, metrics=chunk,
-                                     synchronous=True))
-                del self.buffer[:len(chunk)]
+                retry_locked(partial(self.client.log_batch, self.run_id, metrics=chunk, synchronous=True))
+                del self.buffer[: len(chunk)]
         if self.spool is not None:
             # The model's scores are logged again, with the model, by the resumed run's ending.
             self.spool.add(m for m in self.buffer if m.key not in MODEL_METRICS)
@@ -143,8 +147,7 @@ class MlflowTracker(Callback):
             return
         if time.time() - self.heartbeat >= HEARTBEAT_S:
             self.heartbeat = time.time()
-            retry_locked(lambda: self.client.set_tag(self.run_id, "owner.heartbeat",
-                                                     f"{self.heartbeat:.0f}"))
+            retry_locked(lambda: self.client.set_tag(self.run_id, "owner.heartbeat", f"{self.heartbeat:.0f}"))
         self.log_seconds += time.perf_counter() - t0
 
     def on_step(self, step: int, epoch: int, loss: float) -> None:
@@ -211,10 +214,12 @@ class MlflowTracker(Callback):
     def log_diagnostics(self, title: str) -> None:
         """`plots/diagnostics.png` (gradient norms per stage, the lesion test) when the run
         recorded diagnostics."""
-        grads = {k.removeprefix(GRAD_NORM): v for k, v in self.diagnostics.items()
-                 if k.startswith(GRAD_NORM)}
-        lesion = {k.removeprefix(LESION): v[max(v)] for k, v in self.diagnostics.items()
-                  if k.startswith(LESION) and v}
+        grads = {k.removeprefix(GRAD_NORM): v for k, v in self.diagnostics.items() if k.startswith(GRAD_NORM)}
+        lesion = {
+            k.removeprefix(LESION): v[max(v)]
+            for k, v in self.diagnostics.items()
+            if k.startswith(LESION) and v
+        }
         if not grads and not lesion:
             return
         from resnet_mnist.core.figures import plot_diagnostics  # matplotlib: after training (`log_curves`)
@@ -232,10 +237,17 @@ class MlflowTracker(Callback):
         now = int(time.time() * 1000)
         for key, split in MODEL_METRICS.items():
             dataset = self.datasets.get(split) if model_id else None
-            self.buffer.append(Metric(
-                key, float(getattr(self.result, key)), now, self.result.best_step,
-                model_id=model_id, dataset_name=dataset.name if dataset else None,
-                dataset_digest=dataset.digest if dataset else None))
+            self.buffer.append(
+                Metric(
+                    key,
+                    float(getattr(self.result, key)),
+                    now,
+                    self.result.best_step,
+                    model_id=model_id,
+                    dataset_name=dataset.name if dataset else None,
+                    dataset_digest=dataset.digest if dataset else None,
+                )
+            )
         self.flush()
 
 
@@ -252,7 +264,9 @@ def mnist_datasets(config: TrainConfig, tensors: Tensors) -> dict[str, mlflow.da
             # ambiguous between the two identical candidates.
             warnings.filterwarnings("ignore", message="The specified dataset source")
             datasets[key] = from_numpy(
-                labels, source=source, name=f"mnist-{key}",
+                labels,
+                source=source,
+                name=f"mnist-{key}",
                 digest=f"{D.dataset_digest()}-{key}{sizes[key]}",
             )
     return datasets
@@ -300,10 +314,17 @@ def log_model(model: nn.Module, normalize: str, example_images: np.ndarray, step
     signature = mlflow.models.infer_signature(example, output)
     with naming(active_run_id(), "model"):
         info = mlflow.pytorch.log_model(
-            classifier, name="model", signature=signature, input_example=example,
-            pip_requirements=[f"torch=={version(torch)}", f"mlflow=={version(mlflow)}",
-                              f"numpy=={version(np)}"],
-            step=step, model_type="image-classifier",
+            classifier,
+            name="model",
+            signature=signature,
+            input_example=example,
+            pip_requirements=[
+                f"torch=={version(torch)}",
+                f"mlflow=={version(mlflow)}",
+                f"numpy=={version(np)}",
+            ],
+            step=step,
+            model_type="image-classifier",
         )
     # MLflow 3 keeps the model as a LoggedModel; registering its own URI avoids a lookup.
     mlflow.set_tag("logged_model_uri", info.model_uri)
@@ -317,7 +338,8 @@ def log_curves(history: History, variant: str, title: str) -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         # PNG only: the PDF, for papers, is made for the comparison figure (`compare`).
-        for path in plot_curves({variant: [history]}, Path(tmp) / "curves.png", title=title,
-                                formats=("png",)):
+        for path in plot_curves(
+            {variant: [history]}, Path(tmp) / "curves.png", title=title, formats=("png",)
+        ):
             with naming(active_run_id(), f"plots/{path.name}"):
                 mlflow.log_artifact(str(path), "plots")

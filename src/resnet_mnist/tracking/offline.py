@@ -27,12 +27,25 @@ STATE_ENV = "RESNET_MNIST_STATE_DIR"
 #: MLflow's HTTP retry settings for this project's processes (a user's own values win): about a
 #: minute per call against a server that refuses connections (back-off 0+4+8+16+32 s plus jitter),
 #: instead of MLflow's default of about four minutes with a two-minute timeout per attempt.
-RETRY_BOUND = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "5", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "2",
-               "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}
+RETRY_BOUND = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "5",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "20",
+}
 EXIT_CODE = 75  # EX_TEMPFAIL: try again later
-_GONE = ("failed with exception", "Max retries exceeded", "Connection refused",
-         "Connection aborted", "Read timed out", "RemoteDisconnected", "NewConnectionError",
-         "502 ", "503 ", "504 ")
+_GONE = (
+    "failed with exception",
+    "Max retries exceeded",
+    "Connection refused",
+    "Connection aborted",
+    "Read timed out",
+    "RemoteDisconnected",
+    "NewConnectionError",
+    "502 ",
+    "503 ",
+    "504 ",
+)
 
 
 def bound_retries() -> None:
@@ -70,15 +83,19 @@ class TrackingLost(ProjectError, RuntimeError):
             f"({_cause_line(cause)}); training stopped at step {step}. Kept on this disk: the "
             f"resumable checkpoint and {kept} unsent metric value{'s' * (kept != 1)} in "
             f"{spool.path}. When the server answers again, run `resnet-mnist train --resume "
-            f"{spool.run_id}`: it sends them to the same run and continues training.")
+            f"{spool.run_id}`: it sends them to the same run and continues training."
+        )
 
 
 def _cause_line(exc: BaseException) -> str:
     """What went wrong in a few words: MLflow's message repeats the URL and urllib3's chain."""
     text = " ".join(str(exc).split())
-    for mark, says in (("Connection refused", "connection refused"),
-                       ("timed out", "timed out"), ("RemoteDisconnected", "connection dropped"),
-                       ("Connection aborted", "connection dropped")):
+    for mark, says in (
+        ("Connection refused", "connection refused"),
+        ("timed out", "timed out"),
+        ("RemoteDisconnected", "connection dropped"),
+        ("Connection aborted", "connection dropped"),
+    ):
         if mark in text:
             return says
     for code in ("502", "503", "504"):
@@ -112,8 +129,12 @@ class Spool:
 
     def open(self, tracking_uri: str, reason: str) -> Spool:
         self.path.mkdir(parents=True, exist_ok=True)
-        meta = self.meta() or {"run_id": self.run_id, "tracking_uri": tracking_uri,
-                               "since": time.time(), "reason": reason[:2000]}
+        meta = self.meta() or {
+            "run_id": self.run_id,
+            "tracking_uri": tracking_uri,
+            "since": time.time(),
+            "reason": reason[:2000],
+        }
         _replace(self.path / "run.json", json.dumps(meta, indent=1).encode())
         return self
 
@@ -126,16 +147,16 @@ class Spool:
     def release(self) -> None:
         """Record that the owner stopped training this run: it may be taken over even while that
         process lives on (a notebook, a test)."""
-        _replace(self.path / "run.json",
-                 json.dumps(self.meta() | {"released_by": os.getpid()}, indent=1).encode())
+        _replace(
+            self.path / "run.json", json.dumps(self.meta() | {"released_by": os.getpid()}, indent=1).encode()
+        )
 
     @property
     def released(self) -> bool:
         return "released_by" in self.meta()
 
     def add(self, metrics: Iterable[Metric]) -> None:
-        lines = "".join(json.dumps([m.key, m.value, m.timestamp, m.step]) + "\n"
-                        for m in metrics)
+        lines = "".join(json.dumps([m.key, m.value, m.timestamp, m.step]) + "\n" for m in metrics)
         if not lines:
             return
         with open(self.path / "metrics.jsonl", "a") as fh:
@@ -182,12 +203,11 @@ class Spool:
         last = last_logged_steps(client, run_id, {m.key for m in pending})
         todo = [m for m in pending if m.step > last[m.key]]
         for start in range(0, len(todo), 1000):
-            client.log_batch(run_id, metrics=todo[start:start + 1000], synchronous=True)
+            client.log_batch(run_id, metrics=todo[start : start + 1000], synchronous=True)
         if self.checkpoint is not None:
             import torch
 
-            step = torch.load(self.checkpoint, map_location="cpu",
-                              weights_only=True)["state"]["step"]
+            step = torch.load(self.checkpoint, map_location="cpu", weights_only=True)["state"]["step"]
             client.log_artifact(run_id, str(self.checkpoint), "checkpoints")
             client.set_tag(run_id, "resume_step", str(step))
         client.set_tag(run_id, "offline.replayed", str(len(todo)))

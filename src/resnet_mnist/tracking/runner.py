@@ -56,9 +56,14 @@ class Trained:
 
 
 def train(
-    config: TrainConfig, experiment: str = DEFAULT_EXPERIMENT, run_name: str | None = None,
-    callbacks: list[Callback] | None = None, tags: dict[str, str] | None = None,
-    parent_run_id: str | None = None, run_id: str | None = None, dist: Dist | None = None,
+    config: TrainConfig,
+    experiment: str = DEFAULT_EXPERIMENT,
+    run_name: str | None = None,
+    callbacks: list[Callback] | None = None,
+    tags: dict[str, str] | None = None,
+    parent_run_id: str | None = None,
+    run_id: str | None = None,
+    dist: Dist | None = None,
     stop: threading.Event | None = None,
 ) -> Trained:
     """Train one variant inside one MLflow run: a new one, or `run_id` (the `mlflow run` one)."""
@@ -78,12 +83,16 @@ def train(
     mark("complexity")
     if stop is not None and stop.is_set():  # Ctrl-C while loading: no run to make
         raise KeyboardInterrupt("stopped before training started")
-    with tracked_run(config, experiment, run_name, str(device), tags, parent_run_id,
-                     run_id) as run:
+    with tracked_run(config, experiment, run_name, str(device), tags, parent_run_id, run_id) as run:
         if dist is not None:
-            mlflow.log_params({"world_size": dist.world, "backend": dist.backend,
-                               "global_batch_size": config.batch_size,
-                               "per_rank_batch_size": -(-config.batch_size // dist.world)})
+            mlflow.log_params(
+                {
+                    "world_size": dist.world,
+                    "backend": dist.backend,
+                    "global_batch_size": config.batch_size,
+                    "per_rank_batch_size": -(-config.batch_size // dist.world),
+                }
+            )
         datasets = mnist_datasets(config, tensors)
         log_inputs(datasets)
         log_complexity(complexity)
@@ -94,8 +103,11 @@ def train(
 
 
 def resume(
-    run_id: str, data_root: str = "", device: str | None = None,
-    callbacks: list[Callback] | None = None, stop: threading.Event | None = None,
+    run_id: str,
+    data_root: str = "",
+    device: str | None = None,
+    callbacks: list[Callback] | None = None,
+    stop: threading.Event | None = None,
 ) -> Trained:
     """Continue a KILLED or FAILED run, or a RUNNING one whose owner is gone, from its
     `checkpoints/resume.pt`, in the same run. What this machine kept while the tracking server was
@@ -134,8 +146,9 @@ def resume(
                 mlflow.set_tag("resumed_from_step", str(checkpoint["state"]["step"]))
                 if taken_over:
                     mlflow.set_tag("taken_over_from", taken_over)
-                tracker = MlflowTracker(active.info.run_id, history=past, logged=logged,
-                                        datasets=mnist_datasets(config, tensors))
+                tracker = MlflowTracker(
+                    active.info.run_id, history=past, logged=logged, datasets=mnist_datasets(config, tensors)
+                )
                 return _fit(config, model, tensors, tracker, callbacks, checkpoint, None, stop)
     except RunBusy as exc:
         raise ResumeError(str(exc)) from None
@@ -167,8 +180,7 @@ def resumable(run: Run) -> str:
     if alive is None:
         raise ResumeError(f"run {run.info.run_id} is RUNNING and records no owner; stop it first")
     if alive:
-        raise ResumeError(f"run {run.info.run_id} is RUNNING and its owner ({owner}) is alive; "
-                          "stop it first")
+        raise ResumeError(f"run {run.info.run_id} is RUNNING and its owner ({owner}) is alive; stop it first")
     return f"{tags['owner.pid']}@{tags.get('owner.host', '?')}"
 
 
@@ -179,20 +191,30 @@ def _download_checkpoint(run_id: str) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         try:
             path = mlflow.artifacts.download_artifacts(
-                run_id=run_id, artifact_path="checkpoints/resume.pt", dst_path=tmp)
+                run_id=run_id, artifact_path="checkpoints/resume.pt", dst_path=tmp
+            )
         except (MlflowException, OSError):
-            raise ResumeError(f"run {run_id} has no resumable checkpoint (checkpoints/resume.pt);"
-                              " it stopped before any was written") from None
+            raise ResumeError(
+                f"run {run_id} has no resumable checkpoint (checkpoints/resume.pt);"
+                " it stopped before any was written"
+            ) from None
         try:
             return torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as exc:
-            raise ResumeError(f"refused checkpoints/resume.pt of run {run_id}: it holds objects "
-                              f"other than tensors and plain values ({str(exc)[:200]})") from None
+            raise ResumeError(
+                f"refused checkpoints/resume.pt of run {run_id}: it holds objects "
+                f"other than tensors and plain values ({str(exc)[:200]})"
+            ) from None
 
 
 def _fit(
-    config: TrainConfig, model: nn.Module, tensors: Tensors, tracker: MlflowTracker,
-    callbacks: list[Callback] | None, checkpoint: dict | None, dist: Dist | None,
+    config: TrainConfig,
+    model: nn.Module,
+    tensors: Tensors,
+    tracker: MlflowTracker,
+    callbacks: list[Callback] | None,
+    checkpoint: dict | None,
+    dist: Dist | None,
     stop: threading.Event | None,
 ) -> Trained:
     """Train inside the active run, keep what was learned on failure, log the results."""
@@ -222,8 +244,14 @@ def _fit(
     return Trained(tracker.run_id, result, f"runs:/{tracker.run_id}/model", config)
 
 
-def _log_results(config: TrainConfig, model: nn.Module, tensors: Tensors, tracker: MlflowTracker,
-                 result: Result, stop: threading.Event | None) -> None:
+def _log_results(
+    config: TrainConfig,
+    model: nn.Module,
+    tensors: Tensors,
+    tracker: MlflowTracker,
+    result: Result,
+    stop: threading.Event | None,
+) -> None:
     safe_point(stop)
     log_best_checkpoint(result.best_state)
     mark("checkpoint")

@@ -78,8 +78,10 @@ def retry_locked(call: Callable[[], T], attempts: int = 20) -> T:
 def already_exists(exc: Exception) -> bool:
     """Whether a store write failed because another client wrote the same thing first."""
     text = str(exc)
-    return any(mark in text for mark in ("RESOURCE_ALREADY_EXISTS", "already exists",
-                                         "UNIQUE constraint", "UniqueViolation"))
+    return any(
+        mark in text
+        for mark in ("RESOURCE_ALREADY_EXISTS", "already exists", "UNIQUE constraint", "UniqueViolation")
+    )
 
 
 def retry_conflicts(call: Callable[[], T], attempts: int = 5) -> T:
@@ -125,10 +127,12 @@ def check_store(timeout_s: int = 5) -> str:
         if "401" in str(exc) or "Unauthorized" in str(exc):
             raise TrackingUnavailable(
                 f"the tracking server at {uri} requires a login (401 Unauthorized): set "
-                "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD") from None
+                "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD"
+            ) from None
         raise TrackingUnavailable(
             f"the tracking server at {uri} does not answer ({first_line(exc)}). Start it (`make server`) "
-            "or unset MLFLOW_TRACKING_URI to use the local sqlite:///mlflow.db store.") from None
+            "or unset MLFLOW_TRACKING_URI to use the local sqlite:///mlflow.db store."
+        ) from None
     return uri
 
 
@@ -214,9 +218,12 @@ def owner_tags() -> dict[str, str]:
 
     import psutil
 
-    return {"owner.host": socket.gethostname(), "owner.pid": str(os.getpid()),
-            "owner.started": f"{psutil.Process().create_time():.3f}",
-            "owner.heartbeat": f"{time.time():.0f}"}
+    return {
+        "owner.host": socket.gethostname(),
+        "owner.pid": str(os.getpid()),
+        "owner.started": f"{psutil.Process().create_time():.3f}",
+        "owner.heartbeat": f"{time.time():.0f}",
+    }
 
 
 def owner_alive(tags: dict[str, str], now: float | None = None) -> bool | None:
