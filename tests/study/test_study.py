@@ -16,6 +16,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from scipy import stats
 
+from resnet_mnist.analysis import stats as ST
 from resnet_mnist.config.settings import ConfigError
 from resnet_mnist.runtime.supervise import drop_options
 from resnet_mnist.study import execution as E
@@ -102,12 +103,12 @@ def test_the_rate_is_chosen_on_dev_and_ties_go_to_the_smaller() -> None:
 
 def test_intervals_match_scipy() -> None:
     values = [0.1, 0.4, 0.35, 0.2]
-    ci = R.t_interval(values)
+    ci = ST.t_interval(values)
     low, high = stats.t.interval(0.95, 3, loc=np.mean(values), scale=stats.sem(values))
     assert (ci.low, ci.high) == pytest.approx((low, high))
-    assert math.isnan(R.t_interval([0.3]).low) and R.t_interval([0.3]).n == 1
+    assert math.isnan(ST.t_interval([0.3]).low) and ST.t_interval([0.3]).n == 1
     a, b = [1.0, 1.2, 1.1], [0.5, 0.55, 0.45]
-    welch = R.welch_interval(a, b)
+    welch = ST.welch_interval(a, b)
     res = stats.ttest_ind(a, b, equal_var=False).confidence_interval(0.95)
     assert (welch.low, welch.high) == pytest.approx((res.low, res.high))
 

@@ -27,6 +27,7 @@ from resnet_mnist.analysis.summary import VARIANTS, CompareError, RunSummary
 from resnet_mnist.analysis.tables import write_table
 from resnet_mnist.core.figures import plot_curves
 from resnet_mnist.runtime.signals import safe_point, shielded
+from resnet_mnist.tracking.batches import log_metrics_batched
 from resnet_mnist.tracking.history import read_history
 from resnet_mnist.tracking.lifecycle import ended
 from resnet_mnist.tracking.names import CHAMPION, COMPARISONS, MODEL_NAME
@@ -154,8 +155,7 @@ def log_mean_curves(client: MlflowClient, run_id: str, summaries: list[RunSummar
         for key, points in mean_curves(summaries).items()
         for step, value in points
     ]
-    for start in range(0, len(metrics), 1000):
-        client.log_batch(run_id, metrics=metrics[start : start + 1000])
+    log_metrics_batched(client, run_id, metrics)
 
 
 # -- the comparison -----------------------------------------------------------------------------

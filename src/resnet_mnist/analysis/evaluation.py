@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from resnet_mnist.core.figures import plt
+from resnet_mnist.core.figures import plt, save_figure
 
 CLASSES = 10
 
@@ -89,8 +89,7 @@ def plot_confusion(ev: Evaluation, path: Path, title: str = "") -> Path:
     )
     fig.colorbar(image, ax=ax, label="log(1 + count)")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
     return path
 
 
@@ -108,6 +107,5 @@ def plot_mistakes(ev: Evaluation, raw_images: np.ndarray, path: Path, count: int
         ax.set_title(f"true {ev.labels[index]}, said {p.argmax()}\np={p.max():.2f}", fontsize=7)
     fig.suptitle(f"the {len(chosen)} most confident mistakes", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
     return path

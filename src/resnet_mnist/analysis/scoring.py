@@ -108,7 +108,7 @@ class FullSplitScorer:
         model_uri = run.data.tags.get("logged_model_uri", "")
         model_id = model_uri.removeprefix("models:/") if model_uri.startswith("models:/m-") else None
         size = D.DEV_SIZE if split == "dev" else D.TEST_SIZE
-        digest = f"{D.dataset_digest()}-{split}{size}"
+        digest = D.split_digest(split, size)
         scores = [
             Metric(
                 key,

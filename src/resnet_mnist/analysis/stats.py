@@ -44,6 +44,59 @@ METRICS = (
 SPLIT_SIZE = {"dev_accuracy_full": D.DEV_SIZE, "test_accuracy_full": D.TEST_SIZE}
 
 
+@dataclass
+class Interval:
+    """A mean (or a difference of means) with its 95 % interval over `n` seeds."""
+
+    mean: float
+    low: float
+    high: float
+    n: int
+
+    def excludes_zero(self) -> bool:
+        return self.n >= 2 and (self.low > 0 or self.high < 0)
+
+    def text(self, fmt: str = ".3f", scale: float = 1.0) -> str:
+        if self.n < 2:
+            return f"{self.mean * scale:{fmt}} (one seed: no interval)"
+        return (
+            f"{self.mean * scale:{fmt}} (95 % interval [{self.low * scale:{fmt}}, "
+            f"{self.high * scale:{fmt}}], n={self.n})"
+        )
+
+
+def t_interval(values: list[float]) -> Interval:
+    """Mean and 95 % t interval (scipy's one-sample t); a single value has none (NaN bounds).
+    Differences paired by seed are such values."""
+    from scipy import stats as st
+
+    array = np.asarray([v for v in values if math.isfinite(v)], dtype=float)
+    if len(array) == 0:
+        return Interval(math.nan, math.nan, math.nan, 0)
+    mean = float(array.mean())
+    if len(array) < 2:
+        return Interval(mean, math.nan, math.nan, len(array))
+    if array.std() == 0:
+        return Interval(mean, mean, mean, len(array))
+    low, high = st.ttest_1samp(array, 0.0).confidence_interval(0.95)
+    return Interval(mean, float(low), float(high), len(array))
+
+
+def welch_interval(a: list[float], b: list[float]) -> Interval:
+    """mean(a) - mean(b) with a Welch 95 % interval (scipy's unequal-variance t; unpaired)."""
+    from scipy import stats as st
+
+    x, y = np.asarray(a, float), np.asarray(b, float)
+    diff = float(x.mean() - y.mean())
+    n = min(len(x), len(y))
+    if n < 2:
+        return Interval(diff, math.nan, math.nan, n)
+    if x.std() == 0 and y.std() == 0:
+        return Interval(diff, diff, diff, n)
+    low, high = st.ttest_ind(x, y, equal_var=False).confidence_interval(0.95)
+    return Interval(diff, float(low), float(high), n)
+
+
 def statistics(summaries: list[RunSummary], metric: str = "dev_accuracy_full") -> Stats:
     """The difference residual - plain of `metric` with a 95 % interval.
 
@@ -53,8 +106,6 @@ def statistics(summaries: list[RunSummary], metric: str = "dev_accuracy_full") -
     unmeasured, and the verdict says so). The winning variant is the one with the higher mean
     full-dev accuracy (a tie goes to residual).
     """
-    from scipy import stats as st
-
     by = {v: [s for s in summaries if s.variant == v] for v in VARIANTS}
     missing = [v for v in VARIANTS if not by[v]]
     if missing:
@@ -76,17 +127,12 @@ def statistics(summaries: list[RunSummary], metric: str = "dev_accuracy_full") -
     residual = {s.seed: getattr(s, metric) for s in by["residual"]}
     paired = sorted(set(plain) & set(residual))
     if len(paired) >= 2 and len(paired) == len(by["plain"]) == len(by["residual"]):
-        d = np.array([residual[k] - plain[k] for k in paired])
-        half = st.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / math.sqrt(len(d))
-        diff, ci, method = (
-            float(d.mean()),
-            (float(d.mean() - half), float(d.mean() + half)),
-            f"paired t over {len(d)} seeds",
-        )
+        pair = t_interval([residual[k] - plain[k] for k in paired])
+        diff, ci, method = pair.mean, (pair.low, pair.high), f"paired t over {len(paired)} seeds"
     elif min(len(by[v]) for v in VARIANTS) >= 2:
         a, b = ([getattr(s, metric) for s in by[v]] for v in ("residual", "plain"))
-        low, high = st.ttest_ind(a, b, equal_var=False).confidence_interval(0.95)
-        diff, ci = float(np.mean(a) - np.mean(b)), (float(low), float(high))
+        unpaired = welch_interval(a, b)
+        diff, ci = unpaired.mean, (unpaired.low, unpaired.high)
         method = f"Welch t over {len(a)} + {len(b)} unpaired seeds"
     else:
         if metric not in SPLIT_SIZE:

@@ -255,6 +255,12 @@ def dataset_digest() -> str:
     return hashlib.sha256("".join(SHA256[n] for n in sorted(SHA256)).encode()).hexdigest()[:16]
 
 
+def split_digest(split: str, size: int) -> str:
+    """The digest of the first `size` images of `split` (train, dev, test): the same subset is
+    the same MLflow dataset in every run, and scores logged against it link to it."""
+    return f"{dataset_digest()}-{split}{size}"
+
+
 @dataclass(frozen=True)
 class Split:
     images: np.ndarray

@@ -11,6 +11,7 @@ import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
 
 
 @dataclass
@@ -22,6 +23,16 @@ class History:
     eval_steps: list[int] = field(default_factory=list)
     dev_loss: list[float] = field(default_factory=list)
     dev_accuracy: list[float] = field(default_factory=list)
+
+
+def save_figure(fig: Figure, *paths: Path) -> list[Path]:
+    """Write `fig` to each path (the format from its suffix, 120 dpi) and free it: pyplot keeps
+    every figure alive until it is closed."""
+    for path in paths:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return list(paths)
 
 
 def smooth(values: list[float], window: int = 9) -> list[float]:
@@ -71,12 +82,7 @@ def plot_curves(
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    written = [path.with_suffix(f".{suffix}") for suffix in formats]
-    for out in written:
-        fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return written
+    return save_figure(fig, *(path.with_suffix(f".{suffix}") for suffix in formats))
 
 
 def plot_diagnostics(
@@ -107,6 +113,5 @@ def plot_diagnostics(
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     path = path.with_suffix(".png")
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
     return path

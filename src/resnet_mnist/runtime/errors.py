@@ -1,4 +1,5 @@
-"""How an error from a library is quoted in one of our messages: its first line, bounded."""
+"""The project's own errors (`ProjectError`: a message and an exit code) and how an error from a
+library is quoted in one of our messages (its first line, bounded)."""
 
 from __future__ import annotations
 

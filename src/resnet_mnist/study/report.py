@@ -19,11 +19,13 @@ import numpy as np
 from mlflow.entities import Metric, Run
 from mlflow.tracking import MlflowClient
 
+from resnet_mnist.analysis.stats import Interval, t_interval, welch_interval
 from resnet_mnist.analysis.tables import write_table
 from resnet_mnist.config.space import VARIANTS
-from resnet_mnist.core.figures import smooth
+from resnet_mnist.core.figures import save_figure, smooth
 from resnet_mnist.study.execution import StudyHome, cells_of
 from resnet_mnist.study.spec import StudySpec, choose_lr
+from resnet_mnist.tracking.batches import log_metrics_batched
 from resnet_mnist.tracking.history import read_history
 
 DIAGNOSTIC_PREFIXES = ("grad_norm/", "init/", "lesion/")
@@ -71,56 +73,6 @@ def to_cell(run: Run) -> Cell:
         train_time_s=m.get("train_time_s", math.nan),
         diagnostics={k: v for k, v in m.items() if k.startswith(DIAGNOSTIC_PREFIXES)},
     )
-
-
-@dataclass
-class Interval:
-    mean: float
-    low: float
-    high: float
-    n: int
-
-    def excludes_zero(self) -> bool:
-        return self.n >= 2 and (self.low > 0 or self.high < 0)
-
-    def text(self, fmt: str = ".3f", scale: float = 1.0) -> str:
-        if self.n < 2:
-            return f"{self.mean * scale:{fmt}} (one seed: no interval)"
-        return (
-            f"{self.mean * scale:{fmt}} (95 % interval [{self.low * scale:{fmt}}, "
-            f"{self.high * scale:{fmt}}], n={self.n})"
-        )
-
-
-def t_interval(values: list[float]) -> Interval:
-    """Mean and 95 % t interval; a single value has none (NaN bounds)."""
-    from scipy import stats
-
-    array = np.asarray([v for v in values if math.isfinite(v)], dtype=float)
-    if len(array) == 0:
-        return Interval(math.nan, math.nan, math.nan, 0)
-    mean = float(array.mean())
-    if len(array) < 2:
-        return Interval(mean, math.nan, math.nan, len(array))
-    half = float(stats.t.ppf(0.975, len(array) - 1) * array.std(ddof=1) / math.sqrt(len(array)))
-    return Interval(mean, mean - half, mean + half, len(array))
-
-
-def welch_interval(a: list[float], b: list[float]) -> Interval:
-    """mean(a) - mean(b) with a Welch 95 % interval (unpaired: different networks)."""
-    from scipy import stats
-
-    x, y = np.asarray(a, float), np.asarray(b, float)
-    diff = float(x.mean() - y.mean())
-    if len(x) < 2 or len(y) < 2:
-        return Interval(diff, math.nan, math.nan, min(len(x), len(y)))
-    vx, vy = x.var(ddof=1) / len(x), y.var(ddof=1) / len(y)
-    se = math.sqrt(vx + vy)
-    if se == 0:
-        return Interval(diff, diff, diff, min(len(x), len(y)))
-    dof = (vx + vy) ** 2 / (vx**2 / (len(x) - 1) + vy**2 / (len(y) - 1))
-    half = float(stats.t.ppf(0.975, dof) * se)
-    return Interval(diff, diff - half, diff + half, min(len(x), len(y)))
 
 
 @dataclass
@@ -291,8 +243,7 @@ def plot_fig6(results: list[DepthResult], path: Path) -> Path:
     axes[0].set_ylabel("training loss (mean over seeds, smoothed)")
     fig.suptitle("Training loss by depth: plain (dashed) and residual (solid)")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
     return path
 
 
@@ -324,8 +275,7 @@ def plot_depth(results: list[DepthResult], path: Path) -> Path:
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
     return path
 
 
@@ -376,8 +326,7 @@ def plot_diagnostics(results: list[DepthResult], path: Path) -> Path | None:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
     return path
 
 
@@ -517,8 +466,7 @@ def _log(client: MlflowClient, run_id: str, results: list[DepthResult], text: st
                 )
                 if math.isfinite(value)
             ]
-    for start in range(0, len(metrics), 1000):
-        client.log_batch(run_id, metrics=metrics[start : start + 1000])
+    log_metrics_batched(client, run_id, metrics)
     client.set_tag(run_id, "mlflow.note.content", text)
     client.set_tag(run_id, "study.status", "complete")
     for path in files:

@@ -33,12 +33,12 @@ from resnet_mnist.core.diagnostics import GRAD_NORM, LESION
 from resnet_mnist.core.figures import History
 from resnet_mnist.core.model import DigitClassifier
 from resnet_mnist.core.trainer import Callback, Result, Tensors, Trainer
+from resnet_mnist.tracking.batches import MAX_BATCH
 from resnet_mnist.tracking.history import TIME_METRICS
 from resnet_mnist.tracking.lifecycle import active_run_id, version
 from resnet_mnist.tracking.offline import Spool, TrackingLost, unreachable
 from resnet_mnist.tracking.store import HEARTBEAT_S, retry_conflicts, retry_locked, store_lock
 
-MAX_BATCH = 1000
 #: Scores of the best checkpoint (the logged model), linked to the split they were measured on.
 MODEL_METRICS = {"best_dev_accuracy": "dev", "test_accuracy": "test", "test_loss": "test"}
 
@@ -267,7 +267,7 @@ def mnist_datasets(config: TrainConfig, tensors: Tensors) -> dict[str, mlflow.da
                 labels,
                 source=source,
                 name=f"mnist-{key}",
-                digest=f"{D.dataset_digest()}-{key}{sizes[key]}",
+                digest=D.split_digest(key, sizes[key]),
             )
     return datasets
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from mlflow.entities import Metric
 
 from resnet_mnist.runtime.errors import ProjectError
+from resnet_mnist.tracking.batches import log_metrics_batched
 from resnet_mnist.tracking.history import last_logged_steps
 
 STATE_ENV = "RESNET_MNIST_STATE_DIR"
@@ -202,8 +203,7 @@ class Spool:
         run_id, pending = self.run_id, self.metrics()
         last = last_logged_steps(client, run_id, {m.key for m in pending})
         todo = [m for m in pending if m.step > last[m.key]]
-        for start in range(0, len(todo), 1000):
-            client.log_batch(run_id, metrics=todo[start : start + 1000], synchronous=True)
+        log_metrics_batched(client, run_id, todo)
         if self.checkpoint is not None:
             import torch
 
