@@ -62,22 +62,11 @@ def test_quick_bench_writes_consistent_report(tmp_path: Path) -> None:
         assert 0.0 <= row["peer_test_accuracy"] <= 1.0
         # Every stage of the process is timed, and together they make up its wall time.
         stages = row["stages_s"]
-        assert list(stages) == [
-            "startup",
-            "imports",
-            "data",
-            "store",
-            "torch_dynamo",
-            "complexity",
-            "run_start",
-            "training",
-            "checkpoint",
-            "curves",
-            "model",
-            "run_end",
-            "summary",
-            "teardown",
-        ]
+        # The stages are the process's own marks (their names are the timeline's business): the
+        # first is start-up, the last the teardown after the summary, training is one of them.
+        names = list(stages)
+        assert names[0] == "startup" and names[-1] == "teardown" and "training" in names
+        assert len(set(names)) == len(names) >= 4
         assert all(v["median"] >= 0 for v in stages.values())
         assert sum(v["median"] for v in stages.values()) == pytest.approx(process, abs=0.5)
         assert stages["training"]["median"] >= inside

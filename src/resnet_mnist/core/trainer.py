@@ -168,7 +168,7 @@ def evaluate(
 
 
 @dataclass(frozen=True)
-class Boundary:
+class StepPlan:
     """What happens after a step: report the losses, evaluate on dev, save a resumable
     checkpoint, stop. Any of them first hands the pending losses to the callbacks."""
 
@@ -263,7 +263,7 @@ class Trainer:
         for callback in self.callbacks:
             getattr(callback, event)(*args)
 
-    def at_step_boundary(self, step: int, total: int) -> Boundary:
+    def at_step_boundary(self, step: int, total: int) -> StepPlan:
         """Decide what happens after global step `step` (0-based) of `total`.
 
         The book's schedule: dev evaluation at every `eval_steps`-th step after 0 and at the last
@@ -275,7 +275,7 @@ class Trainer:
         if self.dist is not None:
             stop = self.dist.any(stop, self.device)
         every = cfg.eval_steps
-        return Boundary(
+        return StepPlan(
             log=step % cfg.log_steps == 0 or done == total,
             evaluate=step == total - 1 or (every > 0 and step > 0 and step % every == 0),
             checkpoint=bool(cfg.checkpoint_every) and done % cfg.checkpoint_every == 0,

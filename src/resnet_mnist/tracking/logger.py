@@ -13,7 +13,7 @@ from __future__ import annotations
 import tempfile
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
@@ -58,32 +58,32 @@ def naming(run_id: str, artifact: str) -> Iterator[None]:
 
 
 class MlflowTracker(Callback):
-    """Listens to the Trainer and writes metrics to one run in batches.
+    """Listens to the Trainer and writes metrics to one run in batches; store I/O only.
 
     `logged` (on resume) holds the last step already in the store per metric; those steps are not
-    sent again, so the histories have no duplicates. `history` keeps the curves for the plot, and
-    `diagnostics` (metric -> step -> value) the `on_metrics` series for theirs.
-    `datasets` (split -> the run's dataset input) links dev and test scores to the split they were
-    measured on, so that MLflow shows them per dataset. `spool` is set once the tracking server
-    has stopped answering: from then on nothing is sent, everything is kept there.
+    sent again, so the histories have no duplicates. `datasets` (split -> the run's dataset input)
+    links dev and test scores to the split they were measured on, so that MLflow shows them per
+    dataset. `spool` is set once the tracking server has stopped answering: from then on nothing
+    is sent, everything is kept there, and `on_lost` is told (what to do about it is a policy of
+    its own, `offline.StopWhenLost`). The run's figures are drawn from what was logged.
     """
 
     def __init__(
         self,
         run_id: str,
         client: MlflowClient | None = None,
-        history: History | None = None,
         logged: dict[str, int] | None = None,
         datasets: dict[str, mlflow.data.Dataset] | None = None,
+        on_lost: Callable[[], None] | None = None,
     ) -> None:
         self.run_id = run_id
         self.client = client or MlflowClient()
         self.buffer: list[Metric] = []
-        self.history = history or History()
         self.log_seconds = 0.0
         self.resumed = logged is not None
         self.logged = logged or {}
-        self.diagnostics: dict[str, dict[int, float]] = {}
+        self.read_back: set[str] = set()
+        self.on_lost = on_lost
         self.datasets = datasets or {}
         self.result: Result | None = None
         self.heartbeat = time.time()
@@ -95,12 +95,12 @@ class MlflowTracker(Callback):
         self.trainer = trainer
 
     def go_offline(self, exc: BaseException) -> None:
-        """The server is gone: keep from now on, and stop training at the next step boundary."""
+        """The server is gone: keep everything from now on, and say so (`on_lost`)."""
         if self.spool is None:
             self.spool = Spool(self.run_id).open(mlflow.get_tracking_uri(), f"{exc}")
             self.cause = exc
-        if self.trainer is not None:
-            self.trainer.stop.set()
+        if self.on_lost is not None:
+            self.on_lost()
 
     @contextmanager
     def offline_on_loss(self) -> Iterator[None]:
@@ -152,9 +152,6 @@ class MlflowTracker(Callback):
 
     def on_step(self, step: int, epoch: int, loss: float) -> None:
         self._add("train_loss", loss, step)
-        if not self.history.steps or step > self.history.steps[-1]:
-            self.history.steps.append(step)
-            self.history.train_loss.append(loss)
 
     def on_checkpoint(self, step: int, checkpoint: dict) -> None:
         """A resumable checkpoint (`checkpoints/resume.pt`), replaced at each save; kept in the
@@ -176,30 +173,22 @@ class MlflowTracker(Callback):
 
     def on_eval(self, step: int, dev_loss: float, dev_accuracy: float) -> None:
         self._add("dev_loss", dev_loss, step)
-        self._add("dev_accuracy", dev_accuracy, step)
-        if self.history.eval_steps and step <= self.history.eval_steps[-1]:
-            return
-        self.history.eval_steps.append(step)
-        self.history.dev_loss.append(dev_loss)
-        self.history.dev_accuracy.append(dev_accuracy)
-        self.flush()
+        if self._add("dev_accuracy", dev_accuracy, step):
+            self.flush()
 
     def on_epoch_end(self, epoch: int, mean_loss: float) -> None:
         self._add("train_epoch_loss", mean_loss, epoch)
 
     def on_metrics(self, step: int, metrics: dict[str, float]) -> None:
-        """Diagnostics, sent with the next batch; on resume each series is first read back."""
+        """Diagnostics, sent with the next batch; on resume, the steps of each series the store
+        already has are first read back (they are not sent again)."""
         for key, value in metrics.items():
-            if self.resumed and key not in self.diagnostics:
-                self._read_back(key)
-            if self._add(key, value, step):
-                self.diagnostics.setdefault(key, {})[step] = value
-
-    def _read_back(self, key: str) -> None:
-        """What the interrupted run already logged of `key`: not sent again, and in the plot."""
-        past = self.client.get_metric_history(self.run_id, key)
-        self.diagnostics[key] = {m.step: m.value for m in past}
-        self.logged[key] = max((m.step for m in past), default=-1)
+            if self.resumed and key not in self.read_back:
+                self.read_back.add(key)
+                self.logged[key] = max(
+                    (m.step for m in self.client.get_metric_history(self.run_id, key)), default=-1
+                )
+            self._add(key, value, step)
 
     def on_end(self, result: Result) -> None:
         """Timings at the last step; the scores wait for the model (`log_scores`)."""
@@ -212,14 +201,12 @@ class MlflowTracker(Callback):
         self.flush()
 
     def log_diagnostics(self, title: str) -> None:
-        """`plots/diagnostics.png` (gradient norms per stage, the lesion test) when the run
-        recorded diagnostics."""
-        grads = {k.removeprefix(GRAD_NORM): v for k, v in self.diagnostics.items() if k.startswith(GRAD_NORM)}
-        lesion = {
-            k.removeprefix(LESION): v[max(v)]
-            for k, v in self.diagnostics.items()
-            if k.startswith(LESION) and v
-        }
+        """`plots/diagnostics.png` (gradient norms per stage, the lesion test), drawn from the
+        diagnostics the run logged, when it logged any."""
+        keys = [k for k in self.client.get_run(self.run_id).data.metrics if k.startswith((GRAD_NORM, LESION))]
+        series = {k: {m.step: m.value for m in self.client.get_metric_history(self.run_id, k)} for k in keys}
+        grads = {k.removeprefix(GRAD_NORM): v for k, v in series.items() if k.startswith(GRAD_NORM)}
+        lesion = {k.removeprefix(LESION): v[max(v)] for k, v in series.items() if k.startswith(LESION) and v}
         if not grads and not lesion:
             return
         from resnet_mnist.core.figures import plot_diagnostics  # matplotlib: after training (`log_curves`)

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from mlflow.entities import Metric
 
+from resnet_mnist.core.trainer import Callback, Trainer
 from resnet_mnist.runtime.errors import ProjectError
 from resnet_mnist.tracking.batches import log_metrics_batched
 from resnet_mnist.tracking.history import last_logged_steps
@@ -226,3 +227,19 @@ def _replace(path: Path, data: bytes) -> None:
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
+
+
+class StopWhenLost(Callback):
+    """The policy for a tracking server that went away: training stops at its next step boundary
+    (what it learned since is kept on local disk, and `train --resume` continues it). The logger
+    only reports the loss (`server_lost`); this is where it is acted on."""
+
+    def __init__(self) -> None:
+        self.trainer: Trainer | None = None
+
+    def on_start(self, trainer: Trainer, total_steps: int) -> None:
+        self.trainer = trainer
+
+    def server_lost(self) -> None:
+        if self.trainer is not None:
+            self.trainer.stop.set()

@@ -37,7 +37,7 @@ from resnet_mnist.tracking.logger import (
     mnist_datasets,
 )
 from resnet_mnist.tracking.names import DEFAULT_EXPERIMENT
-from resnet_mnist.tracking.offline import Spool, unreachable
+from resnet_mnist.tracking.offline import Spool, StopWhenLost, unreachable
 from resnet_mnist.tracking.store import RunBusy, check_store, owner_alive, run_claim
 
 
@@ -141,13 +141,13 @@ def resume(
             tensors = load_tensors(config, dev)
             _import_dynamo()
             model = build_model(config, dev)
-            logged, past = last_logged_steps(client, run_id), read_history(client, run_id)
+            logged = last_logged_steps(client, run_id)
             with tracked_run(config, run_id=run_id, resume=True) as active:
                 mlflow.set_tag("resumed_from_step", str(checkpoint["state"]["step"]))
                 if taken_over:
                     mlflow.set_tag("taken_over_from", taken_over)
                 tracker = MlflowTracker(
-                    active.info.run_id, history=past, logged=logged, datasets=mnist_datasets(config, tensors)
+                    active.info.run_id, logged=logged, datasets=mnist_datasets(config, tensors)
                 )
                 return _fit(config, model, tensors, tracker, callbacks, checkpoint, None, stop)
     except RunBusy as exc:
@@ -218,7 +218,9 @@ def _fit(
     stop: threading.Event | None,
 ) -> Trained:
     """Train inside the active run, keep what was learned on failure, log the results."""
-    trainer = Trainer(config, model, [tracker, *(callbacks or [])], dist, stop)
+    policy = StopWhenLost()
+    tracker.on_lost = policy.server_lost
+    trainer = Trainer(config, model, [tracker, policy, *(callbacks or [])], dist, stop)
     try:
         result = trainer.fit(tensors, resume=checkpoint)
     except BaseException as exc:
@@ -257,7 +259,7 @@ def _log_results(
     mark("checkpoint")
     active = mlflow.active_run()
     name = (active.info.run_name if active else None) or ""
-    log_curves(tracker.history, config.architecture, name)
+    log_curves(read_history(tracker.client, tracker.run_id), config.architecture, name)
     tracker.log_diagnostics(name)
     mark("curves")
     safe_point(stop)
