@@ -27,6 +27,7 @@ from resnet_mnist.analysis.summary import VARIANTS, CompareError, RunSummary
 from resnet_mnist.analysis.tables import write_table
 from resnet_mnist.core.figures import plot_curves
 from resnet_mnist.runtime.signals import safe_point, shielded
+from resnet_mnist.tracking import names
 from resnet_mnist.tracking.batches import log_metrics_batched
 from resnet_mnist.tracking.history import read_history
 from resnet_mnist.tracking.lifecycle import ended
@@ -222,17 +223,17 @@ def compare(
         )
     rows = table_rows(summaries)
     out_dir.mkdir(parents=True, exist_ok=True)
-    presets = sorted({r.data.tags.get("preset", "?") for r in vetted.runs})
+    presets = sorted({r.data.tags.get(names.PRESET, "?") for r in vetted.runs})
     depths = ",".join(sorted({str(s.depth) for s in summaries}))
     title = f"ResNet{depths} on MNIST, plain vs residual ({', '.join(presets)})"
     stem = out_dir / "comparison"
     files = plot(summaries, stem, title) + write_table(COLUMNS, rows, stem)
     ids = [s.run_id for s in summaries]
     tags = {
-        "run_type": "comparison",
+        names.RUN_TYPE: names.COMPARISON,
         "compared_run_ids": ",".join(ids),
-        "preset": ",".join(presets),
-        "depth": depths,
+        names.PRESET: ",".join(presets),
+        names.DEPTH: depths,
         "dev_winner": stats.dev_winner,
         "statistic": stats.metric,
         "selected_by": "dev_accuracy_full",
@@ -305,7 +306,7 @@ def compare(
                     }
                 )
             safe_point(stop)
-            mlflow.set_tag("mlflow.note.content", text)
+            mlflow.set_tag(names.NOTE, text)
             (out_dir / "verdict.txt").write_text(text + "\n")
             files.append(out_dir / "verdict.txt")
             for path in files:

@@ -12,9 +12,9 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from resnet_mnist.analysis.scoring import FullSplitScorer
-from resnet_mnist.analysis.selection import quote
 from resnet_mnist.analysis.summary import CompareError
 from resnet_mnist.runtime.errors import first_line
+from resnet_mnist.tracking import names
 from resnet_mnist.tracking.names import CHAMPION
 from resnet_mnist.tracking.store import store_lock
 
@@ -39,7 +39,7 @@ class Crowning:
 def current_champion(client: MlflowClient, name: str) -> ModelVersion | None:
     """The version of `name` holding `@champion`, or None when there is none (yet)."""
     try:
-        found = client.search_registered_models(filter_string=f"name = {quote(name)}")
+        found = client.search_registered_models(filter_string=f"name = {names.quote(name)}")
     except MlflowException as exc:
         raise CompareError(f"cannot read registered model {name!r} ({first_line(exc)})") from None
     held = found[0].aliases.get(CHAMPION) if found else None
@@ -106,7 +106,7 @@ def crown(
                     f"{acc:.2%} for run {candidate.run_id[:8]}",
                 )
         run = client.get_run(candidate.run_id)
-        source = run.data.tags.get("logged_model_uri", f"runs:/{candidate.run_id}/model")
+        source = run.data.tags.get(names.LOGGED_MODEL_URI, f"runs:/{candidate.run_id}/model")
         version = str(mlflow.register_model(source, name, tags=tags).version)
         client.set_registered_model_alias(name, CHAMPION, version)
     if current is None:

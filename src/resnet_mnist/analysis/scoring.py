@@ -9,10 +9,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import mlflow
 import torch
 from mlflow.entities import Metric, Run
-from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from resnet_mnist.analysis.evaluation import Evaluation, evaluate_model, plot_confusion, plot_mistakes
@@ -21,6 +19,8 @@ from resnet_mnist.analysis.summary import CompareError
 from resnet_mnist.core import data as D
 from resnet_mnist.core.model import build_resnet
 from resnet_mnist.runtime.errors import first_line
+from resnet_mnist.tracking import names
+from resnet_mnist.tracking.checkpoints import BEST, MissingCheckpoint, RefusedCheckpoint, fetch_checkpoint
 
 # -- scoring runs on the full splits ------------------------------------------------------------
 
@@ -65,16 +65,11 @@ class FullSplitScorer:
         """The run's best-dev checkpoint in the network its params describe."""
         params, run_id = run.data.params, run.info.run_id
         try:
-            with tempfile.TemporaryDirectory() as tmp:
-                path = mlflow.artifacts.download_artifacts(
-                    run_id=run_id, artifact_path="checkpoints/best_model.pt", dst_path=tmp
-                )
-                state = torch.load(path, map_location="cpu", weights_only=True)
-        except (MlflowException, OSError) as exc:
-            raise CompareError(
-                f"run {run_id} has no best-dev checkpoint to score "
-                f"(checkpoints/best_model.pt: {first_line(exc)})"
-            ) from None
+            state = fetch_checkpoint(run_id, BEST)
+        except MissingCheckpoint as exc:
+            raise CompareError(f"run {run_id} has no best-dev checkpoint to score ({BEST}: {exc})") from None
+        except RefusedCheckpoint as exc:
+            raise CompareError(f"refused {BEST} of run {run_id}: {exc}") from None
         depth = int(params.get("depth", 18))
         model = build_resnet(depth, use_residual=variant_of(run) == "residual")
         try:
@@ -105,7 +100,7 @@ class FullSplitScorer:
     def _log(self, run: Run, split: str, ev: Evaluation) -> None:
         run_id, step = run.info.run_id, int(run.data.metrics.get("best_step", 0))
         now = int(time.time() * 1000)
-        model_uri = run.data.tags.get("logged_model_uri", "")
+        model_uri = run.data.tags.get(names.LOGGED_MODEL_URI, "")
         model_id = model_uri.removeprefix("models:/") if model_uri.startswith("models:/m-") else None
         size = D.DEV_SIZE if split == "dev" else D.TEST_SIZE
         digest = D.split_digest(split, size)

@@ -19,23 +19,20 @@ from mlflow.tracking import MlflowClient
 from resnet_mnist.analysis.summary import VARIANTS, CompareError
 from resnet_mnist.config.settings import FIELDS, ConfigError, TrainConfig, build_config, coerce
 from resnet_mnist.runtime.errors import first_line
+from resnet_mnist.tracking import names
 from resnet_mnist.tracking.lifecycle import same_params
 from resnet_mnist.tracking.store import experiment_id as find_experiment
 
 # -- finding and training runs ------------------------------------------------------------------
 
 
-def quote(value: str) -> str:
-    return "'" + value.replace("'", "\\'") + "'"
-
-
 def variant_of(run: Run) -> str | None:
-    return run.data.tags.get("variant") or run.data.params.get("variant")
+    return run.data.tags.get(names.VARIANT) or run.data.params.get(names.VARIANT)
 
 
 def train_runs(client: MlflowClient, experiment_ids: list[str], where: str = "") -> list[Run]:
     """FINISHED training runs, newest first, optionally narrowed by an MLflow search string."""
-    query = "tags.run_type = 'train' and attributes.status = 'FINISHED'"
+    query = names.runs_where(names.TRAIN, finished=True)
     if where:
         query += f" and {where}"
     return client.search_runs(
@@ -48,7 +45,7 @@ def seed_group(client: MlflowClient, experiment_id: str, preset: str, seeds: lis
     seeds_tag = ",".join(map(str, seeds))
     found = client.search_runs(
         [experiment_id],
-        f"tags.run_type = 'seed_group' and tags.preset = {quote(preset)} and tags.seeds = {quote(seeds_tag)}",
+        names.runs_where(names.SEED_GROUP, {names.PRESET: preset, names.SEEDS: seeds_tag}),
         order_by=["attributes.start_time DESC"],
         max_results=1,
     )
@@ -57,7 +54,7 @@ def seed_group(client: MlflowClient, experiment_id: str, preset: str, seeds: lis
     run = client.create_run(
         experiment_id,
         run_name=f"seeds-{preset}-{seeds_tag}",
-        tags={"run_type": "seed_group", "preset": preset, "seeds": seeds_tag},
+        tags={names.RUN_TYPE: names.SEED_GROUP, names.PRESET: preset, names.SEEDS: seeds_tag},
     )
     client.set_terminated(run.info.run_id, "FINISHED")
     return run.info.run_id
@@ -82,7 +79,7 @@ def ensure_runs(
     Returns the run ids, plain first.
     """
     parent = seed_group(client, experiment_id, preset, seeds) if seeds else None
-    where = f"tags.`mlflow.parentRunId` = {quote(parent)}" if parent else ""
+    where = f"tags.`{names.PARENT_RUN_ID}` = {names.quote(parent)}" if parent else ""
     existing = train_runs(client, [experiment_id], where)
     ids = []
     for variant in VARIANTS:
@@ -292,7 +289,7 @@ def select_runs(
         raise CompareError(
             f"experiment {experiment!r} does not exist: train first (`resnet-mnist train` or `make compare`)"
         )
-    narrow = where or (f"tags.preset = {quote(preset)}" if preset else "")
+    narrow = where or (f"tags.{names.PRESET} = {names.quote(preset)}" if preset else "")
     try:
         runs = train_runs(client, [exp.experiment_id], narrow)
     except MlflowException as exc:

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from resnet_mnist.cli.common import console
+from resnet_mnist.tracking import names
 from resnet_mnist.tracking.names import DEFAULT_EXPERIMENT
 
 
@@ -37,9 +38,9 @@ def stale(
         tags, run_id = run.data.tags, run.info.run_id
         state = {True: "owner alive", False: "owner gone", None: "no owner recorded"}[alive]
         console.print(
-            f"{run_id}  {run.info.run_name}  {state} (pid {tags.get('owner.pid', '?')} "
-            f"on {tags.get('owner.host', '?')}, checkpoint at step "
-            f"{tags.get('resume_step', 'none')})",
+            f"{run_id}  {run.info.run_name}  {state} (pid {tags.get(names.OWNER_PID, '?')} "
+            f"on {tags.get(names.OWNER_HOST, '?')}, checkpoint at step "
+            f"{tags.get(names.RESUME_STEP, 'none')})",
             highlight=False,
         )
         kept = Spool.find(run_id)

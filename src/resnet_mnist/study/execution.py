@@ -19,6 +19,7 @@ from resnet_mnist.config.settings import ConfigError, TrainConfig
 from resnet_mnist.runtime.errors import ProjectError
 from resnet_mnist.runtime.supervise import drop_options, supervise
 from resnet_mnist.study.spec import Group, StudySpec, cell_config, choose_lr
+from resnet_mnist.tracking import names
 from resnet_mnist.tracking.lifecycle import same_params
 from resnet_mnist.tracking.store import experiment_id as find_experiment
 from resnet_mnist.tracking.store import store_lock
@@ -54,12 +55,12 @@ def study_run(client: MlflowClient, experiment_id: str, spec: StudySpec, run_id:
     `mlflow run -e study` made). Creation is serialised; should two machines still race on a
     server, the oldest run with the key is the study run."""
     key = spec.key()
-    query = f"tags.run_type = 'study' and tags.`study.key` = '{key}'"
+    query = names.runs_where(names.STUDY, {names.STUDY_KEY: key})
     tags = {
-        "run_type": "study",
+        names.RUN_TYPE: names.STUDY,
         "study": spec.name,
-        "study.key": key,
-        "preset": spec.preset,
+        names.STUDY_KEY: key,
+        names.PRESET: spec.preset,
         "study.depths": ",".join(map(str, spec.depths)),
         "study.seeds": ",".join(map(str, spec.seeds)),
         "study.lrs": ",".join(map(str, spec.lrs)),
@@ -75,7 +76,7 @@ def study_run(client: MlflowClient, experiment_id: str, spec: StudySpec, run_id:
             run_id = client.create_run(experiment_id, run_name=f"study-{spec.name}").info.run_id
         else:
             client.update_run(run_id, name=f"study-{spec.name}")
-        for key, value in (tags | {"study.status": "training"}).items():
+        for key, value in (tags | {names.STUDY_STATUS: "training"}).items():
             client.set_tag(run_id, key, value)
         # A container: its status says nothing of its cells (`study.status` does).
         client.set_terminated(run_id, "FINISHED")
@@ -105,7 +106,7 @@ def open_study(
         exp_id = find_experiment(experiment)
     run_id = study_run(client, exp_id, spec, project_run)
     if project_run and project_run != run_id:
-        client.set_tag(project_run, "study.run", run_id)
+        client.set_tag(project_run, names.STUDY_RUN, run_id)
     return StudyHome(exp_id, experiment, run_id)
 
 
@@ -113,8 +114,7 @@ def cells_of(client: MlflowClient, experiment_id: str, study_run_id: str) -> lis
     """The study's FINISHED cells."""
     return client.search_runs(
         [experiment_id],
-        f"tags.`mlflow.parentRunId` = '{study_run_id}' and "
-        "tags.run_type = 'train' and attributes.status = 'FINISHED'",
+        names.runs_where(names.TRAIN, {names.PARENT_RUN_ID: study_run_id}, finished=True),
         max_results=5000,
     )
 
@@ -141,7 +141,7 @@ def run_group(
     done = [
         r
         for r in cells_of(client, experiment_id, study_run_id)
-        if r.data.tags.get("architecture") == group.name
+        if r.data.tags.get(names.ARCHITECTURE) == group.name
     ]
     trained = reused = 0
 
@@ -158,7 +158,7 @@ def run_group(
     first, rest = spec.seeds[0], spec.seeds[1:]
     search = {lr: cell(cell_config(spec, group, lr, first, overrides), "lr-search") for lr in spec.lrs}
     best_lr = choose_lr({lr: run.data.metrics.get("best_dev_accuracy", 0.0) for lr, run in search.items()})
-    client.set_tag(study_run_id, f"study.lr.{group.name}", str(best_lr))
+    client.set_tag(study_run_id, f"{names.STUDY_LR}{group.name}", str(best_lr))
     for seed in rest:
         cell(cell_config(spec, group, best_lr, seed, overrides), "seeds")
     return GroupResult(group, best_lr, trained, reused)

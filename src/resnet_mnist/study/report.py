@@ -25,6 +25,7 @@ from resnet_mnist.config.space import VARIANTS
 from resnet_mnist.core.figures import save_figure, smooth
 from resnet_mnist.study.execution import StudyHome, cells_of
 from resnet_mnist.study.spec import StudySpec, choose_lr
+from resnet_mnist.tracking import names
 from resnet_mnist.tracking.batches import log_metrics_batched
 from resnet_mnist.tracking.history import read_history
 
@@ -467,8 +468,8 @@ def _log(client: MlflowClient, run_id: str, results: list[DepthResult], text: st
                 if math.isfinite(value)
             ]
     log_metrics_batched(client, run_id, metrics)
-    client.set_tag(run_id, "mlflow.note.content", text)
-    client.set_tag(run_id, "study.status", "complete")
+    client.set_tag(run_id, names.NOTE, text)
+    client.set_tag(run_id, names.STUDY_STATUS, "complete")
     for path in files:
         client.log_artifact(run_id, str(path), "study")
 
@@ -480,7 +481,7 @@ def unfinished(client: MlflowClient, home: StudyHome, spec: StudySpec) -> str | 
     missing = missing_cells(spec, cells)
     if not missing:
         return None
-    client.set_tag(home.run_id, "study.status", f"{spec.cells() - missing}/{spec.cells()} cells")
+    client.set_tag(home.run_id, names.STUDY_STATUS, f"{spec.cells() - missing}/{spec.cells()} cells")
     return (
         f"{missing} of {spec.cells()} cells have not finished (other shards, or stopped); "
         f"rerun `resnet-mnist study --study {spec.name}` to train them, or `--report-only` "

@@ -27,6 +27,7 @@ from resnet_mnist.config.settings import ConfigError, TrainConfig, same_value
 from resnet_mnist.core.trainer import NonFiniteLossError, StopRequested
 from resnet_mnist.runtime.env import overridden
 from resnet_mnist.runtime.signals import shielded
+from resnet_mnist.tracking import names
 from resnet_mnist.tracking.names import DEFAULT_EXPERIMENT
 from resnet_mnist.tracking.offline import TrackingLost, unreachable
 from resnet_mnist.tracking.store import (
@@ -83,16 +84,16 @@ def run_name(config: TrainConfig) -> str:
 def train_tags(config: TrainConfig, parent_run_id: str | None = None) -> dict[str, str]:
     """What a training run is (variant, depth, preset, versions, commit): tags to search and group by."""
     tags = {
-        "variant": config.variant,
-        "depth": str(config.depth),
-        "architecture": config.architecture,
-        "preset": config.preset,
-        "run_type": "train",
+        names.VARIANT: config.variant,
+        names.DEPTH: str(config.depth),
+        names.ARCHITECTURE: config.architecture,
+        names.PRESET: config.preset,
+        names.RUN_TYPE: names.TRAIN,
         "torch_version": version(torch),
         "mlflow_version": version(mlflow),
     }
     if parent_run_id:
-        tags["mlflow.parentRunId"] = parent_run_id
+        tags[names.PARENT_RUN_ID] = parent_run_id
     commit = git_commit()
     if commit:
         tags["git_commit"] = commit
@@ -327,7 +328,7 @@ def end_stale(client: MlflowClient, run_id: str) -> bool:
     try:
         with run_claim(run_id):
             fail_unfinished_models(client, client.get_run(run_id))
-            client.set_tag(run_id, "failure_reason", "owner gone (resnet-mnist stale)")
+            client.set_tag(run_id, names.FAILURE_REASON, "owner gone (resnet-mnist stale)")
             client.set_terminated(run_id, RunStatus.to_string(RunStatus.KILLED))
     except RunBusy:
         return False

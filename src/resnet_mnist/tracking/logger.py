@@ -33,7 +33,9 @@ from resnet_mnist.core.diagnostics import GRAD_NORM, LESION
 from resnet_mnist.core.figures import History
 from resnet_mnist.core.model import DigitClassifier
 from resnet_mnist.core.trainer import Callback, Result, Tensors, Trainer
+from resnet_mnist.tracking import names
 from resnet_mnist.tracking.batches import MAX_BATCH
+from resnet_mnist.tracking.checkpoints import BEST, RESUME
 from resnet_mnist.tracking.history import TIME_METRICS
 from resnet_mnist.tracking.lifecycle import active_run_id, version
 from resnet_mnist.tracking.offline import Spool, TrackingLost, unreachable
@@ -147,7 +149,9 @@ class MlflowTracker(Callback):
             return
         if time.time() - self.heartbeat >= HEARTBEAT_S:
             self.heartbeat = time.time()
-            retry_locked(lambda: self.client.set_tag(self.run_id, "owner.heartbeat", f"{self.heartbeat:.0f}"))
+            retry_locked(
+                lambda: self.client.set_tag(self.run_id, names.OWNER_HEARTBEAT, f"{self.heartbeat:.0f}")
+            )
         self.log_seconds += time.perf_counter() - t0
 
     def on_step(self, step: int, epoch: int, loss: float) -> None:
@@ -162,9 +166,9 @@ class MlflowTracker(Callback):
                 with tempfile.TemporaryDirectory() as tmp:
                     path = Path(tmp) / "resume.pt"
                     torch.save(checkpoint, path)
-                    with naming(self.run_id, "checkpoints/resume.pt"):
+                    with naming(self.run_id, RESUME):
                         self.client.log_artifact(self.run_id, str(path), "checkpoints")
-                self.client.set_tag(self.run_id, "resume_step", str(step))
+                self.client.set_tag(self.run_id, names.RESUME_STEP, str(step))
         if self.spool is not None:
             self.spool.keep_checkpoint(checkpoint)
 
@@ -281,7 +285,7 @@ def log_best_checkpoint(state: dict[str, torch.Tensor]) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = Path(tmp) / "best_model.pt"
         torch.save(state, checkpoint)
-        with naming(active_run_id(), "checkpoints/best_model.pt"):
+        with naming(active_run_id(), BEST):
             mlflow.log_artifact(str(checkpoint), "checkpoints")
 
 
@@ -314,7 +318,7 @@ def log_model(model: nn.Module, normalize: str, example_images: np.ndarray, step
             model_type="image-classifier",
         )
     # MLflow 3 keeps the model as a LoggedModel; registering its own URI avoids a lookup.
-    mlflow.set_tag("logged_model_uri", info.model_uri)
+    mlflow.set_tag(names.LOGGED_MODEL_URI, info.model_uri)
     return info.model_id
 
 

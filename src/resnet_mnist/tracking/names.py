@@ -1,7 +1,10 @@
-"""Every default name the project's records live under, once (as MLflow's own `mlflow_tags.py`
-keeps its tag keys): experiments, the registered model, its alias and URI."""
+"""Every name the project's records live under, once (as MLflow's own `mlflow_tags.py` keeps its
+tag keys): experiments, the registered model, its alias and URI, tag keys, run types, and the
+search strings built from them."""
 
 from __future__ import annotations
+
+from collections.abc import Mapping
 
 #: Training runs (`train`, `compare --train-missing`, `mlflow run .`).
 DEFAULT_EXPERIMENT = "resnet18-mnist"
@@ -13,3 +16,56 @@ STUDY_EXPERIMENT = "resnet-mnist-study"
 MODEL_NAME = "resnet18-mnist"
 CHAMPION = "champion"
 CHAMPION_URI = f"models:/{MODEL_NAME}@{CHAMPION}"
+
+#: MLflow's own tag keys the project sets or searches by.
+PARENT_RUN_ID = "mlflow.parentRunId"
+NOTE = "mlflow.note.content"
+EXPERIMENT_KIND = "mlflow.experimentKind"
+
+#: What a run is: the value of its `run_type` tag.
+RUN_TYPE = "run_type"
+TRAIN = "train"
+COMPARISON = "comparison"
+SEED_GROUP = "seed_group"
+STUDY = "study"
+
+#: What a training run trained (searched and grouped by).
+VARIANT = "variant"
+DEPTH = "depth"
+ARCHITECTURE = "architecture"
+PRESET = "preset"
+SEEDS = "seeds"
+
+#: Who owns a RUNNING run (`tracking.store.owner_alive` reads them) and how it was continued.
+OWNER_HOST = "owner.host"
+OWNER_PID = "owner.pid"
+OWNER_STARTED = "owner.started"
+OWNER_HEARTBEAT = "owner.heartbeat"
+RESUME_STEP = "resume_step"
+RESUMED_FROM_STEP = "resumed_from_step"
+TAKEN_OVER_FROM = "taken_over_from"
+FAILURE_REASON = "failure_reason"
+OFFLINE_REPLAYED = "offline.replayed"
+LOGGED_MODEL_URI = "logged_model_uri"
+
+#: The study run's keys (its cells are training runs under it).
+STUDY_KEY = "study.key"
+STUDY_STATUS = "study.status"
+STUDY_RUN = "study.run"
+STUDY_LR = "study.lr."
+
+
+def quote(value: str) -> str:
+    """A string literal in MLflow's search syntax."""
+    return "'" + value.replace("'", "\\'") + "'"
+
+
+def runs_where(run_type: str, tags: Mapping[str, str] | None = None, *, finished: bool = False) -> str:
+    """The search string for runs of one type with these tags (dotted keys backquoted), FINISHED
+    only when asked."""
+    terms = [f"tags.{RUN_TYPE} = {quote(run_type)}"]
+    for key, value in (tags or {}).items():
+        terms.append(f"tags.`{key}` = {quote(value)}" if "." in key else f"tags.{key} = {quote(value)}")
+    if finished:
+        terms.append("attributes.status = 'FINISHED'")
+    return " and ".join(terms)

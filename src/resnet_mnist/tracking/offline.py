@@ -22,6 +22,7 @@ from mlflow.entities import Metric
 
 from resnet_mnist.core.trainer import Callback, Trainer
 from resnet_mnist.runtime.errors import ProjectError
+from resnet_mnist.tracking import names
 from resnet_mnist.tracking.batches import log_metrics_batched
 from resnet_mnist.tracking.history import last_logged_steps
 
@@ -206,12 +207,12 @@ class Spool:
         todo = [m for m in pending if m.step > last[m.key]]
         log_metrics_batched(client, run_id, todo)
         if self.checkpoint is not None:
-            import torch
+            from resnet_mnist.tracking.checkpoints import load_checkpoint  # torch: only with a checkpoint
 
-            step = torch.load(self.checkpoint, map_location="cpu", weights_only=True)["state"]["step"]
+            step = load_checkpoint(self.checkpoint)["state"]["step"]
             client.log_artifact(run_id, str(self.checkpoint), "checkpoints")
-            client.set_tag(run_id, "resume_step", str(step))
-        client.set_tag(run_id, "offline.replayed", str(len(todo)))
+            client.set_tag(run_id, names.RESUME_STEP, str(step))
+        client.set_tag(run_id, names.OFFLINE_REPLAYED, str(len(todo)))
         self.remove()
         return len(todo)
 

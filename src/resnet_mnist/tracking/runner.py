@@ -6,13 +6,10 @@ With `dist` (torchrun) every rank trains and only rank 0 talks to MLflow.
 
 from __future__ import annotations
 
-import pickle
-import tempfile
 import threading
 from dataclasses import dataclass
 
 import mlflow
-import torch
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 from torch import nn
@@ -25,6 +22,8 @@ from resnet_mnist.core.trainer import Callback, Result, Tensors, Trainer, build_
 from resnet_mnist.runtime.errors import ProjectError
 from resnet_mnist.runtime.signals import safe_point, shielded
 from resnet_mnist.runtime.timeline import mark
+from resnet_mnist.tracking import names
+from resnet_mnist.tracking.checkpoints import RESUME, MissingCheckpoint, RefusedCheckpoint, fetch_checkpoint
 from resnet_mnist.tracking.history import last_logged_steps, read_history
 from resnet_mnist.tracking.lifecycle import fail_unfinished_models, tracked_run
 from resnet_mnist.tracking.logger import (
@@ -143,9 +142,9 @@ def resume(
             model = build_model(config, dev)
             logged = last_logged_steps(client, run_id)
             with tracked_run(config, run_id=run_id, resume=True) as active:
-                mlflow.set_tag("resumed_from_step", str(checkpoint["state"]["step"]))
+                mlflow.set_tag(names.RESUMED_FROM_STEP, str(checkpoint["state"]["step"]))
                 if taken_over:
-                    mlflow.set_tag("taken_over_from", taken_over)
+                    mlflow.set_tag(names.TAKEN_OVER_FROM, taken_over)
                 tracker = MlflowTracker(
                     active.info.run_id, logged=logged, datasets=mnist_datasets(config, tensors)
                 )
@@ -172,7 +171,7 @@ def resumable(run: Run) -> str:
         raise ResumeError(f"run {run.info.run_id} is already FINISHED; nothing to resume")
     if status != "RUNNING":
         return ""
-    owner = f"pid {tags.get('owner.pid', '?')} on {tags.get('owner.host', '?')}"
+    owner = f"pid {tags.get(names.OWNER_PID, '?')} on {tags.get(names.OWNER_HOST, '?')}"
     alive = owner_alive(tags)
     spool = Spool.find(run.info.run_id)
     if alive and spool is not None and spool.released:
@@ -181,30 +180,19 @@ def resumable(run: Run) -> str:
         raise ResumeError(f"run {run.info.run_id} is RUNNING and records no owner; stop it first")
     if alive:
         raise ResumeError(f"run {run.info.run_id} is RUNNING and its owner ({owner}) is alive; stop it first")
-    return f"{tags['owner.pid']}@{tags.get('owner.host', '?')}"
+    return f"{tags[names.OWNER_PID]}@{tags.get(names.OWNER_HOST, '?')}"
 
 
 def _download_checkpoint(run_id: str) -> dict:
-    """The run's resumable checkpoint, loaded with `weights_only=True` (no code runs)."""
-    from mlflow.exceptions import MlflowException
-
-    with tempfile.TemporaryDirectory() as tmp:
-        try:
-            path = mlflow.artifacts.download_artifacts(
-                run_id=run_id, artifact_path="checkpoints/resume.pt", dst_path=tmp
-            )
-        except (MlflowException, OSError):
-            raise ResumeError(
-                f"run {run_id} has no resumable checkpoint (checkpoints/resume.pt);"
-                " it stopped before any was written"
-            ) from None
-        try:
-            return torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as exc:
-            raise ResumeError(
-                f"refused checkpoints/resume.pt of run {run_id}: it holds objects "
-                f"other than tensors and plain values ({str(exc)[:200]})"
-            ) from None
+    """The run's resumable checkpoint (no code runs when it loads)."""
+    try:
+        return fetch_checkpoint(run_id, RESUME)
+    except MissingCheckpoint:
+        raise ResumeError(
+            f"run {run_id} has no resumable checkpoint ({RESUME}); it stopped before any was written"
+        ) from None
+    except RefusedCheckpoint as exc:
+        raise ResumeError(f"refused {RESUME} of run {run_id}: {exc}") from None
 
 
 def _fit(

@@ -17,6 +17,7 @@ from typing import TypeVar
 
 from resnet_mnist.runtime.env import overridden
 from resnet_mnist.runtime.errors import ProjectError, first_line
+from resnet_mnist.tracking import names
 
 T = TypeVar("T")
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
@@ -138,7 +139,7 @@ def check_store(timeout_s: int = 5) -> str:
 
 #: MLflow 3's UI opens an experiment in its GenAI view unless the experiment says it holds model
 #: training; the tag alone does not switch the view, the URL query below does.
-EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+EXPERIMENT_KIND = {names.EXPERIMENT_KIND: "custom_model_development"}
 TRAINING_VIEW = "workflowType=machine_learning"
 UI_DEFAULT = "http://127.0.0.1:5000"
 
@@ -174,7 +175,7 @@ def mark_training_experiment(experiment_id: str) -> None:
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient()
-    if client.get_experiment(experiment_id).tags.get("mlflow.experimentKind") is None:
+    if client.get_experiment(experiment_id).tags.get(names.EXPERIMENT_KIND) is None:
         for key, value in EXPERIMENT_KIND.items():
             client.set_experiment_tag(experiment_id, key, value)
 
@@ -208,7 +209,7 @@ def take_project_run() -> str | None:
 HEARTBEAT_S = 30
 #: A run on another host whose heartbeat is older than this is taken to have lost its owner.
 STALE_AFTER_S = 300
-OWNER_TAGS = ("owner.host", "owner.pid", "owner.started", "owner.heartbeat")
+OWNER_TAGS = (names.OWNER_HOST, names.OWNER_PID, names.OWNER_STARTED, names.OWNER_HEARTBEAT)
 
 
 def owner_tags() -> dict[str, str]:
@@ -219,10 +220,10 @@ def owner_tags() -> dict[str, str]:
     import psutil
 
     return {
-        "owner.host": socket.gethostname(),
-        "owner.pid": str(os.getpid()),
-        "owner.started": f"{psutil.Process().create_time():.3f}",
-        "owner.heartbeat": f"{time.time():.0f}",
+        names.OWNER_HOST: socket.gethostname(),
+        names.OWNER_PID: str(os.getpid()),
+        names.OWNER_STARTED: f"{psutil.Process().create_time():.3f}",
+        names.OWNER_HEARTBEAT: f"{time.time():.0f}",
     }
 
 
@@ -236,15 +237,15 @@ def owner_alive(tags: dict[str, str], now: float | None = None) -> bool | None:
 
     import psutil
 
-    if "owner.pid" not in tags:
+    if names.OWNER_PID not in tags:
         return None
-    if tags.get("owner.host") == socket.gethostname():
+    if tags.get(names.OWNER_HOST) == socket.gethostname():
         try:
-            started = psutil.Process(int(tags["owner.pid"])).create_time()
+            started = psutil.Process(int(tags[names.OWNER_PID])).create_time()
         except (psutil.NoSuchProcess, ValueError):
             return False
-        return abs(started - float(tags.get("owner.started", "0"))) < 1.0
-    heartbeat = float(tags.get("owner.heartbeat", "0"))
+        return abs(started - float(tags.get(names.OWNER_STARTED, "0"))) < 1.0
+    heartbeat = float(tags.get(names.OWNER_HEARTBEAT, "0"))
     return (now or time.time()) - heartbeat < STALE_AFTER_S
 
 
