@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import csv
+import io
+import json
 from pathlib import Path
 
 import numpy as np
@@ -83,17 +86,56 @@ def test_compare_seeds_then_predict_with_champion(tmp_path: Path, mnist: D.Mnist
     assert len(client.search_runs([exp.experiment_id], "tags.run_type = 'train'")) == 4
 
     digits = save_digits(mnist, tmp_path / "digits", 10)
-    pred = cli("predict", *[str(p) for p, _ in digits], "--mnist-test", "500", cwd=tmp_path, env=env)
-    assert pred.returncode == 0, pred.stderr[-3000:]
+    (tmp_path / "digits" / "nested").mkdir()
+    (tmp_path / "digits" / "nested" / "broken.png").write_text("not an image")
+    pred = cli("predict", str(tmp_path / "digits"), "--mnist-test", "500", cwd=tmp_path, env=env)
+    # the broken file is reported on its line, the others are classified, and the exit is 1
+    assert pred.returncode == 1 and "broken.png: not an image" in pred.stderr, pred.stderr[-3000:]
+    assert "1 of 11 images could not be classified" in pred.stderr
     answers = {
         line.rsplit(": ", 1)[0]: int(line.rsplit(": ", 1)[1].split()[0])
         for line in pred.stdout.splitlines()
         if line.startswith(str(tmp_path))
     }
+    assert set(answers) == {str(p) for p, _ in digits}
     correct = sum(answers[str(p)] == label for p, label in digits)
     assert correct >= 7, pred.stdout
     accuracy = float(pred.stdout.split("MNIST test images:")[1].split()[0])
     assert accuracy > 0.6
+
+    # the same answers, machine-readable, with the top-3 probabilities
+    as_json = cli("predict", *[str(p) for p, _ in digits], "--format", "json", cwd=tmp_path, env=env)
+    assert as_json.returncode == 0, as_json.stderr[-3000:]
+    records = json.loads(as_json.stdout)
+    assert [r["path"] for r in records] == [str(p) for p, _ in digits]
+    for record in records:
+        assert record["digit"] == answers[record["path"]] == record["top"][0]["digit"]
+        probabilities = [t["probability"] for t in record["top"]]
+        assert len(probabilities) == 3 and probabilities == sorted(probabilities, reverse=True)
+        assert record["probability"] == probabilities[0] and sum(probabilities) <= 1 + 1e-5
+    as_csv = cli("predict", str(tmp_path / "digits" / "*.png"), "--format", "csv", cwd=tmp_path, env=env)
+    rows = list(csv.DictReader(io.StringIO(as_csv.stdout)))
+    assert as_csv.returncode == 0 and [r["path"] for r in rows] == sorted(
+        str(p) for p, _ in digits if p.suffix == ".png"
+    )
+    assert all(int(r["digit"]) == answers[r["path"]] == int(r["top1"]) for r in rows)
+
+    # a number: three test digits written side by side, read left to right
+    row = np.full((120, 330), 255, np.uint8)
+    for k in range(3):
+        row[10:110, 10 + k * 110 : 110 + k * 110] = 255 - np.asarray(
+            Image.fromarray(mnist.test_images[k]).resize((100, 100))
+        )
+    Image.fromarray(row).save(tmp_path / "number.png")
+    number = cli(
+        "predict", str(tmp_path / "number.png"), "--number", "--format", "json", cwd=tmp_path, env=env
+    )
+    assert number.returncode == 0, number.stderr[-3000:]
+    (record,) = json.loads(number.stdout)
+    assert len(record["digits"]) == 3 and record["number"] == "".join(
+        str(d["digit"]) for d in record["digits"]
+    )
+    assert sum(d["digit"] == y for d, y in zip(record["digits"], mnist.test_labels[:3], strict=True)) >= 2
 
 
 @pytest.mark.slow

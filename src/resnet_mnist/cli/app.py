@@ -26,6 +26,7 @@ data_app = typer.Typer(help="Get and check the MNIST IDX files.", no_args_is_hel
 app.add_typer(data_app, name="data")
 data_app.command("fetch")(data.fetch)
 data_app.command("samples")(data.samples)
+data_app.command("presented")(data.presented)
 app.command()(train.train)
 app.command()(compare.compare)
 app.command()(study.study)

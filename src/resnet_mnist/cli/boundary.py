@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import errno
 import os
+import signal
+import sys
 from typing import Any
 
 import typer
@@ -65,6 +67,11 @@ class ErrorBoundary(TyperGroup):
                 )
                 raise fail(f"interrupted; run {exc.run_id} was ended KILLED{hint}", 130) from None
             raise fail("interrupted", 130) from None
+        except BrokenPipeError:
+            # Whoever read stdout has gone (`| head`): stop quietly, as a shell tool does, and
+            # point stdout at /dev/null so that the interpreter's own final flush cannot fail.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            raise typer.Exit(128 + signal.SIGPIPE) from None
         except Exception as exc:
             if isinstance(exc, ProjectError):
                 raise fail(str(exc), exc.exit_code) from None

@@ -30,3 +30,28 @@ def samples(
     """Save the first N official test digits as PNG files named by their label (to try predict)."""
     for path in D.save_test_digits(out, count, root):
         console.print(str(path), highlight=False)
+
+
+def presented(
+    out: Annotated[Path, typer.Option(help="Folder for one sub-folder per presentation.")] = Path(
+        "reports/presented"
+    ),
+    count: Annotated[int, typer.Option(min=1, max=10_000, help="How many test digits.")] = 20,
+    only: Annotated[
+        str | None,
+        typer.Option("--presentations", help="Which presentations, comma-separated (default: all)."),
+    ] = None,
+    root: RootOption = None,
+) -> None:
+    """Save the first N official test digits as people bring them (drawn on pads of several sizes
+    with thin and thick pens, ink on photographed paper), named INDEX-LABEL, to look at or predict."""
+    from resnet_mnist.core import presentations
+
+    mnist = D.load(str(root) if root else None)
+    names = [n.strip() for n in only.split(",") if n.strip()] if only else None
+    try:
+        paths = presentations.save(out, mnist.test_images[:count], mnist.test_labels[:count], names)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--presentations") from None
+    for folder in sorted({p.parent for p in paths}):
+        console.print(f"{folder}: {sum(p.parent == folder for p in paths)} files", highlight=False)

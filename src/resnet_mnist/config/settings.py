@@ -95,6 +95,11 @@ class TrainConfig:
         Normalize.seed,
         "Input normalisation: seed (the book's mean 1, std 1) or mnist (mean 0.1307, std 0.3081).",
     )
+    augment: bool = setting(
+        False,
+        "Vary each training batch on the device: rotation, scale, shift and pen width, so that the "
+        "model reads digits as people bring them (off in the book's setting).",
+    )
     seed: int = setting(100, "Torch seed: initial weights and batch order.")
     device: Device = setting(Device.auto, "auto picks CUDA when available.")
     precision: Precision = setting(Precision.auto, "auto: bf16 autocast on CUDA, fp32 on CPU.")

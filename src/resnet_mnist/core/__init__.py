@@ -1,1 +1,2 @@
-"""Model, data, trainer, checkpoints, device, distributed, diagnostics, complexity; no MLflow."""
+"""Model, data, trainer, augmentation, checkpoints, device, distributed, diagnostics, complexity, and
+test digits presented as people bring them; no MLflow."""

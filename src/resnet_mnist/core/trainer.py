@@ -26,6 +26,7 @@ from torch import nn
 
 from resnet_mnist.config.settings import TrainConfig
 from resnet_mnist.core import data as D
+from resnet_mnist.core.augment import augment, generator_for
 from resnet_mnist.core.device import Speed
 from resnet_mnist.core.diagnostics import block_lesion, grad_norms, init_statistics
 from resnet_mnist.core.distributed import Dist
@@ -350,6 +351,9 @@ class Trainer:
             st.images_seen += len(y)
             if self.dist is not None:
                 x, y = self.dist.shard(x), self.dist.shard(y)
+            if cfg.augment:
+                rank = self.dist.rank if self.dist is not None else 0
+                x = augment(x, generator_for(cfg.seed, step, rank, x.device))
             pending.append((self._first_step if step == 0 else self.train_step)(x, y))
             if self.scheduler is not None:
                 self.scheduler.step()

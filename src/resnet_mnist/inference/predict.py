@@ -2,64 +2,44 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import itertools
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from resnet_mnist.inference import normalise as N
+from resnet_mnist.inference.images import PredictError, called, read_grey
 from resnet_mnist.runtime.env import overridden
 from resnet_mnist.runtime.errors import ProjectError
 
+PREPROCESSING = ("mnist", "resize")  #: MNIST's normalisation; the naive whole-image resize
+BATCH = 256  #: images read, normalised and classified at a time (bounds memory on long lists)
 
-class PredictError(ProjectError, RuntimeError):
-    """An image or model that cannot be used; the message names it."""
+
+def load_digit(path: Path | bytes, preprocess: str = "mnist", name: str | None = None) -> np.ndarray:
+    """An image file (or an upload's bytes) of one digit -> 28x28 uint8 as MNIST has it."""
+    return as_digit(read_grey(path, name), preprocess, called(path, name))
 
 
-def load_digit(path: Path) -> np.ndarray:
-    """Any PNG/JPG -> 28x28 uint8, white digit on black as in MNIST.
-
-    The EXIF orientation is applied; transparency is flattened onto the background that keeps the
-    ink visible; 16-bit greyscale is scaled (not clipped) to 0-255; colour is dropped; an image
-    whose border is brighter than its centre (dark ink on light paper) is inverted; the whole
-    image is resized to 28x28. An image too large to be a digit (PIL's decompression-bomb guard)
-    is refused.
-    """
-    from PIL import Image, ImageOps, UnidentifiedImageError
-
+def as_digit(grey: np.ndarray, preprocess: str = "mnist", name: str = "image") -> np.ndarray:
+    """A greyscale image -> 28x28 uint8 by `preprocess` (see PREPROCESSING)."""
+    if preprocess == "resize":
+        return N.resize_whole(grey)
     try:
-        with Image.open(path) as img:
-            gray = _grey(ImageOps.exif_transpose(img))
-    except FileNotFoundError:
-        raise PredictError(f"{path}: no such file") from None
-    except Image.DecompressionBombError as exc:
-        raise PredictError(f"{path}: refused, too many pixels for a digit image ({exc})") from None
-    except (UnidentifiedImageError, OSError) as exc:
-        raise PredictError(f"{path}: not an image PIL can read ({exc})") from None
-    pixels = np.asarray(gray.resize((28, 28), Image.Resampling.BILINEAR), dtype=np.uint8)
-    border = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
-    if border.mean() > 127:
-        pixels = 255 - pixels
-    return np.ascontiguousarray(pixels)
+        return N.to_mnist(grey)
+    except N.NoInk as exc:
+        raise PredictError(f"{name}: {exc}") from None
 
 
-def _grey(img):
-    """The image as 8-bit greyscale ("L"), keeping what a person sees as the digit."""
-    from PIL import Image
-
-    if img.mode.startswith("I"):  # 16-bit (or 32-bit integer) greyscale: scale, do not clip
-        values = np.asarray(img, dtype=np.float64)
-        top = 65535.0 if img.mode.startswith("I;16") or values.max() > 255 else 255.0
-        return Image.fromarray(np.clip(values / top * 255.0 + 0.5, 0, 255).astype(np.uint8))
-    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-        rgba = np.asarray(img.convert("RGBA"), dtype=np.float64)
-        alpha = rgba[..., 3:] / 255.0
-        ink = rgba[..., :3].mean(-1, keepdims=True)
-        # The ink is what is opaque: flatten onto the opposite background so that it stays visible.
-        weight = max(float(alpha.sum()), 1e-9)
-        background = 255.0 if float((ink * alpha).sum()) / weight < 128 else 0.0
-        flat = ink * alpha + background * (1 - alpha)
-        return Image.fromarray(np.clip(flat[..., 0] + 0.5, 0, 255).astype(np.uint8))
-    return img.convert("L")
+def load_number(path: Path | bytes, name: str | None = None) -> list[np.ndarray]:
+    """An image of a row of digits -> each digit as 28x28, left to right."""
+    try:
+        return N.split_number(read_grey(path, name))
+    except N.NoInk as exc:
+        raise PredictError(f"{called(path, name)}: {exc}") from None
 
 
 def load_model(uri: str, allow_untrusted: bool = False):
@@ -120,11 +100,77 @@ class Prediction:
     probability: float
     probabilities: np.ndarray
 
+    def top(self, k: int = 3) -> list[tuple[int, float]]:
+        """The `k` likeliest digits with their probabilities, likeliest first."""
+        order = np.argsort(-self.probabilities, kind="stable")[:k]
+        return [(int(d), float(self.probabilities[d])) for d in order]
+
 
 def predict(model, digits: np.ndarray) -> list[Prediction]:
     """Digits (N, 28, 28) uint8 -> one Prediction each."""
     probs = np.asarray(model.predict(np.array(digits, dtype=np.uint8)))
     return [Prediction(int(p.argmax()), float(p.max()), p) for p in probs]
+
+
+@dataclass
+class Result:
+    """One input file: its digit (or the digits of its number, left to right), or why not."""
+
+    path: Path
+    digits: list[Prediction] = field(default_factory=list)
+    error: str | None = None
+
+    @property
+    def text(self) -> str:
+        return "".join(str(p.digit) for p in self.digits)
+
+
+def classify_files(
+    load: Callable[[], Any],
+    paths: Iterable[Path],
+    preprocess: str = "mnist",
+    number: bool = False,
+    batch: int = BATCH,
+) -> Iterator[Result]:
+    """Each file classified, in order, `batch` files at a time; a file that cannot be read is a
+    Result with its error and the others go on. `load` gives the model; it is called once, when
+    the first readable image needs it (so a list of unreadable files is reported without loading
+    a model)."""
+    model = None
+    chunk: list[Path] = []
+    for path in [*paths, None]:
+        if path is not None:
+            chunk.append(path)
+            if len(chunk) < batch:
+                continue
+        if not chunk:
+            break
+        results, pieces = _read(chunk, preprocess, number)
+        if pieces:
+            if model is None:
+                model = load()
+            predictions = iter(predict(model, np.stack([d for _, d in pieces])))
+            for index, _ in pieces:
+                results[index].digits.append(next(predictions))
+        yield from results
+        chunk = []
+
+
+def _read(
+    chunk: list[Path], preprocess: str, number: bool
+) -> tuple[list[Result], list[tuple[int, np.ndarray]]]:
+    """The chunk's results (errors filled in) and its digits, each with its result's index."""
+    results: list[Result] = []
+    pieces: list[tuple[int, np.ndarray]] = []
+    for index, path in enumerate(chunk):
+        result = Result(path)
+        try:
+            digits = load_number(path) if number else [load_digit(path, preprocess)]
+            pieces.extend((index, d) for d in digits)
+        except ProjectError as exc:
+            result.error = str(exc)
+        results.append(result)
+    return results, pieces
 
 
 def mnist_test_accuracy(model, n: int, data_root: str | None = None) -> float:
@@ -136,3 +182,31 @@ def mnist_test_accuracy(model, n: int, data_root: str | None = None) -> float:
         raise PredictError(f"--mnist-test {n} must be in 1..{len(mnist.test_labels)}")
     preds = predict(model, mnist.test_images[:n])
     return float(np.mean([p.digit == y for p, y in zip(preds, mnist.test_labels[:n], strict=True)]))
+
+
+def presented_accuracy(
+    model, count: int, names: list[str] | None = None, preprocess: str = "mnist", data_root: str | None = None
+) -> dict[str, float]:
+    """Accuracy on `count` official test digits in each presentation (drawn on pads, written on
+    photographed paper, as stored; see core.presentations), read as a person's files are."""
+    from resnet_mnist.core import data as D
+    from resnet_mnist.core import presentations
+
+    mnist = D.load(data_root)
+    if not 1 <= count <= len(mnist.test_labels):
+        raise PredictError(f"--presented {count} must be in 1..{len(mnist.test_labels)}")
+    images, labels = mnist.test_images[:count], mnist.test_labels[:count]
+    try:
+        chosen = presentations.by_name(names)
+    except ValueError as exc:
+        raise PredictError(str(exc)) from None
+    scores = {}
+    for presentation in chosen:
+        right = 0
+        files = presentations.rendered(presentation, images)
+        for start in range(0, count, BATCH):
+            digits = [load_digit(f, preprocess, presentation.name) for f in itertools.islice(files, BATCH)]
+            predicted = [p.digit for p in predict(model, np.stack(digits))]
+            right += int(np.sum(np.array(predicted) == labels[start : start + len(digits)]))
+        scores[presentation.name] = right / count
+    return scores
