@@ -10,6 +10,7 @@ RESIDUAL ?= true
 PRESET ?= seed
 PORT ?= 5000
 SERVE_PORT ?= 5001
+PAD_PORT ?= 5002
 PYTEST_ARGS ?=
 
 FORCE ?=
@@ -17,7 +18,7 @@ SEEDS ?=
 STUDY ?= cpu
 WORKERS ?= 2
 
-.PHONY: install data run compare study train bench server serve browser postgres test test-fast lint format ui summary verify clean
+.PHONY: install data run compare study train bench server serve pad browser postgres test test-fast lint format ui summary verify clean
 
 install: $(STAMP) $(DATA)
 
@@ -67,6 +68,10 @@ train: install
 
 bench: install $(PEER_STAMP)
 	$(BIN)/python -m benchmarks
+
+# The drawing pad: draw a digit in the browser (or drop a photo), see the champion's answer.
+pad: install
+	$(BIN)/resnet-mnist pad --port $(PAD_PORT)
 
 summary: install
 	$(BIN)/resnet-mnist summary

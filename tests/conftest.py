@@ -121,3 +121,16 @@ def run_python(
     return subprocess.run(
         [sys.executable, *args], cwd=cwd, env=child_env(env), capture_output=True, text=True, timeout=timeout
     )
+
+
+# Debian's chromium, as the browser tests launch it (browser downloads by test tools are blocked).
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]

@@ -20,6 +20,7 @@ from resnet_mnist.tracking.checkpoints import (
 def test_a_logged_checkpoint_comes_back_as_saved(store, tmp_path) -> None:
     saved = {"state": {"step": 7}, "weights": torch.arange(4.0)}
     torch.save(saved, tmp_path / "resume.pt")
+    mlflow.set_experiment("checkpoints")  # not the experiment an earlier test made active
     with mlflow.start_run() as run:
         mlflow.log_artifact(str(tmp_path / "resume.pt"), "checkpoints")
     loaded = fetch_checkpoint(run.info.run_id, RESUME)
@@ -27,6 +28,7 @@ def test_a_logged_checkpoint_comes_back_as_saved(store, tmp_path) -> None:
 
 
 def test_a_missing_checkpoint_is_named(store) -> None:
+    mlflow.set_experiment("checkpoints")
     with mlflow.start_run() as run:
         pass
     with pytest.raises(MissingCheckpoint):

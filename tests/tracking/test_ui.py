@@ -23,18 +23,8 @@ from playwright.sync_api import Browser, Page, expect, sync_playwright
 from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 
 from resnet_mnist.core.distributed import free_port
-from tests.conftest import BIN, REAL_ROOT, REPO, cli, needs_data
+from tests.conftest import BIN, CHROMIUM, CHROMIUM_ARGS, REAL_ROOT, REPO, cli, needs_data
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 SHOTS = REPO / "reports" / "ui"
 WAIT_MS = 60_000  # the longest any one element may take to show up on this slow machine
 EXPERIMENT = "resnet18-mnist"

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from resnet_mnist.cli import compare, data, model, predict, runs, study, train
+from resnet_mnist.cli import compare, data, model, pad, predict, runs, study, train
 from resnet_mnist.cli.boundary import DEBUG_ENV, ErrorBoundary
 from resnet_mnist.runtime import timeline
 from resnet_mnist.runtime.signals import ignore_signals_at_exit, leave, own_process
@@ -31,6 +31,7 @@ app.command()(train.train)
 app.command()(compare.compare)
 app.command()(study.study)
 app.command()(predict.predict)
+app.command()(pad.pad)
 app.command()(model.summary)
 app.command("verify-torchvision")(model.verify_torchvision)
 app.command()(runs.stale)

@@ -56,7 +56,9 @@ def read_grey(source: Path | bytes, name: str | None = None) -> np.ndarray:
     except Image.DecompressionBombError as exc:
         raise PredictError(f"{label}: refused, too many pixels for a digit image ({exc})") from None
     except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise PredictError(f"{label}: not an image PIL can read ({exc})") from None
+        # PIL names a file by its path but bytes by their buffer object: say what it means.
+        why = str(exc) if isinstance(source, Path) else "an unknown format or damaged data"
+        raise PredictError(f"{label}: not an image PIL can read ({why})") from None
 
 
 def called(source: Path | bytes, name: str | None = None) -> str:
