@@ -51,10 +51,13 @@ class ErrorBoundary(TyperGroup):
         except (typer.Exit, typer.Abort, TyperException):  # typer's own (its usage errors too)
             raise
         except KeyboardInterrupt as exc:
-            from resnet_mnist.runtime.signals import exit_quietly_on_signals
+            from resnet_mnist.runtime.signals import ignore_signals_at_exit
             from resnet_mnist.tracking.lifecycle import RunInterrupted
 
-            exit_quietly_on_signals()  # more Ctrl-C while this is reported: exit 130, quietly
+            # What the run needed is recorded; what is left is one line and the exit (without
+            # teardown). A Ctrl-C more could only cut that line off, so the rest of a burst is
+            # ignored from here on.
+            ignore_signals_at_exit()
             from resnet_mnist.core.distributed import reports
 
             if not reports():  # a rank stopped with its job: rank 0 tells what happened

@@ -115,22 +115,3 @@ def own_process() -> None:
     """This process is the `resnet-mnist` command itself (not a library call in someone else's
     process): once it is ending, it may decide what a signal does."""
     _owns_process["value"] = True
-
-
-def exit_quietly_on_signals() -> None:
-    """Once a command has ended or is reporting an interruption, Ctrl-C or SIGTERM (while MLflow's
-    threads are joined at teardown, or the message is printed) exits at once with 130, without a
-    traceback: what the run needed is already recorded. Only in the command's own process."""
-    if not _owns_process["value"]:
-        return
-
-    def handler(signum: int, frame: object) -> None:
-        for stream in (sys.stdout, sys.stderr):
-            try:
-                stream.flush()
-            except Exception:  # noqa: BLE001, S110 - a write was interrupted: nothing more to do
-                pass
-        os._exit(130)
-
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, handler)
