@@ -117,10 +117,23 @@ def test_compare_outputs_match_mlflow_and_register_dev_winner(trained, client, t
             run.data.metrics["test_accuracy_full"]
         )
         assert np.sum(confusion) == 10_000
-        assert {f"test_full/{k}_digit{d}" for k in ("precision", "recall", "f1") for d in range(10)} <= set(
-            run.data.metrics
-        )
+        # per-digit scores are one table and one figure, not thirty single-point metrics
+        assert not [key for key in run.data.metrics if "digit" in key or "/" in key.removeprefix("system/")]
+        assert {"evaluation/per_digit.json", "evaluation/per_digit.png"} <= {
+            a.path for a in client.list_artifacts(run_id, "evaluation")
+        }
+        table = client.load_table(exp_id, "evaluation/per_digit.json", run_ids=[run_id])
+        assert table["digit"].tolist() == list(range(10)) and table["support"].sum() == 10_000
+        recall = np.diag(confusion) / np.sum(confusion, axis=1)
+        assert table["recall"].tolist() == pytest.approx(recall.tolist(), abs=1e-6)
+        assert '"evaluation/per_digit.json"' in run.data.tags["mlflow.loggedArtifacts"]
         model = mlflow.get_logged_model(run.outputs.model_outputs[0].model_id)
+        model_files = {a.path for a in client.list_logged_model_artifacts(model.model_id, "evaluation")}
+        assert {
+            "evaluation/per_digit.json",
+            "evaluation/per_digit.png",
+            "evaluation/confusion_matrix.png",
+        } <= model_files
         for split in ("dev", "test"):
             key = f"{split}_accuracy_full"
             full = [m for m in model.metrics if m.key == key]

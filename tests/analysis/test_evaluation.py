@@ -5,10 +5,18 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from torch import nn
 
-from resnet_mnist.analysis.evaluation import evaluate_model, plot_confusion, plot_mistakes
+from resnet_mnist.analysis import evaluation
+from resnet_mnist.analysis.evaluation import (
+    evaluate_model,
+    per_digit_table,
+    plot_confusion,
+    plot_mistakes,
+    plot_per_digit,
+)
 
 
 class Fixed(nn.Module):
@@ -39,3 +47,33 @@ def test_scores_from_known_predictions(tmp_path: Path) -> None:
     raw = np.zeros((6, 28, 28), dtype=np.uint8)
     for path in (plot_confusion(ev, tmp_path / "c.png"), plot_mistakes(ev, raw, tmp_path / "m.png")):
         assert path.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_per_digit_scores_are_one_table_and_one_figure(tmp_path: Path, monkeypatch) -> None:
+    labels = torch.tensor([0, 0, 1, 1, 2, 2])
+    logits = torch.full((6, 10), -5.0)
+    for i, p in enumerate([0, 1, 1, 1, 2, 0]):
+        logits[i, p] = 2.0
+    ev = evaluate_model(Fixed(), logits, labels)
+    perfect = np.diag([2, 2, 2] + [0] * 7)
+    table = per_digit_table({"six": ev.confusion, "perfect": perfect})
+    assert all(len(column) == 20 for column in table.values())
+    assert table["set"][:10] == ["six"] * 10 and table["digit"][10:] == list(range(10))
+    assert table["support"][:4] == [2, 2, 2, 0]
+    assert (
+        table["recall"][:3] == [0.5, 1.0, 0.5]
+        and table["f1"][1] == 0.8
+        and table["recall"][10:13] == [1.0] * 3
+    )
+    drawn = []
+    monkeypatch.setattr(evaluation, "save_figure", lambda fig, *paths: drawn.append(fig) or list(paths))
+    plot_per_digit({"six": ev.confusion}, tmp_path / "p.png", "six digits")
+    (ax,) = drawn[0].axes  # one set: its precision, recall and F1
+    bars = [[p.get_height() for p in c.patches] for c in ax.containers]
+    assert bars[0][:3] == pytest.approx([0.5, 2 / 3, 1.0]) and bars[1][:3] == pytest.approx([0.5, 1.0, 0.5])
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["precision", "recall", "f1"]
+    assert ax.get_title() == "six digits" and ax.get_ylim()[0] == 0.0
+    plot_per_digit({"six": ev.confusion, "perfect": perfect}, tmp_path / "q.png")
+    (ax,) = drawn[1].axes  # several sets: each one's recall
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["six", "perfect"]
+    assert [p.get_height() for p in ax.containers[1].patches][:3] == [1.0, 1.0, 1.0]

@@ -5,9 +5,11 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 from PIL import Image
@@ -102,6 +104,32 @@ def test_compare_seeds_then_predict_with_champion(tmp_path: Path, mnist: D.Mnist
     assert correct >= 7, pred.stdout
     accuracy = float(pred.stdout.split("MNIST test images:")[1].split()[0])
     assert accuracy > 0.6
+
+    # digits as people bring them, scored per digit into one table and figure on the champion
+    presented = cli(
+        "predict", "--presented", "40", "--presentations", "mnist,pad-280", "--log", cwd=tmp_path, env=env
+    )
+    assert presented.returncode == 0, presented.stderr[-3000:]
+    printed = {
+        line.split(" as ")[1].split(":")[0]: float(line.rsplit(": ", 1)[1])
+        for line in presented.stdout.splitlines()
+        if line.startswith("accuracy on the first 40 test digits as ")
+    }
+    assert set(printed) == {"mnist", "pad-280"}
+    model_id = presented.stdout.split(" of model ")[1].split()[0]
+    model = client.get_logged_model(model_id)
+    assert model.source_run_id == client.get_model_version_by_alias("resnet18-mnist", "champion").run_id
+    files = {a.path for a in client.list_logged_model_artifacts(model_id, "evaluation")}
+    assert {"evaluation/presented.json", "evaluation/presented.png"} <= files
+    run_files = {a.path for a in client.list_artifacts(model.source_run_id, "evaluation")}
+    assert {"evaluation/presented.json", "evaluation/presented.png"} <= run_files
+    local = client.download_artifacts(model.source_run_id, "evaluation/presented.json", str(tmp_path))
+    table = pd.read_json(local, orient="split")
+    assert table.groupby("set")["support"].sum().to_dict() == {"mnist": 40, "pad-280": 40}
+    right = (table["recall"] * table["support"]).groupby(table["set"]).sum() / 40
+    assert right.to_dict() == pytest.approx(printed, abs=1e-4)
+    no_scores = cli("predict", str(digits[0][0]), "--log", cwd=tmp_path, env=env)
+    assert no_scores.returncode == 2 and "give --presented N too" in re.sub(r"[\s│]+", " ", no_scores.stderr)
 
     # the same answers, machine-readable, with the top-3 probabilities
     as_json = cli("predict", *[str(p) for p, _ in digits], "--format", "json", cwd=tmp_path, env=env)

@@ -27,6 +27,17 @@ def test_experiments_are_tagged_and_linked_to_the_training_view(store: str) -> N
     assert f"made-here: http://127.0.0.1:5123/#/experiments/{new}?workflowType=machine_learning" in (
         out.output
     )
+    # both kinds of experiment carry the training-curves view, and `links` opens it
+    curves = "compareRunsMode=CHART&viewStateShareKey=resnet-mnist-training-curves"
+    for exp in (new, other):
+        assert "mlflow.sharedViewState.resnet-mnist-training-curves" in client.get_experiment(exp).tags
+    assert ui_link(new, curves=True) == (
+        f"http://127.0.0.1:5000/#/experiments/{new}/runs?workflowType=machine_learning&{curves}"
+    )
+    assert (
+        f"its curves: http://127.0.0.1:5123/#/experiments/{new}/runs?workflowType=machine_learning&{curves}"
+        in (out.output)
+    )
 
 
 def test_a_tracking_server_is_its_own_ui(monkeypatch) -> None:

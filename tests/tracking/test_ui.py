@@ -46,6 +46,19 @@ PLOTTED = """([metric, names]) => [...document.querySelectorAll(
         name => (plot.data || []).some(trace => trace.name === name
             && (trace.y || []).some(v => v !== null && v !== undefined)))))"""
 
+# The chart cards in reading order: [title, top, bottom] in viewport pixels (title = its first
+# leaf with text), and the section headings the page shows, top to bottom.
+CARDS = """() => [...document.querySelectorAll('[data-testid="experiment-view-compare-runs-card"]')]
+    .map(card => { const r = card.getBoundingClientRect();
+        const title = [...card.querySelectorAll('*')]
+            .find(e => e.childElementCount === 0 && e.textContent.trim());
+        return [title ? title.textContent.trim() : '', r.top, r.bottom, r.left]; })
+    .sort((a, b) => a[1] - b[1] || a[3] - b[3]).map(([t, top, bottom]) => [t, top, bottom])"""
+SECTIONS = """(names) => [...document.querySelectorAll('*')]
+    .filter(e => e.childElementCount === 0 && names.includes(e.textContent.trim()))
+    .sort((a, b) => a.getBoundingClientRect().top - b.getBoundingClientRect().top)
+    .map(e => e.textContent.trim())"""
+
 pytestmark = [
     pytest.mark.slow,  # a tracking server, two trainings and a browser
     needs_data,
@@ -64,6 +77,7 @@ class Tracked:
     run_ids: dict[str, str]  # variant -> run id
     params: dict[str, dict[str, str]]  # variant -> params
     champion_version: str
+    curves_url: str  # the "their curves:" link `compare` prints
 
 
 def stop_group(proc: subprocess.Popen) -> None:
@@ -157,12 +171,15 @@ def tracked(server: tuple[str, Path]) -> Tracked:
     by_variant = {r.data.tags["variant"]: r for r in train_runs}
     assert {v: r.info.run_name for v, r in by_variant.items()} == RUN_NAMES
     champion = client.get_model_version_by_alias(MODEL, "champion")
+    curves = re.search(r"^their curves: +(\S+)$", out.stdout, re.MULTILINE)
+    assert curves, out.stdout
     return Tracked(
         url=url,
         experiment_id=experiment.experiment_id,
         run_ids={v: r.info.run_id for v, r in by_variant.items()},
         params={v: dict(r.data.params) for v, r in by_variant.items()},
         champion_version=str(champion.version),
+        curves_url=curves.group(1),
     )
 
 
@@ -218,6 +235,33 @@ def test_runs_page_lists_both_trainings(tracked: Tracked, page: Page) -> None:
         screenshot(page, "1-runs.png")
 
 
+def first_screen(page: Page) -> list[str]:
+    """The titles of the chart cards wholly inside the viewport, in reading order."""
+    height = page.evaluate("() => window.innerHeight")
+    return [title for title, top, bottom in page.evaluate(CARDS) if top >= 0 and bottom <= height]
+
+
+def wait_plotted(page: Page, metric: str) -> None:
+    try:
+        page.wait_for_function(PLOTTED, arg=[metric, list(RUN_NAMES.values())], timeout=WAIT_MS)
+    except PlaywrightTimeoutError:
+        pytest.fail(f"the {metric} chart draws no line for one of {list(RUN_NAMES.values())}")
+
+
+def test_the_curves_view_opens_on_train_loss_and_dev_accuracy(tracked: Tracked, page: Page) -> None:
+    # The link `compare` prints: the experiment's saved "Training curves" view (tracking.views).
+    page.goto(tracked.curves_url)
+    try:
+        expect(page.get_by_text("Training curves", exact=True).first).to_be_visible(timeout=WAIT_MS)
+        for metric in ("train_loss", "dev_accuracy"):
+            wait_plotted(page, metric)
+        sections = page.evaluate(SECTIONS, ["Training curves", "Model metrics", "System metrics"])
+        assert sections[:1] == ["Training curves"] and "Model metrics" in sections, sections
+        assert first_screen(page)[:3] == ["train_loss", "dev_accuracy", "dev_loss"], page.evaluate(CARDS)
+    finally:
+        screenshot(page, "2-charts-curves.png")
+
+
 def test_chart_view_plots_train_loss_and_dev_accuracy_for_both_runs(tracked: Tracked, page: Page) -> None:
     # The same page as the runs table with its "chart" toggle on (what the toggle puts in the URL).
     page.goto(runs_url(tracked, compareRunsMode="CHART"))
@@ -226,6 +270,13 @@ def test_chart_view_plots_train_loss_and_dev_accuracy_for_both_runs(tracked: Tra
         expect(page.get_by_text("Model metrics")).to_be_visible(timeout=WAIT_MS)
         expect(search).to_be_visible(timeout=WAIT_MS)
         expect(page.locator(".js-plotly-plot").first).to_be_visible(timeout=WAIT_MS)
+        wait_plotted(page, "dev_accuracy")
+        # MLflow's own layout, in name order: the run's metrics open it (no per-digit section of
+        # single dots above them: those scores are an evaluation table), dev accuracy on screen.
+        sections = page.evaluate(SECTIONS, ["Model metrics", "System metrics"])
+        assert sections[:1] == ["Model metrics"], sections
+        assert not [title for title, _, _ in page.evaluate(CARDS) if "digit" in title]
+        assert "dev_accuracy" in first_screen(page), page.evaluate(CARDS)
     finally:
         screenshot(page, "2-charts.png")
     # The section holds one chart per metric of every run shown, in name order, and draws only the
@@ -239,10 +290,7 @@ def test_chart_view_plots_train_loss_and_dev_accuracy_for_both_runs(tracked: Tra
             expect(card).to_have_count(1, timeout=WAIT_MS)
             for name in RUN_NAMES.values():  # the legend: "<run name> (<metric>)"
                 expect(card.get_by_text(f"{name} ({metric})", exact=True)).to_be_visible(timeout=WAIT_MS)
-            try:
-                page.wait_for_function(PLOTTED, arg=[metric, list(RUN_NAMES.values())], timeout=WAIT_MS)
-            except PlaywrightTimeoutError:
-                pytest.fail(f"the {metric} chart draws no line for one of {list(RUN_NAMES.values())}")
+            wait_plotted(page, metric)
         finally:
             screenshot(page, f"2-chart-{metric}.png")
 

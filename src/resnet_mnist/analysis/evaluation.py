@@ -8,8 +8,10 @@ the figures it would produce for a 10-class problem are these, computed here dir
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -19,6 +21,18 @@ from torch import nn
 from resnet_mnist.core.figures import plt, save_figure
 
 CLASSES = 10
+
+
+def per_class(confusion: np.ndarray) -> dict[str, np.ndarray]:
+    """Precision, recall and F1 per digit of a (10, 10) confusion matrix (row = true digit); 0
+    where a digit is never predicted or never present."""
+    tp = np.diag(confusion).astype(float)
+    predicted, actual = confusion.sum(0), confusion.sum(1)
+    precision = np.divide(tp, predicted, out=np.zeros_like(tp), where=predicted > 0)
+    recall = np.divide(tp, actual, out=np.zeros_like(tp), where=actual > 0)
+    denominator = precision + recall
+    f1 = np.divide(2 * precision * recall, denominator, out=np.zeros_like(tp), where=denominator > 0)
+    return {"precision": precision, "recall": recall, "f1": f1}
 
 
 @dataclass
@@ -33,13 +47,7 @@ class Evaluation:
 
     def per_class(self) -> dict[str, np.ndarray]:
         """Precision, recall and F1 per digit (0 where a digit is never predicted or present)."""
-        tp = np.diag(self.confusion).astype(float)
-        predicted, actual = self.confusion.sum(0), self.confusion.sum(1)
-        precision = np.divide(tp, predicted, out=np.zeros_like(tp), where=predicted > 0)
-        recall = np.divide(tp, actual, out=np.zeros_like(tp), where=actual > 0)
-        denominator = precision + recall
-        f1 = np.divide(2 * precision * recall, denominator, out=np.zeros_like(tp), where=denominator > 0)
-        return {"precision": precision, "recall": recall, "f1": f1}
+        return per_class(self.confusion)
 
     def mistakes(self, count: int) -> np.ndarray:
         """Indices of the wrong predictions made with the highest confidence, most confident
@@ -88,6 +96,60 @@ def plot_confusion(ev: Evaluation, path: Path, title: str = "") -> Path:
         title=title or f"confusion matrix, accuracy {ev.accuracy:.4f}",
     )
     fig.colorbar(image, ax=ax, label="log(1 + count)")
+    fig.tight_layout()
+    save_figure(fig, path)
+    return path
+
+
+def per_digit_table(confusions: Mapping[str, np.ndarray]) -> dict[str, list[Any]]:
+    """Per-digit scores of one or more sets of digits (name -> confusion matrix) as columns, one
+    row per set and digit: the shape of MLflow's table artifacts, which the UI shows as one table
+    where thirty metrics would be thirty single-point charts."""
+    table: dict[str, list[Any]] = {
+        "set": [],
+        "digit": [],
+        "support": [],
+        "precision": [],
+        "recall": [],
+        "f1": [],
+    }
+    for name, confusion in confusions.items():
+        scores = per_class(confusion)
+        table["set"] += [name] * CLASSES
+        table["digit"] += list(range(CLASSES))
+        table["support"] += [int(n) for n in confusion.sum(1)]
+        for key, values in scores.items():
+            table[key] += [round(float(v), 6) for v in values]
+    return table
+
+
+def plot_per_digit(confusions: Mapping[str, np.ndarray], path: Path, title: str = "") -> Path:
+    """Grouped bars per digit: precision, recall and F1 for one set; for several, each set's
+    recall (the share of that digit read right). The y axis starts just below the lowest bar,
+    where a point's difference shows."""
+    if len(confusions) == 1:
+        (confusion,) = confusions.values()
+        series, ylabel = per_class(confusion), "score"
+    else:
+        series, ylabel = (
+            {name: per_class(c)["recall"] for name, c in confusions.items()},
+            "recall (share read right)",
+        )
+    digits = np.arange(CLASSES)
+    width = 0.8 / len(series)
+    fig, ax = plt.subplots(figsize=(9 + 0.4 * max(0, len(series) - 3), 4))
+    for index, (name, values) in enumerate(series.items()):
+        ax.bar(digits + (index - (len(series) - 1) / 2) * width, values, width, label=name)
+    low = min(float(v.min()) for v in series.values())
+    ax.set(
+        xticks=digits,
+        xlabel="digit",
+        ylabel=ylabel,
+        ylim=(max(0.0, np.floor((low - 0.01) * 50) / 50), 1.0),
+        title=title or "per-digit scores",
+    )
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     save_figure(fig, path)
     return path

@@ -9,11 +9,19 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import pandas as pd
 import torch
 from mlflow.entities import Metric, Run
 from mlflow.tracking import MlflowClient
 
-from resnet_mnist.analysis.evaluation import Evaluation, evaluate_model, plot_confusion, plot_mistakes
+from resnet_mnist.analysis.evaluation import (
+    Evaluation,
+    evaluate_model,
+    per_digit_table,
+    plot_confusion,
+    plot_mistakes,
+    plot_per_digit,
+)
 from resnet_mnist.analysis.selection import variant_of
 from resnet_mnist.analysis.summary import CompareError
 from resnet_mnist.core import data as D
@@ -21,6 +29,11 @@ from resnet_mnist.core.model import build_resnet
 from resnet_mnist.runtime.errors import first_line
 from resnet_mnist.tracking import names
 from resnet_mnist.tracking.checkpoints import BEST, MissingCheckpoint, RefusedCheckpoint, fetch_checkpoint
+
+#: The per-digit test scores, a table artifact under `evaluation/` of the run and its LoggedModel.
+PER_DIGIT = "per_digit.json"
+MNIST_TEST = "mnist-test"
+MNIST_TEST = "mnist-test"
 
 # -- scoring runs on the full splits ------------------------------------------------------------
 
@@ -42,8 +55,9 @@ class FullSplitScorer:
     What it finds is logged to the run itself at its `best_step`, so a second comparison reads it
     back instead of recomputing: `dev_accuracy_full`, `dev_loss_full`, `test_accuracy_full` and
     `test_loss_full` (also on the run's LoggedModel, with the dataset `mnist-dev` or `mnist-test`),
-    per-digit `test_full/{precision,recall,f1}_digitN`, and `evaluation/`: the test confusion
-    matrix (PNG and JSON) and the most confident test mistakes (PNG).
+    and `evaluation/`: the test confusion matrix (PNG and JSON), per-digit precision, recall and F1
+    (a table and a figure, not thirty single-point metrics that would open the UI's chart view)
+    and the most confident test mistakes (PNG); the LoggedModel gets the same folder.
     """
 
     SPLITS = ("dev", "test")
@@ -116,15 +130,9 @@ class FullSplitScorer:
             )
             for key, value in ((f"{split}_accuracy_full", ev.accuracy), (f"{split}_loss_full", ev.loss))
         ]
+        self.client.log_batch(run_id, metrics=scores)
         if split == "dev":
-            self.client.log_batch(run_id, metrics=scores)
             return
-        per_class = [
-            Metric(f"test_full/{name}_digit{digit}", float(value), now, step)
-            for name, values in ev.per_class().items()
-            for digit, value in enumerate(values)
-        ]
-        self.client.log_batch(run_id, metrics=scores + per_class)
         with tempfile.TemporaryDirectory() as tmp:
             folder = Path(tmp)
             (folder / "confusion_matrix.json").write_text(
@@ -143,5 +151,16 @@ class FullSplitScorer:
                 folder / "confusion_matrix.png",
                 f"{run.info.run_name}: {ev.accuracy:.2%} of 10,000 test digits",
             )
+            per_digit = {MNIST_TEST: ev.confusion}
+            plot_per_digit(
+                per_digit,
+                folder / "per_digit.png",
+                f"{run.info.run_name}: per-digit scores on 10,000 test digits",
+            )
             plot_mistakes(ev, self.splits["test"].images, folder / "mistakes.png")
             self.client.log_artifacts(run_id, tmp, "evaluation")
+            table = per_digit_table(per_digit)
+            self.client.log_table(run_id, table, f"evaluation/{PER_DIGIT}")
+            if model_id:
+                (folder / PER_DIGIT).write_text(pd.DataFrame(table).to_json(orient="split", index=False))
+                self.client.log_model_artifacts(model_id, tmp, "evaluation")

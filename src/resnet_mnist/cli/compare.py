@@ -127,6 +127,7 @@ def compare(
     console.print(f"figure, table and verdict in {out}/; comparison run {result.run_id}")
     comparison = client.get_run(result.run_id)
     console.print(f"the runs:       {ui_link(selected[0].info.experiment_id)}", highlight=False)
+    console.print(f"their curves:   {ui_link(selected[0].info.experiment_id, curves=True)}", highlight=False)
     console.print(f"the comparison: {ui_link(comparison.info.experiment_id, result.run_id)}", highlight=False)
     if result.champion_uri:
         console.print(

@@ -72,6 +72,14 @@ def predict(
         str | None,
         typer.Option(help="Which presentations --presented scores, comma-separated (default: all)."),
     ] = None,
+    log: Annotated[
+        bool,
+        typer.Option(
+            "--log",
+            help="Write --presented's per-digit table and figure under evaluation/ of the model "
+            "(its LoggedModel and its run).",
+        ),
+    ] = False,
     allow_untrusted_model: Annotated[
         bool,
         typer.Option(
@@ -96,6 +104,8 @@ def predict(
         return
     if not paths and mnist_test is None and presented is None:
         raise typer.BadParameter("give image files and/or --mnist-test N / --presented N")
+    if log and presented is None:
+        raise typer.BadParameter("--log writes the scores of --presented: give --presented N too")
     check_store()
     model = None
 
@@ -112,8 +122,17 @@ def predict(
         console.print(f"accuracy on the first {mnist_test} MNIST test images: {acc:.4f}")
     if presented is not None:
         names = [n.strip() for n in presentations.split(",") if n.strip()] if presentations else None
-        for name, acc in P.presented_accuracy(load(), presented, names, preprocess.value, root).items():
+        confusions = P.presented_confusions(load(), presented, names, preprocess.value, root)
+        for name, confusion in confusions.items():
+            acc = confusion.trace() / confusion.sum()
             console.print(f"accuracy on the first {presented} test digits as {name}: {acc:.4f}")
+        if log:
+            from resnet_mnist.analysis.presented import log_presented
+
+            model_id = log_presented(model_uri, confusions)
+            console.print(
+                f"per-digit scores: evaluation/presented.json and .png of model {model_id} and its run"
+            )
     if failed:
         raise P.PredictError(f"{failed} of {len(paths)} images could not be classified (see above)")
 

@@ -184,11 +184,12 @@ def mnist_test_accuracy(model, n: int, data_root: str | None = None) -> float:
     return float(np.mean([p.digit == y for p, y in zip(preds, mnist.test_labels[:n], strict=True)]))
 
 
-def presented_accuracy(
+def presented_confusions(
     model, count: int, names: list[str] | None = None, preprocess: str = "mnist", data_root: str | None = None
-) -> dict[str, float]:
-    """Accuracy on `count` official test digits in each presentation (drawn on pads, written on
-    photographed paper, as stored; see core.presentations), read as a person's files are."""
+) -> dict[str, np.ndarray]:
+    """The (10, 10) confusion matrix (row = true digit) on `count` official test digits in each
+    presentation (drawn on pads, written on photographed paper, as stored; see
+    core.presentations), read as a person's files are."""
     from resnet_mnist.core import data as D
     from resnet_mnist.core import presentations
 
@@ -200,13 +201,13 @@ def presented_accuracy(
         chosen = presentations.by_name(names)
     except ValueError as exc:
         raise PredictError(str(exc)) from None
-    scores = {}
+    confusions = {}
     for presentation in chosen:
-        right = 0
+        confusion = np.zeros((10, 10), dtype=np.int64)
         files = presentations.rendered(presentation, images)
         for start in range(0, count, BATCH):
             digits = [load_digit(f, preprocess, presentation.name) for f in itertools.islice(files, BATCH)]
-            predicted = [p.digit for p in predict(model, np.stack(digits))]
-            right += int(np.sum(np.array(predicted) == labels[start : start + len(digits)]))
-        scores[presentation.name] = right / count
-    return scores
+            predicted = np.array([p.digit for p in predict(model, np.stack(digits))], dtype=np.int64)
+            np.add.at(confusion, (labels[start : start + len(digits)], predicted), 1)
+        confusions[presentation.name] = confusion
+    return confusions

@@ -18,6 +18,7 @@ from typing import TypeVar
 from resnet_mnist.runtime.env import overridden
 from resnet_mnist.runtime.errors import ProjectError, first_line
 from resnet_mnist.tracking import names
+from resnet_mnist.tracking.views import CURVES_VIEW, save_curves_view
 
 T = TypeVar("T")
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
@@ -142,11 +143,12 @@ def check_store(timeout_s: int = 5) -> str:
 EXPERIMENT_KIND = {names.EXPERIMENT_KIND: "custom_model_development"}
 TRAINING_VIEW = "workflowType=machine_learning"
 UI_DEFAULT = "http://127.0.0.1:5000"
+CURVES_QUERY = f"compareRunsMode=CHART&viewStateShareKey={CURVES_VIEW}"
 
 
 def experiment_id(name: str) -> str:
-    """The id of experiment `name`, created on first use (under the store lock) and tagged as a
-    model-training experiment."""
+    """The id of experiment `name`, created on first use (under the store lock), tagged as a
+    model-training experiment and given the training-curves chart view."""
     import mlflow
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
@@ -158,12 +160,15 @@ def experiment_id(name: str) -> str:
             found = client.get_experiment_by_name(name)
             if found is None:
                 try:
-                    return client.create_experiment(name, tags=EXPERIMENT_KIND)
+                    created = client.create_experiment(name, tags=EXPERIMENT_KIND)
                 except MlflowException as exc:
                     # A tracking server has no lock of ours: another client created it first.
                     if not already_exists(exc):
                         raise
                     found = client.get_experiment_by_name(name)
+                else:
+                    save_curves_view(client, created)
+                    return created
     if found is None:
         raise TrackingUnavailable(f"experiment {name!r} could be neither found nor created")
     mark_training_experiment(found.experiment_id)
@@ -171,17 +176,22 @@ def experiment_id(name: str) -> str:
 
 
 def mark_training_experiment(experiment_id: str) -> None:
-    """Tag an experiment (e.g. one `mlflow run --experiment-name` made) as model training."""
+    """Tag an experiment (e.g. one `mlflow run --experiment-name` made) as model training, with
+    the training-curves chart view."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient()
     if client.get_experiment(experiment_id).tags.get(names.EXPERIMENT_KIND) is None:
         for key, value in EXPERIMENT_KIND.items():
             client.set_experiment_tag(experiment_id, key, value)
+    save_curves_view(client, experiment_id)
 
 
-def ui_link(experiment: str, run_id: str | None = None, base: str | None = None) -> str:
-    """A link that opens the MLflow UI's Model training view on an experiment (or one run).
+def ui_link(
+    experiment: str, run_id: str | None = None, base: str | None = None, *, curves: bool = False
+) -> str:
+    """A link that opens the MLflow UI's Model training view on an experiment (or one run); with
+    `curves`, the experiment's chart view with the training curves first (`tracking.views`).
 
     The base is the tracking server when there is one, else where `make ui` serves the local
     store.
@@ -190,6 +200,8 @@ def ui_link(experiment: str, run_id: str | None = None, base: str | None = None)
 
     uri = mlflow.get_tracking_uri()
     base = base or (uri.rstrip("/") if uri.startswith(("http://", "https://")) else UI_DEFAULT)
+    if curves:
+        return f"{base}/#/experiments/{experiment}/runs?{TRAINING_VIEW}&{CURVES_QUERY}"
     page = f"experiments/{experiment}" + (f"/runs/{run_id}" if run_id else "")
     return f"{base}/#/{page}?{TRAINING_VIEW}"
 
