@@ -149,7 +149,7 @@ def plot_per_digit(confusions: Mapping[str, np.ndarray], path: Path, title: str 
         title=title or "per-digit scores",
     )
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)  # beside the bars, never on them
     fig.tight_layout()
     save_figure(fig, path)
     return path
