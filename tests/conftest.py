@@ -1,12 +1,17 @@
-"""Shared fixtures: the real MNIST files, tiny IDX files, and a temporary MLflow store."""
+"""Shared fixtures and helpers: the real MNIST files, tiny IDX files, a temporary MLflow store, the
+CLI as a subprocess, and a real `mlflow server`."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import signal
 import struct
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -121,6 +126,68 @@ def run_python(
     return subprocess.run(
         [sys.executable, *args], cwd=cwd, env=child_env(env), capture_output=True, text=True, timeout=timeout
     )
+
+
+def start_mlflow_server(
+    tmp: Path, port: int, *args: str, backend: str | None = None, env: dict[str, str] | None = None
+) -> subprocess.Popen:
+    """`mlflow server` on loopback: the backend (sqlite in `tmp` unless given), artifacts proxied
+    into `tmp/server-artifacts`, `args` appended, its output appended to `tmp/server.log`. It
+    runs in a process group of its own, so that it can be stopped or killed whole. Returns once
+    /health answers; fails the test with the log's tail if it exits or does not answer in 120 s."""
+    server_env = child_env(env) | {"PATH": f"{BIN}:{os.environ['PATH']}"}
+    server_env.pop("MLFLOW_TRACKING_URI", None)
+    log_path = tmp / "server.log"
+    with log_path.open("a") as log:
+        proc = subprocess.Popen(
+            [
+                str(BIN / "mlflow"),
+                "server",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--backend-store-uri",
+                backend or f"sqlite:///{tmp / 'server.db'}",
+                "--artifacts-destination",
+                str(tmp / "server-artifacts"),
+                *args,
+            ],
+            cwd=tmp,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=server_env,
+            start_new_session=True,
+        )
+    deadline = time.monotonic() + 120
+    while proc.poll() is None and time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as response:
+                if response.status == 200:
+                    return proc
+        except OSError:
+            time.sleep(0.5)
+    stop_server(proc, signal.SIGKILL)
+    pytest.fail(f"mlflow server did not start:\n{log_path.read_text()[-3000:]}")
+
+
+def stop_server(proc: subprocess.Popen, sig: int = signal.SIGTERM, grace_s: float = 30) -> None:
+    """Send `sig` to the server's whole process group (its job consumers outlive the leader by a
+    few seconds) and wait until the group is gone; SIGKILL after `grace_s` seconds."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, sig)
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline:
+        proc.poll()  # reap the leader, or the group never looks empty
+        try:
+            os.killpg(proc.pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.2)
+    else:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
 
 
 # Debian's chromium, as the browser tests launch it (browser downloads by test tools are blocked).

@@ -10,7 +10,6 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +18,7 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from resnet_mnist.core.distributed import free_port
-from tests.conftest import BIN, REAL_ROOT, cli
+from tests.conftest import BIN, REAL_ROOT, cli, start_mlflow_server, stop_server
 
 pytestmark = pytest.mark.slow  # real processes
 
@@ -192,56 +191,12 @@ def test_unreachable_tracking_server_fails_fast(tmp_path: Path) -> None:
     assert "Traceback" not in out.stderr
 
 
-def start_server(tmp: Path, port: int) -> subprocess.Popen:
-    """`mlflow server` on loopback with a sqlite backend and proxied artifacts in `tmp`, in its own
-    process group (so that it can be killed whole); returns once it answers /health."""
-    proc = subprocess.Popen(
-        [
-            str(BIN / "mlflow"),
-            "server",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            "1",
-            "--backend-store-uri",
-            f"sqlite:///{tmp / 'server.db'}",
-            "--artifacts-destination",
-            str(tmp / "server-artifacts"),
-        ],
-        cwd=tmp,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env=env_for("") | {"PATH": f"{BIN}:{os.environ['PATH']}"},
-        start_new_session=True,
-    )
-    deadline = time.time() + 90
-    while time.time() < deadline:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as response:
-                if response.status == 200:
-                    return proc
-        except OSError:
-            time.sleep(0.5)
-    kill_server(proc)
-    pytest.fail("mlflow server did not start")
-
-
-def kill_server(proc: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
-    try:
-        os.killpg(proc.pid, sig)
-    except ProcessLookupError:
-        pass
-    proc.wait(timeout=30)
-
-
 @pytest.fixture
 def server(tmp_path: Path):
     port = free_port()
-    proc = start_server(tmp_path, port)
+    proc = start_mlflow_server(tmp_path, port, "--workers", "1")
     yield f"http://127.0.0.1:{port}"
-    kill_server(proc, signal.SIGTERM)
+    stop_server(proc)
 
 
 def test_everything_through_a_tracking_server(tmp_path: Path, server: str, mnist) -> None:
@@ -548,7 +503,7 @@ def train_until_the_server_dies(
             tree = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
             for p in tree:
                 p.suspend()
-            kill_server(server)
+            stop_server(server, signal.SIGKILL)
             for p in tree:
                 p.resume()
             break
@@ -559,7 +514,7 @@ def train_until_the_server_dies(
 def test_a_server_killed_mid_run_keeps_everything_and_one_command_continues(tmp_path: Path) -> None:
     port, url, env = server_to_lose(tmp_path)
     state = tmp_path / "state"
-    server = start_server(tmp_path, port)
+    server = start_mlflow_server(tmp_path, port, "--workers", "1")
     try:
         straight = cli("train", "--preset", "smoke", "--run-name", "reference", cwd=tmp_path, env=env)
         assert straight.returncode == 0, straight.stderr[-2000:]
@@ -576,7 +531,7 @@ def test_a_server_killed_mid_run_keeps_everything_and_one_command_continues(tmp_
         assert down.returncode == 1 and "does not answer" in down.stderr
         assert (kept / "resume.pt").exists()
 
-        server = start_server(tmp_path, port)
+        server = start_mlflow_server(tmp_path, port, "--workers", "1")
         client = MlflowClient(url)
         assert client.get_run(run_id).info.status == "RUNNING"  # nobody could tell the server
         resumed = cli("train", "--resume", run_id, cwd=tmp_path, env=env)
@@ -591,13 +546,13 @@ def test_a_server_killed_mid_run_keeps_everything_and_one_command_continues(tmp_
         reference = next(r for r in runs(url) if r.info.run_name == "reference")
         assert_same_histories(client, run_id, reference.info.run_id)
     finally:
-        kill_server(server, signal.SIGTERM)
+        stop_server(server)
 
 
 def test_a_server_killed_under_a_distributed_run_ends_it_with_one_message_and_exit_75(tmp_path: Path) -> None:
     port, url, env = server_to_lose(tmp_path)
     state = tmp_path / "state"
-    server = start_server(tmp_path, port)
+    server = start_mlflow_server(tmp_path, port, "--workers", "1")
     try:
         proc, err = train_until_the_server_dies(tmp_path, env, server, "step: 8/48", "--nproc", "2")
         # Rank 0 says what happened and where things are kept; the rank it stopped says nothing.
@@ -607,7 +562,7 @@ def test_a_server_killed_under_a_distributed_run_ends_it_with_one_message_and_ex
         run_id = err.split("train --resume ")[1].split("`")[0]
         assert (state / "offline" / run_id / "resume.pt").exists()
 
-        server = start_server(tmp_path, port)
+        server = start_mlflow_server(tmp_path, port, "--workers", "1")
         resumed = cli("train", "--resume", run_id, cwd=tmp_path, env=env)
         assert resumed.returncode == 0, resumed.stderr[-3000:]
         client = MlflowClient(url)
@@ -616,7 +571,7 @@ def test_a_server_killed_under_a_distributed_run_ends_it_with_one_message_and_ex
         steps = [m.step for m in client.get_metric_history(run_id, "train_loss")]
         assert len(steps) == len(set(steps)) and max(steps) == 47
     finally:
-        kill_server(server, signal.SIGTERM)
+        stop_server(server)
 
 
 def test_a_server_lost_while_results_are_written_keeps_the_finished_training(
@@ -634,13 +589,13 @@ def test_a_server_lost_while_results_are_written_keeps_the_finished_training(
     for key, value in (env | {"RESNET_MNIST_DATA": str(REAL_ROOT)}).items():
         monkeypatch.setenv(key, value)
     mlflow.set_tracking_uri(url)
-    server = start_server(tmp_path, port)
+    server = start_mlflow_server(tmp_path, port, "--workers", "1")
 
     class ServerDiesAtTheEnd(Callback):
         """After the tracker has sent the last step's metrics, before the results are logged."""
 
         def on_end(self, result: object) -> None:
-            kill_server(server)
+            stop_server(server, signal.SIGKILL)
 
     try:
         reference = train(build_config("smoke", True), run_name="reference")
@@ -649,7 +604,7 @@ def test_a_server_lost_while_results_are_written_keeps_the_finished_training(
         assert mlflow.active_run() is None
         spool = lost.value.spool
         assert lost.value.step == 48 and spool.checkpoint is not None
-        server = start_server(tmp_path, port)
+        server = start_mlflow_server(tmp_path, port, "--workers", "1")
         done = resume(spool.run_id)
         client = MlflowClient(url)
         run = client.get_run(done.run_id)
@@ -658,4 +613,4 @@ def test_a_server_lost_while_results_are_written_keeps_the_finished_training(
         assert mlflow.pyfunc.load_model(run.data.tags["logged_model_uri"])
         assert_same_histories(client, done.run_id, reference.run_id)
     finally:
-        kill_server(server, signal.SIGTERM)
+        stop_server(server)

@@ -11,7 +11,6 @@ import secrets
 import shutil
 import subprocess
 import tempfile
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -21,7 +20,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from resnet_mnist.core.distributed import free_port
-from tests.conftest import BIN, REAL_ROOT, cli
+from tests.conftest import BIN, REAL_ROOT, cli, start_mlflow_server, stop_server
 
 pytestmark = pytest.mark.slow  # a database server, a tracking server, four trainings at once
 
@@ -98,51 +97,16 @@ def team_server(postgres: str, tmp_path_factory) -> Iterator[tuple[str, dict[str
         "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
     )
     port = free_port()
-    env = os.environ | {
+    env = {
         "MLFLOW_AUTH_CONFIG_PATH": str(config),
         "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(16),
     }
-    server = subprocess.Popen(
-        [
-            str(BIN / "mlflow"),
-            "server",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--backend-store-uri",
-            postgres,
-            "--artifacts-destination",
-            str(tmp / "artifacts"),
-            "--app-name",
-            "basic-auth",
-        ],
-        cwd=tmp,
-        env=env,
-        stdout=open(tmp / "server.log", "w"),
-        stderr=subprocess.STDOUT,
-    )
+    server = start_mlflow_server(tmp, port, "--app-name", "basic-auth", backend=postgres, env=env)
     uri = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        try:
-            urllib.request.urlopen(f"{uri}/health", timeout=2)
-            break
-        except (urllib.error.URLError, OSError):
-            if server.poll() is not None:
-                pytest.fail("mlflow server exited:\n" + (tmp / "server.log").read_text()[-3000:])
-            time.sleep(0.5)
-    else:
-        server.kill()
-        pytest.fail("mlflow server did not start:\n" + (tmp / "server.log").read_text()[-3000:])
     try:
         yield uri, {"MLFLOW_TRACKING_USERNAME": "admin", "MLFLOW_TRACKING_PASSWORD": password}
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        stop_server(server)
 
 
 def test_an_unauthenticated_client_is_refused(team_server, tmp_path: Path) -> None:

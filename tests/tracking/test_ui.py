@@ -4,13 +4,8 @@ headless Chromium driven by Playwright. Screenshots land in reports/ui/."""
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import re
-import signal
-import subprocess
-import time
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
@@ -23,7 +18,16 @@ from playwright.sync_api import Browser, Page, expect, sync_playwright
 from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 
 from resnet_mnist.core.distributed import free_port
-from tests.conftest import BIN, CHROMIUM, CHROMIUM_ARGS, REAL_ROOT, REPO, cli, needs_data
+from tests.conftest import (
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    REAL_ROOT,
+    REPO,
+    cli,
+    needs_data,
+    start_mlflow_server,
+    stop_server,
+)
 
 SHOTS = REPO / "reports" / "ui"
 WAIT_MS = 60_000  # the longest any one element may take to show up on this slow machine
@@ -80,73 +84,15 @@ class Tracked:
     curves_url: str  # the "their curves:" link `compare` prints
 
 
-def stop_group(proc: subprocess.Popen) -> None:
-    """End the server and everything it started (its job consumers outlive it by a few seconds):
-    they share the process group started for it. SIGTERM, then SIGKILL after 30 s."""
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        proc.poll()  # reap the leader, or the group never looks empty
-        try:
-            os.killpg(proc.pid, 0)
-        except ProcessLookupError:
-            return
-        time.sleep(0.5)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=30)
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
     tmp = tmp_path_factory.mktemp("ui")
     port = free_port()
-    env = os.environ.copy() | {"PATH": f"{BIN}:{os.environ['PATH']}"}
-    for key in ("MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID"):
-        env.pop(key, None)
-    log = (tmp / "server.log").open("w")
-    proc = subprocess.Popen(
-        [
-            str(BIN / "mlflow"),
-            "server",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            "1",
-            "--backend-store-uri",
-            f"sqlite:///{tmp / 'server.db'}",
-            "--artifacts-destination",
-            str(tmp / "server-artifacts"),
-        ],
-        cwd=tmp,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env=env,
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
+    proc = start_mlflow_server(tmp, port, "--workers", "1")
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                log.flush()
-                pytest.fail(f"mlflow server did not start:\n{(tmp / 'server.log').read_text()[-3000:]}")
-            time.sleep(0.5)
-        yield url, tmp
+        yield f"http://127.0.0.1:{port}", tmp
     finally:
-        stop_group(proc)
-        log.close()
+        stop_server(proc)
 
 
 @pytest.fixture(scope="module")
