@@ -129,10 +129,16 @@ def run_python(
 
 
 def start_mlflow_server(
-    tmp: Path, port: int, *args: str, backend: str | None = None, env: dict[str, str] | None = None
+    tmp: Path,
+    port: int,
+    *args: str,
+    backend: str | None = None,
+    env: dict[str, str] | None = None,
+    workers: int | None = 1,
 ) -> subprocess.Popen:
     """`mlflow server` on loopback: the backend (sqlite in `tmp` unless given), artifacts proxied
-    into `tmp/server-artifacts`, `args` appended, its output appended to `tmp/server.log`. It
+    into `tmp/server-artifacts`, one worker unless `workers` says otherwise (None: MLflow's
+    default), `args` appended, its output appended to `tmp/server.log`. It
     runs in a process group of its own, so that it can be stopped or killed whole. Returns once
     /health answers; fails the test with the log's tail if it exits or does not answer in 120 s."""
     server_env = child_env(env) | {"PATH": f"{BIN}:{os.environ['PATH']}"}
@@ -151,6 +157,7 @@ def start_mlflow_server(
                 backend or f"sqlite:///{tmp / 'server.db'}",
                 "--artifacts-destination",
                 str(tmp / "server-artifacts"),
+                *(["--workers", str(workers)] if workers else []),
                 *args,
             ],
             cwd=tmp,

@@ -194,7 +194,7 @@ def test_unreachable_tracking_server_fails_fast(tmp_path: Path) -> None:
 @pytest.fixture
 def server(tmp_path: Path):
     port = free_port()
-    proc = start_mlflow_server(tmp_path, port, "--workers", "1")
+    proc = start_mlflow_server(tmp_path, port)
     yield f"http://127.0.0.1:{port}"
     stop_server(proc)
 
@@ -514,7 +514,7 @@ def train_until_the_server_dies(
 def test_a_server_killed_mid_run_keeps_everything_and_one_command_continues(tmp_path: Path) -> None:
     port, url, env = server_to_lose(tmp_path)
     state = tmp_path / "state"
-    server = start_mlflow_server(tmp_path, port, "--workers", "1")
+    server = start_mlflow_server(tmp_path, port)
     try:
         straight = cli("train", "--preset", "smoke", "--run-name", "reference", cwd=tmp_path, env=env)
         assert straight.returncode == 0, straight.stderr[-2000:]
@@ -531,7 +531,7 @@ def test_a_server_killed_mid_run_keeps_everything_and_one_command_continues(tmp_
         assert down.returncode == 1 and "does not answer" in down.stderr
         assert (kept / "resume.pt").exists()
 
-        server = start_mlflow_server(tmp_path, port, "--workers", "1")
+        server = start_mlflow_server(tmp_path, port)
         client = MlflowClient(url)
         assert client.get_run(run_id).info.status == "RUNNING"  # nobody could tell the server
         resumed = cli("train", "--resume", run_id, cwd=tmp_path, env=env)
@@ -552,7 +552,7 @@ def test_a_server_killed_mid_run_keeps_everything_and_one_command_continues(tmp_
 def test_a_server_killed_under_a_distributed_run_ends_it_with_one_message_and_exit_75(tmp_path: Path) -> None:
     port, url, env = server_to_lose(tmp_path)
     state = tmp_path / "state"
-    server = start_mlflow_server(tmp_path, port, "--workers", "1")
+    server = start_mlflow_server(tmp_path, port)
     try:
         proc, err = train_until_the_server_dies(tmp_path, env, server, "step: 8/48", "--nproc", "2")
         # Rank 0 says what happened and where things are kept; the rank it stopped says nothing.
@@ -562,7 +562,7 @@ def test_a_server_killed_under_a_distributed_run_ends_it_with_one_message_and_ex
         run_id = err.split("train --resume ")[1].split("`")[0]
         assert (state / "offline" / run_id / "resume.pt").exists()
 
-        server = start_mlflow_server(tmp_path, port, "--workers", "1")
+        server = start_mlflow_server(tmp_path, port)
         resumed = cli("train", "--resume", run_id, cwd=tmp_path, env=env)
         assert resumed.returncode == 0, resumed.stderr[-3000:]
         client = MlflowClient(url)
@@ -589,7 +589,7 @@ def test_a_server_lost_while_results_are_written_keeps_the_finished_training(
     for key, value in (env | {"RESNET_MNIST_DATA": str(REAL_ROOT)}).items():
         monkeypatch.setenv(key, value)
     mlflow.set_tracking_uri(url)
-    server = start_mlflow_server(tmp_path, port, "--workers", "1")
+    server = start_mlflow_server(tmp_path, port)
 
     class ServerDiesAtTheEnd(Callback):
         """After the tracker has sent the last step's metrics, before the results are logged."""
@@ -604,7 +604,7 @@ def test_a_server_lost_while_results_are_written_keeps_the_finished_training(
         assert mlflow.active_run() is None
         spool = lost.value.spool
         assert lost.value.step == 48 and spool.checkpoint is not None
-        server = start_mlflow_server(tmp_path, port, "--workers", "1")
+        server = start_mlflow_server(tmp_path, port)
         done = resume(spool.run_id)
         client = MlflowClient(url)
         run = client.get_run(done.run_id)

@@ -101,7 +101,9 @@ def team_server(postgres: str, tmp_path_factory) -> Iterator[tuple[str, dict[str
         "MLFLOW_AUTH_CONFIG_PATH": str(config),
         "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(16),
     }
-    server = start_mlflow_server(tmp, port, "--app-name", "basic-auth", backend=postgres, env=env)
+    server = start_mlflow_server(
+        tmp, port, "--app-name", "basic-auth", backend=postgres, env=env, workers=None
+    )
     uri = f"http://127.0.0.1:{port}"
     try:
         yield uri, {"MLFLOW_TRACKING_USERNAME": "admin", "MLFLOW_TRACKING_PASSWORD": password}

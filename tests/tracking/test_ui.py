@@ -88,7 +88,7 @@ class Tracked:
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
     tmp = tmp_path_factory.mktemp("ui")
     port = free_port()
-    proc = start_mlflow_server(tmp, port, "--workers", "1")
+    proc = start_mlflow_server(tmp, port)
     try:
         yield f"http://127.0.0.1:{port}", tmp
     finally:

@@ -10,8 +10,8 @@ from resnet_mnist.tracking import views as V
 def test_the_view_is_a_saved_view_the_ui_can_read(store: str) -> None:
     client = MlflowClient()
     exp = client.create_experiment("curves")
-    V.save_curves_view(client, exp)
-    value = client.get_experiment(exp).tags[V.SHARED_VIEW_STATE + V.CURVES_VIEW]
+    V.save_curves_view(client, exp, client.get_experiment(exp).tags)
+    value = client.get_experiment(exp).tags[V.CURVES_VIEW_TAG]
     name, state = V.decode_view(value)
     assert name == V.CURVES_VIEW_NAME
     first, *rest = state["compareRunSections"]
@@ -31,7 +31,7 @@ def test_a_view_edited_in_the_ui_is_kept(store: str) -> None:
     client = MlflowClient()
     exp = client.create_experiment("edited")
     edited = V.encode_view("mine", {"compareRunCharts": []})
-    client.set_experiment_tag(exp, V.SHARED_VIEW_STATE + V.CURVES_VIEW, edited)
-    V.save_curves_view(client, exp)
-    assert client.get_experiment(exp).tags[V.SHARED_VIEW_STATE + V.CURVES_VIEW] == edited
+    client.set_experiment_tag(exp, V.CURVES_VIEW_TAG, edited)
+    V.save_curves_view(client, exp, client.get_experiment(exp).tags)
+    assert client.get_experiment(exp).tags[V.CURVES_VIEW_TAG] == edited
     assert V.decode_view(edited) == ("mine", {"compareRunCharts": []})

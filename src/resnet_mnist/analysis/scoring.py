@@ -33,7 +33,6 @@ from resnet_mnist.tracking.checkpoints import BEST, MissingCheckpoint, RefusedCh
 #: The per-digit test scores, a table artifact under `evaluation/` of the run and its LoggedModel.
 PER_DIGIT = "per_digit.json"
 MNIST_TEST = "mnist-test"
-MNIST_TEST = "mnist-test"
 
 # -- scoring runs on the full splits ------------------------------------------------------------
 

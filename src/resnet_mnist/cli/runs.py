@@ -66,7 +66,7 @@ def links(
     from mlflow.tracking import MlflowClient
 
     from resnet_mnist.tracking.store import check_store, ui_link
-    from resnet_mnist.tracking.views import CURVES_VIEW, SHARED_VIEW_STATE
+    from resnet_mnist.tracking.views import CURVES_VIEW_TAG
 
     uri = check_store()
     base = None if uri.startswith(("http://", "https://")) else f"http://127.0.0.1:{port}"
@@ -75,7 +75,7 @@ def links(
         console.print(f"no experiments yet in {uri}; train first (`make run`)", highlight=False)
     for exp in experiments:
         console.print(f"{exp.name}: {ui_link(exp.experiment_id, base=base)}", highlight=False)
-        if SHARED_VIEW_STATE + CURVES_VIEW in exp.tags:
+        if CURVES_VIEW_TAG in exp.tags:
             console.print(
                 f"  its curves: {ui_link(exp.experiment_id, base=base, curves=True)}", highlight=False
             )

@@ -167,7 +167,7 @@ def experiment_id(name: str) -> str:
                         raise
                     found = client.get_experiment_by_name(name)
                 else:
-                    save_curves_view(client, created)
+                    save_curves_view(client, created, EXPERIMENT_KIND)
                     return created
     if found is None:
         raise TrackingUnavailable(f"experiment {name!r} could be neither found nor created")
@@ -181,10 +181,11 @@ def mark_training_experiment(experiment_id: str) -> None:
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient()
-    if client.get_experiment(experiment_id).tags.get(names.EXPERIMENT_KIND) is None:
+    tags = client.get_experiment(experiment_id).tags
+    if tags.get(names.EXPERIMENT_KIND) is None:
         for key, value in EXPERIMENT_KIND.items():
             client.set_experiment_tag(experiment_id, key, value)
-    save_curves_view(client, experiment_id)
+    save_curves_view(client, experiment_id, tags)
 
 
 def ui_link(

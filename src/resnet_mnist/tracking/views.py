@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import json
 import zlib
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # only a client passed in is used: importing this module costs no MLflow import
@@ -22,6 +23,7 @@ if TYPE_CHECKING:  # only a client passed in is used: importing this module cost
 #: Where the UI looks for saved views, and the key of ours (stable, so it is written once).
 SHARED_VIEW_STATE = "mlflow.sharedViewState."
 CURVES_VIEW = "resnet-mnist-training-curves"
+CURVES_VIEW_TAG = SHARED_VIEW_STATE + CURVES_VIEW
 CURVES_VIEW_NAME = "Training curves"
 #: The section's charts, in the order they are drawn (three to a row at the UI's usual width).
 CURVES = ("train_loss", "dev_accuracy", "dev_loss", "train_epoch_loss")
@@ -111,9 +113,9 @@ def decode_view(value: str) -> tuple[str, dict[str, Any]]:
     return envelope["name"], json.loads(state)
 
 
-def save_curves_view(client: MlflowClient, experiment_id: str) -> None:
-    """Give the experiment the training-curves view unless it has it (a person may have edited
-    it in the UI since: theirs is kept)."""
-    key = SHARED_VIEW_STATE + CURVES_VIEW
-    if key not in client.get_experiment(experiment_id).tags:
-        client.set_experiment_tag(experiment_id, key, encode_view(CURVES_VIEW_NAME, curves_view_state()))
+def save_curves_view(client: MlflowClient, experiment_id: str, tags: Mapping[str, str]) -> None:
+    """Give the experiment (whose tags the caller has just read) the training-curves view unless
+    it has it (a person may have edited it in the UI since: theirs is kept)."""
+    if CURVES_VIEW_TAG not in tags:
+        view = encode_view(CURVES_VIEW_NAME, curves_view_state())
+        client.set_experiment_tag(experiment_id, CURVES_VIEW_TAG, view)
