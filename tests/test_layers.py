@@ -167,3 +167,42 @@ def test_the_layer_rule_sees_function_level_imports(tmp_path: Path) -> None:
         ("resnet_mnist.cli.app", True),
         ("mlflow", False),
     }
+
+
+def test_only_the_study_engine_imports_ray() -> None:
+    """Ray's start-up and memory belong to the study: one module imports it, and nothing imports
+    that module at the top of a file outside the study (the CLI's `study` verb imports it when it
+    runs), so `train`, `compare` and `predict` never load Ray."""
+    users = sorted(m for m, p in MODULES.items() if any(n.split(".")[0] == "ray" for n, _ in imports(p)))
+    assert users == ["resnet_mnist.study.cluster"]
+    top_level = sorted(
+        m
+        for m, p in MODULES.items()
+        for node in ast.parse(p.read_text()).body
+        if isinstance(node, ast.ImportFrom | ast.Import)
+        and any("resnet_mnist.study.cluster" in name for name, _ in imports_of(node))
+        and layer(m) != "study"
+    )
+    assert not top_level, f"{top_level} import the Ray engine at module level"
+
+
+def imports_of(node: ast.Import | ast.ImportFrom) -> list[tuple[str, bool]]:
+    if isinstance(node, ast.Import):
+        return [(a.name, True) for a in node.names]
+    return [(f"{node.module}.{a.name}", True) for a in node.names] + [(node.module or "", True)]
+
+
+def test_train_compare_and_predict_load_no_ray() -> None:
+    """What those commands import, imported for real in a fresh interpreter: no Ray."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "import resnet_mnist.cli.app, resnet_mnist.tracking.runner, resnet_mnist.analysis.compare\n"
+        "import resnet_mnist.inference.predict, resnet_mnist.study.report\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'ray'))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"

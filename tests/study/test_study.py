@@ -1,29 +1,24 @@
-"""The residual study: its grid, shards and workers, the statistics and verdict, and (slow tier)
-the whole `resnet-mnist study` against a real store: nested runs, skipping, shards, workers,
-a stop and a rerun."""
+"""The residual study: its grid, the statistics and verdict, and (slow tier) the whole
+`resnet-mnist study` against a real store on its embedded Ray: nested runs, cell keys, nothing
+trained twice, the report refused before the grid is complete. Ray clusters, node deaths and
+stops are `test_cluster`."""
 
 from __future__ import annotations
 
 import math
-import signal
-import subprocess
-import time
 from pathlib import Path
 
 import numpy as np
-import psutil
 import pytest
 from mlflow.tracking import MlflowClient
 from scipy import stats
 
 from resnet_mnist.analysis import stats as ST
 from resnet_mnist.config.settings import ConfigError
-from resnet_mnist.runtime.supervise import drop_options
-from resnet_mnist.study import execution as E
 from resnet_mnist.study import report as R
 from resnet_mnist.study import spec as S
 from resnet_mnist.tracking.names import STUDY_EXPERIMENT
-from tests.conftest import BIN, REAL_ROOT, cli
+from tests.conftest import cli
 
 # -- the grid -----------------------------------------------------------------------------------
 
@@ -63,34 +58,6 @@ def test_a_study_needs_matched_settings(tmp_path: Path) -> None:
     path.write_text("preset: smoke\ndepths: [18]\nextra: 1\n")
     with pytest.raises(ConfigError, match="unknown: extra"):
         S.load_study(str(path))
-
-
-def test_shards_and_workers_cover_every_group_once() -> None:
-    groups = S.load_study("gpu").groups()
-    for count in (1, 2, 3, 4):
-        parts = [E.shard(groups, i, count) for i in range(1, count + 1)]
-        assert sorted(g.name for p in parts for g in p) == sorted(g.name for g in groups)
-    # shard 2/3 with 2 workers -> shards 2/6 and 5/6, which together are shard 2/3
-    commands = E.worker_commands(["study", "--study", "gpu", "--workers=2", "--shard", "2/3"], 2, 3, 2)
-    shards = [c[c.index("--shard") + 1] for c in commands]
-    assert shards == ["2/6", "5/6"]
-    assert all(c.count("--shard") == 1 and "--no-report" in c for c in commands)
-    together = E.shard(groups, 2, 6) + E.shard(groups, 5, 6)
-    assert sorted(g.name for g in together) == sorted(g.name for g in E.shard(groups, 2, 3))
-    with pytest.raises(ConfigError, match="K/N"):
-        E.parse_shard("two")
-    with pytest.raises(ConfigError, match="1..2"):
-        E.parse_shard("3/2")
-
-
-def test_drop_options_handles_both_spellings_and_flags() -> None:
-    argv = ["study", "--workers", "2", "--shard=1/2", "--no-report", "--seeds", "3", "--threads", "1"]
-    assert drop_options(argv, ("--workers", "--shard", "--threads"), ("--no-report",)) == [
-        "study",
-        "--seeds",
-        "3",
-    ]
-    assert drop_options(["train", "--nproc", "2", "--lr", "0.1"], ("--nproc",)) == ["train", "--lr", "0.1"]
 
 
 def test_the_rate_is_chosen_on_dev_and_ties_go_to_the_smaller() -> None:
@@ -195,8 +162,11 @@ def study_runs(tmp: Path) -> list:
 
 @pytest.mark.slow
 def test_study_end_to_end_then_nothing_to_train(tmp_path: Path) -> None:
+    early = cli("study", "--study", "tiny", "--report-only", cwd=tmp_path, env=own_store(tmp_path))
+    assert early.returncode == 1 and "6 of 6 cells have not finished" in early.stderr
     first = cli("study", "--study", "tiny", "--out", "out", cwd=tmp_path, env=own_store(tmp_path))
     assert first.returncode == 0, first.stderr
+    assert "embedded local Ray: 1 node" in first.stdout and first.stdout.count(" trained on ") == 6
     runs = study_runs(tmp_path)
     (parent,) = [r for r in runs if r.data.tags.get("run_type") == "study"]
     cells = [r for r in runs if r.data.tags.get("run_type") == "train"]
@@ -204,6 +174,10 @@ def test_study_end_to_end_then_nothing_to_train(tmp_path: Path) -> None:
     assert {r.data.tags["mlflow.parentRunId"] for r in cells} == {parent.info.run_id}
     assert {r.data.params["depth"] for r in cells} == {"8"}
     assert {r.data.tags["architecture"] for r in cells} == {"resnet8-plain", "resnet8-residual"}
+    keys = {r.data.tags["study.cell"] for r in cells}
+    assert len(keys) == 6 and "resnet8-plain/lr=0.02/seed=0" in keys
+    assert {r.data.tags["study.attempt"] for r in cells} == {"1"}
+    assert all(r.data.tags["study.nodes"] == r.data.tags["study.node"] for r in cells)
     # matched settings: both variants share batch size, schedule and epochs
     assert (
         len(
@@ -231,56 +205,5 @@ def test_study_end_to_end_then_nothing_to_train(tmp_path: Path) -> None:
 
     again = cli("study", "--study", "tiny", "--out", "out", cwd=tmp_path, env=own_store(tmp_path))
     assert again.returncode == 0, again.stderr
-    assert again.stdout.count("0 cells trained, 3 reused") == 2
+    assert again.stdout.count(" reused on ") == 6 and " trained on " not in again.stdout
     assert len(study_runs(tmp_path)) == len(runs)
-
-
-@pytest.mark.slow
-def test_shards_then_report(tmp_path: Path) -> None:
-    one = cli("study", "--study", "tiny", "--shard", "1/2", cwd=tmp_path, env=own_store(tmp_path))
-    assert one.returncode == 0, one.stderr
-    assert "3 of 6 cells have not finished" in one.stdout
-    early = cli("study", "--study", "tiny", "--report-only", cwd=tmp_path, env=own_store(tmp_path))
-    assert early.returncode == 1 and "3 of 6 cells have not finished" in early.stderr
-    two = cli("study", "--study", "tiny", "--shard", "2/2", cwd=tmp_path, env=own_store(tmp_path))
-    assert two.returncode == 0, two.stderr
-    assert "At 8 layers" in two.stdout
-    parents = [r for r in study_runs(tmp_path) if r.data.tags.get("run_type") == "study"]
-    assert len(parents) == 1
-
-
-@pytest.mark.slow
-def test_workers_stop_cleanly_and_a_rerun_finishes(tmp_path: Path) -> None:
-    """SIGTERM to a study with two workers: it exits 130, no worker outlives it, no cell is left
-    RUNNING; the rerun trains only what is missing."""
-    env = {"RESNET_MNIST_DATA": str(REAL_ROOT)} | own_store(tmp_path)
-    args = [str(BIN / "resnet-mnist"), "study", "--study", "tiny", "--workers", "2", "--seeds", "0,1,2"]
-    proc = subprocess.Popen(
-        args,
-        cwd=tmp_path,
-        env=__import__("os").environ | env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    deadline = time.time() + 120
-    while time.time() < deadline and not any(
-        r.info.status == "FINISHED" and r.data.tags.get("run_type") == "train" for r in study_runs(tmp_path)
-    ):
-        time.sleep(0.5)
-    workers = psutil.Process(proc.pid).children(recursive=True)
-    assert workers, "no worker processes started"
-    proc.send_signal(signal.SIGTERM)
-    out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130, err
-    assert not [w for w in workers if w.is_running() and w.status() != psutil.STATUS_ZOMBIE]
-    statuses = [r.info.status for r in study_runs(tmp_path) if r.data.tags.get("run_type") == "train"]
-    assert "RUNNING" not in statuses
-    rerun = cli("study", "--study", "tiny", "--seeds", "0,1,2", cwd=tmp_path, env=own_store(tmp_path))
-    assert rerun.returncode == 0, rerun.stderr
-    finished = [
-        r
-        for r in study_runs(tmp_path)
-        if r.data.tags.get("run_type") == "train" and r.info.status == "FINISHED"
-    ]
-    assert len(finished) == 8

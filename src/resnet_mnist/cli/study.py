@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 from typing import Annotated
@@ -12,7 +11,7 @@ from rich.table import Table
 
 from resnet_mnist.cli.boundary import fail
 from resnet_mnist.cli.common import RootOption, console, parse_numbers, parse_seeds
-from resnet_mnist.config.settings import Device, TrainConfig
+from resnet_mnist.config.settings import Device
 from resnet_mnist.runtime.signals import stop_on_signals
 from resnet_mnist.tracking.names import STUDY_EXPERIMENT
 
@@ -36,16 +35,27 @@ def study(
         str | None, typer.Option(help="Learning-rate grid instead of the file's, e.g. 0.02,0.05.")
     ] = None,
     workers: Annotated[
-        int, typer.Option(min=1, help="Worker processes on this machine (the groups are split between them).")
-    ] = 1,
-    shard: Annotated[
-        str,
+        int | None,
         typer.Option(
-            help="K/N: train only this machine's share of the grid "
-            "(run one shard per machine against one tracking "
-            "server)."
+            min=1,
+            help="CPU slots of the embedded Ray this command starts (default: every core); "
+            "a cell takes the study file's `resources.cpus` of them.",
         ),
-    ] = "1/1",
+    ] = None,
+    address: Annotated[
+        str | None,
+        typer.Option(
+            help="An existing Ray cluster to run the cells on (host:port of its head, or "
+            "ray://...); default $RAY_ADDRESS, else an embedded Ray on this machine."
+        ),
+    ] = None,
+    cpus_per_cell: Annotated[
+        int | None, typer.Option(min=1, help="CPUs (and torch threads) per cell instead of the study file's.")
+    ] = None,
+    gpus_per_cell: Annotated[
+        float | None,
+        typer.Option(min=0.0, help="GPUs per cell instead of the study file's (0.25: four cells share one)."),
+    ] = None,
     report: Annotated[
         bool, typer.Option(help="Judge the grid and log the report when every cell has finished.")
     ] = True,
@@ -55,69 +65,54 @@ def study(
         "reports/study"
     ),
     device: Annotated[Device, typer.Option(help="Device for the training.")] = Device.auto,
-    threads: Annotated[int | None, typer.Option(hidden=True, min=1)] = None,
     data_root: RootOption = None,
 ) -> None:
     """Where do shortcuts matter? Train a depth x variant x seed grid, then judge it.
 
     Each (depth, variant) first picks its learning rate from the grid on full-dev accuracy
     (seed 0), then trains the other seeds at that rate, with settings shared by both variants.
-    Every cell is a run nested under one study run; finished cells are never trained again, so
-    a stopped study continues where it stopped. With every cell finished, the report (He et
-    al.'s Fig. 6 for these networks, loss and accuracy against depth, block diagnostics, table,
-    verdict per depth) is logged to the study run.
+    Every cell is a Ray task and a run nested under one study run, tagged with its cell key,
+    attempt and node; finished cells are never trained again, a cell whose node died continues
+    from its checkpoint, so a stopped study continues where it stopped. With every cell
+    finished, the report (He et al.'s Fig. 6 for these networks, loss and accuracy against
+    depth, block diagnostics, table, verdict per depth) is logged to the study run.
 
     Under `mlflow run -e study` the project's run is the study run.
     """
-    import dataclasses
-
     from mlflow.tracking import MlflowClient
 
     from resnet_mnist.study import execution as E
     from resnet_mnist.study import spec as S
     from resnet_mnist.study.report import TABLE, study_report, unfinished
-    from resnet_mnist.tracking import runner
     from resnet_mnist.tracking.store import check_store, take_project_run, ui_link
 
     spec = S.load_study(
-        name, parse_numbers(depths, int, "--depths"), parse_seeds(seeds), parse_numbers(lrs, float, "--lrs")
+        name,
+        parse_numbers(depths, int, "--depths"),
+        parse_seeds(seeds),
+        parse_numbers(lrs, float, "--lrs"),
+        cpus_per_cell,
+        gpus_per_cell,
     )
-    index, count = E.parse_shard(shard)
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
     project_run = take_project_run()
     check_store()
     client = MlflowClient()
     home = E.open_study(client, spec, experiment, project_run)
-    root = str(data_root) if data_root else ""
-    prefix = f"[{index}/{count}] " if count > 1 else ""
+    root = str(data_root.resolve()) if data_root else ""
     started = time.perf_counter()
 
     def say(line: str) -> None:
         console.print(line, highlight=False)
 
     if not report_only:
-        with stop_on_signals() as stop:
+        from resnet_mnist.study import cluster
 
-            def train_cell(config: TrainConfig, tags: dict[str, str]) -> str:
-                config = dataclasses.replace(config, device=device, data_root=root)
-                say(
-                    f"{prefix}{config.architecture} lr {config.lr:g} seed {config.seed} "
-                    f"({tags['study.phase']}): training"
-                )
-                trained = runner.train(
-                    config, home.experiment, tags=tags, parent_run_id=home.run_id, stop=stop
-                )
-                r = trained.result
-                say(
-                    f"{prefix}{config.architecture} lr {config.lr:g} seed {config.seed}: dev "
-                    f"{r.best_dev_accuracy:.2%}, {r.train_time_s:.0f} s training"
-                )
-                return trained.run_id
-
-            E.train_grid(client, home, spec, (index, count), workers, sys.argv[1:], train_cell, stop, say)
+        at = cluster.where(address, workers)
+        with stop_on_signals() as stop, cluster.RayEngine(at) as engine:
+            say(engine.describe())
+            engine.check_fits(spec.resources)
+            say(f"study {spec.name}: {spec.cells()} cells, each asking for {spec.resources}")
+            E.run_grid(engine, client, home, spec, stop, say, {"device": device, "data_root": root})
     if not report and not report_only:
         return
     missing = unfinished(client, home, spec)

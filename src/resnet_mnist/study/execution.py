@@ -1,53 +1,54 @@
-"""How a study's cells run: the study run they nest under, each (depth, variant) group's rate search
-and seeds, shards and worker processes, and the judging once every cell has finished. What the
-grid is lives in `spec`; the report in `report`."""
+"""How a study's grid is scheduled: the study run its cells nest under, every seed-0 cell of the
+learning-rate grid submitted at once, each (depth, variant) group's other seeds as soon as its
+rate is chosen, and a stop that reaches every running cell. Where the cells run is an `Engine`
+(`cluster.RayEngine`: Ray tasks); what one cell does is `cells`; the grid is `spec`."""
 
 from __future__ import annotations
 
-import os
-import sys
+import math
 import threading
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+import time
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import mlflow
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
-from resnet_mnist.config.settings import ConfigError, TrainConfig
 from resnet_mnist.runtime.errors import ProjectError
-from resnet_mnist.runtime.supervise import drop_options, supervise
-from resnet_mnist.study.spec import Group, StudySpec, cell_config, choose_lr
+from resnet_mnist.study.cells import CellOrder, CellOutcome, order_for
+from resnet_mnist.study.spec import Group, Resources, StudySpec, cell_config, cell_key, choose_lr
 from resnet_mnist.tracking import names
-from resnet_mnist.tracking.lifecycle import same_params
 from resnet_mnist.tracking.store import experiment_id as find_experiment
 from resnet_mnist.tracking.store import store_lock
 
-#: Trains one cell as a run nested under the study run, with these tags; returns its run id.
-TrainCell = Callable[[TrainConfig, dict[str, str]], str]
+SEARCH, SEEDS = "lr-search", "seeds"
 
 
 class StudyIncomplete(ProjectError, RuntimeError):
     """Cells of the grid have not finished; the message says how to train them."""
 
 
-def shard(groups: list[Group], index: int, count: int) -> list[Group]:
-    """Shard `index` (1-based) of `count`: every count-th group, so that deep and shallow mix."""
-    if not 1 <= index <= count:
-        raise ConfigError(f"shard {index}/{count}: the index must be in 1..{count}")
-    return groups[index - 1 :: count]
+class CellFailed(ProjectError, RuntimeError):
+    """A cell's task failed (its training raised, or Ray ran out of retries); the message says why."""
 
 
-def parse_shard(text: str) -> tuple[int, int]:
-    """`2/4` -> (2, 4)."""
-    try:
-        index, count = (int(part) for part in text.split("/"))
-    except ValueError:
-        raise ConfigError(f"--shard takes K/N such as 1/2, got {text!r}") from None
-    if count < 1 or not 1 <= index <= count:
-        raise ConfigError(f"--shard {text}: K must be in 1..{count}")
-    return index, count
+class Engine(Protocol):
+    """Runs cells somewhere: submit returns a handle, wait the handles that are done."""
+
+    def submit(self, order: CellOrder, resources: Resources) -> Hashable: ...
+
+    def wait(self, handles: list[Hashable], timeout_s: float) -> list[Hashable]: ...
+
+    def result(self, handle: Hashable) -> CellOutcome:
+        """The cell's outcome, or CellFailed."""
+        ...
+
+    def cancel(self, handles: list[Hashable]) -> None:
+        """Ask running cells to stop (at a step boundary the first time, at once the second)
+        and drop those not started."""
+        ...
 
 
 def study_run(client: MlflowClient, experiment_id: str, spec: StudySpec, run_id: str | None = None) -> str:
@@ -119,110 +120,127 @@ def cells_of(client: MlflowClient, experiment_id: str, study_run_id: str) -> lis
     )
 
 
-@dataclass
-class GroupResult:
+@dataclass(frozen=True)
+class Planned:
+    """A cell submitted to the engine."""
+
     group: Group
     lr: float
-    trained: int
-    reused: int
+    seed: int
+    phase: str
+
+    @property
+    def key(self) -> str:
+        return cell_key(self.group, self.lr, self.seed)
 
 
-def run_group(
-    client: MlflowClient,
-    experiment_id: str,
-    study_run_id: str,
-    spec: StudySpec,
-    group: Group,
-    train: TrainCell,
-    overrides: dict[str, Any] | None = None,
-) -> GroupResult:
-    """The group's rate search (seed 0 at each rate), then its other seeds at the chosen rate.
-    Cells that already finished with the same settings are reused."""
-    done = [
-        r
-        for r in cells_of(client, experiment_id, study_run_id)
-        if r.data.tags.get(names.ARCHITECTURE) == group.name
-    ]
-    trained = reused = 0
+@dataclass
+class GridResult:
+    """What the grid's cells came to: the chosen rates, each cell's outcome, the failures."""
 
-    def cell(config: TrainConfig, phase: str) -> Run:
-        nonlocal trained, reused
-        match = next((r for r in done if same_params(r, config)), None)
-        if match is not None:
-            reused += 1
-            return match
-        trained += 1
-        run_id = train(config, {"study": spec.name, "study.phase": phase})
-        return client.get_run(run_id)
-
-    first, rest = spec.seeds[0], spec.seeds[1:]
-    search = {lr: cell(cell_config(spec, group, lr, first, overrides), "lr-search") for lr in spec.lrs}
-    best_lr = choose_lr({lr: run.data.metrics.get("best_dev_accuracy", 0.0) for lr, run in search.items()})
-    client.set_tag(study_run_id, f"{names.STUDY_LR}{group.name}", str(best_lr))
-    for seed in rest:
-        cell(cell_config(spec, group, best_lr, seed, overrides), "seeds")
-    return GroupResult(group, best_lr, trained, reused)
+    lrs: dict[str, float] = field(default_factory=dict)
+    outcomes: list[CellOutcome] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
 
 
-def worker_commands(argv: list[str], index: int, count: int, workers: int) -> list[list[str]]:
-    """Command lines for `workers` processes that split shard `index`/`count` between them: worker
-    j takes shard index + count*j of count*workers. The cores are split between them too (small
-    convolutions use threads poorly, so processes make better use of them)."""
-    base = drop_options(
-        argv, ("--workers", "--shard", "--threads"), ("--report", "--no-report", "--report-only")
+def describe(planned: Planned, outcome: CellOutcome) -> str:
+    dev = "" if math.isnan(outcome.dev_accuracy) else f": dev {outcome.dev_accuracy:.2%}"
+    took = "" if math.isnan(outcome.train_time_s) else f", {outcome.train_time_s:.0f} s training"
+    return (
+        f"{planned.key} ({planned.phase}) {outcome.how} on {outcome.node}, "
+        f"attempt {outcome.attempt}{dev}{took}"
     )
-    threads = max(1, (os.cpu_count() or 1) // workers)
-    return [
-        [
-            sys.executable,
-            "-m",
-            "resnet_mnist",
-            *base,
-            "--workers",
-            "1",
-            "--no-report",
-            "--shard",
-            f"{index + count * j}/{count * workers}",
-            "--threads",
-            str(threads),
-        ]
-        for j in range(workers)
-    ]
 
 
-def run_workers(commands: list[list[str]], stop: threading.Event) -> list[int]:
-    """Run the workers to the end and return their exit codes (see `signals.supervise`: a stop
-    reaches every worker, which ends its cell KILLED; no worker outlives this call)."""
-    return supervise(commands, [dict(os.environ)] * len(commands), stop)
-
-
-def train_grid(
+def run_grid(
+    engine: Engine,
     client: MlflowClient,
     home: StudyHome,
     spec: StudySpec,
-    shard_of: tuple[int, int],
-    workers: int,
-    argv: list[str],
-    train: TrainCell,
     stop: threading.Event,
     log: Callable[[str], None],
-) -> None:
-    """Train this shard's cells of the grid: in worker processes of this command (`argv`, each
-    with a share of the groups), or here, group by group, through `train`."""
-    index, count = shard_of
-    if workers > 1:
-        codes = run_workers(worker_commands(argv, index, count, workers), stop)
-        if stop.is_set():
-            raise KeyboardInterrupt("study stopped")
-        if any(codes):
-            raise StudyIncomplete(
-                f"{sum(c != 0 for c in codes)} of {workers} workers failed "
-                f"(exit codes {codes}); rerun to train the missing cells"
-            )
-        return
-    prefix = f"[{index}/{count}] " if count > 1 else ""
-    for group in shard(spec.groups(), index, count):
-        done = run_group(client, home.experiment_id, home.run_id, spec, group, train)
-        log(
-            f"{prefix}{group.name}: lr {done.lr:g} chosen; {done.trained} cells trained, {done.reused} reused"
+    overrides: dict[str, Any] | None = None,
+) -> GridResult:
+    """Train every cell of the grid that has not finished. Parallelism is the engine's slots,
+    not the number of groups: every seed-0 cell of the rate grid is submitted at once (deepest
+    first: they take longest), and each group's other seeds as soon as its rate is chosen.
+    A stop cancels every cell (see `stop_cells`) and raises KeyboardInterrupt."""
+    result = GridResult()
+    pending: dict[Hashable, Planned] = {}
+    searched: dict[str, dict[float, float]] = {g.name: {} for g in spec.groups()}
+
+    def submit(planned: Planned) -> None:
+        config = cell_config(spec, planned.group, planned.lr, planned.seed, overrides)
+        order = order_for(
+            config,
+            planned.key,
+            planned.phase,
+            spec.name,
+            home.run_id,
+            home.experiment,
+            spec.resources.threads,
         )
+        pending[engine.submit(order, spec.resources)] = planned
+
+    for group in spec.groups():
+        for lr in spec.lrs:
+            submit(Planned(group, lr, spec.seeds[0], SEARCH))
+    while pending:
+        if stop.is_set():
+            stop_cells(engine, pending, log)
+            raise KeyboardInterrupt("study stopped")
+        for handle in engine.wait(list(pending), 0.5):
+            planned = pending.pop(handle)
+            try:
+                outcome = engine.result(handle)
+            except CellFailed as exc:
+                result.failures.append(f"{planned.key}: {exc}")
+                log(f"{planned.key} ({planned.phase}) failed: {exc}")
+                continue
+            result.outcomes.append(outcome)
+            log(describe(planned, outcome))
+            if planned.phase != SEARCH:
+                continue
+            rates = searched[planned.group.name]
+            rates[planned.lr] = outcome.dev_accuracy
+            if len(rates) == len(spec.lrs):
+                best = choose_lr(rates)
+                result.lrs[planned.group.name] = best
+                client.set_tag(home.run_id, f"{names.STUDY_LR}{planned.group.name}", str(best))
+                log(f"{planned.group.name}: lr {best:g} chosen on dev; its other seeds submitted")
+                for seed in spec.seeds[1:]:
+                    submit(Planned(planned.group, best, seed, SEEDS))
+    if result.failures:
+        raise StudyIncomplete(
+            f"{len(result.failures)} cells failed:\n  "
+            + "\n  ".join(result.failures)
+            + "\nrerun the command to train what is missing (finished cells are kept)"
+        )
+    return result
+
+
+#: How long a stopped study waits for its cells to end KILLED with a checkpoint (the step in
+#: progress, then the checkpoint's upload) before asking them once more, at once.
+STOP_GRACE_S = 300.0
+
+
+def stop_cells(engine: Engine, pending: dict[Hashable, Planned], log: Callable[[str], None]) -> None:
+    """Cancel every cell and wait until each has ended: a running one stops at its next step
+    boundary and ends KILLED with a resumable checkpoint (a rerun continues it). A second
+    Ctrl-C here, or STOP_GRACE_S without an end, asks the cells again: they stop at once (their
+    runs still end KILLED)."""
+    log(f"stopping {len(pending)} cells at their next step boundary (again to stop them at once)")
+    engine.cancel(list(pending))
+    asked_again, deadline = False, time.monotonic() + STOP_GRACE_S
+    while pending:
+        try:
+            for handle in engine.wait(list(pending), 0.5):
+                pending.pop(handle)
+            if not asked_again and time.monotonic() > deadline:
+                raise KeyboardInterrupt("grace period over")
+        except KeyboardInterrupt:
+            if asked_again:
+                raise
+            asked_again, deadline = True, time.monotonic() + STOP_GRACE_S
+            log("stopping the cells at once")
+            engine.cancel(list(pending))

@@ -24,7 +24,7 @@ from resnet_mnist.analysis.tables import write_table
 from resnet_mnist.config.space import VARIANTS
 from resnet_mnist.core.figures import save_figure, smooth
 from resnet_mnist.study.execution import StudyHome, cells_of
-from resnet_mnist.study.spec import StudySpec, choose_lr
+from resnet_mnist.study.spec import StudySpec, cell_key, choose_lr
 from resnet_mnist.tracking import names
 from resnet_mnist.tracking.batches import log_metrics_batched
 from resnet_mnist.tracking.history import read_history
@@ -474,16 +474,37 @@ def _log(client: MlflowClient, run_id: str, results: list[DepthResult], text: st
         client.log_artifact(run_id, str(path), "study")
 
 
+def duplicated_cells(cells: list[Cell]) -> list[str]:
+    """Cells of the grid with more than one FINISHED run: a grid that counts a cell twice is not
+    judged (which run would stand for it?)."""
+    count: dict[tuple[int, str, float, int], list[str]] = {}
+    for c in cells:
+        count.setdefault((c.depth, c.variant, c.lr, c.seed), []).append(c.run_id)
+    return [
+        f"{cell_key(f'resnet{d}-{v}', lr, seed)} ({', '.join(ids)})"
+        for (d, v, lr, seed), ids in sorted(count.items())
+        if len(ids) > 1
+    ]
+
+
 def unfinished(client: MlflowClient, home: StudyHome, spec: StudySpec) -> str | None:
-    """None once every cell of the grid has finished; otherwise how many have not and how to
-    train them (the study run is tagged with the count)."""
+    """None once every cell of the grid has exactly one FINISHED run; otherwise how many have
+    none and how to train them, or which have several (the study run is tagged with the count)."""
     cells = [to_cell(r) for r in cells_of(client, home.experiment_id, home.run_id)]
+    twice = duplicated_cells(cells)
+    if twice:
+        client.set_tag(home.run_id, names.STUDY_STATUS, f"{len(twice)} cells finished twice")
+        return (
+            f"{len(twice)} cells of the grid have more than one FINISHED run, so the grid is not "
+            "judged: " + "; ".join(twice) + ". Delete the extra runs in the MLflow UI (or "
+            "`mlflow runs delete`), then `--report-only`"
+        )
     missing = missing_cells(spec, cells)
     if not missing:
         return None
     client.set_tag(home.run_id, names.STUDY_STATUS, f"{spec.cells() - missing}/{spec.cells()} cells")
     return (
-        f"{missing} of {spec.cells()} cells have not finished (other shards, or stopped); "
+        f"{missing} of {spec.cells()} cells have not finished (stopped, or failed); "
         f"rerun `resnet-mnist study --study {spec.name}` to train them, or `--report-only` "
-        "once the other shards are done"
+        "once a study driven elsewhere has finished them"
     )

@@ -4,10 +4,10 @@ A study file (`mlproject/studies/*.yaml`) names a training preset whose settings
 share, the depths, the seeds and a small learning-rate grid. Each (depth, variant) group first
 trains seed 0 at every rate of the grid and keeps the rate with the best full-dev accuracy, then
 trains the other seeds at that rate, so that neither variant is handicapped by a rate chosen for
-the other. Every cell is a training run nested under one study run; a cell that already finished
-with the same settings is never trained again, so a stopped study continues where it stopped, and
-shards of the groups can run in several processes or on several machines against one server.
-How the cells run is `execution`; reading the finished grid back and judging it is `report`.
+the other. Every cell is a training run nested under one study run, tagged with its cell key; a
+cell that already finished is never trained again, so a stopped study continues where it stopped.
+What one cell does is `cells`, how the grid is scheduled `execution`, where it runs (Ray)
+`cluster`; reading the finished grid back and judging it is `report`.
 """
 
 from __future__ import annotations
@@ -32,14 +32,33 @@ from resnet_mnist.core.model import family
 
 
 @dataclass(frozen=True)
+class Resources:
+    """What one cell asks of the cluster: CPU slots (also its torch threads) and a GPU fraction,
+    so that several small cells share one GPU."""
+
+    cpus: float = 1.0
+    gpus: float = 0.0
+
+    @property
+    def threads(self) -> int:
+        return max(1, int(self.cpus))
+
+    def __str__(self) -> str:
+        gpus = f" and {self.gpus:g} GPU" if self.gpus else ""
+        return f"{self.cpus:g} CPU{'s' * (self.cpus != 1)}{gpus}"
+
+
+@dataclass(frozen=True)
 class StudySpec:
-    """What a study trains: the shared preset, the depths, seeds and learning-rate grid."""
+    """What a study trains: the shared preset, the depths, seeds and learning-rate grid, and what
+    each cell asks of the cluster (which does not change what a cell computes, so not its key)."""
 
     name: str
     preset: str
     depths: tuple[int, ...]
     seeds: tuple[int, ...]
     lrs: tuple[float, ...]
+    resources: Resources = Resources()
 
     def key(self) -> str:
         """Identifies the grid: the same study on another machine finds the same study run."""
@@ -56,7 +75,7 @@ class StudySpec:
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def groups(self) -> list[Group]:
-        """Deepest first (they take longest), plain before residual: the order shards split."""
+        """Deepest first (they take longest, so they start first), plain before residual."""
         return [Group(d, v == "residual") for d in sorted(self.depths, reverse=True) for v in VARIANTS]
 
     def cells(self) -> int:
@@ -73,6 +92,13 @@ class Group:
     @property
     def name(self) -> str:
         return f"resnet{self.depth}-{'residual' if self.use_residual else 'plain'}"
+
+
+def cell_key(group: Group | str, lr: float, seed: int) -> str:
+    """A cell's stable name within its study: what every attempt at it is tagged with, and what
+    the report counts (exactly one FINISHED run per key)."""
+    name = group if isinstance(group, str) else group.name
+    return f"{name}/lr={lr:g}/seed={seed}"
 
 
 def find_study(name: str) -> Path:
@@ -93,19 +119,38 @@ def _numbers(value: Any, kind: type, what: str, source: str) -> tuple:
     return out
 
 
+def _resources(value: Any, source: str) -> Resources:
+    """`resources: {cpus: 2, gpus: 0.25}`: CPUs a whole number >= 1, a GPU fraction in [0, 1] or
+    a whole number of GPUs."""
+    if not isinstance(value, dict) or set(value) - {"cpus", "gpus"}:
+        raise ConfigError(f"{source}: resources takes cpus and gpus, got {value!r}")
+    cpus, gpus = value.get("cpus", 1), value.get("gpus", 0)
+    for what, number in (("cpus", cpus), ("gpus", gpus)):
+        if isinstance(number, bool) or not isinstance(number, int | float) or number < 0:
+            raise ConfigError(f"{source}: resources.{what} must be a number >= 0, got {number!r}")
+    if cpus < 1 or not float(cpus).is_integer():
+        raise ConfigError(f"{source}: resources.cpus must be a whole number >= 1, got {cpus!r}")
+    if gpus > 1 and not float(gpus).is_integer():
+        raise ConfigError(f"{source}: resources.gpus above 1 must be whole GPUs, got {gpus!r}")
+    return Resources(float(cpus), float(gpus))
+
+
 def load_study(
     name: str,
     depths: list[int] | None = None,
     seeds: list[int] | None = None,
     lrs: list[float] | None = None,
+    cpus: int | None = None,
+    gpus: float | None = None,
 ) -> StudySpec:
-    """A study file, with any of its lists replaced; everything validated before training."""
+    """A study file, with any of its lists (or a cell's resources) replaced; everything validated
+    before training."""
     path = find_study(name)
-    raw = read_mapping(path, "study", "preset, depths, seeds, lrs")
-    unknown = set(raw) - {"preset", "depths", "seeds", "lrs"}
+    raw = read_mapping(path, "study", "preset, depths, seeds, lrs, resources")
+    unknown = set(raw) - {"preset", "depths", "seeds", "lrs", "resources"}
     if unknown or "preset" not in raw:
         raise ConfigError(
-            f"study {path} takes preset, depths, seeds and lrs; "
+            f"study {path} takes preset, depths, seeds, lrs and resources; "
             f"{'unknown: ' + ', '.join(map(str, unknown)) if unknown else 'no preset'}"
         )
     source = str(path)
@@ -118,6 +163,12 @@ def load_study(
             lrs or raw.get("lrs", []) or [load_preset(str(raw["preset"]), True).get("lr", TrainConfig.lr)],
             float,
             "lrs",
+            source,
+        ),
+        resources=_resources(
+            (raw.get("resources") or {})
+            | ({"cpus": cpus} if cpus is not None else {})
+            | ({"gpus": gpus} if gpus is not None else {}),
             source,
         ),
     )
@@ -148,6 +199,3 @@ def cell_config(
 def choose_lr(dev_accuracy: dict[float, float]) -> float:
     """The rate with the best dev accuracy; on a tie the smaller rate (the safer one)."""
     return max(sorted(dev_accuracy), key=lambda lr: (dev_accuracy[lr], -lr))
-
-
-# -- worker processes ---------------------------------------------------------------------------

@@ -53,6 +53,13 @@ STUDY_KEY = "study.key"
 STUDY_STATUS = "study.status"
 STUDY_RUN = "study.run"
 STUDY_LR = "study.lr."
+#: A cell's keys: its stable name in the grid, which phase chose it, which attempt at it this run
+#: is, the Ray node that trained it, and every node that tried, in order (`node:outcome`).
+STUDY_CELL = "study.cell"
+STUDY_PHASE = "study.phase"
+STUDY_ATTEMPT = "study.attempt"
+STUDY_NODE = "study.node"
+STUDY_NODES = "study.nodes"
 
 
 def quote(value: str) -> str:

@@ -271,6 +271,16 @@ def run_claim(run_id: str) -> Iterator[None]:
     """Hold a run for this process while it trains (sqlite store: an exclusive file lock beside
     the database, released by the OS when the process dies). Raises RunBusy when another process
     holds it. Other stores rely on the owner tags and the heartbeat."""
+    with claim(f"run-{run_id}", f"run {run_id} is being trained by another process"):
+        yield
+
+
+@contextmanager
+def claim(name: str, busy: str, wait_s: float = 0.0) -> Iterator[None]:
+    """Hold `name` (a run, a study cell) for this process in this store: on sqlite an exclusive
+    file lock beside the database, which the OS releases when its holder dies, so a claim is
+    never left behind by a killed process. Waits up to `wait_s` for a holder to finish or die,
+    then raises RunBusy(`busy`). Other stores hold nothing here: owner tags and heartbeats decide."""
     import mlflow
 
     uri = mlflow.get_tracking_uri()
@@ -282,12 +292,17 @@ def run_claim(run_id: str) -> Iterator[None]:
     db = Path(uri.removeprefix("sqlite:///"))
     folder = db.with_name(f"{db.name}.locks")
     folder.mkdir(parents=True, exist_ok=True)
+    deadline = time.monotonic() + wait_s
     # The lock files stay: removing one while another process opens it would let two hold it.
-    with open(folder / f"run-{run_id}", "w") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise RunBusy(f"run {run_id} is being trained by another process") from None
+    with open(folder / name.replace("/", "_"), "w") as fh:
+        while True:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise RunBusy(busy) from None
+                time.sleep(0.5)
         try:
             yield
         finally:

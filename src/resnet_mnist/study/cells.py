@@ -1,0 +1,242 @@
+"""One cell of a study, exactly once, whichever process or node runs it and however often.
+
+A task that finds its cell FINISHED returns it. A cell left RUNNING by a dead attempt (its node
+died, its worker was killed) is taken over: resumed in the same run from its last checkpoint when
+it has one; otherwise the dead attempt's run is ended FAILED with the reason and the cell trained
+again. A KILLED cell (a stopped study) continues from its checkpoint. Every attempt is numbered
+and names the node that made it. Knows nothing of Ray: `cluster` calls `train_cell` in a task.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+
+from mlflow.entities import Run
+from mlflow.tracking import MlflowClient
+
+from resnet_mnist.config.settings import TrainConfig
+from resnet_mnist.runtime.errors import ProjectError
+from resnet_mnist.tracking import names
+from resnet_mnist.tracking.lifecycle import fail_unfinished_models, same_params
+from resnet_mnist.tracking.store import STALE_AFTER_S, RunBusy, claim, owner_alive, run_claim
+
+#: MLflow client settings a cell takes from the driver: a Ray worker inherits its raylet's
+#: environment, not the driver's, and the team server's login must reach every node.
+CLIENT_SETTINGS = (
+    "MLFLOW_TRACKING_USERNAME",
+    "MLFLOW_TRACKING_PASSWORD",
+    "MLFLOW_TRACKING_TOKEN",
+    "MLFLOW_TRACKING_INSECURE_TLS",
+    "MLFLOW_TRACKING_SERVER_CERT_PATH",
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT",
+)
+#: What a driver's environment must not impose on a cell (`mlflow run` exports the project's run,
+#: which would override the cell's own; mlflow issue 15713).
+FOREIGN = ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME")
+#: How long a cell waits for another live attempt at it (a partitioned node's, say) to finish or
+#: go stale before it gives up: past the heartbeat's staleness, with a margin.
+LIVE_ATTEMPT_WAIT_S = STALE_AFTER_S + 60
+
+
+class CellBusy(ProjectError, RuntimeError):
+    """Another live process is training this cell."""
+
+
+@dataclass(frozen=True)
+class CellOrder:
+    """Everything a task needs to train one cell, passed explicitly rather than inherited."""
+
+    tracking_uri: str
+    experiment: str
+    study: str
+    study_run_id: str
+    key: str
+    phase: str
+    config: TrainConfig
+    threads: int
+    client_settings: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class CellOutcome:
+    """What became of a cell: its run, and whether it was trained, resumed or found finished."""
+
+    key: str
+    run_id: str
+    how: str
+    attempt: int
+    node: str
+    dev_accuracy: float
+    train_time_s: float
+
+
+def order_for(
+    config: TrainConfig, key: str, phase: str, study: str, study_run_id: str, experiment: str, threads: int
+) -> CellOrder:
+    """The order for one cell, with this (driver) process's store, data folder (absolute: on
+    another node MNIST is fetched there when missing) and client settings."""
+    import dataclasses
+
+    import mlflow
+
+    from resnet_mnist.core.data import default_root
+
+    config = dataclasses.replace(config, data_root=os.path.abspath(config.data_root or default_root()))
+    return CellOrder(
+        tracking_uri=absolute_uri(mlflow.get_tracking_uri()),
+        experiment=experiment,
+        study=study,
+        study_run_id=study_run_id,
+        key=key,
+        phase=phase,
+        config=config,
+        threads=threads,
+        client_settings={k: os.environ[k] for k in CLIENT_SETTINGS if k in os.environ},
+    )
+
+
+def absolute_uri(uri: str) -> str:
+    """A sqlite store's path made absolute: a worker's working directory is not the driver's."""
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        return "sqlite:///" + os.path.abspath(uri.removeprefix("sqlite:///"))
+    return uri
+
+
+def attempts(client: MlflowClient, order: CellOrder) -> list[Run]:
+    """Every run made for this cell of this study, oldest first."""
+    query = names.runs_where(
+        names.TRAIN, {names.PARENT_RUN_ID: order.study_run_id, names.STUDY_CELL: order.key}
+    )
+    return client.search_runs(
+        [client.get_run(order.study_run_id).info.experiment_id],
+        query,
+        order_by=["attributes.start_time ASC"],
+        max_results=1000,
+    )
+
+
+def train_cell(order: CellOrder, node: str, stop: threading.Event | None = None) -> CellOutcome:
+    """Make sure the cell has exactly one FINISHED run (see the module docstring); `node` names
+    where this attempt runs. A stop request ends a training cell KILLED with a checkpoint."""
+    import torch
+
+    from resnet_mnist.core import data
+
+    _adopt(order)
+    torch.set_num_threads(order.threads)
+    data.fetch(order.config.data_root or None)  # this node's copy, fetched and verified if missing
+    client = MlflowClient()
+    busy = f"cell {order.key} is being trained by another process"
+    try:
+        with claim(f"cell-{order.study_run_id}-{order.key}", busy, wait_s=LIVE_ATTEMPT_WAIT_S):
+            runs = _without_live_attempts(client, order, busy)
+            done = [r for r in runs if r.info.status == "FINISHED" and same_params(r, order.config)]
+            if done:
+                return _outcome(order, client.get_run(done[0].info.run_id), "reused")
+            return _attempt(client, order, runs, node, stop)
+    except RunBusy as exc:
+        raise CellBusy(str(exc)) from None
+
+
+def _adopt(order: CellOrder) -> None:
+    """This process works for `order`'s store only, whatever its environment says."""
+    for key in FOREIGN:
+        os.environ.pop(key, None)
+    os.environ.update(order.client_settings)
+    os.environ["MLFLOW_TRACKING_URI"] = order.tracking_uri
+
+
+def _without_live_attempts(client: MlflowClient, order: CellOrder, busy: str) -> list[Run]:
+    """The cell's runs once none is RUNNING with a live owner (or one has FINISHED)."""
+    deadline = time.monotonic() + LIVE_ATTEMPT_WAIT_S
+    while True:
+        runs = attempts(client, order)
+        if any(r.info.status == "FINISHED" for r in runs):
+            return runs
+        if not any(r.info.status == "RUNNING" and owner_alive(r.data.tags) for r in runs):
+            return runs
+        if time.monotonic() >= deadline:
+            raise CellBusy(busy)
+        time.sleep(2.0)
+
+
+def _attempt(
+    client: MlflowClient, order: CellOrder, runs: list[Run], node: str, stop: threading.Event | None
+) -> CellOutcome:
+    """Resume the newest stopped or dead attempt that left a checkpoint, else train afresh; dead
+    attempts that are not continued are ended with their reason."""
+    from resnet_mnist.tracking import runner
+
+    attempt = 1 + max((int(r.data.tags.get(names.STUDY_ATTEMPT, "1")) for r in runs), default=0)
+    continuable = [
+        r
+        for r in runs
+        if r.info.status in ("RUNNING", "KILLED")
+        and names.RESUME_STEP in r.data.tags
+        and same_params(r, order.config)
+    ]
+    chosen = continuable[-1] if continuable else None
+    for run in runs:
+        if run.info.status == "RUNNING" and run is not chosen:
+            _end_dead(client, run, attempt)
+    tags = {
+        names.STUDY_CELL: order.key,
+        names.STUDY_PHASE: order.phase,
+        names.STUDY_ATTEMPT: str(attempt),
+        names.STUDY_NODE: node,
+        "study": order.study,
+    }
+    config = order.config
+    if chosen is None:
+        tags[names.STUDY_NODES] = _history(runs[-1:], node)
+        trained = runner.train(
+            config, order.experiment, tags=tags, parent_run_id=order.study_run_id, stop=stop
+        )
+        return _outcome(order, client.get_run(trained.run_id), "trained")
+    tags[names.STUDY_NODES] = _history([chosen], node)
+    for key, value in tags.items():
+        client.set_tag(chosen.info.run_id, key, value)
+    resumed = runner.resume(chosen.info.run_id, config.data_root, config.device, stop=stop)
+    return _outcome(order, client.get_run(resumed.run_id), "resumed")
+
+
+def _history(runs: list[Run], node: str) -> str:
+    """Every node that tried this cell, in order, ending with this one."""
+    before = [r.data.tags.get(names.STUDY_NODES, r.data.tags.get(names.STUDY_NODE, "?")) for r in runs]
+    return ",".join([*(b for b in before if b), node])
+
+
+def _end_dead(client: MlflowClient, run: Run, next_attempt: int) -> None:
+    """End a RUNNING attempt whose owner is gone and which left no checkpoint: FAILED, saying
+    which attempt died where, and that the next trains the cell again."""
+    tags = run.data.tags
+    reason = (
+        f"attempt {tags.get(names.STUDY_ATTEMPT, '1')} on node {tags.get(names.STUDY_NODE, '?')} "
+        f"(pid {tags.get(names.OWNER_PID, '?')} on {tags.get(names.OWNER_HOST, '?')}) died before "
+        f"its first checkpoint; attempt {next_attempt} trains the cell again"
+    )
+    try:
+        with run_claim(run.info.run_id):
+            fail_unfinished_models(client, run)
+            client.set_tag(run.info.run_id, names.FAILURE_REASON, reason)
+            client.set_terminated(run.info.run_id, "FAILED")
+    except RunBusy:
+        pass  # its owner still holds it after all: it ends it itself
+
+
+def _outcome(order: CellOrder, run: Run, how: str) -> CellOutcome:
+    tags, metrics = run.data.tags, run.data.metrics
+    return CellOutcome(
+        key=order.key,
+        run_id=run.info.run_id,
+        how=how,
+        attempt=int(tags.get(names.STUDY_ATTEMPT, "1")),
+        node=tags.get(names.STUDY_NODE, "?"),
+        dev_accuracy=metrics.get("best_dev_accuracy", math.nan),
+        train_time_s=metrics.get("train_time_s", math.nan),
+    )

@@ -1,0 +1,298 @@
+"""The study on Ray, for real (slow tier): a two-node Ray cluster on loopback whose second node's
+raylet is SIGKILLed while one of its cells trains, and Ctrl-C to a study on its embedded Ray.
+Either way every cell key ends with exactly one FINISHED run and the same numbers as an
+uninterrupted study's.
+
+Nothing here waits on speed: a cell is caught training by its tags in the store (RUNNING, with a
+checkpoint), and its worker process is frozen (SIGSTOP) while the node is killed or the study
+stopped, so the cell is still mid-training when that lands, on a fast machine as on a slow one.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import psutil
+import pytest
+from mlflow.entities import Run
+from mlflow.tracking import MlflowClient
+
+from resnet_mnist.tracking.names import STUDY_EXPERIMENT
+from tests.conftest import BIN, REPO, child_env
+
+pytestmark = pytest.mark.slow
+
+#: Ray's own node-death tests detect a dead node in seconds with these.
+FAST_FAILURE_DETECTION = {
+    "RAY_health_check_period_ms": "1000",
+    "RAY_health_check_failure_threshold": "3",
+    "RAY_health_check_timeout_ms": "500",
+    "RAY_health_check_initial_delay_ms": "0",
+}
+SEEDS = "0,1,2"  # 8 cells: two rates per variant at seed 0, then seeds 1 and 2
+
+
+def ray_env() -> dict[str, str]:
+    """Token authentication with a token of this test's own (not ~/.ray's), no usage stats."""
+    return {
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN": os.urandom(16).hex(),
+    } | FAST_FAILURE_DETECTION
+
+
+def study_file(tmp: Path) -> Path:
+    """The tiny study with 64 steps per cell (checkpoints every 8), in the test's folder."""
+    preset = tmp / "study-test.yaml"
+    preset.write_text((REPO / "mlproject" / "study-tiny.yaml").read_text().replace("epochs: 2", "epochs: 4"))
+    assert "epochs: 4" in preset.read_text()
+    path = tmp / "study.yaml"
+    path.write_text(
+        f"preset: {preset}\ndepths: [8]\nseeds: [0, 1, 2]\nlrs: [0.02, 0.05]\nresources: {{cpus: 1}}\n"
+    )
+    return path
+
+
+def store_of(folder: Path) -> str:
+    return f"sqlite:///{folder / 'mlflow.db'}"
+
+
+def cell_runs(folder: Path) -> list[Run]:
+    client = MlflowClient(store_of(folder))
+    exp = client.get_experiment_by_name(STUDY_EXPERIMENT)
+    if exp is None:
+        return []
+    return [
+        r
+        for r in client.search_runs([exp.experiment_id], max_results=1000)
+        if r.data.tags.get("run_type") == "train"
+    ]
+
+
+def numbers(folder: Path) -> dict[str, tuple]:
+    """Each FINISHED cell's result, by cell key (exactly one run per key)."""
+    finished = [r for r in cell_runs(folder) if r.info.status == "FINISHED"]
+    keys = [r.data.tags["study.cell"] for r in finished]
+    assert len(keys) == len(set(keys)) == 8, sorted(keys)
+    return {
+        r.data.tags["study.cell"]: (
+            r.data.metrics["train_epoch_loss"],
+            r.data.metrics["best_dev_accuracy"],
+            r.data.metrics["test_accuracy"],
+        )
+        for r in finished
+    }
+
+
+def report_table(folder: Path) -> list[list[str]]:
+    """The report's table without its timings and run ids."""
+    with open(folder / "out" / "study.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    return [[v for k, v in row.items() if k not in ("train time s", "run ids")] for row in rows]
+
+
+def start_study(folder: Path, env: dict[str, str], *args: str) -> subprocess.Popen:
+    """The study command as a user starts it in a terminal: its own process group."""
+    log = open(folder / "study.log", "w")
+    return subprocess.Popen(
+        [str(BIN / "resnet-mnist"), "study", "--study", str(study_file(folder)), "--out", "out", *args],
+        cwd=folder,
+        env=child_env(env | {"MLFLOW_TRACKING_URI": store_of(folder)}),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+
+
+def wait_for(what: str, check: Callable[[], object], proc: subprocess.Popen, limit_s: float = 600) -> object:
+    """Poll `check` until it returns something true; fail if `proc` ends first or after limit_s
+    (a bound for a hung test, not a timing)."""
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        found = check()
+        if found:
+            return found
+        assert proc.poll() is None, f"ended ({proc.returncode}) before {what}"
+        time.sleep(0.1)
+    raise AssertionError(f"no {what} within {limit_s} s")
+
+
+def training_cell(folder: Path, owners: Callable[[], set[int]] | None = None) -> Run | None:
+    """A cell RUNNING with a checkpoint (its worker among `owners` when given)."""
+    for run in cell_runs(folder):
+        tags = run.data.tags
+        if run.info.status != "RUNNING" or "resume_step" not in tags:
+            continue
+        if owners is None or int(tags.get("owner.pid", "0")) in owners():
+            return run
+    return None
+
+
+@contextmanager
+def frozen(pid: int) -> Iterator[None]:
+    """The process stopped (SIGSTOP) inside the block, continued after it."""
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        try:
+            os.kill(pid, signal.SIGCONT)
+        except ProcessLookupError:
+            pass
+
+
+def log_of(folder: Path) -> str:
+    return (folder / "study.log").read_text()
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The test study trained without interruption on an embedded Ray (the default) of 2 slots."""
+    folder = tmp_path_factory.mktemp("uninterrupted")
+    proc = start_study(folder, {}, "--workers", "2")
+    assert proc.wait(timeout=1200) == 0, log_of(folder)
+    text = log_of(folder)
+    assert "embedded local Ray: 1 node, 2 CPU slots" in text and text.count(" trained on ") == 8
+    assert {r.data.tags["study.attempt"] for r in cell_runs(folder)} == {"1"}
+    return folder
+
+
+def test_ctrl_c_stops_every_cell_at_a_step_and_the_rerun_continues(
+    tmp_path: Path, uninterrupted: Path
+) -> None:
+    proc = start_study(tmp_path, {}, "--workers", "2")
+    cell = wait_for("a cell training with a checkpoint", lambda: training_cell(tmp_path), proc)
+    assert isinstance(cell, Run)
+    descendants = psutil.Process(proc.pid).children(recursive=True)
+    with frozen(int(cell.data.tags["owner.pid"])):  # still mid-training when the stop lands
+        os.killpg(proc.pid, signal.SIGINT)  # as a terminal's Ctrl-C
+        wait_for(
+            "the stop",
+            lambda: "stopping" in log_of(tmp_path) and "cells at their next" in log_of(tmp_path),
+            proc,
+        )
+    assert proc.wait(timeout=600) == 130, log_of(tmp_path)
+    assert not [p for p in descendants if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    after = {r.info.run_id: r for r in cell_runs(tmp_path)}
+    assert "RUNNING" not in {r.info.status for r in after.values()}
+    stopped = after[cell.info.run_id]
+    assert stopped.info.status == "KILLED" and "stopped_at_step" in stopped.data.tags
+
+    rerun = start_study(tmp_path, {}, "--workers", "2")
+    assert rerun.wait(timeout=1200) == 0, log_of(tmp_path)
+    continued = {r.info.run_id: r for r in cell_runs(tmp_path)}[cell.info.run_id]
+    assert continued.info.status == "FINISHED"  # the same run, continued from its checkpoint
+    assert continued.data.tags["resumed_from_step"] == stopped.data.tags["stopped_at_step"]
+    assert continued.data.tags["study.attempt"] == "2"
+    assert numbers(tmp_path) == numbers(uninterrupted)
+    assert report_table(tmp_path) == report_table(uninterrupted)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class LoopbackCluster:
+    """A head and a second node on this machine, one CPU each, each `ray start --block` in its
+    own session (so that its processes can be found, and ended, by session)."""
+
+    def __init__(self, folder: Path, env: dict[str, str]) -> None:
+        self.folder, self.env = folder, env
+        self.temp = Path(tempfile.mkdtemp(prefix="ray", dir="/tmp"))  # short: socket paths
+        self.port = free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        self.nodes: list[subprocess.Popen] = []
+
+    def start(self, *args: str) -> subprocess.Popen:
+        name = f"node{len(self.nodes)}"
+        log = open(self.folder / f"{name}.log", "w")
+        common = ["--node-ip-address=127.0.0.1", "--num-cpus=1", "--object-store-memory=80000000", "--block"]
+        ports = ["--metrics-export-port", str(free_port()), "--dashboard-agent-listen-port", str(free_port())]
+        proc = subprocess.Popen(
+            [str(BIN / "ray"), "start", *args, *common, *ports],
+            env=child_env(self.env),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        self.nodes.append(proc)
+        wait_for(
+            f"{name} to start",
+            lambda: "Ray runtime started" in (self.folder / f"{name}.log").read_text(),
+            proc,
+        )
+        return proc
+
+    def __enter__(self) -> LoopbackCluster:
+        self.start(
+            "--head",
+            f"--port={self.port}",
+            f"--temp-dir={self.temp}",
+            "--include-dashboard=false",
+            "--ray-client-server-port",
+            str(free_port()),
+        )
+        self.start(f"--address={self.address}")
+        return self
+
+    def processes(self, node: subprocess.Popen) -> list[psutil.Process]:
+        found = []
+        for p in psutil.process_iter():
+            try:
+                if os.getsid(p.pid) == node.pid:
+                    found.append(p)
+            except (ProcessLookupError, PermissionError):
+                continue
+        return found
+
+    def __exit__(self, *exc: object) -> None:
+        for node in self.nodes:  # never `ray stop`: it stops every Ray on the machine
+            for p in self.processes(node):
+                try:
+                    p.kill()
+                except psutil.NoSuchProcess:
+                    pass
+            node.wait(timeout=60)
+        subprocess.run(["rm", "-rf", str(self.temp)], check=False)
+
+
+def test_a_node_killed_mid_cell_costs_one_retry_not_a_cell(tmp_path: Path, uninterrupted: Path) -> None:
+    env = ray_env()
+    with LoopbackCluster(tmp_path, env) as cluster:
+        second = cluster.nodes[1]
+        proc = start_study(tmp_path, env, "--address", cluster.address)
+        on_second = lambda: {p.pid for p in cluster.processes(second)}  # noqa: E731
+        cell = wait_for(
+            "a cell training on the second node", lambda: training_cell(tmp_path, on_second), proc
+        )
+        assert isinstance(cell, Run)
+        (raylet,) = [p for p in cluster.processes(second) if p.name() == "raylet"]
+        with frozen(int(cell.data.tags["owner.pid"])):
+            raylet.send_signal(signal.SIGKILL)
+        assert second.wait(timeout=120) != 0  # `ray start --block` ends with its raylet
+        assert proc.wait(timeout=1200) == 0, log_of(tmp_path)
+
+    text = log_of(tmp_path)
+    assert "Ray cluster at 127.0.0.1" in text and "2 nodes, 2 CPU slots" in text
+    runs = {r.info.run_id: r for r in cell_runs(tmp_path)}
+    killed = runs[cell.info.run_id]
+    first_node = cell.data.tags["study.node"]
+    assert killed.info.status == "FINISHED"  # the same run, taken over and continued
+    assert killed.data.tags["study.attempt"] == "2"
+    nodes = killed.data.tags["study.nodes"].split(",")
+    assert nodes[0] == first_node and nodes[1] != first_node and len(nodes) == 2
+    assert int(killed.data.tags["resumed_from_step"]) >= int(cell.data.tags["resume_step"])
+    assert killed.data.tags["taken_over_from"].startswith(cell.data.tags["owner.pid"] + "@")
+    assert numbers(tmp_path) == numbers(uninterrupted)
+    assert report_table(tmp_path) == report_table(uninterrupted)
