@@ -166,15 +166,21 @@ def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
-def test_ctrl_c_stops_every_cell_at_a_step_and_the_rerun_continues(
-    tmp_path: Path, uninterrupted: Path
+@pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
+def test_a_stop_ends_every_cell_at_a_step_and_the_rerun_continues(
+    tmp_path: Path, uninterrupted: Path, how: str
 ) -> None:
+    """Ctrl-C in a terminal (SIGINT to the command's process group) or SIGTERM to the command
+    (Ray's driver installs a SIGTERM handler of its own that would end it at once)."""
     proc = start_study(tmp_path, {}, "--workers", "2")
     cell = wait_for("a cell training with a checkpoint", lambda: training_cell(tmp_path), proc)
     assert isinstance(cell, Run)
     descendants = psutil.Process(proc.pid).children(recursive=True)
     with frozen(int(cell.data.tags["owner.pid"])):  # still mid-training when the stop lands
-        os.killpg(proc.pid, signal.SIGINT)  # as a terminal's Ctrl-C
+        if how == "ctrl-c":
+            os.killpg(proc.pid, signal.SIGINT)  # as a terminal's
+        else:
+            proc.send_signal(signal.SIGTERM)
         wait_for(
             "the stop",
             lambda: "stopping" in log_of(tmp_path) and "cells at their next" in log_of(tmp_path),

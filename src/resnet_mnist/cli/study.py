@@ -108,7 +108,9 @@ def study(
         from resnet_mnist.study import cluster
 
         at = cluster.where(address, workers)
-        with stop_on_signals() as stop, cluster.RayEngine(at) as engine:
+        # Ray's driver installs a SIGTERM handler of its own (which ends the process): ours goes
+        # on after it, so that SIGTERM, like Ctrl-C, stops every cell at a step boundary.
+        with cluster.RayEngine(at) as engine, stop_on_signals() as stop:
             say(engine.describe())
             engine.check_fits(spec.resources)
             say(f"study {spec.name}: {spec.cells()} cells, each asking for {spec.resources}")
