@@ -160,7 +160,9 @@ def test_a_cell_is_trained_once_and_a_dead_attempt_ended_with_its_reason(store: 
     home = E.open_study(client, spec, "study-test")
     group, key = spec.groups()[0], S.cell_key(spec.groups()[0], 0.02, 0)
     config = S.cell_config(spec, group, 0.02, 0)
-    order = C.order_for(config, key, "lr-search", spec.name, home.run_id, home.experiment, 1)
+    order = C.order_for(
+        config, key, "lr-search", spec.name, home.run_id, (home.experiment, home.experiment_id), 1
+    )
     # attempt 1 died on another node before its first checkpoint: RUNNING, its owner gone
     pid, started = dead_pid()
     dead = client.create_run(

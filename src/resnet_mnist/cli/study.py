@@ -98,7 +98,7 @@ def study(
     check_store()
     client = MlflowClient()
     home = E.open_study(client, spec, experiment, project_run)
-    root = str(data_root.resolve()) if data_root else ""
+    root = str(data_root) if data_root else ""
     started = time.perf_counter()
 
     def say(line: str) -> None:

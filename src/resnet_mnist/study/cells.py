@@ -53,6 +53,7 @@ class CellOrder:
 
     tracking_uri: str
     experiment: str
+    experiment_id: str
     study: str
     study_run_id: str
     key: str
@@ -76,10 +77,17 @@ class CellOutcome:
 
 
 def order_for(
-    config: TrainConfig, key: str, phase: str, study: str, study_run_id: str, experiment: str, threads: int
+    config: TrainConfig,
+    key: str,
+    phase: str,
+    study: str,
+    study_run_id: str,
+    experiment: tuple[str, str],
+    threads: int,
 ) -> CellOrder:
     """The order for one cell, with this (driver) process's store, data folder (absolute: on
-    another node MNIST is fetched there when missing) and client settings."""
+    another node MNIST is fetched there when missing) and client settings. `experiment` is the
+    study's (name, id)."""
     import dataclasses
 
     import mlflow
@@ -89,7 +97,8 @@ def order_for(
     config = dataclasses.replace(config, data_root=os.path.abspath(config.data_root or default_root()))
     return CellOrder(
         tracking_uri=absolute_uri(mlflow.get_tracking_uri()),
-        experiment=experiment,
+        experiment=experiment[0],
+        experiment_id=experiment[1],
         study=study,
         study_run_id=study_run_id,
         key=key,
@@ -113,7 +122,7 @@ def attempts(client: MlflowClient, order: CellOrder) -> list[Run]:
         names.TRAIN, {names.PARENT_RUN_ID: order.study_run_id, names.STUDY_CELL: order.key}
     )
     return client.search_runs(
-        [client.get_run(order.study_run_id).info.experiment_id],
+        [order.experiment_id],
         query,
         order_by=["attributes.start_time ASC"],
         max_results=1000,
@@ -137,7 +146,7 @@ def train_cell(order: CellOrder, node: str, stop: threading.Event | None = None)
             runs = _without_live_attempts(client, order, busy)
             done = [r for r in runs if r.info.status == "FINISHED" and same_params(r, order.config)]
             if done:
-                return _outcome(order, client.get_run(done[0].info.run_id), "reused")
+                return _outcome(order, done[0], "reused")
             return _attempt(client, order, runs, node, stop)
     except RunBusy as exc:
         raise CellBusy(str(exc)) from None

@@ -136,10 +136,9 @@ class Planned:
 
 @dataclass
 class GridResult:
-    """What the grid's cells came to: the chosen rates, each cell's outcome, the failures."""
+    """What the grid's cells came to: the chosen rates and the failures."""
 
     lrs: dict[str, float] = field(default_factory=dict)
-    outcomes: list[CellOutcome] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
 
 
@@ -177,7 +176,7 @@ def run_grid(
             planned.phase,
             spec.name,
             home.run_id,
-            home.experiment,
+            (home.experiment, home.experiment_id),
             spec.resources.threads,
         )
         pending[engine.submit(order, spec.resources)] = planned
@@ -197,7 +196,6 @@ def run_grid(
                 result.failures.append(f"{planned.key}: {exc}")
                 log(f"{planned.key} ({planned.phase}) failed: {exc}")
                 continue
-            result.outcomes.append(outcome)
             log(describe(planned, outcome))
             if planned.phase != SEARCH:
                 continue
@@ -236,11 +234,12 @@ def stop_cells(engine: Engine, pending: dict[Hashable, Planned], log: Callable[[
         try:
             for handle in engine.wait(list(pending), 0.5):
                 pending.pop(handle)
-            if not asked_again and time.monotonic() > deadline:
-                raise KeyboardInterrupt("grace period over")
         except KeyboardInterrupt:
             if asked_again:
                 raise
-            asked_again, deadline = True, time.monotonic() + STOP_GRACE_S
-            log("stopping the cells at once")
-            engine.cancel(list(pending))
+        else:
+            if asked_again or time.monotonic() <= deadline:
+                continue
+        asked_again = True
+        log("stopping the cells at once")
+        engine.cancel(list(pending))

@@ -477,14 +477,10 @@ def _log(client: MlflowClient, run_id: str, results: list[DepthResult], text: st
 def duplicated_cells(cells: list[Cell]) -> list[str]:
     """Cells of the grid with more than one FINISHED run: a grid that counts a cell twice is not
     judged (which run would stand for it?)."""
-    count: dict[tuple[int, str, float, int], list[str]] = {}
+    runs: dict[str, list[str]] = {}
     for c in cells:
-        count.setdefault((c.depth, c.variant, c.lr, c.seed), []).append(c.run_id)
-    return [
-        f"{cell_key(f'resnet{d}-{v}', lr, seed)} ({', '.join(ids)})"
-        for (d, v, lr, seed), ids in sorted(count.items())
-        if len(ids) > 1
-    ]
+        runs.setdefault(cell_key(c.group, c.lr, c.seed), []).append(c.run_id)
+    return [f"{key} ({', '.join(ids)})" for key, ids in sorted(runs.items()) if len(ids) > 1]
 
 
 def unfinished(client: MlflowClient, home: StudyHome, spec: StudySpec) -> str | None:
