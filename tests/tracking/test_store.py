@@ -1,12 +1,28 @@
-"""Store access: experiments made as model-training ones, and UI links that open that view."""
+"""Store access: experiments made as model-training ones, UI links that open that view, and the
+probe that tells a busy tracking server from one that is down."""
 
 from __future__ import annotations
 
+import http.server
+import json
+import os
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
 from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
 from resnet_mnist.cli.app import app
-from resnet_mnist.tracking.store import experiment_id, mark_training_experiment, ui_link
+from resnet_mnist.tracking.offline import RETRY_BOUND
+from resnet_mnist.tracking.store import (
+    TrackingUnavailable,
+    check_store,
+    experiment_id,
+    mark_training_experiment,
+    ui_link,
+)
 
 
 def test_experiments_are_tagged_and_linked_to_the_training_view(store: str) -> None:
@@ -82,3 +98,63 @@ def test_one_claim_per_run(store: str) -> None:
             pass
     with run_claim("r1"):
         pass
+
+
+class SlowServer(http.server.BaseHTTPRequestHandler):
+    """Answers every search with no experiments, but only after `delay_s`, and counts requests."""
+
+    delay_s = 2.0
+    asked: list[str] = []
+
+    def do_GET(self) -> None:  # noqa: N802 - the stdlib's spelling
+        self.asked.append(self.path)
+        time.sleep(self.delay_s)
+        body = json.dumps({"experiments": []}).encode()
+        try:
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the probe gave up waiting, as it should have
+
+    do_POST = do_GET  # noqa: N815
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def slow_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), SlowServer)
+    SlowServer.asked = []
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    for key in ("MLFLOW_HTTP_REQUEST_TIMEOUT", "MLFLOW_HTTP_REQUEST_MAX_RETRIES"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{server.server_address[1]}")
+    try:
+        yield SlowServer.asked
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_busy_server_is_waited_for_and_one_that_is_down_is_not(slow_server: list[str]) -> None:
+    # it took the connection but answers after the probe's timeout: asked again, patiently
+    check_store(timeout_s=1)
+    assert len(slow_server) == 2 and all("experiments/search" in p for p in slow_server)
+    # the probe's settings are undone, and the project's bound on later calls is not the user's
+    assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == RETRY_BOUND["MLFLOW_HTTP_REQUEST_TIMEOUT"]
+    SlowServer.asked.clear()
+    check_store(timeout_s=1)
+    assert len(slow_server) == 2
+
+
+def test_the_users_own_timeout_is_the_only_wait(slow_server: list[str], monkeypatch) -> None:
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "1")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    with pytest.raises(TrackingUnavailable, match="does not answer"):
+        check_store()
+    assert len(slow_server) == 1

@@ -57,6 +57,12 @@ def bound_retries() -> None:
         os.environ.setdefault(key, value)
 
 
+def set_by_user(key: str) -> bool:
+    """Whether `key` is in the environment with a value of the user's (not one bound_retries put
+    there earlier in this process)."""
+    return key in os.environ and os.environ[key] != RETRY_BOUND.get(key)
+
+
 def unreachable(exc: BaseException) -> bool:
     """Whether `exc` (or what caused it) says the tracking server could not be reached or did not
     answer, as opposed to refusing the request (bad input, a missing run, a login)."""

@@ -99,18 +99,31 @@ def retry_conflicts(call: Callable[[], T], attempts: int = 5) -> T:
     raise AssertionError("unreachable")
 
 
+#: How long a server that took the connection may take to answer the probe: MLflow's own default
+#: request timeout. A team server busy with several trainings starting at once (seen: four on two
+#: cores) answers in tens of seconds, and must not be taken for one that is down.
+BUSY_SERVER_S = 120
+
+
 def check_store(timeout_s: int = 5) -> str:
     """Fail fast, with the URI in the message, when the tracking store does not answer.
 
     MLflow's HTTP client retries with back-off for minutes by default; for this one probe the
-    retries are off and the timeout short (unless the user set them). A sqlite store is created
-    (schema migrated) here, under a lock.
+    retries are off and the timeout short (unless the user set them), so a server that is not
+    there fails in seconds. One that accepted the connection but is slow to answer (a read
+    timeout) is alive: it is asked once more, patiently. A sqlite store is created (schema
+    migrated) here, under a lock.
     """
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
+    from resnet_mnist.tracking.offline import set_by_user
+
     probe = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": str(timeout_s)}
-    probe = {k: v for k, v in probe.items() if k not in os.environ}  # the user's own values win
+    probe = {k: v for k, v in probe.items() if not set_by_user(k)}  # the user's own values win
+    patient = probe | (
+        {"MLFLOW_HTTP_REQUEST_TIMEOUT": str(BUSY_SERVER_S)} if "MLFLOW_HTTP_REQUEST_TIMEOUT" in probe else {}
+    )
     uri = configure()
     if not uri.startswith(("http://", "https://")):
         try:
@@ -123,8 +136,7 @@ def check_store(timeout_s: int = 5) -> str:
             ) from None
         return uri
     try:
-        with overridden(probe):
-            MlflowClient().search_experiments(max_results=1)
+        ask_server(probe, patient)
     except (MlflowException, OSError) as exc:
         if "401" in str(exc) or "Unauthorized" in str(exc):
             raise TrackingUnavailable(
@@ -136,6 +148,28 @@ def check_store(timeout_s: int = 5) -> str:
             "or unset MLFLOW_TRACKING_URI to use the local sqlite:///mlflow.db store."
         ) from None
     return uri
+
+
+def ask_server(probe: dict[str, str], patient: dict[str, str]) -> None:
+    """One small request to the server under the `probe` settings; after a read timeout, once
+    more under the `patient` ones (unless they are the same)."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    try:
+        with overridden(probe):
+            MlflowClient().search_experiments(max_results=1)
+    except (MlflowException, OSError) as exc:
+        if patient == probe or not timed_out_reading(exc):
+            raise
+        with overridden(patient):
+            MlflowClient().search_experiments(max_results=1)
+
+
+def timed_out_reading(exc: BaseException) -> bool:
+    """Whether `exc` is a request the server accepted but did not answer in time (urllib3's
+    ReadTimeoutError, which MLflow passes on only as text), rather than a refused connection."""
+    return "Read timed out" in str(exc) or "ReadTimeoutError" in str(exc)
 
 
 #: MLflow 3's UI opens an experiment in its GenAI view unless the experiment says it holds model
