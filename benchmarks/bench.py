@@ -8,7 +8,8 @@ Four measurements, each repeated with min/median/max reported:
     with PyTorch Lightning and its MLFlowLogger (as a script of its own, when installed);
   * per-step tracking overhead: the same training with the MLflow callback on and off;
   * optionally, time to accuracy on the full preset (minutes on a CPU, seconds on a GPU);
-  * optionally, a whole residual study (`--study cpu`): its wall time and what a cell costs.
+  * optionally, a whole residual study on Ray (`--study cpu`, see `study.py`): its wall time, Ray's
+    start-up and memory, the schedule of its cells, what a cell costs.
 """
 
 from __future__ import annotations
@@ -172,57 +173,6 @@ def cli_train_seconds(
         peaks,
         max(peaks.values()),
     )
-
-
-def study_timing(name: str, workers: int, data_root: str, device: torch.device) -> dict[str, Any]:
-    """A whole `resnet-mnist study` process in a temporary store: its wall time, and per depth
-    what one cell costs (its run's start to end) and how much of that is training."""
-    from mlflow.tracking import MlflowClient
-
-    exe = Path(sys.executable).parent / "resnet-mnist"
-    with tempfile.TemporaryDirectory() as tmp:
-        uri = f"sqlite:///{Path(tmp) / 'mlflow.db'}"
-        env = _child_env(uri, data_root)
-        start = time.perf_counter()
-        proc = subprocess.run(
-            [
-                str(exe),
-                "study",
-                "--study",
-                name,
-                "--workers",
-                str(workers),
-                "--device",
-                device.type,
-                "--out",
-                str(Path(tmp) / "out"),
-            ],
-            cwd=tmp,
-            env=env,
-            capture_output=True,
-            text=True,
-        )
-        if proc.returncode != 0:
-            raise RuntimeError(f"resnet-mnist study failed: {proc.stderr.strip()[-500:]}")
-        wall = time.perf_counter() - start
-        client = MlflowClient(tracking_uri=uri)
-        experiment = client.get_experiment_by_name("resnet-mnist-study")
-        runs = client.search_runs([experiment.experiment_id], "tags.run_type = 'train'", max_results=5000)
-    per_depth: dict[str, dict[str, list[float]]] = {}
-    for run in runs:
-        row = per_depth.setdefault(run.data.params["depth"], {"cell_s": [], "train_s": []})
-        row["cell_s"].append((run.info.end_time - run.info.start_time) / 1000)
-        row["train_s"].append(run.data.metrics["train_time_s"])
-    return {
-        "study": name,
-        "workers": workers,
-        "wall_s": wall,
-        "cells": len(runs),
-        "per_depth": {
-            d: {k: spread(v) for k, v in row.items()}
-            for d, row in sorted(per_depth.items(), key=lambda kv: int(kv[0]))
-        },
-    }
 
 
 def fit_seconds(config: TrainConfig, device: torch.device, callbacks: list[Callback]) -> float:
@@ -400,8 +350,10 @@ def run(
         log("time to accuracy (full preset)")
         report["time_to_accuracy"] = time_to_accuracy(device, data_root)
     if study:
+        from benchmarks.study import study_timing
+
         log(f"the {study} study with {study_workers} workers")
-        report["study"] = study_timing(study, study_workers, data_root, device)
+        report["study"] = study_timing(study, study_workers, data_root, device.type)
     (out_dir / "bench.json").write_text(json.dumps(report, indent=2))
     (out_dir / "bench.md").write_text(markdown(report))
     return report

@@ -82,9 +82,18 @@ def test_quick_bench_writes_consistent_report(tmp_path: Path) -> None:
     cell = study["per_depth"]["8"]
     assert cell["cell_s"]["n"] == 6 and 0 < cell["train_s"]["median"] < cell["cell_s"]["median"]
     assert 6 * cell["cell_s"]["min"] < study["wall_s"]  # one worker: cells one after another
+    # Ray's start-up as the study reported it, its processes seen while the study ran, and the
+    # schedule read back from the cells' runs: one slot, so never two cells at once
+    assert 0 < study["ray_startup_s"] < study["wall_s"]
+    assert study["ray_processes"] >= 2 and study["ray_peak_rss_mb"] > 50
+    assert study["worker_peak_rss_mb"] > 100  # a worker that imported torch and trained
+    sched = study["schedule"]
+    assert sched["most_at_once"] == 1 and 0 < sched["mean_at_once"] <= 1
+    assert sched["span_s"] < study["wall_s"] and set(sched["every_minute"]) <= {0, 1}
 
     md = (tmp_path / "report" / "bench.md").read_text()
     assert "## The tiny study (6 cells, 1 workers)" in md
+    assert "resnet-mnist study --study tiny --workers 1 --device cpu" in md and "Cells running at once" in md
     assert "| plain |" in md and "| residual |" in md
     assert "| **fixed cost**: everything but `training` |" in md
     assert "| model: pt2 model exported and logged |" in md

@@ -163,9 +163,12 @@ def test_bad_settings_fail_before_any_process_starts(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_sigterm_stops_every_rank_then_resume_finishes(tmp_path: Path) -> None:
-    """SIGTERM to `train --nproc 2`: the one run ends KILLED with a resumable checkpoint, exit
-    130, no rank left running; `train --resume` then finishes it with every step once."""
+@pytest.mark.parametrize("stop", ["sigterm", "ctrl-c-twice"])
+def test_a_stop_ends_every_rank_then_resume_finishes(tmp_path: Path, stop: str) -> None:
+    """SIGTERM to `train --nproc 2` (torch's elastic agent passes it on): the one run ends KILLED
+    at a step boundary with a resumable checkpoint, exit 130, no rank left running; `train
+    --resume` then finishes it with every step once. Ctrl-C twice (SIGINT to the process group,
+    as a terminal sends it): the ranks are interrupted at once, and still end the run KILLED."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     env = os.environ | {
         "MLFLOW_TRACKING_URI": uri,
@@ -179,25 +182,37 @@ def test_sigterm_stops_every_rank_then_resume_finishes(tmp_path: Path) -> None:
         cwd=tmp_path,
         env=env,
         stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
         text=True,
+        start_new_session=True,
     )
+    assert proc.stdout is not None
+    seen, stopping, ranks = [], 0, []
     for line in proc.stdout:
-        if "step: 16/48" in line:
+        seen.append(line)
+        if "step: 16/48" in line and not ranks:
             ranks = psutil.Process(proc.pid).children(recursive=True)
-            proc.send_signal(signal.SIGTERM)
+            if stop == "sigterm":
+                proc.send_signal(signal.SIGTERM)
+                break
+            os.killpg(proc.pid, signal.SIGINT)
+        stopping += "stopping at the next step boundary" in line
+        if stopping == 2:  # both ranks have the first Ctrl-C: now the second
+            os.killpg(proc.pid, signal.SIGINT)
             break
-    _, err = proc.communicate(timeout=180)
+    err = "".join(seen) + proc.communicate(timeout=180)[0]
     assert proc.returncode == 130, err[-3000:]
     assert len(ranks) == 2
     assert not [r for r in ranks if r.is_running() and r.status() != psutil.STATUS_ZOMBIE]
+    assert "Traceback" not in err and "torch/distributed/elastic" not in err, err[-3000:]
     client = MlflowClient(uri)
     (run,) = client.search_runs([client.get_experiment_by_name("resnet18-mnist").experiment_id])
     assert run.info.status == "KILLED"
+    if stop == "ctrl-c-twice":
+        return
     stopped = int(run.data.tags["stopped_at_step"])
     assert 17 <= stopped < 48
     assert "checkpoints/resume.pt" in {a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")}
-    assert "Traceback" not in err and "torch.distributed.elastic" not in err
 
     resumed = cli("train", "--resume", run.info.run_id, cwd=tmp_path, env={"MLFLOW_TRACKING_URI": uri})
     assert resumed.returncode == 0, resumed.stderr[-3000:]

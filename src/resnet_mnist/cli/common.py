@@ -1,5 +1,5 @@
-"""What the verbs share: the console they print to, the data-root option, and the parsing of
-comma lists of seeds and numbers."""
+"""What the verbs share: the console they print to, the data-root option, the parsing of comma
+lists of seeds and numbers, and a command line minus some of its options."""
 
 from __future__ import annotations
 
@@ -47,3 +47,18 @@ def parse_numbers(value: str | None, kind: type, option: str) -> list | None:
         return [kind(v) for v in value.split(",") if v.strip()]
     except ValueError:
         raise typer.BadParameter(f"takes a comma list of numbers, got {value!r}", param_hint=option) from None
+
+
+def drop_options(argv: list[str], with_value: tuple[str, ...] = (), flags: tuple[str, ...] = ()) -> list[str]:
+    """The command line minus some options (`--name VALUE`, `--name=VALUE`, or a bare flag), for
+    the processes a command starts with its own arguments (`train --nproc`'s ranks)."""
+    out, skip = [], False
+    for arg in argv:
+        name = arg.split("=", 1)[0].replace("_", "-")
+        if skip:
+            skip = False
+        elif name in with_value:
+            skip = "=" not in arg
+        elif name not in flags:
+            out.append(arg)
+    return out

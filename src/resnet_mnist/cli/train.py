@@ -9,10 +9,9 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.table import Table
 
-from resnet_mnist.cli.common import console
+from resnet_mnist.cli.common import console, drop_options
 from resnet_mnist.cli.options import flag, with_config_options
 from resnet_mnist.runtime.signals import stop_on_signals
-from resnet_mnist.runtime.supervise import drop_options
 from resnet_mnist.runtime.timeline import mark
 from resnet_mnist.tracking.names import DEFAULT_EXPERIMENT
 
@@ -90,9 +89,8 @@ def train(
         config = build_config(preset, given.pop("use_residual", True), given)
         if nproc > 1 and not distributed.launched():
             # Validated above; now the same command runs again as every rank of one job.
-            with stop_on_signals() as stop:
-                code = distributed.launch(nproc, drop_options(sys.argv[1:], ("--nproc",)), stop)
-            if stop.is_set() or code == 130:
+            code = distributed.launch(nproc, drop_options(sys.argv[1:], ("--nproc",)))
+            if code == 130:
                 raise KeyboardInterrupt("distributed run stopped")
             raise typer.Exit(code)
         dist = distributed.init(resolve_device(config.device).type) if distributed.launched() else None

@@ -1,6 +1,6 @@
-"""Data parallelism on PyTorch's own engine: `launch` (or torchrun, across machines) starts the
-processes, torch.distributed connects them (gloo on CPU, NCCL on GPUs), DistributedDataParallel
-averages the gradients.
+"""Data parallelism on PyTorch's own engine: `launch` (torch's elastic agent, as torchrun; or
+torchrun itself, across machines) starts the processes, torch.distributed connects them (gloo on
+CPU, NCCL on GPUs), DistributedDataParallel averages the gradients.
 
 Each rank takes its slice of every global batch of the single-process shuffled order, so N
 processes see exactly the data one process would, batch for batch. Losses and accuracies are
@@ -9,16 +9,19 @@ all-reduced, so the numbers logged (by rank 0 only) describe the whole global ba
 
 from __future__ import annotations
 
+import logging
 import os
+import signal
 import socket
 import sys
-import threading
+import tempfile
+import uuid
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 
-from resnet_mnist.runtime.supervise import supervise
+from resnet_mnist.runtime.env import overridden
 
 
 @dataclass(frozen=True)
@@ -85,21 +88,75 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def launch(nproc: int, argv: list[str], stop: threading.Event) -> int:
-    """Run this CLI command again as `nproc` ranks on this machine, as `torchrun --standalone`
-    would (the same environment variables for `init_process_group`), but supervised by this
-    process: Ctrl-C or SIGTERM here stops every rank at the same step boundary (the run ends
-    KILLED with a resumable checkpoint), a rank that fails stops the others, and no rank outlives
-    the command. Returns the exit code: rank 0's, or the first failure's.
+#: How long the ranks have to reach a step boundary and end the run after a stop, before the
+#: launcher kills them (torch's own default is 30 s; writing a checkpoint on a slow disk needs more).
+STOP_GRACE_S = 120
+#: The signals the launcher passes on to every rank (torch's agent ends the ranks with the signal
+#: it got; a second one during that wait is passed on again, which interrupts the ranks at once).
+FORWARDED = "SIGTERM,SIGINT,SIGHUP"
+
+
+def _signalled(signum: int, frame: object) -> None:
+    """What torch's agent does with a signal once it runs the ranks: raise it as its exception."""
+    from torch.distributed.elastic.multiprocessing import SignalException
+
+    raise SignalException(f"process {os.getpid()} got signal {signum}", sigval=signal.Signals(signum))
+
+
+def launch(nproc: int, argv: list[str]) -> int:
+    """Run this CLI command again as `nproc` ranks on this machine with torch's own launcher: the
+    elastic agent `torchrun --standalone` runs (c10d rendezvous on a loopback port of its
+    choosing, no restarts), in this process.
+
+    What the agent does and this relies on: each rank gets a session of its own, so a terminal's
+    Ctrl-C reaches only this process; a signal here is passed on to every rank, which stops at its
+    next step boundary (the ranks agree through `Dist.any`, the run ends KILLED with a resumable
+    checkpoint); a rank that fails ends the others; after STOP_GRACE_S the rest are killed, so no
+    rank outlives the command. Returns the exit code: 0, the lowest failed rank's (128 + signal
+    for one killed by a signal), or 130 when a signal stopped the job. The agent's own log lines
+    (rendezvous, "shutting down workers") are kept to errors: the ranks say what happened.
     """
+    from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs, SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
     threads = os.environ.get("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
-    base = os.environ | {
-        "MASTER_ADDR": "127.0.0.1",
-        "MASTER_PORT": str(free_port()),
-        "WORLD_SIZE": str(nproc),
-        "LOCAL_WORLD_SIZE": str(nproc),
-        "OMP_NUM_THREADS": threads,
-    }
-    envs = [base | {"RANK": str(rank), "LOCAL_RANK": str(rank), "GROUP_RANK": "0"} for rank in range(nproc)]
-    codes = supervise([[sys.executable, "-m", "resnet_mnist", *argv]] * nproc, envs, stop, all_or_none=True)
-    return next((code for code in codes if code not in (0, None)), 0)
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    agent_logs = [
+        logging.getLogger(name)
+        for name in ["torch.distributed.elastic", *logging.root.manager.loggerDict]
+        if name.startswith("torch.distributed.elastic")
+    ]
+    levels = [log.level for log in agent_logs]
+    with tempfile.TemporaryDirectory(prefix="resnet-mnist-ranks-") as logs:
+        config = LaunchConfig(
+            min_nodes=1,
+            max_nodes=1,
+            nproc_per_node=nproc,
+            run_id=uuid.uuid4().hex,
+            rdzv_backend="c10d",
+            rdzv_endpoint="127.0.0.1:0",
+            max_restarts=0,
+            monitor_interval=0.1,
+            logs_specs=DefaultLogsSpecs(log_dir=logs),
+            signals_to_handle=FORWARDED,
+            shutdown_timeout=STOP_GRACE_S,
+        )
+        for log in agent_logs:  # each of the agent's modules sets a level of its own
+            log.setLevel(logging.ERROR)
+        for sig in handlers:  # a stop before the agent takes over (rendezvous) ends it as well
+            signal.signal(sig, _signalled)
+        try:
+            with overridden({"OMP_NUM_THREADS": threads}):
+                elastic_launch(config, sys.executable)("-m", "resnet_mnist", *argv)
+        except SignalException:
+            return 130
+        except ChildFailedError as failed:
+            code = failed.failures[min(failed.failures)].exitcode
+            return 128 - code if code < 0 else code
+        finally:
+            for log, old in zip(agent_logs, levels, strict=True):
+                log.setLevel(old)
+            for sig, handler in handlers.items():  # the agent leaves its own handlers installed
+                signal.signal(sig, handler)
+    return 0
