@@ -59,10 +59,21 @@ def strokes(digit: np.ndarray, size: int = 200) -> list[list[tuple[int, int]]]:
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, str]:
-    """A smoke training's logged model in a temp store: (home, store URI, model URI)."""
+    """A logged model that reads digits well, in a temp store: (home, store URI, model URI).
+
+    Not the smoke preset's: its model is right on about 84 of the first 100 test digits and sure
+    (> 0.9) of only a few of them, too weak a reader to tell the pad's faults from its own. Four
+    times the images, two epochs and momentum: 96 of 100, 87 of them sure, in about a minute."""
     home = tmp_path_factory.mktemp("pad")
     uri = f"sqlite:///{home / 'mlflow.db'}"
-    out = cli("train", "--preset", "smoke", cwd=home, env={"MLFLOW_TRACKING_URI": uri})
+    out = cli(
+        "train",
+        "--preset",
+        "smoke",
+        *("--train-size", "2000", "--epochs", "2", "--momentum", "0.9"),
+        cwd=home,
+        env={"MLFLOW_TRACKING_URI": uri},
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     from mlflow.tracking import MlflowClient
 
