@@ -130,3 +130,15 @@ def study_timing(name: str, workers: int, data_root: str, device: str) -> dict[s
             for d, row in sorted(per_depth.items(), key=lambda kv: int(kv[0]))
         },
     }
+
+
+if __name__ == "__main__":
+    # The study stage of `make bench` on its own: `python -m benchmarks.study cpu 2` prints its JSON.
+    import json
+
+    print(
+        json.dumps(
+            study_timing(sys.argv[1], int(sys.argv[2]), os.environ.get("RESNET_MNIST_DATA", ""), "cpu"),
+            indent=2,
+        )
+    )

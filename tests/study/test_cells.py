@@ -17,7 +17,7 @@ from mlflow.tracking import MlflowClient
 from resnet_mnist.study import cells as C
 from resnet_mnist.study import execution as E
 from resnet_mnist.study import spec as S
-from resnet_mnist.study.report import duplicated_cells, to_cell
+from resnet_mnist.study.results import duplicated_cells, to_cell
 from resnet_mnist.tracking import names
 from tests.study.test_study import synthetic_grid
 

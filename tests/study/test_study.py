@@ -15,7 +15,9 @@ from scipy import stats
 
 from resnet_mnist.analysis import stats as ST
 from resnet_mnist.config.settings import ConfigError
+from resnet_mnist.study import figures as F
 from resnet_mnist.study import report as R
+from resnet_mnist.study import results as C
 from resnet_mnist.study import spec as S
 from resnet_mnist.tracking.names import STUDY_EXPERIMENT
 from tests.conftest import cli
@@ -80,13 +82,13 @@ def test_intervals_match_scipy() -> None:
     assert (welch.low, welch.high) == pytest.approx((res.low, res.high))
 
 
-def _cell(depth: int, variant: str, seed: int, loss: float, dev: float, lr: float = 0.05) -> R.Cell:
-    return R.Cell(
+def _cell(depth: int, variant: str, seed: int, loss: float, dev: float, lr: float = 0.05) -> C.Cell:
+    return C.Cell(
         f"{depth}{variant}{seed}{lr}", depth, variant, lr, seed, "", loss, dev, 10000, dev, 1000, 1.0
     )
 
 
-def synthetic_grid() -> tuple[S.StudySpec, list[R.Cell]]:
+def synthetic_grid() -> tuple[S.StudySpec, list[C.Cell]]:
     """Plain-56 clearly worse than residual-56; at 20 layers the two are within the noise."""
     spec = S.StudySpec("synthetic", "study-tiny", (20, 56), (0, 1, 2), (0.02, 0.05))
     cells = []
@@ -104,7 +106,7 @@ def synthetic_grid() -> tuple[S.StudySpec, list[R.Cell]]:
 
 def test_verdict_separates_a_real_gap_from_noise() -> None:
     spec, cells = synthetic_grid()
-    results, search = R.analyse(spec, cells)
+    results, search = C.analyse(spec, cells)
     assert [r.depth for r in results] == [20, 56] and len(search) == 8
     assert all(r.lr == {"plain": 0.05, "residual": 0.05} for r in results)
     at20, at56 = results
@@ -115,15 +117,15 @@ def test_verdict_separates_a_real_gap_from_noise() -> None:
     assert "At 56 layers the plain network's final training loss is 1.3" in text
     assert "shortcuts make this network easier to train" in text
     assert "the degradation problem" in text
-    assert R.missing_cells(spec, cells) == 0
-    assert R.missing_cells(spec, [c for c in cells if c.seed != 2]) == 4
+    assert C.missing_cells(spec, cells) == 0
+    assert C.missing_cells(spec, [c for c in cells if c.seed != 2]) == 4
     rows = R.table_rows(results)
     assert [r[:3] for r in rows][:2] == [["20", "plain", "0.05"], ["20", "residual", "0.05"]]
 
 
 def test_report_figures_are_written(tmp_path: Path) -> None:
     spec, cells = synthetic_grid()
-    results, _ = R.analyse(spec, cells)
+    results, _ = C.analyse(spec, cells)
     for r in results:
         for c in (c for v in S.VARIANTS for c in r.cells[v]):
             c.steps, c.train_loss = list(range(20)), list(np.linspace(2.3, c.final_train_loss, 20))
@@ -138,9 +140,9 @@ def test_report_figures_are_written(tmp_path: Path) -> None:
                 "lesion/stage1.block1": 0.9,
             }
     for path in (
-        R.plot_fig6(results, tmp_path / "fig6.png"),
-        R.plot_depth(results, tmp_path / "depth.png"),
-        R.plot_diagnostics(results, tmp_path / "diag.png"),
+        F.plot_fig6(results, tmp_path / "fig6.png"),
+        F.plot_depth(results, tmp_path / "depth.png"),
+        F.plot_diagnostics(results, tmp_path / "diag.png"),
     ):
         assert path is not None and path.stat().st_size > 10_000
 
