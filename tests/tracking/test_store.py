@@ -131,7 +131,7 @@ def slow_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
     SlowServer.asked = []
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    for key in ("MLFLOW_HTTP_REQUEST_TIMEOUT", "MLFLOW_HTTP_REQUEST_MAX_RETRIES"):
+    for key in RETRY_BOUND:  # none of the user's, and the ones the probe sets are undone after
         monkeypatch.delenv(key, raising=False)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{server.server_address[1]}")
     try:
