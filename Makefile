@@ -12,6 +12,10 @@ PORT ?= 5000
 SERVE_PORT ?= 5001
 PAD_PORT ?= 5002
 PYTEST_ARGS ?=
+# Tests run on this many xdist workers; what shares a module's server or store stays on one
+# (tests/conftest.py). `make test TEST_WORKERS=0` runs them in this one process.
+TEST_WORKERS ?= 2
+XDIST = $(if $(filter 0,$(TEST_WORKERS)),-p no:xdist,-n $(TEST_WORKERS) --dist loadgroup)
 
 FORCE ?=
 SEEDS ?=
@@ -82,11 +86,11 @@ verify: install
 # Both tiers: the fast one and the slow one (subprocesses, `mlflow run`, DDP, signals, servers,
 # the MLflow UI in a real browser).
 test: install browser postgres $(PEER_STAMP)
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest $(XDIST) $(PYTEST_ARGS)
 
 # The fast tier only (pure functions, in-process CLI validation, small in-process trainings).
 test-fast: install
-	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "not slow" $(XDIST) $(PYTEST_ARGS)
 
 # The gates CI runs before the tests: lint (with a complexity limit), format, types.
 lint: $(STAMP)

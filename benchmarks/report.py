@@ -105,6 +105,34 @@ def _book_table(book: dict[str, Any], lightning: str | None) -> list[str]:
     return lines
 
 
+def study_section(st: dict[str, Any]) -> list[str]:
+    """The report's lines on a whole study on Ray (`benchmarks.study`)."""
+    sc = st["schedule"]
+    lines = [
+        "",
+        f"## The {st['study']} study ({st['cells']} cells, {st['workers']} workers)",
+        "",
+        f"Wall time of the whole `{st['command']}`: {st['wall_s']:.0f} s "
+        f"({st['wall_s'] / 60:.1f} min), on an embedded Ray that started in "
+        f"{st['ray_startup_s']} s; Ray's own processes peaked at {st['ray_peak_rss_mb']:.0f} MiB "
+        f"RSS ({st['ray_processes']} processes), a cell's worker at {st['worker_peak_rss_mb']:.0f} MiB.",
+        "",
+        f"Cells running at once: at most {sc['most_at_once']}, on average {sc['mean_at_once']:.2f} "
+        f"over the {sc['span_s']:.0f} s from the first cell's start to the last one's end; "
+        f"minute by minute: {' '.join(map(str, sc['every_minute']))}.",
+        "",
+        "| depth | cells | seconds per cell (run start to end) | of which training |",
+        "|---|---|---|---|",
+    ]
+    for depth, row in st["per_depth"].items():
+        cell, train = row["cell_s"], row["train_s"]
+        lines.append(
+            f"| {depth} | {cell['n']} | {cell['median']:.1f} [{cell['min']:.1f}–"
+            f"{cell['max']:.1f}] | {train['median']:.1f} |"
+        )
+    return lines
+
+
 def markdown(report: dict[str, Any]) -> str:
     m = report["machine"]
     lines = [
@@ -152,30 +180,7 @@ def markdown(report: dict[str, Any]) -> str:
     else:
         lines += ["", "Time to accuracy: not measured (pass `--time-to-accuracy`)."]
     if "study" in report:
-        st = report["study"]
-        sc = st["schedule"]
-        lines += [
-            "",
-            f"## The {st['study']} study ({st['cells']} cells, {st['workers']} workers)",
-            "",
-            f"Wall time of the whole `{st['command']}`: {st['wall_s']:.0f} s "
-            f"({st['wall_s'] / 60:.1f} min), on an embedded Ray that started in "
-            f"{st['ray_startup_s']} s; Ray's own processes peaked at {st['ray_peak_rss_mb']:.0f} MiB "
-            f"RSS ({st['ray_processes']} processes), a cell's worker at {st['worker_peak_rss_mb']:.0f} MiB.",
-            "",
-            f"Cells running at once: at most {sc['most_at_once']}, on average {sc['mean_at_once']:.2f} "
-            f"over the {sc['span_s']:.0f} s from the first cell's start to the last one's end; "
-            f"minute by minute: {' '.join(map(str, sc['every_minute']))}.",
-            "",
-            "| depth | cells | seconds per cell (run start to end) | of which training |",
-            "|---|---|---|---|",
-        ]
-        for depth, row in st["per_depth"].items():
-            cell, train = row["cell_s"], row["train_s"]
-            lines.append(
-                f"| {depth} | {cell['n']} | {cell['median']:.1f} [{cell['min']:.1f}–"
-                f"{cell['max']:.1f}] | {train['median']:.1f} |"
-            )
+        lines += study_section(report["study"])
     if "gpu" not in m:
         lines += ["", "GPU figures: not measured (no GPU on this machine)."]
     return "\n".join(lines) + "\n"

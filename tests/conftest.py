@@ -5,24 +5,53 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
+import shutil
 import signal
 import struct
 import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-import pytest
+# One intra-op thread in every test process and every process a test starts: `make test` runs
+# the tests on two xdist workers, and two processes each spinning two OpenMP threads on two
+# cores wait on each other (measured: the suite's CPU time doubled). Set before torch loads.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-from resnet_mnist.core import data as D
-from resnet_mnist.tracking.offline import RETRY_BOUND
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from filelock import FileLock  # noqa: E402
+
+from resnet_mnist.core import data as D  # noqa: E402
+from resnet_mnist.tracking.offline import RETRY_BOUND  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 REAL_ROOT = Path(os.environ.get("RESNET_MNIST_DATA", REPO / "data")).resolve()
 BIN = Path(sys.executable).parent
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Keep what shares a module-scoped fixture on one xdist worker, and start the slow modules
+    first.
+
+    `make test` runs the suite on several workers (`--dist loadgroup`): a test whose module sets
+    up a server or a trained store once joins that module's group, so the set-up happens once,
+    on one worker; every other test is scheduled alone. Modules with slow tests go first (a
+    module stays together), so that no long test is left to start when the others are done.
+    """
+    for item in items:
+        fixtures = getattr(item, "_fixtureinfo", None)
+        defs = fixtures.name2fixturedefs.values() if fixtures else []
+        if any(d[-1].scope == "module" for d in defs):
+            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
+    slow_modules = {item.nodeid.split("::")[0] for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.nodeid.split("::")[0] not in slow_modules)
 
 
 def real_data_present() -> bool:
@@ -126,6 +155,92 @@ def run_python(
     return subprocess.run(
         [sys.executable, *args], cwd=cwd, env=child_env(env), capture_output=True, text=True, timeout=timeout
     )
+
+
+def built_once(factory: pytest.TempPathFactory, name: str, build: Callable[[Path], None]) -> Path:
+    """A folder that `build` fills once per test session, whichever xdist worker asks first (the
+    others wait on a file lock, then find it built). Tests only read it: one that writes makes
+    its own store."""
+    base = factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent  # shared by the workers of this session
+    home = base / name
+    with FileLock(str(base / f"{name}.lock")):
+        if not (home / ".built").exists():
+            shutil.rmtree(home, ignore_errors=True)
+            home.mkdir()
+            build(home)
+            (home / ".built").touch()
+    return home
+
+
+@dataclass(frozen=True)
+class Champion:
+    """The shared store: `compare --preset tests/presets/reader.yaml --train-missing` trained both
+    variants and registered the winner as models:/resnet18-mnist@champion."""
+
+    home: Path
+    uri: str
+    compared: str  #: what compare printed
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {"MLFLOW_TRACKING_URI": self.uri}
+
+
+@pytest.fixture(scope="session")
+def champion(tmp_path_factory: pytest.TempPathFactory, real_root: Path) -> Champion:
+    """One trained store for the serve, pad, UI and predict suites, read-only."""
+
+    def build(home: Path) -> None:
+        uri = f"sqlite:///{home / 'mlflow.db'}"
+        preset = REPO / "tests" / "presets" / "reader.yaml"
+        out = cli(
+            "compare", "--preset", str(preset), "--train-missing", cwd=home, env={"MLFLOW_TRACKING_URI": uri}
+        )
+        assert out.returncode == 0, out.stderr[-3000:]
+        (home / "compare.out").write_text(out.stdout)
+
+    home = built_once(tmp_path_factory, "champion", build)
+    return Champion(home, f"sqlite:///{home / 'mlflow.db'}", (home / "compare.out").read_text())
+
+
+#: The metrics a resumed or taken-over run must repeat exactly (CPU), step by step, and the ones
+#: whose steps alone must match (their values are timings).
+SAME_VALUES = ("train_loss", "dev_accuracy", "dev_loss", "train_epoch_loss", "best_step")
+SAME_STEPS = ("train_time_s", "tracking_log_seconds")
+FINAL = ("best_dev_accuracy", "best_step", "test_accuracy", "test_loss")
+
+
+def histories(uri: str, run_id: str) -> dict:
+    """A run's histories as `SAME_VALUES`/`SAME_STEPS` compare them, and its `FINAL` metrics."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    return {
+        "values": {
+            k: sorted((m.step, m.value) for m in client.get_metric_history(run_id, k)) for k in SAME_VALUES
+        },
+        "steps": {k: sorted(m.step for m in client.get_metric_history(run_id, k)) for k in SAME_STEPS},
+        "final": {k: client.get_run(run_id).data.metrics[k] for k in FINAL},
+    }
+
+
+@pytest.fixture(scope="session")
+def smoke_reference(tmp_path_factory: pytest.TempPathFactory, real_root: Path) -> dict:
+    """`resnet-mnist train --preset smoke`, uninterrupted, once per session: the histories that
+    every stopped, resumed or taken-over smoke run must end with (`histories`)."""
+
+    def build(home: Path) -> None:
+        uri = f"sqlite:///{home / 'mlflow.db'}"
+        out = cli("train", "--preset", "smoke", cwd=home, env={"MLFLOW_TRACKING_URI": uri})
+        assert out.returncode == 0, out.stderr[-3000:]
+        run_id = out.stdout.split("runs:/")[1].split("/")[0]
+        (home / "histories.json").write_text(json.dumps(histories(uri, run_id)))
+
+    data = json.loads((built_once(tmp_path_factory, "smoke-reference", build) / "histories.json").read_text())
+    data["values"] = {k: [tuple(p) for p in v] for k, v in data["values"].items()}
+    return data
 
 
 def start_mlflow_server(

@@ -177,6 +177,7 @@ def test_compare_outputs_match_mlflow_and_register_dev_winner(trained, client, t
     assert client.get_run(again.run_id).data.tags["champion_moved"] == "false"
 
 
+@pytest.mark.slow  # the full dev and test splits scored for both runs
 def test_champion_loads_by_alias(trained, client, tmp_path) -> None:
     from resnet_mnist.core import data as D
 

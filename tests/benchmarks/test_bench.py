@@ -28,10 +28,6 @@ def test_quick_bench_writes_consistent_report(tmp_path: Path) -> None:
         "cpu",
         "--out",
         "report",
-        "--study",
-        "tiny",
-        "--study-workers",
-        "1",
         cwd=tmp_path,
         env={"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'unused.db'}"},
     )
@@ -77,7 +73,33 @@ def test_quick_bench_writes_consistent_report(tmp_path: Path) -> None:
     share = report["tracking_overhead"]["share_in_mlflow_calls"]["median"]
     assert 0 < share < 1
 
-    study = report["study"]
+    assert "study" not in report  # asked for with --study (the next test)
+    md = (tmp_path / "report" / "bench.md").read_text()
+    assert "| plain |" in md and "| residual |" in md
+    assert "| **fixed cost**: everything but `training` |" in md
+    assert "| model: pt2 model exported and logged |" in md
+    assert "GPU figures: not measured" in md
+    assert f"Lightning {report['lightning']} + MLFlowLogger" in md and "Lightning process" in md
+    # The benchmark's own temporary store, not the caller's, holds its runs.
+    assert not (tmp_path / "unused.db").exists()
+
+
+@needs_data
+def test_the_study_stage_measures_ray_and_the_schedule(tmp_path: Path) -> None:
+    """`make bench --study`'s stage on its own (`python -m benchmarks.study`), on the tiny study
+    with one slot, and the report's section drawn from what it measured."""
+    from benchmarks.report import study_section
+
+    out = run_python(
+        "-m",
+        "benchmarks.study",
+        "tiny",
+        "1",
+        cwd=tmp_path,
+        env={"PYTHONPATH": str(REPO), "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'unused.db'}"},
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    study = json.loads(out.stdout)
     assert study["cells"] == 6 and list(study["per_depth"]) == ["8"]
     cell = study["per_depth"]["8"]
     assert cell["cell_s"]["n"] == 6 and 0 < cell["train_s"]["median"] < cell["cell_s"]["median"]
@@ -90,14 +112,8 @@ def test_quick_bench_writes_consistent_report(tmp_path: Path) -> None:
     sched = study["schedule"]
     assert sched["most_at_once"] == 1 and 0 < sched["mean_at_once"] <= 1
     assert sched["span_s"] < study["wall_s"] and set(sched["every_minute"]) <= {0, 1}
+    assert not (tmp_path / "unused.db").exists()  # the stage's own temporary store holds its runs
 
-    md = (tmp_path / "report" / "bench.md").read_text()
+    md = "\n".join(study_section(study))
     assert "## The tiny study (6 cells, 1 workers)" in md
     assert "resnet-mnist study --study tiny --workers 1 --device cpu" in md and "Cells running at once" in md
-    assert "| plain |" in md and "| residual |" in md
-    assert "| **fixed cost**: everything but `training` |" in md
-    assert "| model: pt2 model exported and logged |" in md
-    assert "GPU figures: not measured" in md
-    assert f"Lightning {report['lightning']} + MLFlowLogger" in md and "Lightning process" in md
-    # The benchmark's own temporary store, not the caller's, holds its runs.
-    assert not (tmp_path / "unused.db").exists()

@@ -21,7 +21,8 @@ from playwright.sync_api import Page, expect, sync_playwright
 from resnet_mnist.core import data as D
 from resnet_mnist.core.distributed import free_port
 from resnet_mnist.core.presentations import by_name, rendered, skeleton
-from tests.conftest import BIN, CHROMIUM, CHROMIUM_ARGS, REPO, child_env, cli, needs_data
+from resnet_mnist.tracking.names import CHAMPION_URI
+from tests.conftest import BIN, CHROMIUM, CHROMIUM_ARGS, REPO, Champion, child_env, cli, needs_data
 
 SHOTS = REPO / "reports" / "ui"
 WAIT_MS = 60_000  # the longest one answer may take on a slow machine
@@ -58,28 +59,10 @@ def strokes(digit: np.ndarray, size: int = 200) -> list[list[tuple[int, int]]]:
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, str]:
-    """A logged model that reads digits well, in a temp store: (home, store URI, model URI).
-
-    Not the smoke preset's: its model is right on about 84 of the first 100 test digits and sure
-    (> 0.9) of only a few of them, too weak a reader to tell the pad's faults from its own. Four
-    times the images, two epochs and momentum: 96 of 100, 87 of them sure, in about a minute."""
-    home = tmp_path_factory.mktemp("pad")
-    uri = f"sqlite:///{home / 'mlflow.db'}"
-    out = cli(
-        "train",
-        "--preset",
-        "smoke",
-        *("--train-size", "2000", "--epochs", "2", "--momentum", "0.9"),
-        cwd=home,
-        env={"MLFLOW_TRACKING_URI": uri},
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(uri)
-    (run,) = client.search_runs([client.get_experiment_by_name("resnet18-mnist").experiment_id])
-    return home, uri, f"runs:/{run.info.run_id}/model"
+def model(champion: Champion, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, str]:
+    """The shared store's champion, a model that reads digits well (tests/presets/reader.yaml):
+    (a folder of this module's own, store URI, model URI)."""
+    return tmp_path_factory.mktemp("pad"), champion.uri, CHAMPION_URI
 
 
 @pytest.fixture(scope="module")
@@ -110,6 +93,8 @@ def pad(model: tuple[Path, str, str]) -> Iterator[str]:
                 time.sleep(0.5)
         else:
             pytest.fail("the pad did not serve its page:\n" + log.read_text(errors="replace")[-3000:])
+        # a person's terminal shows what they asked for: the pad's one line, no download bars
+        assert "Downloading artifacts" not in log.read_text(errors="replace")
         yield url
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
@@ -127,14 +112,14 @@ def page(pad: str) -> Iterator[Page]:
         try:
             page = browser.new_page(viewport={"width": 900, "height": 700})
             page.goto(pad)
-            expect(page.locator("#model")).to_contain_text("runs:/", timeout=WAIT_MS)
+            expect(page.locator("#model")).to_contain_text(CHAMPION_URI, timeout=WAIT_MS)
             yield page
         finally:
             browser.close()
 
 
 def answered(page: Page) -> str:
-    """The digit shown once the page's last request has been answered."""
+    """The answer shown (a digit, or "not sure: …") once the page's last request is answered."""
     expect(page.locator("body")).to_have_attribute("data-state", "ready", timeout=WAIT_MS)
     return page.locator("#answer").inner_text().strip()
 
@@ -202,3 +187,55 @@ def test_a_photo_is_read_and_a_non_image_gets_the_message(
     expect(page.locator("#message")).to_contain_text("not an image PIL can read", timeout=WAIT_MS)
     assert page.locator("#answer").inner_text().strip() == ""
     page.screenshot(path=str(SHOTS / "pad-not-an-image.png"))
+
+
+def test_a_tight_photo_is_shown_and_read_and_a_non_digit_is_not_sure(
+    page: Page, model, mnist: D.Mnist, tmp_path: Path
+) -> None:
+    """A photo of a digit cropped to its ink (no margin) takes the pad's place and is read; an
+    image that is not a digit gets "not sure" where predict, at the pad's 0.5, says so too."""
+    from resnet_mnist.core import nondigits
+
+    _, uri, model_uri = model
+    (tight,) = by_name(["tight"])
+    read = []
+    for i, data in enumerate(rendered(tight, mnist.test_images[:6])):
+        path = tmp_path / f"tight{i}.png"
+        path.write_bytes(data)
+        page.set_input_files("#file", str(path))
+        read.append(answered(page) == str(mnist.test_labels[i]))
+        assert page.locator("#message").inner_text() == ""
+    assert sum(read) >= 5, read
+    # the pad shows the photo (white paper), not the drawing before it (black)
+    brightness = page.evaluate(
+        "() => { const c = document.getElementById('pad'); const d = c.getContext('2d')"
+        ".getImageData(0, 0, c.width, c.height).data; let s = 0;"
+        " for (let i = 0; i < d.length; i += 4) s += d[i]; return s / (d.length / 4); }"
+    )
+    assert brightness > 128, brightness
+    page.screenshot(path=str(SHOTS / "pad-tight.png"))
+
+    others = []
+    for i, (kind, data) in enumerate(nondigits.images(8)):
+        others.append(tmp_path / f"{kind}{i}.png")
+        others[-1].write_bytes(data)
+    out = cli(
+        "predict",
+        *map(str, others),
+        "--model-uri",
+        model_uri,
+        "--min-confidence",
+        "0.5",
+        "--format",
+        "json",
+        cwd=tmp_path,
+        env={"MLFLOW_TRACKING_URI": uri},
+    )
+    assert out.returncode in (0, 1), out.stderr[-3000:]  # 1: one was refused as blank
+    unsure = [Path(r["path"]) for r in json.loads(out.stdout) if r.get("sure") is False]
+    assert unsure, f"the champion was sure of a digit on all of {len(others)} non-digits: {out.stdout}"
+    page.set_input_files("#file", str(unsure[0]))
+    assert answered(page).startswith("not sure: perhaps ")
+    assert page.locator("#answer").get_attribute("data-sure") == "false"
+    expect(page.locator("#bars .bar")).to_have_count(10)  # the guesses' probabilities are shown
+    page.screenshot(path=str(SHOTS / "pad-not-sure.png"))

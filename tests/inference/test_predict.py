@@ -16,7 +16,7 @@ from PIL import Image
 
 from resnet_mnist.core import data as D
 from resnet_mnist.inference.predict import PredictError, load_digit
-from tests.conftest import cli
+from tests.conftest import REPO, Champion, cli
 
 
 def save_digits(mnist: D.Mnist, folder: Path, count: int) -> list[tuple[Path, int]]:
@@ -45,20 +45,29 @@ def test_load_digit_inverts_dark_on_light(tmp_path: Path, mnist: D.Mnist) -> Non
         load_digit(tmp_path / "x.png")
 
 
-@pytest.mark.slow
-def test_compare_seeds_then_predict_with_champion(tmp_path: Path, mnist: D.Mnist) -> None:
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    env = {"MLFLOW_TRACKING_URI": uri}
+TINY = str(REPO / "tests" / "presets" / "tiny.yaml")
 
-    empty = cli("compare", "--preset", "smoke", cwd=tmp_path, env=env)
+
+@pytest.fixture(scope="module")
+def seeded(tmp_path_factory: pytest.TempPathFactory, real_root: Path) -> tuple[Path, dict[str, str], str]:
+    """A store of its own where `compare --seeds 2` trained both variants at two seeds (tiny
+    preset: the seed groups are the point, not the figures): (home, env, compare's output)."""
+    home = tmp_path_factory.mktemp("seeds")
+    env = {"MLFLOW_TRACKING_URI": f"sqlite:///{home / 'mlflow.db'}"}
+    empty = cli("compare", "--preset", TINY, cwd=home, env=env)
     assert empty.returncode == 1 and "does not exist" in empty.stderr
-
-    out = cli("compare", "--preset", "smoke", "--seeds", "2", cwd=tmp_path, env=env)
+    out = cli("compare", "--preset", TINY, "--seeds", "2", cwd=home, env=env)
     assert out.returncode == 0, out.stderr[-3000:]
-    assert "models:/resnet18-mnist@champion" in out.stdout
-    assert "paired t over 2 seeds" in " ".join(out.stdout.split())
-    assert (tmp_path / "reports" / "compare" / "comparison.png").is_file()
-    client = MlflowClient(uri)
+    return home, env, out.stdout
+
+
+@pytest.mark.slow
+def test_compare_seeds_nests_runs_in_a_group_and_registers_a_champion(seeded) -> None:
+    home, env, stdout = seeded
+    assert "models:/resnet18-mnist@champion" in stdout
+    assert "paired t over 2 seeds" in " ".join(stdout.split())
+    assert (home / "reports" / "compare" / "comparison.png").is_file()
+    client = MlflowClient(env["MLFLOW_TRACKING_URI"])
     exp = client.get_experiment_by_name("resnet18-mnist")
     runs = client.search_runs([exp.experiment_id])
     groups = [r for r in runs if r.data.tags.get("run_type") == "seed_group"]
@@ -81,12 +90,50 @@ def test_compare_seeds_then_predict_with_champion(tmp_path: Path, mnist: D.Mnist
         (comparisons.experiment_id, f"/runs/{comparison.info.run_id}"),
     ):
         link = f"http://127.0.0.1:5000/#/experiments/{experiment_id}{run_id}?workflowType=machine_learning"
-        assert link in out.stdout
+        assert link in stdout
 
-    again = cli("compare", "--preset", "smoke", "--seeds", "2", "--no-register", cwd=tmp_path, env=env)
+    again = cli("compare", "--preset", TINY, "--seeds", "2", "--no-register", cwd=home, env=env)
     assert again.returncode == 0
     assert len(client.search_runs([exp.experiment_id], "tags.run_type = 'train'")) == 4
 
+
+@pytest.mark.slow
+def test_presented_scores_are_logged_to_the_champion(seeded) -> None:
+    """Digits as people bring them, scored per digit into one table and figure on the champion."""
+    home, env, _ = seeded
+    client = MlflowClient(env["MLFLOW_TRACKING_URI"])
+    presented = cli(
+        "predict", "--presented", "40", "--presentations", "mnist,tight", "--log", cwd=home, env=env
+    )
+    assert presented.returncode == 0, presented.stderr[-3000:]
+    printed = {
+        line.split(" as ")[1].split(":")[0]: float(line.rsplit(": ", 1)[1])
+        for line in presented.stdout.splitlines()
+        if line.startswith("accuracy on the first 40 test digits as ")
+    }
+    assert set(printed) == {"mnist", "tight"}
+    model_id = presented.stdout.split(" of model ")[1].split()[0]
+    model = client.get_logged_model(model_id)
+    assert model.source_run_id == client.get_model_version_by_alias("resnet18-mnist", "champion").run_id
+    files = {a.path for a in client.list_logged_model_artifacts(model_id, "evaluation")}
+    assert {"evaluation/presented.json", "evaluation/presented.png"} <= files
+    run_files = {a.path for a in client.list_artifacts(model.source_run_id, "evaluation")}
+    assert {"evaluation/presented.json", "evaluation/presented.png"} <= run_files
+    local = client.download_artifacts(model.source_run_id, "evaluation/presented.json", str(home))
+    table = pd.read_json(local, orient="split")
+    assert table.groupby("set")["support"].sum().to_dict() == {"mnist": 40, "tight": 40}
+    right = (table["recall"] * table["support"]).groupby(table["set"]).sum() / 40
+    assert right.to_dict() == pytest.approx(printed, abs=1e-4)
+    some_file = home / "reports" / "compare" / "comparison.png"
+    no_scores = cli("predict", str(some_file), "--log", cwd=home, env=env)
+    assert no_scores.returncode == 2 and "give --presented N too" in re.sub(r"[\s│]+", " ", no_scores.stderr)
+
+
+@pytest.mark.slow
+def test_the_champion_reads_files_folders_globs_and_numbers(
+    champion: Champion, mnist: D.Mnist, tmp_path: Path
+) -> None:
+    env = champion.env
     digits = save_digits(mnist, tmp_path / "digits", 10)
     (tmp_path / "digits" / "nested").mkdir()
     (tmp_path / "digits" / "nested" / "broken.png").write_text("not an image")
@@ -101,35 +148,9 @@ def test_compare_seeds_then_predict_with_champion(tmp_path: Path, mnist: D.Mnist
     }
     assert set(answers) == {str(p) for p, _ in digits}
     correct = sum(answers[str(p)] == label for p, label in digits)
-    assert correct >= 7, pred.stdout
+    assert correct >= 8, pred.stdout
     accuracy = float(pred.stdout.split("MNIST test images:")[1].split()[0])
-    assert accuracy > 0.6
-
-    # digits as people bring them, scored per digit into one table and figure on the champion
-    presented = cli(
-        "predict", "--presented", "40", "--presentations", "mnist,pad-280", "--log", cwd=tmp_path, env=env
-    )
-    assert presented.returncode == 0, presented.stderr[-3000:]
-    printed = {
-        line.split(" as ")[1].split(":")[0]: float(line.rsplit(": ", 1)[1])
-        for line in presented.stdout.splitlines()
-        if line.startswith("accuracy on the first 40 test digits as ")
-    }
-    assert set(printed) == {"mnist", "pad-280"}
-    model_id = presented.stdout.split(" of model ")[1].split()[0]
-    model = client.get_logged_model(model_id)
-    assert model.source_run_id == client.get_model_version_by_alias("resnet18-mnist", "champion").run_id
-    files = {a.path for a in client.list_logged_model_artifacts(model_id, "evaluation")}
-    assert {"evaluation/presented.json", "evaluation/presented.png"} <= files
-    run_files = {a.path for a in client.list_artifacts(model.source_run_id, "evaluation")}
-    assert {"evaluation/presented.json", "evaluation/presented.png"} <= run_files
-    local = client.download_artifacts(model.source_run_id, "evaluation/presented.json", str(tmp_path))
-    table = pd.read_json(local, orient="split")
-    assert table.groupby("set")["support"].sum().to_dict() == {"mnist": 40, "pad-280": 40}
-    right = (table["recall"] * table["support"]).groupby(table["set"]).sum() / 40
-    assert right.to_dict() == pytest.approx(printed, abs=1e-4)
-    no_scores = cli("predict", str(digits[0][0]), "--log", cwd=tmp_path, env=env)
-    assert no_scores.returncode == 2 and "give --presented N too" in re.sub(r"[\s│]+", " ", no_scores.stderr)
+    assert accuracy > 0.8
 
     # the same answers, machine-readable, with the top-3 probabilities
     as_json = cli("predict", *[str(p) for p, _ in digits], "--format", "json", cwd=tmp_path, env=env)
@@ -138,6 +159,7 @@ def test_compare_seeds_then_predict_with_champion(tmp_path: Path, mnist: D.Mnist
     assert [r["path"] for r in records] == [str(p) for p, _ in digits]
     for record in records:
         assert record["digit"] == answers[record["path"]] == record["top"][0]["digit"]
+        assert record["sure"] is True  # no --min-confidence: every answer is given
         probabilities = [t["probability"] for t in record["top"]]
         assert len(probabilities) == 3 and probabilities == sorted(probabilities, reverse=True)
         assert record["probability"] == probabilities[0] and sum(probabilities) <= 1 + 1e-5
@@ -164,6 +186,47 @@ def test_compare_seeds_then_predict_with_champion(tmp_path: Path, mnist: D.Mnist
         str(d["digit"]) for d in record["digits"]
     )
     assert sum(d["digit"] == y for d, y in zip(record["digits"], mnist.test_labels[:3], strict=True)) >= 2
+
+
+@pytest.mark.slow
+def test_below_the_least_confidence_the_answer_is_not_sure(
+    champion: Champion, mnist: D.Mnist, tmp_path: Path
+) -> None:
+    """--min-confidence turns the answers less likely than it into 'not sure' with the likeliest
+    digits (the same probabilities: calibration happened when the model was logged), and
+    --non-digits counts how often the model is sure of a digit on images that are not digits."""
+    env = champion.env
+    digits = [p for p, _ in save_digits(mnist, tmp_path / "digits", 6)]
+    plain = json.loads(cli("predict", *map(str, digits), "--format", "json", cwd=tmp_path, env=env).stdout)
+    low, high = sorted({r["probability"] for r in plain})[:2]
+    least = (low + high) / 2  # the least likely answer(s) fall below it, the others above
+    below = sum(r["probability"] == low for r in plain)
+    strict = cli(
+        "predict",
+        *map(str, digits),
+        "--min-confidence",
+        f"{least:.9f}",
+        "--format",
+        "json",
+        cwd=tmp_path,
+        env=env,
+    )
+    assert strict.returncode == 0, strict.stderr[-3000:]
+    records = json.loads(strict.stdout)
+    for before, after in zip(plain, records, strict=True):
+        assert after["probability"] == before["probability"] and after["top"] == before["top"]
+        assert after["sure"] is (after["probability"] >= least)
+        assert after["digit"] == (before["digit"] if after["sure"] else None)
+    assert sum(not r["sure"] for r in records) == below
+    table = cli("predict", *map(str, digits), "--min-confidence", f"{least:.9f}", cwd=tmp_path, env=env)
+    assert table.stdout.count("not sure (p < ") == below == table.stdout.count(": perhaps ")
+
+    counted = cli("predict", "--non-digits", "12", "--min-confidence", "0.9", cwd=tmp_path, env=env)
+    assert counted.returncode == 0, counted.stderr[-3000:]
+    text = " ".join(counted.stdout.split())
+    assert "12 images that are not digits" in text and "temperature" in text
+    for kind in ("letter", "smudge", "texture", "thing"):
+        assert re.search(rf"{kind} +\d+ of 3 before calibration, +\d+ after", counted.stdout), counted.stdout
 
 
 @pytest.mark.slow
@@ -251,10 +314,17 @@ def test_models_that_carry_code_or_pickles_are_refused(store: str, tmp_path: Pat
     mlflow.set_experiment("untrusted")
     with mlflow.start_run():
         example = np.zeros((1, 4), dtype=np.float32)
+        # (pip_requirements given: MLflow would otherwise spend seconds inferring them)
         pickled = mlflow.pytorch.log_model(
-            torch.nn.Linear(4, 2), name="pickled", serialization_format="pickle", input_example=example
+            torch.nn.Linear(4, 2),
+            name="pickled",
+            serialization_format="pickle",
+            input_example=example,
+            pip_requirements=["torch"],
         )
-        code = mlflow.pyfunc.log_model(name="code", python_model=Carrier(), input_example=example)
+        code = mlflow.pyfunc.log_model(
+            name="code", python_model=Carrier(), input_example=example, pip_requirements=["mlflow"]
+        )
     marker.unlink(missing_ok=True)  # MLflow itself loads the model once while logging it
     for info, why in (
         (pickled, "its weights are a pickle, not pt2"),

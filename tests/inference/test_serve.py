@@ -1,6 +1,6 @@
 """REST serving: the registered champion behind MLflow's own scoring server, asked over HTTP.
 
-A real store with a champion (`resnet-mnist compare --preset smoke --train-missing`), then
+The shared store's champion (`resnet-mnist compare --train-missing`, tests/conftest.py), then
 `mlflow models serve -m models:/resnet18-mnist@champion --env-manager local` (what `make serve`
 runs) on a free loopback port, then real requests to POST /invocations with urllib.
 """
@@ -23,7 +23,7 @@ from PIL import Image
 
 from resnet_mnist.core import data as D
 from resnet_mnist.core.distributed import free_port
-from tests.conftest import BIN, cli
+from tests.conftest import BIN, Champion, cli
 
 pytestmark = pytest.mark.slow  # real processes and a real server
 
@@ -77,23 +77,12 @@ def stop(proc: subprocess.Popen) -> None:
 
 
 @pytest.fixture(scope="module")
-def champion(tmp_path_factory: pytest.TempPathFactory, real_root: Path) -> tuple[Path, str]:
-    """A temp store in which `compare` trained both smoke variants and registered the champion."""
-    home = tmp_path_factory.mktemp("serve")
-    uri = f"sqlite:///{home / 'mlflow.db'}"
-    out = cli("compare", "--preset", "smoke", "--train-missing", cwd=home, env={"MLFLOW_TRACKING_URI": uri})
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert MODEL_URI in out.stdout
-    return home, uri
-
-
-@pytest.fixture(scope="module")
-def digits(champion: tuple[Path, str], mnist: D.Mnist) -> dict[str, np.ndarray]:
+def digits(
+    champion: Champion, mnist: D.Mnist, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, np.ndarray]:
     """The first BATCH test digits, their labels, and what `resnet-mnist predict` says of them."""
-    home, uri = champion
     images, labels = mnist.test_images[:BATCH].copy(), mnist.test_labels[:BATCH].copy()
-    folder = home / "digits"
-    folder.mkdir()
+    folder = tmp_path_factory.mktemp("digits")
     paths = [folder / f"digit{i}.png" for i in range(BATCH)]
     for path, image in zip(paths, images, strict=True):
         Image.fromarray(image).save(path)
@@ -104,8 +93,8 @@ def digits(champion: tuple[Path, str], mnist: D.Mnist) -> dict[str, np.ndarray]:
         MODEL_URI,
         "--format",
         "json",
-        cwd=home,
-        env={"MLFLOW_TRACKING_URI": uri},
+        cwd=folder,
+        env=champion.env,
     )
     assert out.returncode == 0, out.stderr[-3000:]
     said = {r["path"]: (r["digit"], r["probability"]) for r in json.loads(out.stdout)}
@@ -176,11 +165,11 @@ def start_server(home: Path, uri: str) -> tuple[subprocess.Popen, str, Path]:
 
 
 @pytest.fixture(scope="module")
-def server(champion: tuple[Path, str]):
+def server(champion: Champion, tmp_path_factory: pytest.TempPathFactory):
     """The scoring server's base URL; its process group is always ended afterwards."""
-    home, uri = champion
+    home = tmp_path_factory.mktemp("serve")
     for _ in range(3):  # another process may take the free port before uvicorn binds it
-        proc, url, log_path = start_server(home, uri)
+        proc, url, log_path = start_server(home, champion.uri)
         if url:
             break
         stop(proc)
@@ -220,24 +209,25 @@ def test_predictions_match_the_cli(
 
 
 def test_the_payload_predict_prints_is_what_the_server_takes(
-    server: str, champion: tuple[Path, str], mnist: D.Mnist
+    server: str, champion: Champion, mnist: D.Mnist, tmp_path: Path
 ) -> None:
     """A person's photos (ink on paper, JPEG) become the server's 28x28 input through
     `predict --payload`, and the server then answers what `predict` says of the same files."""
     from resnet_mnist.core.presentations import by_name, rendered
 
-    home, uri = champion
     (photo,) = by_name(["photo-256"])
     paths = []
     for i, data in enumerate(rendered(photo, mnist.test_images[:BATCH])):
-        paths.append(home / f"photo{i}.jpg")
+        paths.append(tmp_path / f"photo{i}.jpg")
         paths[-1].write_bytes(data)
-    env = {"MLFLOW_TRACKING_URI": uri}
-    payload = cli("predict", "--payload", *map(str, paths), cwd=home, env=env)
+    env = champion.env
+    payload = cli("predict", "--payload", *map(str, paths), cwd=tmp_path, env=env)
     assert payload.returncode == 0, payload.stderr[-3000:]
     body = json.loads(payload.stdout)
     assert np.asarray(body["inputs"]).shape == (BATCH, 28, 28)
-    said = cli("predict", *map(str, paths), "--model-uri", MODEL_URI, "--format", "json", cwd=home, env=env)
+    said = cli(
+        "predict", *map(str, paths), "--model-uri", MODEL_URI, "--format", "json", cwd=tmp_path, env=env
+    )
     assert said.returncode == 0, said.stderr[-3000:]
     digits = [r["digit"] for r in json.loads(said.stdout)]
     assert predictions(server, body).argmax(axis=1).tolist() == digits

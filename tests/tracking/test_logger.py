@@ -11,6 +11,9 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from resnet_mnist.config.settings import build_config
+from resnet_mnist.core import calibration as C
+from resnet_mnist.core import data as D
+from resnet_mnist.core.model import build_resnet
 from resnet_mnist.core.trainer import Callback
 from resnet_mnist.tracking.runner import train
 
@@ -74,6 +77,12 @@ def test_finished_run_records_everything(store, smoke_config, mnist, tmp_path) -
     )
     assert {m.step for m in logged.metrics} == {result.best_step}
     assert [m.step for m in client.get_metric_history(run_id, "best_dev_accuracy")] == [result.best_step]
+    # Its temperature, fitted on the dev split, is its param; the test split's calibration error
+    # before and after it are its metrics (and the run's).
+    temperature = float(logged.params["temperature"])
+    assert C.LIMITS[0] < temperature < C.LIMITS[1]
+    assert scores["test_ece"].dataset_name == scores["test_ece_calibrated"].dataset_name == "mnist-test"
+    assert 0 <= scores["test_ece_calibrated"].value <= 1 and metrics["test_ece"] == scores["test_ece"].value
 
     artifacts = {a.path for a in client.list_artifacts(run_id, "plots")}
     assert artifacts == {"plots/curves.png"}
@@ -93,6 +102,12 @@ def test_finished_run_records_everything(store, smoke_config, mnist, tmp_path) -
     torch_model = mlflow.pytorch.load_model(model_uri)
     torch_probs = torch_model(torch.from_numpy(digits)).detach().numpy()
     assert np.allclose(torch_probs, probs, atol=1e-5)
+    # what it serves is calibrated: the best checkpoint's logits divided by that temperature
+    network = build_resnet(18, True).eval()
+    network.load_state_dict(result.best_state)
+    with torch.no_grad():
+        logits = network(D.Preprocess(smoke_config.normalize)(torch.from_numpy(digits)))
+    assert np.allclose(C.calibrated(logits, temperature).numpy(), probs, atol=1e-5)
 
 
 class Boom(Callback):

@@ -18,11 +18,9 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from resnet_mnist.core.distributed import free_port
-from tests.conftest import BIN, REAL_ROOT, cli, start_mlflow_server, stop_server
+from tests.conftest import BIN, FINAL, REAL_ROOT, cli, histories, start_mlflow_server, stop_server
 
 pytestmark = pytest.mark.slow  # real processes
-
-FINAL = ("best_dev_accuracy", "best_step", "test_accuracy", "test_loss")
 
 
 def env_for(uri: str) -> dict[str, str]:
@@ -65,15 +63,11 @@ def stop_after(proc: subprocess.Popen, marker: str, sig: int) -> tuple[int, str,
     return proc.returncode, "".join(seen) + out, err
 
 
-def test_sigterm_then_resume_equals_uninterrupted(tmp_path: Path) -> None:
+def test_sigterm_then_resume_equals_uninterrupted(tmp_path: Path, smoke_reference: dict) -> None:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    straight = cli("train", "--preset", "smoke", cwd=tmp_path, env={"MLFLOW_TRACKING_URI": uri})
-    assert straight.returncode == 0, straight.stderr
-    (reference,) = runs(uri)
-
     code, _, err = stop_after(start_train(tmp_path, uri), "step: 16/48", signal.SIGTERM)
     assert code == 130 and "KILLED" in err and "--resume" in err
-    killed = next(r for r in runs(uri) if r.info.run_id != reference.info.run_id)
+    (killed,) = runs(uri)
     assert killed.info.status == "KILLED"
     stopped = int(killed.data.tags["stopped_at_step"])
     assert 17 <= stopped < 48
@@ -89,13 +83,7 @@ def test_sigterm_then_resume_equals_uninterrupted(tmp_path: Path) -> None:
     done = client.get_run(killed.info.run_id)
     assert done.info.status == "FINISHED"
     assert done.data.tags["resumed_from_step"] == str(stopped)
-    for key in ("train_loss", "dev_accuracy", "dev_loss", "train_epoch_loss"):
-        got = client.get_metric_history(done.info.run_id, key)
-        want = client.get_metric_history(reference.info.run_id, key)
-        assert [m.step for m in got] == [m.step for m in want], key
-        assert [m.value for m in got] == [m.value for m in want], key
-    for key in FINAL:
-        assert done.data.metrics[key] == reference.data.metrics[key], key
+    assert_same_histories(uri, done.info.run_id, smoke_reference)
 
 
 def test_ctrl_c_ends_killed_with_checkpoint(tmp_path: Path) -> None:
@@ -459,25 +447,14 @@ def server_to_lose(tmp_path: Path) -> tuple[int, str, dict[str, str]]:
     )
 
 
-def assert_same_histories(client: MlflowClient, run_id: str, reference_id: str) -> None:
-    """Every step once, and the same values as the uninterrupted reference run (CPU)."""
-    for key in (
-        "train_loss",
-        "dev_accuracy",
-        "dev_loss",
-        "train_epoch_loss",
-        "best_step",
-        "train_time_s",
-        "tracking_log_seconds",
-    ):
-        got = client.get_metric_history(run_id, key)
-        want = client.get_metric_history(reference_id, key)
-        assert sorted(m.step for m in got) == sorted(m.step for m in want), key
-        if key in ("train_loss", "dev_accuracy", "dev_loss", "train_epoch_loss", "best_step"):
-            assert sorted((m.step, m.value) for m in got) == sorted((m.step, m.value) for m in want), key
-    done, reference = client.get_run(run_id), client.get_run(reference_id)
-    for key in FINAL:
-        assert done.data.metrics[key] == reference.data.metrics[key], key
+def assert_same_histories(uri: str, run_id: str, reference: dict) -> None:
+    """Every step once, and the same values as the uninterrupted reference (CPU), whose
+    `histories` are given; the one-off scores logged once."""
+    got = histories(uri, run_id)
+    assert got["values"] == reference["values"]
+    assert got["steps"] == reference["steps"]
+    assert got["final"] == reference["final"]
+    client = MlflowClient(uri)
     for key in ("test_accuracy", "best_dev_accuracy"):
         assert len(client.get_metric_history(run_id, key)) == 1, key
 
@@ -511,13 +488,13 @@ def train_until_the_server_dies(
     return proc, err
 
 
-def test_a_server_killed_mid_run_keeps_everything_and_one_command_continues(tmp_path: Path) -> None:
+def test_a_server_killed_mid_run_keeps_everything_and_one_command_continues(
+    tmp_path: Path, smoke_reference: dict
+) -> None:
     port, url, env = server_to_lose(tmp_path)
     state = tmp_path / "state"
     server = start_mlflow_server(tmp_path, port)
     try:
-        straight = cli("train", "--preset", "smoke", "--run-name", "reference", cwd=tmp_path, env=env)
-        assert straight.returncode == 0, straight.stderr[-2000:]
         proc, err = train_until_the_server_dies(tmp_path, env, server, "step: 16/48")
         assert proc.returncode == 75, err[-3000:]
         assert "stopped answering (connection refused)" in err and "Traceback" not in err, err
@@ -543,8 +520,7 @@ def test_a_server_killed_mid_run_keeps_everything_and_one_command_continues(tmp_
         assert int(run.data.tags["offline.replayed"]) >= 1
         assert 17 <= int(run.data.tags["resumed_from_step"]) < 48
         assert run.data.tags["taken_over_from"].startswith(f"{proc.pid}@")
-        reference = next(r for r in runs(url) if r.info.run_name == "reference")
-        assert_same_histories(client, run_id, reference.info.run_id)
+        assert_same_histories(url, run_id, smoke_reference)
     finally:
         stop_server(server)
 
@@ -611,6 +587,6 @@ def test_a_server_lost_while_results_are_written_keeps_the_finished_training(
         assert run.info.status == "FINISHED" and not spool.path.exists()
         assert run.data.tags["resumed_from_step"] == "48"
         assert mlflow.pyfunc.load_model(run.data.tags["logged_model_uri"])
-        assert_same_histories(client, done.run_id, reference.run_id)
+        assert_same_histories(url, done.run_id, histories(url, reference.run_id))
     finally:
         stop_server(server)

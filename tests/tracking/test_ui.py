@@ -1,6 +1,7 @@
-"""The MLflow UI in a real browser: a smoke comparison tracked by a real `mlflow server`, then the
-pages a person would open (runs, charts, compare, registry) checked on their visible text with
-headless Chromium driven by Playwright. Screenshots land in reports/ui/."""
+"""The MLflow UI in a real browser: the shared store's comparison (tests/conftest.py `champion`)
+served by a real `mlflow server`, then the pages a person would open (runs, charts, compare,
+registry) checked on their visible text with headless Chromium driven by Playwright.
+Screenshots land in reports/ui/."""
 
 from __future__ import annotations
 
@@ -10,7 +11,6 @@ import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -21,9 +21,8 @@ from resnet_mnist.core.distributed import free_port
 from tests.conftest import (
     CHROMIUM,
     CHROMIUM_ARGS,
-    REAL_ROOT,
     REPO,
-    cli,
+    Champion,
     needs_data,
     start_mlflow_server,
     stop_server,
@@ -64,7 +63,7 @@ SECTIONS = """(names) => [...document.querySelectorAll('*')]
     .map(e => e.textContent.trim())"""
 
 pytestmark = [
-    pytest.mark.slow,  # a tracking server, two trainings and a browser
+    pytest.mark.slow,  # a tracking server and a browser
     needs_data,
     pytest.mark.skipif(
         not CHROMIUM.exists(), reason=f"{CHROMIUM} missing: `make browser` installs Debian's chromium"
@@ -85,47 +84,39 @@ class Tracked:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+def server(champion: Champion, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The MLflow UI over the shared store, as `make ui` serves a store: `mlflow server` on its
+    sqlite database (the runs' artifacts are read where they lie)."""
     tmp = tmp_path_factory.mktemp("ui")
     port = free_port()
-    proc = start_mlflow_server(tmp, port)
+    proc = start_mlflow_server(tmp, port, backend=champion.uri)
     try:
-        yield f"http://127.0.0.1:{port}", tmp
+        yield f"http://127.0.0.1:{port}"
     finally:
         stop_server(proc)
 
 
 @pytest.fixture(scope="module")
-def tracked(server: tuple[str, Path]) -> Tracked:
-    """`resnet-mnist compare --preset smoke --train-missing` against the server, as a user runs it."""
-    url, tmp = server
-    out = cli(
-        "compare",
-        "--preset",
-        "smoke",
-        "--train-missing",
-        cwd=tmp,
-        env={"MLFLOW_TRACKING_URI": url, "RESNET_MNIST_DATA": str(REAL_ROOT)},
-        timeout=1200,
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
-    client = MlflowClient(url)
+def tracked(server: str, champion: Champion) -> Tracked:
+    """What `resnet-mnist compare --train-missing` left in the store, read through the server."""
+    client = MlflowClient(server)
     experiment = client.get_experiment_by_name(EXPERIMENT)
     assert experiment is not None
     # Only the training runs: where the comparison run lives is not this test's business.
     train_runs = client.search_runs([experiment.experiment_id], "tags.run_type = 'train'")
     by_variant = {r.data.tags["variant"]: r for r in train_runs}
     assert {v: r.info.run_name for v, r in by_variant.items()} == RUN_NAMES
-    champion = client.get_model_version_by_alias(MODEL, "champion")
-    curves = re.search(r"^their curves: +(\S+)$", out.stdout, re.MULTILINE)
-    assert curves, out.stdout
+    champion_version = client.get_model_version_by_alias(MODEL, "champion")
+    curves = re.search(r"^their curves: +(\S+)$", champion.compared, re.MULTILINE)
+    assert curves, champion.compared
+    # compare links to the UI where `make ui` serves it (port 5000); here it is on its own port
     return Tracked(
-        url=url,
+        url=server,
         experiment_id=experiment.experiment_id,
         run_ids={v: r.info.run_id for v, r in by_variant.items()},
         params={v: dict(r.data.params) for v, r in by_variant.items()},
-        champion_version=str(champion.version),
-        curves_url=curves.group(1),
+        champion_version=str(champion_version.version),
+        curves_url=curves.group(1).replace("http://127.0.0.1:5000", server),
     )
 
 

@@ -22,7 +22,7 @@ from mlflow.tracking import MlflowClient
 from resnet_mnist.analysis.registry import crown
 from resnet_mnist.analysis.scoring import FullSplitScorer
 from resnet_mnist.analysis.selection import describe, run_label, variant_of, vet
-from resnet_mnist.analysis.stats import METRICS, Stats, statistics, verdict
+from resnet_mnist.analysis.stats import METRICS, Stats, require_both_variants, statistics, verdict
 from resnet_mnist.analysis.summary import VARIANTS, CompareError, RunSummary
 from resnet_mnist.analysis.tables import write_table
 from resnet_mnist.core.figures import plot_curves
@@ -204,6 +204,7 @@ def compare(
     training runs' charts), or is `run_id` (the run `mlflow run -e compare` made).
     """
     vetted = vet(runs, allow_mismatch)
+    require_both_variants(str(variant_of(r)) for r in vetted.runs)  # before minutes of scoring
     scorer = FullSplitScorer(client, data_root)
     summaries = summarize(client, vetted.runs, scorer, stop)
     stats = statistics(summaries)

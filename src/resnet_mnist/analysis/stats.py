@@ -9,6 +9,7 @@ accuracy is carried along as a held-out figure, and the verdict says that it dec
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -97,6 +98,19 @@ def welch_interval(a: list[float], b: list[float]) -> Interval:
     return Interval(diff, float(low), float(high), n)
 
 
+def require_both_variants(variants: Iterable[str]) -> None:
+    """A CompareError, saying how to train the missing one, unless both variants are present."""
+    present = set(variants)
+    missing = [v for v in VARIANTS if v not in present]
+    if missing:
+        have = ", ".join(v for v in VARIANTS if v in present) or "none"
+        raise CompareError(
+            f"need both variants to compare; found only: {have}. Train the "
+            f"missing one (`resnet-mnist train --{'no-' if missing[0] == 'plain' else ''}"
+            "use-residual`) or run `resnet-mnist compare --train-missing`."
+        )
+
+
 def statistics(summaries: list[RunSummary], metric: str = "dev_accuracy_full") -> Stats:
     """The difference residual - plain of `metric` with a 95 % interval.
 
@@ -106,15 +120,8 @@ def statistics(summaries: list[RunSummary], metric: str = "dev_accuracy_full") -
     unmeasured, and the verdict says so). The winning variant is the one with the higher mean
     full-dev accuracy (a tie goes to residual).
     """
+    require_both_variants(s.variant for s in summaries)
     by = {v: [s for s in summaries if s.variant == v] for v in VARIANTS}
-    missing = [v for v in VARIANTS if not by[v]]
-    if missing:
-        have = ", ".join(v for v in VARIANTS if by[v]) or "none"
-        raise CompareError(
-            f"need both variants to compare; found only: {have}. Train the "
-            f"missing one (`resnet-mnist train --{'no-' if missing[0] == 'plain' else ''}"
-            "use-residual`) or run `resnet-mnist compare --train-missing`."
-        )
     mean = {v: {k: float(np.mean([getattr(s, k) for s in by[v]])) for k in METRICS} for v in VARIANTS}
     std = {
         v: {

@@ -18,6 +18,14 @@ def pad(
         str, typer.Option(help="Address to listen on (loopback unless you mean otherwise).")
     ] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")] = 5002,
+    min_confidence: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            max=1.0,
+            help="Say 'not sure' (with the likeliest digits) below this calibrated probability.",
+        ),
+    ] = 0.5,
     allow_untrusted_model: Annotated[
         bool,
         typer.Option(help="Load a model that is not this project's pt2 PyTorch model (it may run code)."),
@@ -31,4 +39,4 @@ def pad(
     check_store()
     model = P.load_model(model_uri, allow_untrusted_model)
     console.print(f"the pad: http://{host}:{port}/ (model {model_uri}; Ctrl-C stops it)", highlight=False)
-    Pad.serve(model, model_uri, host, port)
+    Pad.serve(model, model_uri, host, port, min_confidence)

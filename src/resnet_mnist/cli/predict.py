@@ -80,6 +80,24 @@ def predict(
             "(its LoggedModel and its run).",
         ),
     ] = False,
+    min_confidence: Annotated[
+        float | None,
+        typer.Option(
+            min=0.0,
+            max=1.0,
+            help="Answer 'not sure' (with the top guesses) where the likeliest digit is less likely "
+            "than this. The probabilities are calibrated: 0.9 means right about 9 times in 10.",
+        ),
+    ] = None,
+    non_digits: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Also show the model N images that are not digits (letters, smudges, textures, "
+            "things; made here) and count how often it is sure of a digit (--min-confidence, "
+            "default 0.9), before and after its calibration.",
+        ),
+    ] = None,
     allow_untrusted_model: Annotated[
         bool,
         typer.Option(
@@ -89,8 +107,12 @@ def predict(
     ] = False,
     data_root: RootOption = None,
 ) -> None:
-    """Classify digit images with a model loaded by URI (the champion by default). An unreadable
-    file is reported on its line and the others are still classified; the exit code is then 1."""
+    """Classify digit images with a model loaded by URI (the champion by default).
+
+    The probabilities are calibrated on the dev split when the model is logged (a temperature),
+    so they say how often the model is right; --min-confidence turns the unlikely answers into
+    'not sure'. An unreadable file is reported on its line and the others are still classified;
+    the exit code is then 1."""
     from resnet_mnist.inference import images as I
     from resnet_mnist.inference import predict as P
     from resnet_mnist.tracking.store import check_store
@@ -102,8 +124,8 @@ def predict(
         digits = [P.load_digit(p, preprocess.value) for p in paths]
         print(json.dumps({"inputs": [d.tolist() for d in digits]}, separators=(",", ":")))
         return
-    if not paths and mnist_test is None and presented is None:
-        raise typer.BadParameter("give image files and/or --mnist-test N / --presented N")
+    if not paths and mnist_test is None and presented is None and non_digits is None:
+        raise typer.BadParameter("give image files and/or --mnist-test N / --presented N / --non-digits N")
     if log and presented is None:
         raise typer.BadParameter("--log writes the scores of --presented: give --presented N too")
     check_store()
@@ -115,14 +137,34 @@ def predict(
             model = P.load_model(model_uri, allow_untrusted_model)
         return model
 
-    failed = _classify(paths, load, output, number, preprocess.value) if paths else 0
+    failed = _classify(paths, load, _Writer(output, number, min_confidence), preprocess.value) if paths else 0
+    _scores(load, model_uri, mnist_test, presented, presentations, log, preprocess.value, data_root)
+    if non_digits is not None:
+        _non_digits(load(), model_uri, non_digits, 0.9 if min_confidence is None else min_confidence)
+    if failed:
+        raise P.PredictError(f"{failed} of {len(paths)} images could not be classified (see above)")
+
+
+def _scores(
+    load,
+    model_uri: str,
+    mnist_test: int | None,
+    presented: int | None,
+    presentations: str | None,
+    log: bool,
+    preprocess: str,
+    data_root: Path | None,
+) -> None:
+    """--mnist-test and --presented (with --log): accuracy on official test digits."""
+    from resnet_mnist.inference import predict as P
+
     root = str(data_root) if data_root else None
     if mnist_test is not None:
         acc = P.mnist_test_accuracy(load(), mnist_test, root)
         console.print(f"accuracy on the first {mnist_test} MNIST test images: {acc:.4f}")
     if presented is not None:
         names = [n.strip() for n in presentations.split(",") if n.strip()] if presentations else None
-        confusions = P.presented_confusions(load(), presented, names, preprocess.value, root)
+        confusions = P.presented_confusions(load(), presented, names, preprocess, root)
         for name, confusion in confusions.items():
             acc = confusion.trace() / confusion.sum()
             console.print(f"accuracy on the first {presented} test digits as {name}: {acc:.4f}")
@@ -133,16 +175,40 @@ def predict(
             console.print(
                 f"per-digit scores: evaluation/presented.json and .png of model {model_id} and its run"
             )
-    if failed:
-        raise P.PredictError(f"{failed} of {len(paths)} images could not be classified (see above)")
 
 
-def _classify(paths: list[Path], load, output: Format, number: bool, preprocess: str) -> int:
+def _non_digits(model, uri: str, count: int, min_confidence: float) -> None:
+    from resnet_mnist.inference import predict as P
+
+    temperature = P.temperature_of(uri)
+    if temperature is None:
+        raise P.PredictError(f"{uri} records no temperature (logged before calibration): nothing to compare")
+    unsure = P.non_digit_confidence(model, temperature, count, min_confidence)
+    console.print(
+        f"{count} images that are not digits; the model is sure (p >= {min_confidence:g}) of a digit on:",
+        highlight=False,
+    )
+    for kind, shown in unsure.shown.items():
+        before, after = unsure.sure_before.get(kind, 0), unsure.sure_after.get(kind, 0)
+        refused = unsure.refused.get(kind, 0)
+        console.print(
+            f"  {kind:8} {before:4d} of {shown} before calibration, {after:4d} after"
+            + (f" ({refused} refused: no ink)" if refused else ""),
+            highlight=False,
+        )
+    total_before, total_after = sum(unsure.sure_before.values()), sum(unsure.sure_after.values())
+    console.print(
+        f"  all      {total_before:4d} of {count} before ({total_before / count:.1%}), "
+        f"{total_after:4d} after ({total_after / count:.1%}); temperature {temperature:.3f}",
+        highlight=False,
+    )
+
+
+def _classify(paths: list[Path], load, writer: _Writer, preprocess: str) -> int:
     """Print each file's result as it comes; the number of files that failed."""
     from resnet_mnist.inference import predict as P
 
     errors = Console(stderr=True, soft_wrap=True, highlight=False)
-    writer = _Writer(output, number)
     failed = 0
     with Progress(
         TextColumn("classifying"),
@@ -154,7 +220,7 @@ def _classify(paths: list[Path], load, output: Format, number: bool, preprocess:
         disable=len(paths) <= P.BATCH or not errors.is_terminal,
     ) as progress:
         task = progress.add_task("images", total=len(paths))
-        for result in P.classify_files(load, paths, preprocess, number):
+        for result in P.classify_files(load, paths, preprocess, writer.number):
             if result.error:
                 failed += 1
                 errors.print(f"{result.error}", markup=False)
@@ -165,23 +231,27 @@ def _classify(paths: list[Path], load, output: Format, number: bool, preprocess:
 
 
 class _Writer:
-    """One result at a time in the chosen format, streamed (a list of 100,000 is never held)."""
+    """One result at a time in the chosen format, streamed (a list of 100,000 is never held).
+    A digit less likely than `min_confidence` is 'not sure' ('?' in a number)."""
 
-    def __init__(self, output: Format, number: bool) -> None:
+    def __init__(self, output: Format, number: bool, min_confidence: float | None = None) -> None:
         self.output, self.number, self.first = output, number, True
+        self.least = min_confidence or 0.0
         if output is Format.csv:
             self.csv = csv.writer(sys.stdout, lineterminator="\n")
             tops = [c for k in range(1, TOP + 1) for c in (f"top{k}", f"p{k}")]
-            self.csv.writerow(["path", "number" if number else "digit", "probability", *tops, "error"])
+            self.csv.writerow(
+                ["path", "number" if number else "digit", "probability", *tops, "sure", "error"]
+            )
 
     def write(self, result) -> None:
         if self.output is Format.table:
             if not result.error:
-                console.print(f"{result.path}: {_table(result, self.number)}", highlight=False, markup=False)
+                console.print(f"{result.path}: {self._table(result)}", highlight=False, markup=False)
         elif self.output is Format.json:
-            sys.stdout.write(("[\n" if self.first else ",\n") + json.dumps(_record(result, self.number)))
+            sys.stdout.write(("[\n" if self.first else ",\n") + json.dumps(self._record(result)))
         else:
-            self.csv.writerow(_row(result, self.number))
+            self.csv.writerow(self._row(result))
         self.first = False
 
     def close(self) -> None:
@@ -189,47 +259,48 @@ class _Writer:
             sys.stdout.write("[]\n" if self.first else "\n]\n")
         sys.stdout.flush()
 
+    def _text(self, result) -> str:
+        return "".join(str(p.digit) if p.sure(self.least) else "?" for p in result.digits)
 
-def _table(result, number: bool) -> str:
-    if number:
-        least = min(p.probability for p in result.digits)
-        return f"{result.text} (digits {len(result.digits)}, lowest p={least:.3f})"
-    (pred,) = result.digits
-    alternatives = ", ".join(f"{d} ({q:.3f})" for d, q in pred.top(TOP)[1:])
-    return f"{pred.digit} (p={pred.probability:.3f})  then {alternatives}"
+    def _table(self, result) -> str:
+        if self.number:
+            least = min(p.probability for p in result.digits)
+            return f"{self._text(result)} (digits {len(result.digits)}, lowest p={least:.3f})"
+        (pred,) = result.digits
+        if not pred.sure(self.least):
+            guesses = ", ".join(f"{d} ({q:.3f})" for d, q in pred.top(TOP))
+            return f"not sure (p < {self.least:g}): perhaps {guesses}"
+        alternatives = ", ".join(f"{d} ({q:.3f})" for d, q in pred.top(TOP)[1:])
+        return f"{pred.digit} (p={pred.probability:.3f})  then {alternatives}"
 
+    def _record(self, result) -> dict:
+        if result.error:
+            return {"path": str(result.path), "error": result.error}
+        if self.number:
+            return {
+                "path": str(result.path),
+                "number": self._text(result),
+                "digits": [self._digit(p) for p in result.digits],
+            }
+        return {"path": str(result.path), **self._digit(result.digits[0])}
 
-def _top(pred) -> list[dict]:
-    return [{"digit": d, "probability": round(q, 6)} for d, q in pred.top(TOP)]
-
-
-def _record(result, number: bool) -> dict:
-    if result.error:
-        return {"path": str(result.path), "error": result.error}
-    if number:
+    def _digit(self, pred) -> dict:
+        sure = pred.sure(self.least)
         return {
-            "path": str(result.path),
-            "number": result.text,
-            "digits": [
-                {"digit": p.digit, "probability": round(p.probability, 6), "top": _top(p)}
-                for p in result.digits
-            ],
+            "digit": pred.digit if sure else None,
+            "probability": round(pred.probability, 6),
+            "sure": sure,
+            "top": [{"digit": d, "probability": round(q, 6)} for d, q in pred.top(TOP)],
         }
-    (pred,) = result.digits
-    return {
-        "path": str(result.path),
-        "digit": pred.digit,
-        "probability": round(pred.probability, 6),
-        "top": _top(pred),
-    }
 
-
-def _row(result, number: bool) -> list:
-    if result.error:
-        return [str(result.path), "", "", *[""] * (2 * TOP), result.error]
-    if number:
-        least = min(p.probability for p in result.digits)
-        return [str(result.path), result.text, f"{least:.6f}", *[""] * (2 * TOP), ""]
-    (pred,) = result.digits
-    tops = [v for d, q in pred.top(TOP) for v in (d, f"{q:.6f}")]
-    return [str(result.path), pred.digit, f"{pred.probability:.6f}", *tops, ""]
+    def _row(self, result) -> list:
+        if result.error:
+            return [str(result.path), "", "", *[""] * (2 * TOP), "", result.error]
+        if self.number:
+            least = min(p.probability for p in result.digits)
+            sure = all(p.sure(self.least) for p in result.digits)
+            return [str(result.path), self._text(result), f"{least:.6f}", *[""] * (2 * TOP), sure, ""]
+        (pred,) = result.digits
+        sure = pred.sure(self.least)
+        tops = [v for d, q in pred.top(TOP) for v in (d, f"{q:.6f}")]
+        return [str(result.path), pred.digit if sure else "", f"{pred.probability:.6f}", *tops, sure, ""]

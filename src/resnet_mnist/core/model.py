@@ -250,16 +250,19 @@ def load_torchvision_weights(model: ResNet, state: Mapping[str, torch.Tensor]) -
 
 
 class DigitClassifier(nn.Module):
-    """The served model: raw 28x28 digits (uint8, 0-255) in, class probabilities out.
+    """The served model: raw 28x28 digits (uint8, 0-255) in, calibrated class probabilities out.
 
     It carries the run's own preprocessing (`resnet_mnist.core.data.Preprocess` with the run's
-    normalisation), so callers never need to know how the network was fed during training.
+    normalisation), so callers never need to know how the network was fed during training, and
+    the temperature fitted on the dev split (`core.calibration`), so its probabilities say how
+    often it is right.
     """
 
-    def __init__(self, model: nn.Module, preprocess: nn.Module) -> None:
+    def __init__(self, model: nn.Module, preprocess: nn.Module, temperature: float = 1.0) -> None:
         super().__init__()
         self.preprocess = preprocess
         self.model = model
+        self.register_buffer("temperature", torch.tensor(float(temperature)))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(self.model(self.preprocess(images)), dim=1)
+        return torch.softmax(self.model(self.preprocess(images)) / self.temperature, dim=1)

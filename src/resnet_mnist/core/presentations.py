@@ -1,5 +1,8 @@
 """Official test digits presented as people bring them: drawn with a pen on a canvas (a drawing
-pad), written in ink on paper and photographed (a JPEG), and as MNIST stores them.
+pad), written in ink on paper and photographed (a JPEG), cut out to their ink, scanned small,
+written with a thick marker or a grey pencil, and as MNIST stores them. `Look` spans the whole
+space of such presentations (the property tests draw from it); `PRESENTATIONS` are fixed points
+of it that the docs measure.
 
 Each rendering is a pure function of the digit and a seed, so a set is the same on every machine.
 A drawing follows the digit's skeleton with a pen of its own width, as a pad's strokes do; a photo
@@ -132,6 +135,123 @@ def photo(side: int, sizes: tuple[float, float]):
     return render
 
 
+@dataclass(frozen=True)
+class Look:
+    """Every parameter of how one digit is brought: how tight it is framed, how large, which ink
+    on which paper, and what the camera, the scanner and the light did to it. The default is the
+    digit cropped to its ink, black on white, 120 px tall, with nothing done to it."""
+
+    size: int = 120  #: the digit's longest side, px (a small scan: 8 or 16)
+    margin: float = 0.0  #: paper on each side, in units of the digit's longest side
+    dark_ink: bool = True  #: dark ink on light paper (else light ink on dark, as a screen)
+    contrast: float = 0.85  #: how far the ink is from the paper, as a share of full range
+    paper: float = 0.92  #: the paper's brightness (of a dark screen: 1 - this)
+    pen: float = 0.0  #: the pen's width changed by this many MNIST pixels (thick marker > 0)
+    angle: float = 0.0  #: degrees, turned counter-clockwise
+    squeeze: float = 1.0  #: width scaled by this (the height kept)
+    light: float = 0.0  #: uneven light: the paper darkens by up to this share towards a corner
+    blur: float = 0.0  #: out of focus: Gaussian sigma in MNIST pixels
+    noise: float = 0.0  #: paper grain and sensor noise: its standard deviation, share of range
+    jpeg: int = 0  #: JPEG quality (0: a lossless PNG)
+
+
+def transformed(digit: np.ndarray, look: Look) -> np.ndarray:
+    """The digit's ink (floats in [0, 1], white on black) as `look` draws it, before any paper:
+    the pen widened, squeezed, turned, scaled so its longest side is `look.size` px, cut to its
+    ink. This is the digit a person meant; `present` puts it on paper."""
+    from PIL import Image
+
+    ink = digit.astype(np.float64) / 255.0
+    up = 4  # work at 4x MNIST's pixels so that the pen and rotation change smoothly
+    ink = np.asarray(
+        Image.fromarray(ink.astype(np.float32), mode="F").resize((28 * up, 28 * up), Image.Resampling.BICUBIC)
+    ).clip(0.0, 1.0)
+    if look.pen > 0:
+        ink = ndimage.grey_dilation(ink, footprint=_disk(look.pen * up / 2))
+    elif look.pen < 0:
+        ink = ndimage.grey_erosion(ink, footprint=_disk(-look.pen * up / 2))
+    if look.angle:
+        ink = ndimage.rotate(ink, look.angle, reshape=True, order=1).clip(0.0, 1.0)
+    ink = _cut(ink)
+    h, w = ink.shape
+    w = w * look.squeeze
+    scale = look.size / max(h, w)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    resized = Image.fromarray(ink.astype(np.float32), mode="F").resize(size, Image.Resampling.LANCZOS)
+    return _cut(np.asarray(resized, dtype=np.float64).clip(0.0, 1.0))
+
+
+def present(digit: np.ndarray, look: Look, rng: np.random.Generator) -> np.ndarray:
+    """The digit brought as `look` says: a greyscale uint8 image, as read from the file a person
+    would save (a JPEG's losses included)."""
+    ink = transformed(digit, look)
+    pad = round(look.margin * max(ink.shape))
+    ink = np.pad(ink, pad)
+    h, w = ink.shape
+    if look.blur:
+        ink = ndimage.gaussian_filter(ink, look.blur * max(h - 2 * pad, w - 2 * pad) / 20)
+    yy, xx = np.mgrid[0:h, 0:w]
+    corner = rng.integers(0, 4)
+    ramp = ((yy / max(h - 1, 1)) if corner & 1 else 1 - yy / max(h - 1, 1)) + (
+        (xx / max(w - 1, 1)) if corner & 2 else 1 - xx / max(w - 1, 1)
+    )
+    light = 1.0 - look.light * ramp / 2
+    if look.dark_ink:
+        grey = look.paper * light * (1.0 - look.contrast / look.paper * ink)
+    else:
+        grey = (1.0 - look.paper) * light + look.contrast * ink * light
+    grey = grey + rng.normal(0.0, look.noise, grey.shape) if look.noise else grey
+    pixels = np.round(np.clip(grey, 0.0, 1.0) * 255).astype(np.uint8)
+    if look.jpeg:
+        from PIL import Image
+
+        buffer = io.BytesIO()
+        Image.fromarray(pixels).save(buffer, format="JPEG", quality=look.jpeg)
+        pixels = np.asarray(Image.open(io.BytesIO(buffer.getvalue())).convert("L"))
+    return pixels
+
+
+def _disk(radius: float) -> np.ndarray:
+    r = max(1, int(np.ceil(radius)))
+    yy, xx = np.mgrid[-r : r + 1, -r : r + 1]
+    return xx * xx + yy * yy <= radius * radius + 0.25
+
+
+def _cut(ink: np.ndarray) -> np.ndarray:
+    """The ink's bounding box (anything above 1 % of full strength)."""
+    rows, cols = np.nonzero(ink > 0.01)
+    return ink[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
+
+
+def looked(look: Look) -> Callable[[np.ndarray, np.random.Generator], bytes]:
+    """A presentation's renderer from one fixed look (a PNG, or a JPEG if `look.jpeg`)."""
+
+    def render(digit: np.ndarray, rng: np.random.Generator) -> bytes:
+        pixels = present(digit, look, rng)
+        return _encode(pixels, "JPEG" if look.jpeg else "PNG", quality=95)
+
+    return render
+
+
+def scan(side: int, shown: int):
+    """A small scan: the digit framed tight in `side` x `side` px (black on white, greys as a
+    scanner averages them), shown `shown` px large by nearest-neighbour enlargement (a screenshot
+    of a zoomed scan)."""
+
+    def render(digit: np.ndarray, rng: np.random.Generator) -> bytes:
+        from PIL import Image
+
+        ink = transformed(digit, Look(size=side))
+        square = np.zeros((side, side))
+        top, left = (side - ink.shape[0]) // 2, (side - ink.shape[1]) // 2
+        square[top : top + ink.shape[0], left : left + ink.shape[1]] = ink
+        pixels = np.round(255 * (1 - 0.9 * square)).astype(np.uint8)
+        big = Image.fromarray(pixels).resize((shown, shown), Image.Resampling.NEAREST)
+        return _encode(np.asarray(big), "PNG")
+
+    return render
+
+
 #: The sets the docs measure. Sizes are of the frame's side; pens in pixels.
 PRESENTATIONS = (
     Presentation("mnist", "28x28 as MNIST stores them", as_stored),
@@ -152,6 +272,19 @@ PRESENTATIONS = (
     ),
     Presentation("photo-256", "ink on paper, 256 px RGB JPEG, digit 33-66 %", photo(256, (1 / 3, 2 / 3))),
     Presentation("photo-1024", "ink on paper, 1024 px RGB JPEG, digit 15-50 %", photo(1024, (0.15, 0.5))),
+    Presentation("tight", "cropped to its ink (no margin), black on white, 168 px", looked(Look(size=168))),
+    Presentation("scan-8", "a tight 8x8 scan, shown 224 px large", scan(8, 224)),
+    Presentation("scan-16", "a tight 16x16 scan, shown 224 px large", scan(16, 224)),
+    Presentation(
+        "marker",
+        "thick marker (pen 3 MNIST px wider), tight with a 10 % margin, 200 px",
+        looked(Look(size=200, margin=0.1, pen=3.0)),
+    ),
+    Presentation(
+        "pencil",
+        "grey pencil on paper: 30 % contrast, grain, uneven light, 240 px JPEG",
+        looked(Look(size=240, margin=0.3, contrast=0.3, pen=-0.5, noise=0.03, light=0.2, jpeg=85)),
+    ),
 )
 
 

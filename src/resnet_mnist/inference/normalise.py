@@ -1,21 +1,32 @@
 """MNIST's own normalisation for a person's digit: what the model saw in training, made from
-whatever image they bring (a drawing pad's canvas, a photo of paper, a scan).
+whatever image they bring (a drawing pad's canvas, a photo of paper, a scan, a digit cut out of a
+form with no margin at all).
 
 LeCun et al. size-normalised every digit to fit a 20x20 box keeping its aspect ratio (antialiased,
 so grey levels appear) and placed it in 28x28 with its centre of mass at the centre. A model
 trained on MNIST has seen only that framing, so resizing a whole photo to 28x28 (a digit that fills
 a fifth of it becomes a few pixels in a corner) is what makes it fail. The steps here:
 
-1. polarity from the border (MNIST's ink is white on black);
-2. the background as a smooth surface fitted to the pixels that are not ink (uneven light), and
-   the paper's texture and JPEG noise as its robust spread: on a noisy background only what stands
-   clearly above it is ink, and specks far smaller than the digit are dropped;
-3. the ink's bounding box; a pen too thin to survive the shrink to 20 px is thickened first;
-4. the longest side to 20 px (antialiased), the ink's peak to full white;
-5. placed in 28x28 by its centre of mass.
+1. a small scan (under `SMALL` px) is upsampled smoothly first, so that every later step works on
+   a picture of strokes rather than on a handful of pixels;
+2. ink and paper are told apart by the histogram's two modes (Otsu's threshold on a lightly
+   smoothed copy, so that noise and JPEG blocks do not split the paper in two). Which mode is the
+   ink is read from the frame's border when there is a margin: the paper owns most of it. A digit
+   cropped to its ink has ink on every edge, yet the paper still owns most of the border, except
+   for a stroke that fills its frame (a 1 cut out tight): when both modes touch the border and one
+   of them covers most of the frame as one tall stroke, that one is the ink. When the border is
+   split evenly, the darker mode is the ink (pen on paper, the common case);
+3. the paper as a smooth surface fitted to the paper's pixels (uneven light; a constant when
+   there are too few of them, as beside a tight-cropped stroke), and the paper's texture and JPEG
+   noise as the robust spread of what is left: on a noisy paper only what stands clearly above it
+   is ink, and specks far smaller than the digit are dropped;
+4. the ink's bounding box; a pen too thin to survive the shrink to 20 px is thickened first;
+5. the longest side to 20 px (antialiased), the ink's peak to full white;
+6. placed in 28x28 by its centre of mass.
 
-A digit already in MNIST's format (clean black background, a 20 px box, centred) passes through
-unchanged: every step above is then the identity.
+An image with nothing on it is refused, saying which: one flat colour, or noise alone (the two
+modes lie closer together than the noise is wide). A digit already in MNIST's format (clean black
+background, a 20 px box, centred) passes through unchanged: every step above is then the identity.
 """
 
 from __future__ import annotations
@@ -33,7 +44,12 @@ CENTRE = 14.0  #: where MNIST puts a digit's centre of mass (pixel-index coordin
 STROKE = 1.6  #: thinnest pen, in pixels of the 20 px box, that keeps a digit readable
 WORKING = 4 * BOX  #: ink boxes larger than this are reduced (by block maximum) before the rest
 NOISE_FREE = 0.5 / 255  #: a background spread below this is an exactly uniform canvas
+FLAT = 2.0 / 255  #: an image whose values span less than this is one flat colour
 SPECK = 0.05  #: ink components lighter than this share of the heaviest one are noise
+SMALL = FRAME  #: images whose longest side is shorter are upsampled (smoothly) to at least this
+SEPARATION = 4.0  #: the two modes must lie this many noise widths apart to be ink and paper
+BORDER_SURE = 0.05  #: the border decides when one mode owns this much more than half of it
+SMALL_SURE = 0.3  #: the same for a small scan, whose border is most of its pixels
 
 
 class NoInk(ProjectError, ValueError):
@@ -54,36 +70,92 @@ def to_mnist(grey: np.ndarray) -> np.ndarray:
 
 
 def ink_map(grey: np.ndarray) -> Ink:
-    """Where the ink is and how strong, whatever the polarity, light and paper."""
+    """Where the ink is and how strong, whatever the polarity, light, paper and framing."""
     g = np.asarray(grey, dtype=np.float64)
     if g.ndim != 2 or min(g.shape) < 1:
         raise NoInk(f"expected a 2-D greyscale image, got shape {g.shape}")
     if np.asarray(grey).dtype == np.uint8 or g.max() > 1.0:
         g = g / 255.0
-    if np.median(_border(g)) > 0.5:
-        g = 1.0 - g
-    background = _background(g)
-    residual = g - background
-    spread = 1.4826 * float(np.median(np.abs(residual - np.median(residual))))
-    peak = float(np.percentile(residual, 99.9))
-    noisy = spread > NOISE_FREE
-    if noisy:
+    if float(np.ptp(g)) < FLAT:
+        raise NoInk("no ink found: the image is one flat colour")
+    noise = _noise_width(g)
+    g, k = _upsampled(g)
+    sigma = max(0.7, min(g.shape) / 300)
+    smooth = ndimage.gaussian_filter(g, sigma)
+    high = _modes(smooth)
+    if not _ink_is_bright(high, small=k > 1):
+        g, smooth, high = 1.0 - g, 1.0 - smooth, ~high
+    background, high, away = _paper(g, smooth, high)
+    if k > 1:  # a small scan: no light to follow, and its paper is its darkest pixels
+        background = np.full(g.shape, float(np.percentile(g, 5)))
+    # The noise is what the finest detail shows; but a small scan's finest detail is its strokes'
+    # edges, so there the paper's own spread counts if it is quieter (which also means that an
+    # image smaller than MNIST's frame is too few pixels to tell noise from strokes: it is read,
+    # and the answer's confidence says how sure). Of the noise, the smoothing (and a small
+    # scan's upsampling) leaves this much:
+    if k > 1:
+        paper = (g - background)[away]
+        noise = min(noise, 1.4826 * float(np.median(np.abs(paper - np.median(paper)))))
+    smoothing = np.hypot(sigma / k, 0.5 if k > 1 else 0.0)
+    _refuse_noise(noise / (2.0 * np.sqrt(np.pi) * max(smoothing, 0.5)), smooth - background, high)
+    return _strength(g - background, high, away, background)
+
+
+def _modes(smooth: np.ndarray) -> np.ndarray:
+    """Which pixels belong to the brighter of the histogram's two modes (ink and paper).
+
+    Split either as the image is, or, where the light is uneven, once a surface that follows the
+    light is taken away (fitted to every pixel, outliers on either side refitted away).
+    Whichever split separates more cleanly (Otsu's effectiveness) is the one between ink and
+    paper, not one across the light."""
+    flat = smooth - _background(smooth, np.ones(smooth.shape, dtype=bool), trim="both")
+    (cut, effect), (flat_cut, flat_effect) = _otsu(smooth), _otsu(flat)
+    return smooth > cut if effect >= flat_effect else flat > flat_cut
+
+
+def _paper(g: np.ndarray, smooth: np.ndarray, ink: np.ndarray) -> tuple[np.ndarray, ...]:
+    """The paper's surface fitted away from the ink, then the ink split again from what is left
+    of the light and the surface refitted: (surface, ink, paper's pixels)."""
+    away = _away_from(ink)
+    background = _background(g, away)
+    lifted = smooth - background
+    cut, _ = _otsu(lifted)
+    again = lifted > cut
+    if again.any() and not again.all():
+        ink, away = again, _away_from(again)
+        background = _background(g, away)
+    return background, ink, away
+
+
+def _strength(residual: np.ndarray, ink: np.ndarray, away: np.ndarray, background: np.ndarray) -> Ink:
+    """Ink strength in [0, 1] from what stands above the paper (`residual`)."""
+    paper = residual[away]
+    spread = 1.4826 * float(np.median(np.abs(paper - np.median(paper))))
+    peak = float(np.percentile(residual[ink], 95)) if ink.any() else float(residual.max())
+    if spread > NOISE_FREE:
         # Paper, texture, JPEG noise: only what stands clearly above them is ink.
-        floor = max(5.0 * spread, 0.2 * peak)
+        floor = min(max(5.0 * spread, 0.2 * peak), 0.6 * peak)
         strength = np.clip((residual - floor) / max(peak - floor, 1e-6), 0.0, 1.0)
         strength = _drop_specks(strength)
+        noisy = True
     else:
-        # A clean canvas: every grey is the pen's antialiasing, kept; but on an unevenly lit
-        # one, what is left of the gradient after the fit is rounding (under 1.5 levels), not ink.
-        floor = 0.0 if np.ptp(background) < 1 / 255 else 1.5 / 255
+        # A clean canvas: every grey is the pen's antialiasing, kept, down to what the paper
+        # itself reaches (nothing on an exactly uniform one; on an unevenly lit one the rounding
+        # of the gradient, on a JPEG its faint artefacts), and specks of those are dropped.
+        far = away & ~ndimage.binary_dilation(ink, iterations=max(2, round(0.05 * min(ink.shape))))
+        # (with no paper far from the ink, as round a digit cut out small, nothing to measure)
+        floor = max(float(np.percentile(residual[far], 99)), 0.0) if far.sum() >= 20 else 0.0
+        if np.ptp(background) >= 1 / 255:
+            floor = max(floor, 1.5 / 255)
         strength = np.where(residual > floor, residual, 0.0)
+        if floor > 0:
+            strength = _drop_specks(strength)
         top = float(strength.max())
-        if top <= 0.0:
-            raise NoInk("no ink found: the image is one flat colour")
         if top < 0.98:
-            strength = strength / top
+            strength = strength / max(top, 1e-6)
         strength = np.clip(strength, 0.0, 1.0)
-    if not (strength > 0).any() or peak <= 3.0 * spread:
+        noisy = False
+    if not (strength > 0).any():
         raise NoInk("no ink found: nothing stands out from the background")
     return Ink(strength, noisy)
 
@@ -114,32 +186,123 @@ def _border(g: np.ndarray) -> np.ndarray:
     return np.concatenate([g[:w].ravel(), g[-w:].ravel(), g[:, :w].ravel(), g[:, -w:].ravel()])
 
 
-def _background(g: np.ndarray) -> np.ndarray:
-    """A quadratic surface fitted to the pixels that are not ink, refitted as the ink is found:
-    uneven light is smooth, the ink is not, so the ink never pulls the surface up."""
+def _upsampled(g: np.ndarray) -> tuple[np.ndarray, int]:
+    """A small scan (8x8, 16x16) upsampled smoothly (bicubic) so that its longest side is at
+    least `SMALL` px: thresholds and the pen's width are then measured on strokes, not pixels.
+    Returns the image and the factor."""
+    if max(g.shape) >= SMALL:
+        return g, 1
+    from PIL import Image
+
+    k = int(np.ceil(SMALL / max(g.shape)))
+    size = (g.shape[1] * k, g.shape[0] * k)
+    big = Image.fromarray(g.astype(np.float32), mode="F").resize(size, Image.Resampling.BICUBIC)
+    return np.clip(np.asarray(big, dtype=np.float64), 0.0, 1.0), k
+
+
+def _otsu(values: np.ndarray) -> tuple[float, float]:
+    """Otsu's threshold, the value that splits the histogram into its two most distinct modes,
+    and its effectiveness (the share of the variance between the two: near 1 for two clean
+    modes, 0.75 for a flat histogram such as a gradient's, 0.64 for noise)."""
+    lo, hi = float(values.min()), float(values.max())
+    counts, edges = np.histogram(values, bins=256, range=(lo, hi))
+    centres = (edges[:-1] + edges[1:]) / 2
+    weight = np.cumsum(counts).astype(np.float64)
+    mass = np.cumsum(counts * centres)
+    total, total_mass = weight[-1], mass[-1]
+    below, above = weight, total - weight
+    with np.errstate(divide="ignore", invalid="ignore"):
+        between = (total_mass * below - total * mass) ** 2 / (below * above)
+    between[~np.isfinite(between)] = -1.0
+    best = int(np.argmax(between))
+    variance = float(np.var(values)) * total
+    return float(centres[best]), float(between[best] / variance) if variance > 0 else 0.0
+
+
+def _band(shape: tuple[int, ...]) -> np.ndarray:
+    """A mask of the frame's border band (2 % of the short side, at least one pixel)."""
+    w = max(1, round(0.02 * min(shape)))
+    band = np.zeros(shape, dtype=bool)
+    band[:w], band[-w:], band[:, :w], band[:, -w:] = True, True, True, True
+    return band
+
+
+def _ink_is_bright(high: np.ndarray, small: bool = False) -> bool:
+    """Whether the bright mode is the ink: the mode that owns less of the frame's border, or, if
+    they share it evenly, the darker one (see step 2 of the module's docstring). A `small` scan's
+    border is most of its pixels, its strokes a pixel or two wide: its ink is taken to be dark
+    unless the border is clearly dark."""
+    share = float(high[_band(high.shape)].mean())
+    return share < 0.5 if abs(share - 0.5) >= (SMALL_SURE if small else BORDER_SURE) else False
+
+
+def _noise_width(g: np.ndarray) -> float:
+    """The standard deviation of the image's pixel noise, from its finest detail (Immerkaer's
+    mask, with a median so that the strokes' edges do not count)."""
+    if min(g.shape) < 3:
+        return 0.0
+    detail = ndimage.convolve(g, np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], dtype=np.float64))
+    return 1.4826 * float(np.median(np.abs(detail[1:-1, 1:-1]))) / 6.0
+
+
+def _refuse_noise(left: float, lit: np.ndarray, ink: np.ndarray) -> None:
+    """Noise alone is refused: the two modes of `lit` (the image smoothed, less the paper's
+    surface) lie no further apart than smoothed noise (of width `left`) splits itself (about 1.6
+    of its widths)."""
+    if ink.all() or not ink.any():
+        raise NoInk("no ink found: the image is one flat colour")
+    gap = float(np.median(lit[ink]) - np.median(lit[~ink]))
+    if gap < max(SEPARATION * left, FLAT):
+        raise NoInk("no ink found: the image is noise alone, nothing stands out from it")
+
+
+def _away_from(ink: np.ndarray) -> np.ndarray:
+    """The paper's pixels: the dark mode less a rim around the ink (its antialiased edge), unless
+    that would leave too little paper (a stroke cut out to its ink)."""
+    away = ~ndimage.binary_dilation(ink, iterations=max(1, round(min(ink.shape) / 100)))
+    return away if away.sum() >= 0.05 * away.size else ~ink
+
+
+def _background(g: np.ndarray, away: np.ndarray, trim: str = "bright") -> np.ndarray:
+    """The paper: a quadratic surface fitted to the pixels `away` from the ink, refitted as
+    outliers are found (`trim` "bright": uneven light is smooth, the ink is not, so the ink never
+    pulls the surface up; "both": ink of either polarity); a constant where the paper is too
+    little or too one-sided to fit a surface to."""
     h, w = g.shape
     step = max(1, int(np.ceil(max(h, w) / 64)))
-    small = g[::step, ::step]
+    small, keep = g[::step, ::step], away[::step, ::step]
     ys, xs = np.mgrid[0 : small.shape[0], 0 : small.shape[1]]
     ys = ys * (step / max(h, 1)) - 0.5
     xs = xs * (step / max(w, 1)) - 0.5
+    quadrants = {(bool(y), bool(x)) for y, x in zip(ys[keep] > 0, xs[keep] > 0, strict=True)}
+    if keep.sum() < 24 or len(quadrants) < 4:
+        return np.full(g.shape, float(np.median(g[away])) if away.any() else float(g.min()))
+    # Where the paper is a minority of the frame (a digit cut out to its ink), a plane: a
+    # quadratic fitted to its scattered corners would swing far from it in between.
+    terms = 6 if away.mean() >= 0.5 else 3
     design = np.stack([np.ones_like(xs), xs, ys, xs * xs, xs * ys, ys * ys], -1).reshape(-1, 6)
-    values = small.ravel()
-    keep = values <= np.median(values)
-    coef = np.zeros(6)
-    for _ in range(5):
-        if keep.sum() < 6:
-            break
+    design = design[:, :terms]
+    values, keep = small.ravel(), keep.ravel()
+    coef = np.zeros(terms)
+    for _ in range(4):
         coef = np.linalg.lstsq(design[keep], values[keep], rcond=None)[0]
         residual = values - design @ coef
         spread = 1.4826 * float(np.median(np.abs(residual[keep] - np.median(residual[keep]))))
-        keep = residual <= max(2.5 * spread, NOISE_FREE)
+        outlier = residual if trim == "bright" else np.abs(residual)
+        refit = keep & (outlier <= max(2.5 * spread, NOISE_FREE))
+        if refit.sum() < 24 or np.array_equal(refit, keep):
+            break
+        keep = refit
+    coef = np.concatenate([coef, np.zeros(6 - terms)])
     Y, X = np.mgrid[0:h, 0:w]
     Xn, Yn = X / max(w, 1) - 0.5, Y / max(h, 1) - 0.5
     surface = (
         coef[0] + coef[1] * Xn + coef[2] * Yn + coef[3] * Xn * Xn + coef[4] * Xn * Yn + coef[5] * Yn * Yn
     )
-    return np.asarray(surface)
+    if trim != "bright":
+        return np.asarray(surface)
+    paper = g[away]  # the light never makes the paper darker or brighter than it is seen
+    return np.clip(surface, float(paper.min()), float(np.percentile(paper, 99)))
 
 
 def _drop_specks(strength: np.ndarray) -> np.ndarray:

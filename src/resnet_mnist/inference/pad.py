@@ -1,5 +1,6 @@
 """The drawing pad: a small page where a person draws a digit (mouse or touch) or drops a photo,
-and the model's answer with its probabilities as bars.
+and the model's answer with its (calibrated) probabilities as bars, or "not sure" with the
+likeliest digits when no digit is likely enough.
 
 FastAPI and uvicorn come with MLflow (its scoring server uses them), so the pad adds no
 dependency. Its one endpoint takes the image's bytes as the request body, reads and normalises
@@ -26,8 +27,12 @@ def page() -> str:
     return resources.files("resnet_mnist.inference").joinpath("static/pad.html").read_text(encoding="utf-8")
 
 
-def create_app(model: Any, uri: str) -> FastAPI:
-    """The pad's web app around a loaded model (`uri` is what the page names)."""
+MIN_CONFIDENCE = 0.5  #: below this (calibrated) probability the pad says "not sure"
+
+
+def create_app(model: Any, uri: str, min_confidence: float = MIN_CONFIDENCE) -> FastAPI:
+    """The pad's web app around a loaded model (`uri` is what the page names); an answer less
+    likely than `min_confidence` is "not sure", with the likeliest digits."""
     app = FastAPI(title="resnet-mnist pad", docs_url=None, redoc_url=None, openapi_url=None)
     html = page()
 
@@ -36,8 +41,8 @@ def create_app(model: Any, uri: str) -> FastAPI:
         return html
 
     @app.get("/model")
-    def model_info() -> dict[str, str]:
-        return {"uri": uri}
+    def model_info() -> dict[str, str | float]:
+        return {"uri": uri, "min_confidence": min_confidence}
 
     @app.post("/classify")
     async def classify(request: Request) -> JSONResponse:
@@ -60,6 +65,9 @@ def create_app(model: Any, uri: str) -> FastAPI:
             {
                 "digit": prediction.digit,
                 "probability": prediction.probability,
+                "sure": prediction.sure(min_confidence),
+                "min_confidence": min_confidence,
+                "top": [d for d, _ in prediction.top(3)],
                 "probabilities": [float(p) for p in prediction.probabilities],
                 "seen": digit.tolist(),
             }
@@ -72,8 +80,8 @@ def _refuse(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
 
 
-def serve(model: Any, uri: str, host: str, port: int) -> None:
+def serve(model: Any, uri: str, host: str, port: int, min_confidence: float = MIN_CONFIDENCE) -> None:
     """Serve the pad around a loaded model until stopped (Ctrl-C or SIGTERM)."""
     import uvicorn
 
-    uvicorn.run(create_app(model, uri), host=host, port=port, log_level="warning")
+    uvicorn.run(create_app(model, uri, min_confidence), host=host, port=port, log_level="warning")

@@ -57,7 +57,8 @@ def load_model(uri: str, allow_untrusted: bool = False):
     from resnet_mnist.runtime.errors import first_line
 
     try:
-        flavors = mlflow.models.get_model_info(uri).flavors
+        with overridden({PROGRESS_BARS: "false"}):
+            flavors = mlflow.models.get_model_info(uri).flavors
     except (MlflowException, OSError) as exc:
         raise PredictError(f"cannot load model {uri!r}: {first_line(exc)}") from None
     if not allow_untrusted and not is_ours(flavors):
@@ -67,7 +68,9 @@ def load_model(uri: str, allow_untrusted: bool = False):
             "--allow-untrusted-model to load it anyway."
         )
     try:
-        with overridden({PICKLE_SWITCH: "true" if allow_untrusted else "false"}):
+        # MLflow's download progress bars are not what a person asked to see
+        quiet = {PICKLE_SWITCH: "true" if allow_untrusted else "false", PROGRESS_BARS: "false"}
+        with overridden(quiet):
             return mlflow.pyfunc.load_model(uri)
     except (MlflowException, OSError) as exc:
         if not allow_untrusted and "pickle" in str(exc).lower():
@@ -80,6 +83,7 @@ def load_model(uri: str, allow_untrusted: bool = False):
 
 
 PICKLE_SWITCH = "MLFLOW_ALLOW_PICKLE_DESERIALIZATION"
+PROGRESS_BARS = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
 
 
 def is_ours(flavors: dict) -> bool:
@@ -104,6 +108,63 @@ class Prediction:
         """The `k` likeliest digits with their probabilities, likeliest first."""
         order = np.argsort(-self.probabilities, kind="stable")[:k]
         return [(int(d), float(self.probabilities[d])) for d in order]
+
+    def sure(self, min_confidence: float) -> bool:
+        """Whether the likeliest digit is at least `min_confidence` likely (a calibrated model's
+        probability: how often it is right when it says so)."""
+        return self.probability >= min_confidence
+
+
+def temperature_of(uri: str) -> float | None:
+    """The temperature a logged model divides its logits by (its LoggedModel's param), or None
+    for a model logged before calibration or not by this project."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from resnet_mnist.tracking.names import TEMPERATURE
+
+    try:
+        info = mlflow.models.get_model_info(uri)
+        if not info.model_id:
+            return None
+        value = mlflow.MlflowClient().get_logged_model(info.model_id).params.get(TEMPERATURE)
+    except (MlflowException, OSError):
+        return None
+    return float(value) if value is not None else None
+
+
+@dataclass
+class Unsure:
+    """How often a model was sure of a digit on images that are not digits, per kind."""
+
+    shown: dict[str, int] = field(default_factory=dict)
+    refused: dict[str, int] = field(default_factory=dict)  #: "no ink found": never a digit
+    sure_before: dict[str, int] = field(default_factory=dict)  #: at T = 1
+    sure_after: dict[str, int] = field(default_factory=dict)  #: at the model's temperature
+
+
+def non_digit_confidence(model, temperature: float, count: int, min_confidence: float) -> Unsure:
+    """Show the model `count` images that are not digits (`core.nondigits`), read as a person's
+    files are, and count how often its likeliest digit reached `min_confidence`, before the
+    temperature (recovered from the calibrated probabilities) and after."""
+    import torch
+
+    from resnet_mnist.core import nondigits
+    from resnet_mnist.core.calibration import uncalibrated
+
+    unsure = Unsure()
+    for kind, data in nondigits.images(count):
+        unsure.shown[kind] = unsure.shown.get(kind, 0) + 1
+        try:
+            digit = load_digit(data, name=kind)
+        except PredictError:
+            unsure.refused[kind] = unsure.refused.get(kind, 0) + 1
+            continue
+        after = np.asarray(model.predict(digit[None].astype(np.uint8)), dtype=np.float64)
+        before = uncalibrated(torch.from_numpy(after), temperature).numpy()
+        for counts, probs in ((unsure.sure_before, before), (unsure.sure_after, after)):
+            counts[kind] = counts.get(kind, 0) + int(probs.max() >= min_confidence)
+    return unsure
 
 
 def predict(model, digits: np.ndarray) -> list[Prediction]:

@@ -28,6 +28,7 @@ from torch import nn
 
 from resnet_mnist.config.settings import TrainConfig
 from resnet_mnist.core import data as D
+from resnet_mnist.core.calibration import Calibration
 from resnet_mnist.core.complexity import Complexity, format_table
 from resnet_mnist.core.diagnostics import GRAD_NORM, LESION
 from resnet_mnist.core.figures import History
@@ -220,6 +221,27 @@ class MlflowTracker(Callback):
             with naming(self.run_id, "plots/diagnostics.png"):
                 self.client.log_artifact(self.run_id, str(path), "plots")
 
+    def log_calibration(self, model_id: str, calibration: Calibration) -> None:
+        """The test split's expected calibration error before and after the temperature, in the
+        run and on the LoggedModel, at the best checkpoint's step."""
+        if self.result is None:
+            return
+        now = int(time.time() * 1000)
+        dataset = self.datasets.get("test")
+        for key, value in calibration.metrics().items():
+            self.buffer.append(
+                Metric(
+                    key,
+                    value,
+                    now,
+                    self.result.best_step,
+                    model_id=model_id,
+                    dataset_name=dataset.name if dataset else None,
+                    dataset_digest=dataset.digest if dataset else None,
+                )
+            )
+        self.flush()
+
     def log_scores(self, model_id: str | None) -> None:
         """The best checkpoint's dev and test scores at its step, in the run and, with the dataset
         each was measured on, on the LoggedModel `model_id` (when the model was logged)."""
@@ -289,8 +311,11 @@ def log_best_checkpoint(state: dict[str, torch.Tensor]) -> None:
             mlflow.log_artifact(str(checkpoint), "checkpoints")
 
 
-def log_model(model: nn.Module, normalize: str, example_images: np.ndarray, step: int) -> str:
-    """Log the model (torch.export `pt2` format, no pickle) wrapped to take raw 28x28 digits.
+def log_model(
+    model: nn.Module, normalize: str, example_images: np.ndarray, step: int, temperature: float = 1.0
+) -> str:
+    """Log the model (torch.export `pt2` format, no pickle) wrapped to take raw 28x28 digits and
+    answer calibrated probabilities (`temperature`, kept as the LoggedModel's param too).
 
     The signature is uint8 (N, 28, 28), as MNIST and PIL images come; MLflow enforces tensor
     dtypes strictly, so float images are cast to uint8 by the caller (`resnet-mnist predict` does).
@@ -298,7 +323,7 @@ def log_model(model: nn.Module, normalize: str, example_images: np.ndarray, step
     scores, with their datasets) to the LoggedModel, so the Models tab and `search_logged_models`
     can rank models by them. Returns the LoggedModel's id.
     """
-    classifier = DigitClassifier(model, D.Preprocess(normalize)).to("cpu").eval()
+    classifier = DigitClassifier(model, D.Preprocess(normalize), temperature).to("cpu").eval()
     example = np.ascontiguousarray(example_images, dtype=np.uint8).copy()
     with torch.inference_mode():
         output = classifier(torch.from_numpy(example)).numpy()
@@ -319,6 +344,7 @@ def log_model(model: nn.Module, normalize: str, example_images: np.ndarray, step
         )
     # MLflow 3 keeps the model as a LoggedModel; registering its own URI avoids a lookup.
     mlflow.set_tag(names.LOGGED_MODEL_URI, info.model_uri)
+    mlflow.log_model_params({names.TEMPERATURE: repr(float(temperature))}, info.model_id)
     return info.model_id
 
 

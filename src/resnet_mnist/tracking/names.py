@@ -47,6 +47,8 @@ TAKEN_OVER_FROM = "taken_over_from"
 FAILURE_REASON = "failure_reason"
 OFFLINE_REPLAYED = "offline.replayed"
 LOGGED_MODEL_URI = "logged_model_uri"
+#: the LoggedModel's param: the temperature its probabilities are divided by (core.calibration)
+TEMPERATURE = "temperature"
 
 #: The study run's keys (its cells are training runs under it).
 STUDY_KEY = "study.key"

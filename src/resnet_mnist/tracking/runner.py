@@ -15,6 +15,7 @@ from mlflow.tracking import MlflowClient
 from torch import nn
 
 from resnet_mnist.config.settings import TrainConfig, from_params
+from resnet_mnist.core.calibration import calibrate
 from resnet_mnist.core.complexity import measured
 from resnet_mnist.core.device import resolve_device
 from resnet_mnist.core.distributed import Dist, device_for
@@ -254,10 +255,14 @@ def _log_results(
     try:
         if tensors.raw_examples is None:
             raise ValueError("the model's input example (raw dev digits) was not loaded")
-        model_id = log_model(model, config.normalize, tensors.raw_examples, result.best_step)
+        calibration = calibrate(model, tensors.dev, tensors.test)
+        model_id = log_model(
+            model, config.normalize, tensors.raw_examples, result.best_step, calibration.temperature
+        )
     except BaseException:
         tracker.log_scores(None)
         raise
     mark("model")
     tracker.log_scores(model_id)
+    tracker.log_calibration(model_id, calibration)
     safe_point(stop)
