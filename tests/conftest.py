@@ -44,11 +44,15 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     up a server or a trained store once joins that module's group, so the set-up happens once,
     on one worker; every other test is scheduled alone. Modules with slow tests go first (a
     module stays together), so that no long test is left to start when the others are done.
+    Tests that start Ray (marked `ray`) share one group: two Ray instances starting at once on one
+    machine failed CI (a study and `ray start` ended at start-up beside another worker's Ray).
     """
     for item in items:
         fixtures = getattr(item, "_fixtureinfo", None)
         defs = fixtures.name2fixturedefs.values() if fixtures else []
-        if any(d[-1].scope == "module" for d in defs):
+        if item.get_closest_marker("ray"):
+            item.add_marker(pytest.mark.xdist_group("ray"))
+        elif any(d[-1].scope == "module" for d in defs):
             item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
     slow_modules = {item.nodeid.split("::")[0] for item in items if item.get_closest_marker("slow")}
     items.sort(key=lambda item: item.nodeid.split("::")[0] not in slow_modules)

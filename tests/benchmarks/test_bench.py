@@ -84,6 +84,7 @@ def test_quick_bench_writes_consistent_report(tmp_path: Path) -> None:
     assert not (tmp_path / "unused.db").exists()
 
 
+@pytest.mark.ray
 @needs_data
 def test_the_study_stage_measures_ray_and_the_schedule(tmp_path: Path) -> None:
     """`make bench --study`'s stage on its own (`python -m benchmarks.study`), on the tiny study

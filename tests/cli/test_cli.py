@@ -223,6 +223,7 @@ def test_mlflow_run_compare_makes_its_run_the_comparison(tmp_path: Path) -> None
     )
 
 
+@pytest.mark.ray
 def test_mlflow_run_study_makes_its_run_the_study_run(tmp_path: Path) -> None:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     out = mlflow_run_entry(tmp_path, uri, "study", "study=tiny", experiment="my-study")

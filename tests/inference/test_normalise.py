@@ -7,29 +7,33 @@ import functools
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, note, settings
+from hypothesis import HealthCheck, assume, given, note, settings
 from hypothesis import strategies as st
 from scipy import ndimage
 
 from resnet_mnist.core import data as D
-from resnet_mnist.core.presentations import Look, by_name, pen_drawing, present, rendered, transformed
+from resnet_mnist.core.presentations import Look, by_name, pen_drawing, present, rendered, seen
 from resnet_mnist.inference.images import read_grey
 from resnet_mnist.inference.normalise import NoInk, frame, resize_whole, split_number, to_mnist
 from tests.conftest import REAL_ROOT, real_data_present
 
 #: The result must correlate at least this well with MNIST's own framing of the digit presented
-#: (both blurred by 1 px, so that a pixel's shift from rounding the centre of mass, or another
-#: resampling's antialiasing, does not count). Two different test digits of the same class
-#: correlate at a median of 0.64 (90th percentile 0.85, measured on the first 2,000): above 0.7
-#: the result is closer to this digit than a typical other writer's same digit is, so it has
-#: kept this digit's own shape, not just any digit's.
-SIMILAR = 0.7
+#: (both blurred by 1 px, the best of the nine alignments within a pixel: the placement rounds
+#: the centre of mass to a whole pixel, and another resampling's antialiasing differs a little).
+#: Measured so on the first 1,000 test digits: two digits of the same class correlate at a median
+#: of 0.69 (90th percentile 0.88), two of different classes at 0.50 (90th percentile 0.68). At
+#: 0.75 the result is closer to this digit than most other writers' same digit is, and further
+#: from it than nine in ten pairs of different digits: it kept this digit's own shape.
+SIMILAR = 0.75
+#: Under 12 px MNIST's framing of the digit is itself a few pixels upsampled (a 1 or a 4 at 10 px
+#: is two or three pixels wide), and the result need only keep its shape: above most pairs of
+#: different digits.
+SIMILAR_TINY = 0.6
 #: The smallest digit the properties draw, px. At 8 px a 1 or a 4 is two or three pixels wide
 #: and barely a digit to a person either; 8 px scans are measured in docs/use.md, not asserted.
 SMALLEST = 10
-#: Under 12 px MNIST's framing of the digit is itself a few pixels upsampled (a 1 or a 4 at 8 px
-#: is two or three pixels wide), and the result need only keep its shape, not its blur.
-SIMILAR_TINY = 0.55
+#: The narrowest image the properties judge, px (see `check_framed_as_mnist`).
+MIN_SIDE = 4
 
 
 def framing(digit: np.ndarray) -> tuple[int, tuple[float, float]]:
@@ -118,9 +122,15 @@ def test_the_naive_resize_is_kept_for_comparison(mnist: D.Mnist) -> None:
 
 
 def similarity(a: np.ndarray, b: np.ndarray) -> float:
-    """Pearson correlation of two 28x28 images, each blurred by a Gaussian of 1 px."""
-    x, y = (ndimage.gaussian_filter(v.astype(np.float64), 1.0).ravel() for v in (a, b))
-    return float(np.corrcoef(x, y)[0, 1])
+    """Pearson correlation of two 28x28 images, each blurred by a Gaussian of 1 px, at the best
+    of the nine alignments within a pixel."""
+    x = ndimage.gaussian_filter(a.astype(np.float64), 1.0)
+    y = ndimage.gaussian_filter(b.astype(np.float64), 1.0)
+    return max(
+        float(np.corrcoef(x.ravel(), np.roll(y, (dy, dx), axis=(0, 1)).ravel())[0, 1])
+        for dy in (-1, 0, 1)
+        for dx in (-1, 0, 1)
+    )
 
 
 @st.composite
@@ -137,7 +147,8 @@ def presentations(draw: st.DrawFn, largest: int = 2000) -> tuple[int, Look, int]
     scan of paper: dark ink (at 8 px cut out to its ink, which mode is the paper cannot be read
     from a handful of pixels, so the common case is assumed), the scanner's light even to a
     quarter of the contrast, noise under a twelfth of it and JPEG at 70 or better (its strokes
-    are a pixel or two wide); under 12 px, at least 30 % contrast."""
+    are a pixel or two wide); under 12 px, at least 30 % contrast and no JPEG (its 8x8 blocks are
+    the digit's own size)."""
     index = draw(st.integers(0, 9999))
     margin = draw(st.one_of(st.just(0.0), st.floats(0.0, 3.0)))
     size = round(SMALLEST * (largest / SMALLEST) ** draw(st.floats(0.0, 1.0)))
@@ -156,13 +167,13 @@ def presentations(draw: st.DrawFn, largest: int = 2000) -> tuple[int, Look, int]
         light=draw(st.floats(0.0, contrast / 4 if small else min(0.4, contrast))),
         blur=draw(st.floats(0.0, 1.0)),
         noise=draw(st.floats(0.0, min(0.04, contrast / (12 if small else 6)))),
-        jpeg=draw(st.one_of(st.just(0), st.integers(70 if small else 40, 95))),
+        jpeg=draw(st.one_of(st.just(0), st.integers(70 if small else 40, 95))) if size >= 12 else 0,
     )
     return index, look, draw(st.integers(0, 2**32 - 1))
 
 
 @functools.cache
-def test_digits() -> tuple[np.ndarray, np.ndarray]:
+def official_test_digits() -> tuple[np.ndarray, np.ndarray]:
     """The official test digits and labels (not a fixture: Hypothesis would print all of MNIST
     with every failing example)."""
     if not real_data_present():
@@ -173,17 +184,26 @@ def test_digits() -> tuple[np.ndarray, np.ndarray]:
 
 def check_framed_as_mnist(case: tuple[int, Look, int]) -> None:
     index, look, seed = case
-    images, labels = test_digits()
+    images, labels = official_test_digits()
     digit = images[index]
     image = present(digit, look, np.random.default_rng(seed))
     note(f"image {image.shape}, test digit {index} (a {labels[index]})")
+    # A 1 cut out tight from a 10 px digit can be a 10x2 sliver: no input a person brings (the
+    # smallest they bring is an 8x8 scan), and too few pixels to tell a stroke from a smudge.
+    assume(min(image.shape) >= MIN_SIDE)
     out = to_mnist(image)  # a visible digit is never refused: NoInk fails the test
-    reference = frame(transformed(digit, look))  # MNIST's framing of the digit as drawn
+    # MNIST's framing of the digit as the camera saw it (drawn, turned, out of focus; what is
+    # below 1 % of full strength is invisible in 8 bits), before paper, light, noise and JPEG
+    ink = seen(digit, look)
+    reference = frame(np.where(ink >= 0.01, ink, 0.0))
     side, centre = framing(out)
-    _, want = framing(reference)
+    reference_side, want = framing(reference)
     score = similarity(out, reference)
-    note(f"box {side} px, centre {centre} (MNIST's framing: {want}), similarity {score:.3f}")
-    assert 19 <= side <= 21
+    note(f"box {side} px, centre {centre}, similarity {score:.3f}")
+    note(f"MNIST's framing: box {reference_side} px, centre {want}")
+    # 20 +- 1 px; a blurred small digit's faint halo can round to nothing at the box's edge in
+    # MNIST's own framing too (19 px, say): then within 1 px of that
+    assert 19 <= side <= 21 or abs(side - reference_side) <= 1
     assert max(abs(a - b) for a, b in zip(centre, want, strict=True)) <= 1.0
     assert score >= (SIMILAR_TINY if look.size < 12 else SIMILAR)
 

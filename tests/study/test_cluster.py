@@ -29,7 +29,7 @@ from mlflow.tracking import MlflowClient
 from resnet_mnist.tracking.names import STUDY_EXPERIMENT
 from tests.conftest import BIN, REPO, child_env
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
 #: Ray's own node-death tests detect a dead node in seconds with these.
 FAST_FAILURE_DETECTION = {
@@ -113,17 +113,19 @@ def start_study(folder: Path, env: dict[str, str], *args: str) -> subprocess.Pop
     )
 
 
-def wait_for(what: str, check: Callable[[], object], proc: subprocess.Popen, limit_s: float = 600) -> object:
+def wait_for(
+    what: str, check: Callable[[], object], proc: subprocess.Popen, log: Path, limit_s: float = 600
+) -> object:
     """Poll `check` until it returns something true; fail if `proc` ends first or after limit_s
-    (a bound for a hung test, not a timing)."""
+    (a bound for a hung test, not a timing), with the end of `proc`'s log."""
     deadline = time.monotonic() + limit_s
     while time.monotonic() < deadline:
         found = check()
         if found:
             return found
-        assert proc.poll() is None, f"ended ({proc.returncode}) before {what}"
+        assert proc.poll() is None, f"ended ({proc.returncode}) before {what}:\n{log.read_text()[-3000:]}"
         time.sleep(0.1)
-    raise AssertionError(f"no {what} within {limit_s} s")
+    raise AssertionError(f"no {what} within {limit_s} s:\n{log.read_text()[-3000:]}")
 
 
 def training_cell(folder: Path, owners: Callable[[], set[int]] | None = None) -> Run | None:
@@ -173,7 +175,9 @@ def test_a_stop_ends_every_cell_at_a_step_and_the_rerun_continues(
     """Ctrl-C in a terminal (SIGINT to the command's process group) or SIGTERM to the command
     (Ray's driver installs a SIGTERM handler of its own that would end it at once)."""
     proc = start_study(tmp_path, {}, "--workers", "2")
-    cell = wait_for("a cell training with a checkpoint", lambda: training_cell(tmp_path), proc)
+    cell = wait_for(
+        "a cell training with a checkpoint", lambda: training_cell(tmp_path), proc, tmp_path / "study.log"
+    )
     assert isinstance(cell, Run)
     descendants = psutil.Process(proc.pid).children(recursive=True)
     with frozen(int(cell.data.tags["owner.pid"])):  # still mid-training when the stop lands
@@ -185,6 +189,7 @@ def test_a_stop_ends_every_cell_at_a_step_and_the_rerun_continues(
             "the stop",
             lambda: "stopping" in log_of(tmp_path) and "cells at their next" in log_of(tmp_path),
             proc,
+            tmp_path / "study.log",
         )
     assert proc.wait(timeout=600) == 130, log_of(tmp_path)
     assert not [p for p in descendants if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
@@ -237,6 +242,7 @@ class LoopbackCluster:
             f"{name} to start",
             lambda: "Ray runtime started" in (self.folder / f"{name}.log").read_text(),
             proc,
+            self.folder / f"{name}.log",
         )
         return proc
 
@@ -280,7 +286,10 @@ def test_a_node_killed_mid_cell_costs_one_retry_not_a_cell(tmp_path: Path, unint
         proc = start_study(tmp_path, env, "--address", cluster.address)
         on_second = lambda: {p.pid for p in cluster.processes(second)}  # noqa: E731
         cell = wait_for(
-            "a cell training on the second node", lambda: training_cell(tmp_path, on_second), proc
+            "a cell training on the second node",
+            lambda: training_cell(tmp_path, on_second),
+            proc,
+            tmp_path / "study.log",
         )
         assert isinstance(cell, Run)
         (raylet,) = [p for p in cluster.processes(second) if p.name() == "raylet"]

@@ -162,6 +162,7 @@ def study_runs(tmp: Path) -> list:
     return [] if exp is None else client.search_runs([exp.experiment_id], max_results=1000)
 
 
+@pytest.mark.ray
 @pytest.mark.slow
 def test_study_end_to_end_then_nothing_to_train(tmp_path: Path) -> None:
     early = cli("study", "--study", "tiny", "--report-only", cwd=tmp_path, env=own_store(tmp_path))

@@ -181,15 +181,21 @@ def transformed(digit: np.ndarray, look: Look) -> np.ndarray:
     return _cut(np.asarray(resized, dtype=np.float64).clip(0.0, 1.0))
 
 
+def seen(digit: np.ndarray, look: Look) -> np.ndarray:
+    """The digit's ink as the camera sees it, before paper, light, noise or JPEG: `transformed`,
+    on its margin, out of focus by `look.blur`."""
+    ink = transformed(digit, look)
+    pad = round(look.margin * max(ink.shape))
+    side = max(ink.shape)
+    ink = np.pad(ink, pad)
+    return ndimage.gaussian_filter(ink, look.blur * side / 20) if look.blur else ink
+
+
 def present(digit: np.ndarray, look: Look, rng: np.random.Generator) -> np.ndarray:
     """The digit brought as `look` says: a greyscale uint8 image, as read from the file a person
     would save (a JPEG's losses included)."""
-    ink = transformed(digit, look)
-    pad = round(look.margin * max(ink.shape))
-    ink = np.pad(ink, pad)
+    ink = seen(digit, look)
     h, w = ink.shape
-    if look.blur:
-        ink = ndimage.gaussian_filter(ink, look.blur * max(h - 2 * pad, w - 2 * pad) / 20)
     yy, xx = np.mgrid[0:h, 0:w]
     corner = rng.integers(0, 4)
     ramp = ((yy / max(h - 1, 1)) if corner & 1 else 1 - yy / max(h - 1, 1)) + (

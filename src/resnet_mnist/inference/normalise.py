@@ -11,11 +11,14 @@ a fifth of it becomes a few pixels in a corner) is what makes it fail. The steps
    a picture of strokes rather than on a handful of pixels;
 2. ink and paper are told apart by the histogram's two modes (Otsu's threshold on a lightly
    smoothed copy, so that noise and JPEG blocks do not split the paper in two). Which mode is the
-   ink is read from the frame's border when there is a margin: the paper owns most of it. A digit
-   cropped to its ink has ink on every edge, yet the paper still owns most of the border, except
-   for a stroke that fills its frame (a 1 cut out tight): when both modes touch the border and one
-   of them covers most of the frame as one tall stroke, that one is the ink. When the border is
-   split evenly, the darker mode is the ink (pen on paper, the common case);
+   ink is read from the frame's border: the paper owns most of it, with a margin and also in a
+   digit cut out to its ink (the ink touches every edge, but in a few places), except for a stroke
+   that fills its narrow frame (a 1 cut out tight): there the mode that covers most of the frame
+   and runs through it from top to bottom, the other left in the corners, is the ink. When the
+   border is split evenly, the darker mode is the ink (pen on paper, the common case), and a small
+   scan's is taken to be dark unless its border is clearly dark. Where the histogram has no two
+   clean modes (a faint digit, a sliver of a noisy frame), the paper is its median and the ink is
+   what lies far out on one side;
 3. the paper as a smooth surface fitted to the paper's pixels (uneven light; a constant when
    there are too few of them, as beside a tight-cropped stroke), and the paper's texture and JPEG
    noise as the robust spread of what is left: on a noisy paper only what stands clearly above it
@@ -44,12 +47,19 @@ CENTRE = 14.0  #: where MNIST puts a digit's centre of mass (pixel-index coordin
 STROKE = 1.6  #: thinnest pen, in pixels of the 20 px box, that keeps a digit readable
 WORKING = 4 * BOX  #: ink boxes larger than this are reduced (by block maximum) before the rest
 NOISE_FREE = 0.5 / 255  #: a background spread below this is an exactly uniform canvas
+VISIBLE = 0.5 / 255  #: ink fainter than this rounds to nothing in 8 bits: not part of the box
 FLAT = 2.0 / 255  #: an image whose values span less than this is one flat colour
 SPECK = 0.05  #: ink components lighter than this share of the heaviest one are noise
+BIMODAL = 0.75  #: Otsu's effectiveness below this: no two clean modes (a flat histogram is 0.75)
+DETECT = 5.0  #: then the ink lies this many of the paper's widths out
+FAINT = 0.05  #: on a clean canvas, specks no stronger than this share of the ink's peak are dropped
+UNDERSHOOT = 0.002  #: paper below its own level on more than this share: noise or JPEG, not clean
 SMALL = FRAME  #: images whose longest side is shorter are upsampled (smoothly) to at least this
 SEPARATION = 4.0  #: the two modes must lie this many noise widths apart to be ink and paper
 BORDER_SURE = 0.05  #: the border decides when one mode owns this much more than half of it
 SMALL_SURE = 0.3  #: the same for a small scan, whose border is most of its pixels
+NARROW = 0.45  #: a frame narrower than this share of its height may be a 1 cut out to its ink
+MARGIN_SURE = 0.4  #: a border 90 % one mode is a margin: its mode is the paper, whatever the frame
 
 
 class NoInk(ProjectError, ValueError):
@@ -107,9 +117,18 @@ def _modes(smooth: np.ndarray) -> np.ndarray:
     Split either as the image is, or, where the light is uneven, once a surface that follows the
     light is taken away (fitted to every pixel, outliers on either side refitted away).
     Whichever split separates more cleanly (Otsu's effectiveness) is the one between ink and
-    paper, not one across the light."""
+    paper, not one across the light. Where neither separates (a faint digit, a sliver of a noisy
+    frame: the histogram is the paper's), the ink is what lies far out on one side of it."""
     flat = smooth - _background(smooth, np.ones(smooth.shape, dtype=bool), trim="both")
     (cut, effect), (flat_cut, flat_effect) = _otsu(smooth), _otsu(flat)
+    if max(effect, flat_effect) < BIMODAL:
+        # No two clean modes: a faint digit that is a sliver of a noisy frame. The paper is then
+        # the median and its spread; the ink is what lies far out on one side of it.
+        centre = float(np.median(flat))
+        width = 1.4826 * float(np.median(np.abs(flat - centre)))
+        bright, dark = flat > centre + DETECT * width, flat < centre - DETECT * width
+        if width > 0 and (bright.any() or dark.any()):
+            return bright if bright.sum() >= dark.sum() else ~dark
     return smooth > cut if effect >= flat_effect else flat > flat_cut
 
 
@@ -119,9 +138,9 @@ def _paper(g: np.ndarray, smooth: np.ndarray, ink: np.ndarray) -> tuple[np.ndarr
     away = _away_from(ink)
     background = _background(g, away)
     lifted = smooth - background
-    cut, _ = _otsu(lifted)
+    cut, effect = _otsu(lifted)
     again = lifted > cut
-    if again.any() and not again.all():
+    if effect >= BIMODAL and again.any() and not again.all():  # (else: no cleaner split)
         ink, away = again, _away_from(again)
         background = _background(g, away)
     return background, ink, away
@@ -132,7 +151,9 @@ def _strength(residual: np.ndarray, ink: np.ndarray, away: np.ndarray, backgroun
     paper = residual[away]
     spread = 1.4826 * float(np.median(np.abs(paper - np.median(paper))))
     peak = float(np.percentile(residual[ink], 95)) if ink.any() else float(residual.max())
-    if spread > NOISE_FREE:
+    # A clean canvas never goes below its own paper; noise and a JPEG's ringing go both ways.
+    undershoot = float((paper < -1.5 / 255).mean()) if paper.size else 0.0
+    if spread > NOISE_FREE or undershoot > UNDERSHOOT:
         # Paper, texture, JPEG noise: only what stands clearly above them is ink.
         floor = min(max(5.0 * spread, 0.2 * peak), 0.6 * peak)
         strength = np.clip((residual - floor) / max(peak - floor, 1e-6), 0.0, 1.0)
@@ -148,8 +169,8 @@ def _strength(residual: np.ndarray, ink: np.ndarray, away: np.ndarray, backgroun
         if np.ptp(background) >= 1 / 255:
             floor = max(floor, 1.5 / 255)
         strength = np.where(residual > floor, residual, 0.0)
-        if floor > 0:
-            strength = _drop_specks(strength)
+        strength = _drop_specks(strength, faint=0.0 if floor > 0 else FAINT * max(peak, 1e-6))
+        strength = _near_the_strokes(strength, FAINT * max(peak, 1e-6))
         top = float(strength.max())
         if top < 0.98:
             strength = strength / max(top, 1e-6)
@@ -162,7 +183,7 @@ def _strength(residual: np.ndarray, ink: np.ndarray, away: np.ndarray, backgroun
 
 def frame(strength: np.ndarray) -> np.ndarray:
     """Ink strength (H, W) -> 28x28 uint8: box to 20 px, centred by mass (steps 3-5 above)."""
-    rows, cols = np.nonzero(strength > 0)
+    rows, cols = np.nonzero(strength >= VISIBLE)
     if rows.size == 0:
         raise NoInk("no ink found")
     ink = strength[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
@@ -215,7 +236,7 @@ def _otsu(values: np.ndarray) -> tuple[float, float]:
         between = (total_mass * below - total * mass) ** 2 / (below * above)
     between[~np.isfinite(between)] = -1.0
     best = int(np.argmax(between))
-    variance = float(np.var(values)) * total
+    variance = float(np.var(values)) * total * total  # (between is n0 n1 (m0 - m1)^2, counts)
     return float(centres[best]), float(between[best] / variance) if variance > 0 else 0.0
 
 
@@ -233,7 +254,30 @@ def _ink_is_bright(high: np.ndarray, small: bool = False) -> bool:
     border is most of its pixels, its strokes a pixel or two wide: its ink is taken to be dark
     unless the border is clearly dark."""
     share = float(high[_band(high.shape)].mean())
+    h, w = high.shape
+    if abs(share - 0.5) < MARGIN_SURE and w <= NARROW * h:
+        # no margin around a narrow frame: a 1 cut out to its ink. Upright, it runs down the
+        # middle; slanted, it runs corner to corner through the mode the border favours.
+        middle = float(high[:, w // 3 : max(w - w // 3, w // 3 + 1)].mean())
+        if abs(middle - 0.5) >= 0.2:
+            return middle > 0.5
+        if _a_stroke_cut_out(high if share >= 0.5 else ~high):
+            return share >= 0.5
     return share < 0.5 if abs(share - 0.5) >= (SMALL_SURE if small else BORDER_SURE) else False
+
+
+def _a_stroke_cut_out(mode: np.ndarray) -> bool:
+    """A slanted 1 cut out to its ink: the border's majority mode covers most of the frame and
+    runs through it from top to bottom in one piece, the other mode left in pieces that do not
+    (the paper in the corners beside the stroke). Then the majority is the ink."""
+    return mode.mean() >= 0.5 and _spans(mode) and not _spans(~mode)
+
+
+def _spans(mask: np.ndarray) -> bool:
+    """Whether one connected piece of `mask` touches both the top and the bottom row."""
+    labels, _ = ndimage.label(mask)
+    top, bottom = set(labels[0][labels[0] > 0].tolist()), set(labels[-1][labels[-1] > 0].tolist())
+    return bool(top & bottom)
 
 
 def _noise_width(g: np.ndarray) -> float:
@@ -302,17 +346,33 @@ def _background(g: np.ndarray, away: np.ndarray, trim: str = "bright") -> np.nda
     if trim != "bright":
         return np.asarray(surface)
     paper = g[away]  # the light never makes the paper darker or brighter than it is seen
-    return np.clip(surface, float(paper.min()), float(np.percentile(paper, 99)))
+    return np.clip(surface, float(paper.min()), float(paper.max()))
 
 
-def _drop_specks(strength: np.ndarray) -> np.ndarray:
-    """Zero ink components much lighter than the heaviest one (texture and noise that passed)."""
+def _drop_specks(strength: np.ndarray, faint: float = 0.0) -> np.ndarray:
+    """Zero ink components much lighter than the heaviest one (texture and noise that passed);
+    with `faint`, only those that are also no stronger than it anywhere (a JPEG's faint blocks
+    on a clean canvas, where a real stroke's fragment is kept however small)."""
     labels, count = ndimage.label(strength > 0, structure=np.ones((3, 3)))
     if count <= 1:
         return strength
-    mass = ndimage.sum(strength, labels, index=np.arange(1, count + 1))
-    keep = np.concatenate([[False], mass >= SPECK * mass.max()])
-    return np.where(keep[labels], strength, 0.0)
+    index = np.arange(1, count + 1)
+    mass = ndimage.sum(strength, labels, index=index)
+    drop = mass < SPECK * mass.max()
+    if faint > 0:
+        drop &= ndimage.maximum(strength, labels, index=index) <= faint
+    return np.where(np.concatenate([[False], ~drop])[labels], strength, 0.0)
+
+
+def _near_the_strokes(strength: np.ndarray, faint: float) -> np.ndarray:
+    """Keep faint ink only beside the strokes: a pen's antialiased edge is a pixel or two wide,
+    a JPEG's faint blocks spread far from them (and would widen the digit's box)."""
+    core = strength > faint
+    if not core.any():
+        return strength
+    rows, cols = np.nonzero(core)
+    reach = max(2, round(0.03 * max(np.ptp(rows), np.ptp(cols))))
+    return np.where(ndimage.binary_dilation(core, iterations=reach), strength, 0.0)
 
 
 def _block_max(ink: np.ndarray, k: int) -> np.ndarray:
