@@ -138,7 +138,17 @@ def predict(
         return model
 
     failed = _classify(paths, load, _Writer(output, number, min_confidence), preprocess.value) if paths else 0
-    _scores(load, model_uri, mnist_test, presented, presentations, log, preprocess.value, data_root)
+    _scores(
+        load,
+        model_uri,
+        mnist_test,
+        presented,
+        presentations,
+        log,
+        preprocess.value,
+        data_root,
+        min_confidence,
+    )
     if non_digits is not None:
         _non_digits(load(), model_uri, non_digits, 0.9 if min_confidence is None else min_confidence)
     if failed:
@@ -154,8 +164,10 @@ def _scores(
     log: bool,
     preprocess: str,
     data_root: Path | None,
+    least: float | None,
 ) -> None:
-    """--mnist-test and --presented (with --log): accuracy on official test digits."""
+    """--mnist-test and --presented (with --log): accuracy on official test digits; with
+    --min-confidence, how many of them the model is sure of and how often it is then right."""
     from resnet_mnist.inference import predict as P
 
     root = str(data_root) if data_root else None
@@ -164,14 +176,19 @@ def _scores(
         console.print(f"accuracy on the first {mnist_test} MNIST test images: {acc:.4f}")
     if presented is not None:
         names = [n.strip() for n in presentations.split(",") if n.strip()] if presentations else None
-        confusions = P.presented_confusions(load(), presented, names, preprocess, root)
-        for name, confusion in confusions.items():
-            acc = confusion.trace() / confusion.sum()
-            console.print(f"accuracy on the first {presented} test digits as {name}: {acc:.4f}")
+        results = P.presented_results(load(), presented, names, preprocess, root, least or 0.0)
+        for name, result in results.items():
+            line = f"accuracy on the first {presented} test digits as {name}: {result.accuracy:.4f}"
+            if least is not None:
+                line += (
+                    f"; sure (p >= {least:g}) of {result.answered:.1%} of them, "
+                    f"{result.sure_accuracy:.2%} of those right"
+                )
+            console.print(line, highlight=False)
         if log:
             from resnet_mnist.analysis.presented import log_presented
 
-            model_id = log_presented(model_uri, confusions)
+            model_id = log_presented(model_uri, {name: r.confusion for name, r in results.items()})
             console.print(
                 f"per-digit scores: evaluation/presented.json and .png of model {model_id} and its run"
             )

@@ -245,12 +245,40 @@ def mnist_test_accuracy(model, n: int, data_root: str | None = None) -> float:
     return float(np.mean([p.digit == y for p, y in zip(preds, mnist.test_labels[:n], strict=True)]))
 
 
-def presented_confusions(
-    model, count: int, names: list[str] | None = None, preprocess: str = "mnist", data_root: str | None = None
-) -> dict[str, np.ndarray]:
-    """The (10, 10) confusion matrix (row = true digit) on `count` official test digits in each
-    presentation (drawn on pads, written on photographed paper, as stored; see
-    core.presentations), read as a person's files are."""
+@dataclass
+class Presented:
+    """One presentation's answers as confusion matrices (row = true digit): all of them, and
+    those the model was sure of (p >= the least confidence asked for)."""
+
+    confusion: np.ndarray
+    sure: np.ndarray
+
+    @property
+    def accuracy(self) -> float:
+        return float(self.confusion.trace() / self.confusion.sum())
+
+    @property
+    def answered(self) -> float:
+        """The share of digits answered with a digit rather than 'not sure'."""
+        return float(self.sure.sum() / self.confusion.sum())
+
+    @property
+    def sure_accuracy(self) -> float:
+        """How often a sure answer is right (NaN when none was sure)."""
+        return float(self.sure.trace() / self.sure.sum()) if self.sure.sum() else float("nan")
+
+
+def presented_results(
+    model,
+    count: int,
+    names: list[str] | None = None,
+    preprocess: str = "mnist",
+    data_root: str | None = None,
+    least: float = 0.0,
+) -> dict[str, Presented]:
+    """The answers on `count` official test digits in each presentation (drawn on pads, written
+    on photographed paper, cut out tight, scanned small, as stored; see core.presentations),
+    read as a person's files are; `least` is the confidence below which an answer is 'not sure'."""
     from resnet_mnist.core import data as D
     from resnet_mnist.core import presentations
 
@@ -262,13 +290,18 @@ def presented_confusions(
         chosen = presentations.by_name(names)
     except ValueError as exc:
         raise PredictError(str(exc)) from None
-    confusions = {}
+    results = {}
     for presentation in chosen:
         confusion = np.zeros((10, 10), dtype=np.int64)
+        sure = np.zeros((10, 10), dtype=np.int64)
         files = presentations.rendered(presentation, images)
         for start in range(0, count, BATCH):
             digits = [load_digit(f, preprocess, presentation.name) for f in itertools.islice(files, BATCH)]
-            predicted = np.array([p.digit for p in predict(model, np.stack(digits))], dtype=np.int64)
-            np.add.at(confusion, (labels[start : start + len(digits)], predicted), 1)
-        confusions[presentation.name] = confusion
-    return confusions
+            answers = predict(model, np.stack(digits))
+            truth = labels[start : start + len(digits)]
+            predicted = np.array([a.digit for a in answers], dtype=np.int64)
+            kept = np.array([a.sure(least) for a in answers], dtype=bool)
+            np.add.at(confusion, (truth, predicted), 1)
+            np.add.at(sure, (truth[kept], predicted[kept]), 1)
+        results[presentation.name] = Presented(confusion, sure)
+    return results
