@@ -181,10 +181,6 @@ class Result:
     digits: list[Prediction] = field(default_factory=list)
     error: str | None = None
 
-    @property
-    def text(self) -> str:
-        return "".join(str(p.digit) for p in self.digits)
-
 
 def classify_files(
     load: Callable[[], Any],

@@ -227,19 +227,8 @@ class MlflowTracker(Callback):
         if self.result is None:
             return
         now = int(time.time() * 1000)
-        dataset = self.datasets.get("test")
         for key, value in calibration.metrics().items():
-            self.buffer.append(
-                Metric(
-                    key,
-                    value,
-                    now,
-                    self.result.best_step,
-                    model_id=model_id,
-                    dataset_name=dataset.name if dataset else None,
-                    dataset_digest=dataset.digest if dataset else None,
-                )
-            )
+            self.buffer.append(self._at_best_step(key, value, now, model_id, "test"))
         self.flush()
 
     def log_scores(self, model_id: str | None) -> None:
@@ -249,19 +238,26 @@ class MlflowTracker(Callback):
             return
         now = int(time.time() * 1000)
         for key, split in MODEL_METRICS.items():
-            dataset = self.datasets.get(split) if model_id else None
-            self.buffer.append(
-                Metric(
-                    key,
-                    float(getattr(self.result, key)),
-                    now,
-                    self.result.best_step,
-                    model_id=model_id,
-                    dataset_name=dataset.name if dataset else None,
-                    dataset_digest=dataset.digest if dataset else None,
-                )
-            )
+            value = float(getattr(self.result, key))
+            self.buffer.append(self._at_best_step(key, value, now, model_id, split if model_id else None))
         self.flush()
+
+    def _at_best_step(
+        self, key: str, value: float, now: int, model_id: str | None, split: str | None
+    ) -> Metric:
+        """A metric at the best checkpoint's step, on the LoggedModel `model_id` when given, with
+        the dataset of `split` it was measured on."""
+        assert self.result is not None
+        dataset = self.datasets.get(split) if split else None
+        return Metric(
+            key,
+            value,
+            now,
+            self.result.best_step,
+            model_id=model_id,
+            dataset_name=dataset.name if dataset else None,
+            dataset_digest=dataset.digest if dataset else None,
+        )
 
 
 def mnist_datasets(config: TrainConfig, tensors: Tensors) -> dict[str, mlflow.data.Dataset]:
