@@ -23,7 +23,10 @@ app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 def bench(
     out: Annotated[Path, typer.Option(help="Where bench.json and bench.md go.")] = Path("reports/bench"),
     repeats: Annotated[int, typer.Option(min=1, help="Repeats per measurement.")] = 3,
-    quick: Annotated[bool, typer.Option(help="Small sizes and one epoch: a smoke test.")] = False,
+    quick: Annotated[
+        bool,
+        typer.Option(help="Small sizes (512 / 100 / 100 images) and one epoch: a smoke test of the bench."),
+    ] = False,
     time_to_accuracy: Annotated[
         bool, typer.Option(help="Also train the full preset to 99.0/99.5 % (minutes on GPU, hours on CPU).")
     ] = False,

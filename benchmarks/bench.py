@@ -265,9 +265,7 @@ def book_experiment(
     loops, scripts, peers = [], [], []
     for _ in range(repeats):
         log(f"book setting, use_residual={variant}: resnet-mnist train against the references")
-        ours.append(
-            cli_train_seconds(variant, workdir, data_root, device, ["--epochs", "1"] if quick else [])
-        )
+        ours.append(cli_train_seconds(variant, workdir, data_root, device, R.quick_args() if quick else []))
         loops.append(R.book_loop(config, device, workdir))
         scripts.append(R.as_process("book_loop", residual, workdir, data_root, device, quick))
         if peer:
@@ -322,7 +320,7 @@ def run(
         modes += [(True, False), (True, True)]
     report["throughput"] = []
     for batch in sizes:
-        steps = max(2, min(20, 4096 // batch)) if device.type == "cpu" else 50
+        steps = 2 if quick else max(2, min(20, 4096 // batch)) if device.type == "cpu" else 50
         for bf16, cl in modes:
             log(
                 f"throughput batch {batch} {'bf16' if bf16 else 'fp32'} "

@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import signal
+import sqlite3
 import struct
 import subprocess
 import sys
@@ -113,11 +114,26 @@ def tiny_files(monkeypatch: pytest.MonkeyPatch) -> dict[str, bytes]:
     return files
 
 
+@pytest.fixture(scope="session")
+def empty_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder holding a new, empty MLflow sqlite store, made once per session: creating one
+    runs MLflow's schema migrations (1 to 4 s here), a copy (`copy_store`) takes milliseconds.
+    Tests of store creation itself (the first-time lock, a damaged file) make their own."""
+
+    def build(home: Path) -> None:
+        from mlflow.tracking import MlflowClient
+
+        with contextlib.chdir(home):  # the Default experiment's artifacts: ./mlruns, as a user's
+            MlflowClient(f"sqlite:///{home / 'mlflow.db'}").search_experiments(max_results=1)
+
+    return built_once(tmp_path_factory, "empty-store", build)
+
+
 @pytest.fixture
-def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, empty_store: Path) -> str:
     """A real MLflow sqlite store (artifacts in ./mlruns) in a fresh working directory."""
     monkeypatch.chdir(tmp_path)
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = copy_store(empty_store, tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
     monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
@@ -209,6 +225,81 @@ def champion(tmp_path_factory: pytest.TempPathFactory, real_root: Path) -> Champ
     return Champion(home, f"sqlite:///{home / 'mlflow.db'}", (home / "compare.out").read_text())
 
 
+def copy_store(template: Path, dest: Path) -> str:
+    """A writable copy of the store in `template` (its sqlite file, artifacts and reports) in
+    `dest`; returns its URI. MLflow records artifact locations as absolute paths, in the
+    database and in each model's MLmodel file: they are moved to `dest`, so that nothing the
+    copy's tests write reaches the template.
+
+    A copy keeps the template's run ids, and MLflow caches each run's artifact store by run id
+    alone, for the whole process: a process that had written the template's runs (or used
+    another copy) would write the copy's artifacts there. Templates are therefore built in
+    processes of their own, and the cache is emptied here for a test process that uses a copy.
+    """
+    shutil.copytree(template, dest, dirs_exist_ok=True, ignore=shutil.ignore_patterns(".built", "*.lock"))
+    old, new = f"{template}/", f"{dest}/"
+    with contextlib.closing(sqlite3.connect(dest / "mlflow.db")) as db, db:
+        tables = [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        for table in tables:
+            for column in db.execute(f'PRAGMA table_info("{table}")'):
+                if column[2].upper().startswith(("VARCHAR", "TEXT")):
+                    db.execute(
+                        f'UPDATE "{table}" SET "{column[1]}" = replace("{column[1]}", ?, ?) '
+                        f'WHERE instr("{column[1]}", ?) > 0',
+                        (old, new, old),
+                    )
+    for mlmodel in (dest / "mlruns").rglob("MLmodel"):
+        mlmodel.write_text(mlmodel.read_text().replace(old, new))
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    tracking_utils._artifact_repos_cache.clear()
+    return f"sqlite:///{dest / 'mlflow.db'}"
+
+
+#: Both variants of the smoke preset trained in one process (one start-up instead of two).
+TRAIN_SMOKE_PAIR = """
+from resnet_mnist.config.settings import build_config
+from resnet_mnist.tracking.runner import train
+for residual in (False, True):
+    train(build_config("smoke", residual), "resnet18-mnist")
+"""
+
+
+@pytest.fixture(scope="session")
+def smoke_pair(tmp_path_factory: pytest.TempPathFactory, real_root: Path, empty_store: Path) -> Path:
+    """A store with one smoke run of each variant in experiment resnet18-mnist, trained once per
+    session in a process of its own (never in a test process: see `copy_store`). Tests use
+    `copy_store` on it, never the folder itself."""
+
+    def build(home: Path) -> None:
+        uri = copy_store(empty_store, home)
+        out = run_python("-c", TRAIN_SMOKE_PAIR, cwd=home, env={"MLFLOW_TRACKING_URI": uri})
+        assert out.returncode == 0, out.stderr[-3000:]
+
+    return built_once(tmp_path_factory, "smoke-pair", build)
+
+
+@pytest.fixture(scope="session")
+def smoke_compared(tmp_path_factory: pytest.TempPathFactory, smoke_pair: Path) -> Path:
+    """`smoke_pair` after `resnet-mnist compare --preset smoke`: both runs scored on the full
+    splits, the winner registered as version 1 of the champion; built once per session."""
+
+    def build(home: Path) -> None:
+        uri = copy_store(smoke_pair, home)
+        out = cli("compare", "--preset", "smoke", cwd=home, env={"MLFLOW_TRACKING_URI": uri})
+        assert out.returncode == 0, out.stderr[-3000:]
+
+    return built_once(tmp_path_factory, "smoke-compared", build)
+
+
+def two_cell_study(folder: Path) -> Path:
+    """The tiny study cut to one rate and one seed: one cell per variant, for tests whose point is
+    how a study is started and recorded, not its search (tests/study/test_study.py runs all 6)."""
+    path = folder / "two-cells.yaml"
+    path.write_text("preset: study-tiny\ndepths: [8]\nseeds: [0]\nlrs: [0.02]\nresources: {cpus: 1}\n")
+    return path
+
+
 #: The metrics a resumed or taken-over run must repeat exactly (CPU), step by step, and the ones
 #: whose steps alone must match (their values are timings).
 SAME_VALUES = ("train_loss", "dev_accuracy", "dev_loss", "train_epoch_loss", "best_step")
@@ -247,6 +338,10 @@ def smoke_reference(tmp_path_factory: pytest.TempPathFactory, real_root: Path) -
     return data
 
 
+#: MLflow's job execution off, as the Makefile's servers run (see NO_JOBS there).
+NO_JOBS = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+
+
 def start_mlflow_server(
     tmp: Path,
     port: int,
@@ -260,7 +355,8 @@ def start_mlflow_server(
     default), `args` appended, its output appended to `tmp/server.log`. It
     runs in a process group of its own, so that it can be stopped or killed whole. Returns once
     /health answers; fails the test with the log's tail if it exits or does not answer in 120 s."""
-    server_env = child_env(env) | {"PATH": f"{BIN}:{os.environ['PATH']}"}
+    # As `make server` runs it: without MLflow's job runner and its four huey consumers.
+    server_env = child_env(env) | {"PATH": f"{BIN}:{os.environ['PATH']}", **NO_JOBS}
     server_env.pop("MLFLOW_TRACKING_URI", None)
     log_path = tmp / "server.log"
     with log_path.open("a") as log:

@@ -17,25 +17,29 @@ from resnet_mnist.analysis.scoring import FullSplitScorer
 from resnet_mnist.config.settings import build_config
 from resnet_mnist.core.figures import History
 from resnet_mnist.tracking.runner import train
-from tests.conftest import REAL_ROOT
+from tests.conftest import REAL_ROOT, copy_store
 
 EXP = "resnet18-mnist"
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """One smoke run of each variant in a temporary store."""
+def trained(tmp_path_factory, smoke_pair):
+    """A copy of the session's store with one smoke run of each variant (`smoke_pair`)."""
     tmp = tmp_path_factory.mktemp("store")
+    uri = copy_store(smoke_pair, tmp)
     with pytest.MonkeyPatch.context() as mp:
+        # first into the folder: MLflow fixes a store's artifact root (./mlruns) when it first
+        # opens it, and experiments made later in this module must keep theirs in the copy
         mp.chdir(tmp)
-        uri = f"sqlite:///{tmp / 'mlflow.db'}"
         mp.setenv("MLFLOW_TRACKING_URI", uri)
         mp.setenv("RESNET_MNIST_DATA", str(REAL_ROOT))
         mlflow.set_tracking_uri(uri)
-        ids = {}
-        for variant in C.VARIANTS:
-            config = build_config("smoke", variant == "residual")
-            ids[variant] = train(config, EXP).run_id
+        client = MlflowClient(uri)
+        trains = client.search_runs(
+            [client.get_experiment_by_name(EXP).experiment_id], "tags.run_type = 'train'"
+        )
+        ids = {r.data.tags["variant"]: r.info.run_id for r in trains}
+        assert set(ids) == set(C.VARIANTS)
         yield tmp, uri, ids
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, needs_data, run_python
+from tests.conftest import REPO, needs_data, run_python, two_cell_study
 
 pytestmark = pytest.mark.slow  # real processes
 
@@ -87,24 +87,25 @@ def test_quick_bench_writes_consistent_report(tmp_path: Path) -> None:
 @pytest.mark.ray
 @needs_data
 def test_the_study_stage_measures_ray_and_the_schedule(tmp_path: Path) -> None:
-    """`make bench --study`'s stage on its own (`python -m benchmarks.study`), on the tiny study
+    """`make bench --study`'s stage on its own (`python -m benchmarks.study`), on a two-cell study
     with one slot, and the report's section drawn from what it measured."""
     from benchmarks.report import study_section
 
+    study_path = two_cell_study(tmp_path)
     out = run_python(
         "-m",
         "benchmarks.study",
-        "tiny",
+        str(study_path),
         "1",
         cwd=tmp_path,
         env={"PYTHONPATH": str(REPO), "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'unused.db'}"},
     )
     assert out.returncode == 0, out.stderr[-2000:]
     study = json.loads(out.stdout)
-    assert study["cells"] == 6 and list(study["per_depth"]) == ["8"]
+    assert study["cells"] == 2 and list(study["per_depth"]) == ["8"]
     cell = study["per_depth"]["8"]
-    assert cell["cell_s"]["n"] == 6 and 0 < cell["train_s"]["median"] < cell["cell_s"]["median"]
-    assert 6 * cell["cell_s"]["min"] < study["wall_s"]  # one worker: cells one after another
+    assert cell["cell_s"]["n"] == 2 and 0 < cell["train_s"]["median"] < cell["cell_s"]["median"]
+    assert 2 * cell["cell_s"]["min"] < study["wall_s"]  # one worker: cells one after another
     # Ray's start-up as the study reported it, its processes seen while the study ran, and the
     # schedule read back from the cells' runs: one slot, so never two cells at once
     assert 0 < study["ray_startup_s"] < study["wall_s"]
@@ -116,5 +117,6 @@ def test_the_study_stage_measures_ray_and_the_schedule(tmp_path: Path) -> None:
     assert not (tmp_path / "unused.db").exists()  # the stage's own temporary store holds its runs
 
     md = "\n".join(study_section(study))
-    assert "## The tiny study (6 cells, 1 workers)" in md
-    assert "resnet-mnist study --study tiny --workers 1 --device cpu" in md and "Cells running at once" in md
+    assert f"## The {study_path} study (2 cells, 1 workers)" in md
+    assert f"resnet-mnist study --study {study_path} --workers 1 --device cpu" in md
+    assert "Cells running at once" in md

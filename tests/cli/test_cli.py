@@ -12,7 +12,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from resnet_mnist.core import data as D
-from tests.conftest import BIN, REPO, cli
+from tests.conftest import BIN, REPO, cli, copy_store, two_cell_study
 
 pytestmark = pytest.mark.slow  # real processes
 
@@ -66,12 +66,12 @@ def test_data_fetch_twice_is_idempotent(data_copy: Path, tmp_path: Path) -> None
     assert before == after
 
 
-def test_corrupted_file_is_refused_by_name(data_copy: Path, tmp_path: Path) -> None:
+def test_corrupted_file_is_refused_by_name(data_copy: Path, tmp_path: Path, empty_store: Path) -> None:
     path = D.raw_dir(data_copy) / "train-labels-idx1-ubyte"
     content = bytearray(path.read_bytes())
     content[100] ^= 0xFF
     path.write_bytes(bytes(content))
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = copy_store(empty_store, tmp_path)
     out = cli(
         "train", "--preset", "smoke", "--root", str(data_copy), cwd=tmp_path, env={"MLFLOW_TRACKING_URI": uri}
     )
@@ -80,8 +80,8 @@ def test_corrupted_file_is_refused_by_name(data_copy: Path, tmp_path: Path) -> N
     assert runs_in(uri) == []
 
 
-def test_train_smoke_through_cli(tmp_path: Path) -> None:
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+def test_train_smoke_through_cli(tmp_path: Path, empty_store: Path) -> None:
+    uri = copy_store(empty_store, tmp_path)
     out = cli(
         "train",
         "--preset",
@@ -121,8 +121,10 @@ def flat(text: str) -> str:
         (["--use-residual", "maybe"], "'maybe' is not true or false"),
     ],
 )
-def test_invalid_parameters_exit_nonzero_without_a_run(tmp_path: Path, args: list[str], message: str) -> None:
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+def test_invalid_parameters_exit_nonzero_without_a_run(
+    tmp_path: Path, empty_store: Path, args: list[str], message: str
+) -> None:
+    uri = copy_store(empty_store, tmp_path)
     out = cli("train", "--preset", "smoke", *args, cwd=tmp_path, env={"MLFLOW_TRACKING_URI": uri})
     assert out.returncode == 2
     assert message in flat(out.stderr + out.stdout)
@@ -165,8 +167,8 @@ def mlflow_run_entry(
     )
 
 
-def test_mlflow_run_is_one_run_with_the_resolved_values(tmp_path: Path) -> None:
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+def test_mlflow_run_is_one_run_with_the_resolved_values(tmp_path: Path, empty_store: Path) -> None:
+    uri = copy_store(empty_store, tmp_path)
     out = mlflow_run(
         tmp_path, uri, "use_residual=false", "preset=smoke", "lr=0.02", "epochs=2", "eval_batch_size=250"
     )
@@ -188,8 +190,9 @@ def test_mlflow_run_is_one_run_with_the_resolved_values(tmp_path: Path) -> None:
     assert mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model").metadata.signature
 
 
-def test_mlflow_run_compare_makes_its_run_the_comparison(tmp_path: Path) -> None:
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+def test_mlflow_run_compare_makes_its_run_the_comparison(tmp_path: Path, smoke_compared: Path) -> None:
+    uri = copy_store(smoke_compared, tmp_path)  # both trained and scored: the entry point is the point
+    before = {r.info.run_id for r in runs_in(uri, "resnet18-mnist-comparisons")}
     out = subprocess.run(
         [
             str(BIN / "mlflow"),
@@ -212,7 +215,7 @@ def test_mlflow_run_compare_makes_its_run_the_comparison(tmp_path: Path) -> None
         | {"MLFLOW_TRACKING_URI": uri, "PATH": f"{BIN}:{os.environ['PATH']}"},
     )
     assert out.returncode == 0, out.stderr[-2000:]
-    (comparison,) = runs_in(uri, "resnet18-mnist-comparisons")
+    (comparison,) = [r for r in runs_in(uri, "resnet18-mnist-comparisons") if r.info.run_id not in before]
     assert comparison.data.tags["run_type"] == "comparison"
     assert comparison.data.tags["mlflow.project.entryPoint"] == "compare"
     assert comparison.info.status == "FINISHED" and "diff_ci_low" in comparison.data.metrics
@@ -224,17 +227,18 @@ def test_mlflow_run_compare_makes_its_run_the_comparison(tmp_path: Path) -> None
 
 
 @pytest.mark.ray
-def test_mlflow_run_study_makes_its_run_the_study_run(tmp_path: Path) -> None:
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    out = mlflow_run_entry(tmp_path, uri, "study", "study=tiny", experiment="my-study")
+def test_mlflow_run_study_makes_its_run_the_study_run(tmp_path: Path, empty_store: Path) -> None:
+    uri = copy_store(empty_store, tmp_path)
+    study = two_cell_study(tmp_path)
+    out = mlflow_run_entry(tmp_path, uri, "study", f"study={study}", experiment="my-study")
     assert out.returncode == 0, out.stderr[-2000:]
     found = runs_in(uri, "my-study")
-    (study,) = [r for r in found if r.data.tags.get("run_type") == "study"]
-    assert study.data.tags["mlflow.project.entryPoint"] == "study"
-    assert study.data.tags["study.status"] == "complete"
+    (parent,) = [r for r in found if r.data.tags.get("run_type") == "study"]
+    assert parent.data.tags["mlflow.project.entryPoint"] == "study"
+    assert parent.data.tags["study.status"] == "complete"
     cells = [r for r in found if r.data.tags.get("run_type") == "train"]
-    assert len(cells) == 6
-    assert {r.data.tags["mlflow.parentRunId"] for r in cells} == {study.info.run_id}
+    assert len(cells) == 2
+    assert {r.data.tags["mlflow.parentRunId"] for r in cells} == {parent.info.run_id}
 
 
 @pytest.mark.parametrize(
@@ -245,8 +249,10 @@ def test_mlflow_run_study_makes_its_run_the_study_run(tmp_path: Path) -> None:
         ("epochs=0", "epochs=0 must be >= 1"),
     ],
 )
-def test_mlflow_run_refuses_bad_parameters_before_training(tmp_path: Path, param: str, message: str) -> None:
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+def test_mlflow_run_refuses_bad_parameters_before_training(
+    tmp_path: Path, empty_store: Path, param: str, message: str
+) -> None:
+    uri = copy_store(empty_store, tmp_path)
     out = mlflow_run(tmp_path, uri, "preset=smoke", param)
     assert out.returncode != 0
     assert message in flat(out.stderr + out.stdout)

@@ -22,7 +22,7 @@ from resnet_mnist.config.settings import build_config
 from resnet_mnist.core import distributed
 from resnet_mnist.core.distributed import Dist
 from resnet_mnist.core.trainer import Callback, Tensors, Trainer
-from tests.conftest import BIN, REAL_ROOT, cli
+from tests.conftest import BIN, REAL_ROOT, cli, copy_store
 
 
 def test_shards_partition_the_global_batch() -> None:
@@ -115,8 +115,8 @@ def test_two_processes_equal_one_on_a_batchnorm_free_model(tmp_path: Path) -> No
 
 
 @pytest.mark.slow
-def test_train_nproc_2_logs_one_run_like_a_single_process(tmp_path: Path) -> None:
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+def test_train_nproc_2_logs_one_run_like_a_single_process(tmp_path: Path, empty_store: Path) -> None:
+    uri = copy_store(empty_store, tmp_path)
     env = {"MLFLOW_TRACKING_URI": uri}
     out = cli("train", "--preset", "smoke", "--nproc", "2", "--run-name", "ddp", cwd=tmp_path, env=env)
     assert out.returncode == 0, out.stderr[-3000:]
@@ -143,8 +143,8 @@ def test_train_nproc_2_logs_one_run_like_a_single_process(tmp_path: Path) -> Non
 
 
 @pytest.mark.slow
-def test_bad_settings_fail_before_any_process_starts(tmp_path: Path) -> None:
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+def test_bad_settings_fail_before_any_process_starts(tmp_path: Path, empty_store: Path) -> None:
+    uri = copy_store(empty_store, tmp_path)
     out = cli(
         "train",
         "--preset",
@@ -164,12 +164,12 @@ def test_bad_settings_fail_before_any_process_starts(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("stop", ["sigterm", "ctrl-c-twice"])
-def test_a_stop_ends_every_rank_then_resume_finishes(tmp_path: Path, stop: str) -> None:
+def test_a_stop_ends_every_rank_then_resume_finishes(tmp_path: Path, empty_store: Path, stop: str) -> None:
     """SIGTERM to `train --nproc 2` (torch's elastic agent passes it on): the one run ends KILLED
     at a step boundary with a resumable checkpoint, exit 130, no rank left running; `train
     --resume` then finishes it with every step once. Ctrl-C twice (SIGINT to the process group,
     as a terminal sends it): the ranks are interrupted at once, and still end the run KILLED."""
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = copy_store(empty_store, tmp_path)
     env = os.environ | {
         "MLFLOW_TRACKING_URI": uri,
         "RESNET_MNIST_DATA": str(REAL_ROOT),

@@ -158,3 +158,19 @@ def test_the_users_own_timeout_is_the_only_wait(slow_server: list[str], monkeypa
     with pytest.raises(TrackingUnavailable, match="does not answer"):
         check_store()
     assert len(slow_server) == 1
+
+
+@pytest.mark.parametrize(
+    ("message", "login"),
+    [
+        ("API request to endpoint /api/2.0/mlflow/runs/get failed with error code 401 != 200", True),
+        ("401 Client Error: Unauthorized for url: http://127.0.0.1:5000/api/2.0/mlflow/x", True),
+        ("HTTPConnectionPool(host='127.0.0.1', port=44011): Read timed out. (read timeout=1)", False),
+        ("Max retries exceeded with url: http://127.0.0.1:40199/api/2.0/mlflow/x", False),
+        ("Connection refused by http://127.0.0.1:401/api", False),
+    ],
+)
+def test_a_login_is_asked_for_only_by_a_401_status(message: str, login: bool) -> None:
+    from resnet_mnist.tracking.store import wants_login
+
+    assert wants_login(RuntimeError(message), "http://127.0.0.1:44011") is login

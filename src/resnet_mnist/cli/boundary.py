@@ -60,8 +60,12 @@ class ErrorBoundary(TyperGroup):
             ignore_signals_at_exit()
             from resnet_mnist.core.distributed import reports
 
-            if not reports():  # a rank stopped with its job: rank 0 tells what happened
-                raise typer.Exit(130) from None
+            if not reports():
+                # A rank stopped with its job: rank 0 tells what happened and decides the exit
+                # code. This rank ends as done (0), not failed: torch's agent ends every rank at
+                # the first failure, and a 130 here could reach it while rank 0 still keeps the
+                # run's state for a resume (seen under load: the server lost, exit 130, not 75).
+                raise typer.Exit(0) from None
             if isinstance(exc, RunInterrupted):
                 hint = (
                     f"; resume with `resnet-mnist train --resume {exc.run_id}`"

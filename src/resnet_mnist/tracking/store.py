@@ -9,6 +9,7 @@ MLflow is imported where it is used, so that the CLI starts (and refuses bad inp
 from __future__ import annotations
 
 import os
+import re
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -138,7 +139,7 @@ def check_store(timeout_s: int = 5) -> str:
     try:
         ask_server(probe, patient)
     except (MlflowException, OSError) as exc:
-        if "401" in str(exc) or "Unauthorized" in str(exc):
+        if wants_login(exc, uri):
             raise TrackingUnavailable(
                 f"the tracking server at {uri} requires a login (401 Unauthorized): set "
                 "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD"
@@ -164,6 +165,13 @@ def ask_server(probe: dict[str, str], patient: dict[str, str]) -> None:
             raise
         with overridden(patient):
             MlflowClient().search_experiments(max_results=1)
+
+
+def wants_login(exc: BaseException, uri: str) -> bool:
+    """Whether the server answered 401: the status as a number of its own, not three digits of the
+    URI's port (a server on port 44011 was once taken for one asking for a login)."""
+    text = str(exc).replace(uri, "")
+    return "Unauthorized" in text or re.search(r"(?<![\d:])401(?!\d)", text) is not None
 
 
 def timed_out_reading(exc: BaseException) -> bool:
