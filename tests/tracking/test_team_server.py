@@ -95,6 +95,7 @@ def team_server(postgres: str, tmp_path_factory) -> Iterator[tuple[str, dict[str
         f"database_uri = sqlite:///{tmp / 'basic_auth.db'}\n"
         f"admin_username = admin\nadmin_password = {password}\n"
         "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+        "auth_cache_ttl_seconds = 60\n"  # as docs/scaling.md configures a team server
     )
     port = free_port()
     env = {
