@@ -56,6 +56,28 @@ def test_experiments_are_tagged_and_linked_to_the_training_view(store: str) -> N
     )
 
 
+def test_a_tag_another_training_wrote_at_the_same_moment_is_written_again(store: str, monkeypatch) -> None:
+    """Two trainings starting together on a new experiment write the same tags; through a server
+    one insert loses on the unique key (PostgreSQL's UniqueViolation) and is simply written again."""
+    from mlflow.exceptions import MlflowException
+
+    client = MlflowClient()
+    other = client.create_experiment("made-by-two-at-once")
+    real, lost = MlflowClient.set_experiment_tag, []
+
+    def collides_once(self, experiment_id, key, value):
+        if key not in lost:
+            lost.append(key)
+            raise MlflowException(f'(psycopg.errors.UniqueViolation) duplicate key "experiment_tag_pk" {key}')
+        return real(self, experiment_id, key, value)
+
+    monkeypatch.setattr(MlflowClient, "set_experiment_tag", collides_once)
+    mark_training_experiment(other)
+    tags = client.get_experiment(other).tags
+    assert len(lost) == 2 and tags["mlflow.experimentKind"] == "custom_model_development"
+    assert "mlflow.sharedViewState.resnet-mnist-training-curves" in tags
+
+
 def test_a_tracking_server_is_its_own_ui(monkeypatch) -> None:
     import mlflow
 

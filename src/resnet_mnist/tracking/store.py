@@ -13,6 +13,7 @@ import re
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import TypeVar
 
@@ -209,7 +210,7 @@ def experiment_id(name: str) -> str:
                         raise
                     found = client.get_experiment_by_name(name)
                 else:
-                    save_curves_view(client, created, EXPERIMENT_KIND)
+                    retry_conflicts(partial(save_curves_view, client, created, EXPERIMENT_KIND))
                     return created
     if found is None:
         raise TrackingUnavailable(f"experiment {name!r} could be neither found nor created")
@@ -219,15 +220,21 @@ def experiment_id(name: str) -> str:
 
 def mark_training_experiment(experiment_id: str) -> None:
     """Tag an experiment (e.g. one `mlflow run --experiment-name` made) as model training, with
-    the training-curves chart view."""
+    the training-curves chart view.
+
+    Several trainings may start at once on a new experiment: its creator and the others then
+    write the same tags together, and on a server one insert loses on the unique key (seen with
+    PostgreSQL: four trainings, one ended with `UniqueViolation` on `experiment_tag_pk`). The
+    loser writes again, over a row that now exists, with the same value.
+    """
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient()
     tags = client.get_experiment(experiment_id).tags
     if tags.get(names.EXPERIMENT_KIND) is None:
         for key, value in EXPERIMENT_KIND.items():
-            client.set_experiment_tag(experiment_id, key, value)
-    save_curves_view(client, experiment_id, tags)
+            retry_conflicts(partial(client.set_experiment_tag, experiment_id, key, value))
+    retry_conflicts(partial(save_curves_view, client, experiment_id, tags))
 
 
 def ui_link(
