@@ -78,6 +78,26 @@ def test_a_tag_another_training_wrote_at_the_same_moment_is_written_again(store:
     assert "mlflow.sharedViewState.resnet-mnist-training-curves" in tags
 
 
+def test_mlflow_prints_no_traceback_for_a_locked_write_that_is_retried(store: str, caplog) -> None:
+    """MLflow logs each "database is locked" with its traceback; the project retries such writes
+    (`retry_locked`), so once the store is configured that record is dropped, and no other."""
+    import logging
+
+    from resnet_mnist.tracking.store import configure
+
+    configure()
+    log = logging.getLogger("mlflow.store.db.utils")
+    with caplog.at_level(logging.ERROR, logger="mlflow.store.db.utils"):
+        try:
+            raise RuntimeError("(sqlite3.OperationalError) database is locked")
+        except RuntimeError as exc:
+            log.exception("SQLAlchemy database error. The following exception is caught.\n%s", exc)
+        log.error("SQLAlchemy database error. The following exception is caught.\n%s", "disk I/O error")
+    assert [r.getMessage().splitlines()[-1] for r in caplog.records] == ["disk I/O error"]
+    configure()
+    assert len(log.filters) == 1
+
+
 def test_a_tracking_server_is_its_own_ui(monkeypatch) -> None:
     import mlflow
 

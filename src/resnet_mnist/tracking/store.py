@@ -8,6 +8,7 @@ MLflow is imported where it is used, so that the CLI starts (and refuses bad inp
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import time
@@ -40,8 +41,29 @@ def configure() -> str:
     uri = os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
     if uri.startswith(("http://", "https://")):
         bound_retries()
+    quiet_retried_locks()
     mlflow.set_tracking_uri(uri)
     return uri
+
+
+class RetriedLock(logging.Filter):
+    """Drops MLflow's traceback for a sqlite write refused with "database is locked".
+
+    MLflow logs every such refusal with its traceback (`mlflow.store.db.utils`) before raising;
+    `retry_locked` writes again, so the traceback is noise, and a frightening one: seen when a
+    second Ctrl-C under `--nproc 2` landed mid-write and the run's ending waited on the lock.
+    A write that still fails after its retries is reported by the command in one line.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "database is locked" not in record.getMessage()
+
+
+def quiet_retried_locks() -> None:
+    """Install `RetriedLock` on MLflow's sqlite session logger, once per process."""
+    log = logging.getLogger("mlflow.store.db.utils")
+    if not any(isinstance(f, RetriedLock) for f in log.filters):
+        log.addFilter(RetriedLock())
 
 
 @contextmanager
