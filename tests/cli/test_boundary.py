@@ -58,7 +58,7 @@ def test_debug_shows_the_unexpected_error(monkeypatch: pytest.MonkeyPatch, how: 
 def test_expected_failures_of_the_store_and_compare_are_one_line(
     store: str, tmp_path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from resnet_mnist.tracking.store import experiment_id
+    from resnet_mnist.tracking.experiments import experiment_id
 
     experiment_id("resnet18-mnist")
     cases = [

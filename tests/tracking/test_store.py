@@ -1,5 +1,5 @@
-"""Store access: experiments made as model-training ones, UI links that open that view, and the
-probe that tells a busy tracking server from one that is down."""
+"""Store access: the probe that tells a busy tracking server from one that is down (and one that
+asks for a login), and quiet retries of locked sqlite writes."""
 
 from __future__ import annotations
 
@@ -11,71 +11,9 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from mlflow.tracking import MlflowClient
-from typer.testing import CliRunner
 
-from resnet_mnist.cli.app import app
 from resnet_mnist.tracking.offline import RETRY_BOUND
-from resnet_mnist.tracking.store import (
-    TrackingUnavailable,
-    check_store,
-    experiment_id,
-    mark_training_experiment,
-    ui_link,
-)
-
-
-def test_experiments_are_tagged_and_linked_to_the_training_view(store: str) -> None:
-    client = MlflowClient()
-    new = experiment_id("made-here")
-    assert client.get_experiment(new).tags["mlflow.experimentKind"] == "custom_model_development"
-    assert experiment_id("made-here") == new
-    other = client.create_experiment("made-by-mlflow-run")  # as `mlflow run` makes one: no tag
-    mark_training_experiment(other)
-    assert client.get_experiment(other).tags["mlflow.experimentKind"] == "custom_model_development"
-
-    assert ui_link(new) == f"http://127.0.0.1:5000/#/experiments/{new}?workflowType=machine_learning"
-    assert ui_link(new, "abc", base="http://host:1") == (
-        f"http://host:1/#/experiments/{new}/runs/abc?workflowType=machine_learning"
-    )
-    out = CliRunner().invoke(app, ["links", "--port", "5123"], terminal_width=200)
-    assert out.exit_code == 0, out.output
-    assert f"made-here: http://127.0.0.1:5123/#/experiments/{new}?workflowType=machine_learning" in (
-        out.output
-    )
-    # both kinds of experiment carry the training-curves view, and `links` opens it
-    curves = "compareRunsMode=CHART&viewStateShareKey=resnet-mnist-training-curves"
-    for exp in (new, other):
-        assert "mlflow.sharedViewState.resnet-mnist-training-curves" in client.get_experiment(exp).tags
-    assert ui_link(new, curves=True) == (
-        f"http://127.0.0.1:5000/#/experiments/{new}/runs?workflowType=machine_learning&{curves}"
-    )
-    assert (
-        f"its curves: http://127.0.0.1:5123/#/experiments/{new}/runs?workflowType=machine_learning&{curves}"
-        in (out.output)
-    )
-
-
-def test_a_tag_another_training_wrote_at_the_same_moment_is_written_again(store: str, monkeypatch) -> None:
-    """Two trainings starting together on a new experiment write the same tags; through a server
-    one insert loses on the unique key (PostgreSQL's UniqueViolation) and is simply written again."""
-    from mlflow.exceptions import MlflowException
-
-    client = MlflowClient()
-    other = client.create_experiment("made-by-two-at-once")
-    real, lost = MlflowClient.set_experiment_tag, []
-
-    def collides_once(self, experiment_id, key, value):
-        if key not in lost:
-            lost.append(key)
-            raise MlflowException(f'(psycopg.errors.UniqueViolation) duplicate key "experiment_tag_pk" {key}')
-        return real(self, experiment_id, key, value)
-
-    monkeypatch.setattr(MlflowClient, "set_experiment_tag", collides_once)
-    mark_training_experiment(other)
-    tags = client.get_experiment(other).tags
-    assert len(lost) == 2 and tags["mlflow.experimentKind"] == "custom_model_development"
-    assert "mlflow.sharedViewState.resnet-mnist-training-curves" in tags
+from resnet_mnist.tracking.store import TrackingUnavailable, check_store
 
 
 def test_mlflow_prints_no_traceback_for_a_locked_write_that_is_retried(store: str, caplog) -> None:
@@ -96,50 +34,6 @@ def test_mlflow_prints_no_traceback_for_a_locked_write_that_is_retried(store: st
     assert [r.getMessage().splitlines()[-1] for r in caplog.records] == ["disk I/O error"]
     configure()
     assert len(log.filters) == 1
-
-
-def test_a_tracking_server_is_its_own_ui(monkeypatch) -> None:
-    import mlflow
-
-    monkeypatch.setattr(mlflow, "get_tracking_uri", lambda: "http://tracking.example:5000/")
-    assert ui_link("7") == "http://tracking.example:5000/#/experiments/7?workflowType=machine_learning"
-
-
-def test_owner_alive_from_process_or_heartbeat() -> None:
-    import subprocess
-    import sys
-    import time
-
-    from resnet_mnist.tracking.store import STALE_AFTER_S, owner_alive, owner_tags
-
-    mine = owner_tags()
-    assert owner_alive(mine) is True
-    gone = subprocess.run(
-        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True
-    )
-    assert owner_alive(mine | {"owner.pid": gone.stdout.strip()}) is False
-    # a reused pid is another process: its start time differs
-    assert owner_alive(mine | {"owner.started": "1.0"}) is False
-    elsewhere = mine | {"owner.host": "another-machine"}
-    now = time.time()
-    assert owner_alive(elsewhere | {"owner.heartbeat": f"{now - 10:.0f}"}, now) is True
-    assert owner_alive(elsewhere | {"owner.heartbeat": f"{now - STALE_AFTER_S - 1:.0f}"}, now) is False
-    assert owner_alive({}) is None
-
-
-def test_one_claim_per_run(store: str) -> None:
-    import pytest
-
-    from resnet_mnist.tracking.store import RunBusy, run_claim
-
-    with run_claim("r1"):
-        with pytest.raises(RunBusy, match="run r1 is being trained by another process"):
-            with run_claim("r1"):
-                pass
-        with run_claim("r2"):
-            pass
-    with run_claim("r1"):
-        pass
 
 
 class SlowServer(http.server.BaseHTTPRequestHandler):

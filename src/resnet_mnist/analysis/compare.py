@@ -29,10 +29,10 @@ from resnet_mnist.core.figures import plot_curves
 from resnet_mnist.runtime.signals import safe_point, shielded
 from resnet_mnist.tracking import names
 from resnet_mnist.tracking.batches import log_metrics_batched
+from resnet_mnist.tracking.experiments import experiment_id
 from resnet_mnist.tracking.history import read_history
 from resnet_mnist.tracking.lifecycle import ended
 from resnet_mnist.tracking.names import CHAMPION, COMPARISONS, MODEL_NAME
-from resnet_mnist.tracking.store import experiment_id
 
 
 def summarize(

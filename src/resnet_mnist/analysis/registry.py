@@ -16,7 +16,7 @@ from resnet_mnist.analysis.summary import CompareError
 from resnet_mnist.runtime.errors import first_line
 from resnet_mnist.tracking import names
 from resnet_mnist.tracking.names import CHAMPION
-from resnet_mnist.tracking.store import store_lock
+from resnet_mnist.tracking.sqlite import store_lock
 
 if TYPE_CHECKING:
     from resnet_mnist.analysis.summary import RunSummary

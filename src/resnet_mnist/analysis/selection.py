@@ -20,8 +20,8 @@ from resnet_mnist.analysis.summary import VARIANTS, CompareError
 from resnet_mnist.config.settings import FIELDS, ConfigError, TrainConfig, build_config, coerce
 from resnet_mnist.runtime.errors import first_line
 from resnet_mnist.tracking import names
+from resnet_mnist.tracking.experiments import experiment_id as find_experiment
 from resnet_mnist.tracking.lifecycle import same_params
-from resnet_mnist.tracking.store import experiment_id as find_experiment
 
 # -- finding and training runs ------------------------------------------------------------------
 

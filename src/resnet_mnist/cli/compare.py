@@ -76,7 +76,8 @@ def compare(
     from resnet_mnist.analysis import selection as SEL
     from resnet_mnist.cli.progress import for_console
     from resnet_mnist.tracking import runner
-    from resnet_mnist.tracking.store import check_store, take_project_run, ui_link
+    from resnet_mnist.tracking.experiments import ui_link
+    from resnet_mnist.tracking.store import check_store, take_project_run
 
     seed_list = parse_seeds(seeds)
     project_run = take_project_run()

@@ -65,7 +65,8 @@ def links(
     """Print the MLflow UI links that open each experiment in its Model training view."""
     from mlflow.tracking import MlflowClient
 
-    from resnet_mnist.tracking.store import check_store, ui_link
+    from resnet_mnist.tracking.experiments import ui_link
+    from resnet_mnist.tracking.store import check_store
     from resnet_mnist.tracking.views import CURVES_VIEW_TAG
 
     uri = check_store()

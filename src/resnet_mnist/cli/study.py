@@ -84,7 +84,8 @@ def study(
     from resnet_mnist.study import execution as E
     from resnet_mnist.study import spec as S
     from resnet_mnist.study.report import TABLE, study_report, unfinished
-    from resnet_mnist.tracking.store import check_store, take_project_run, ui_link
+    from resnet_mnist.tracking.experiments import ui_link
+    from resnet_mnist.tracking.store import check_store, take_project_run
 
     spec = S.load_study(
         name,

@@ -133,7 +133,7 @@ def _print_trained(trained: Trained) -> None:
     ):
         table.add_row(key, value)
     console.print(table)
-    from resnet_mnist.tracking.store import ui_link
+    from resnet_mnist.tracking.experiments import ui_link
 
     run = mlflow.get_run(trained.run_id)
     console.print(f"in the MLflow UI: {ui_link(run.info.experiment_id, trained.run_id)}", highlight=False)

@@ -22,7 +22,7 @@ from resnet_mnist.config.settings import TrainConfig
 from resnet_mnist.runtime.errors import ProjectError
 from resnet_mnist.tracking import names
 from resnet_mnist.tracking.lifecycle import fail_unfinished_models, same_params
-from resnet_mnist.tracking.store import STALE_AFTER_S, RunBusy, claim, owner_alive, run_claim
+from resnet_mnist.tracking.ownership import STALE_AFTER_S, RunBusy, claim, owner_alive, run_claim
 
 #: MLflow client settings a cell takes from the driver: a Ray worker inherits its raylet's
 #: environment, not the driver's, and the team server's login must reach every node.

@@ -20,8 +20,8 @@ from resnet_mnist.runtime.errors import ProjectError
 from resnet_mnist.study.cells import CellOrder, CellOutcome, order_for
 from resnet_mnist.study.spec import Group, Resources, StudySpec, cell_config, cell_key, choose_lr
 from resnet_mnist.tracking import names
-from resnet_mnist.tracking.store import experiment_id as find_experiment
-from resnet_mnist.tracking.store import store_lock
+from resnet_mnist.tracking.experiments import experiment_id as find_experiment
+from resnet_mnist.tracking.sqlite import store_lock
 
 SEARCH, SEEDS = "lr-search", "seeds"
 

@@ -28,17 +28,11 @@ from resnet_mnist.core.trainer import NonFiniteLossError, StopRequested
 from resnet_mnist.runtime.env import overridden
 from resnet_mnist.runtime.signals import shielded
 from resnet_mnist.tracking import names
+from resnet_mnist.tracking.experiments import experiment_id, mark_training_experiment
 from resnet_mnist.tracking.names import DEFAULT_EXPERIMENT
 from resnet_mnist.tracking.offline import TrackingLost, unreachable
-from resnet_mnist.tracking.store import (
-    RunBusy,
-    experiment_id,
-    mark_training_experiment,
-    owner_alive,
-    owner_tags,
-    retry_locked,
-    run_claim,
-)
+from resnet_mnist.tracking.ownership import RunBusy, owner_alive, owner_tags, run_claim
+from resnet_mnist.tracking.store import retry_locked
 
 
 class RunInterrupted(KeyboardInterrupt):

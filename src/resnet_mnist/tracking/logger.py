@@ -40,7 +40,9 @@ from resnet_mnist.tracking.checkpoints import BEST, RESUME
 from resnet_mnist.tracking.history import TIME_METRICS
 from resnet_mnist.tracking.lifecycle import active_run_id, version
 from resnet_mnist.tracking.offline import Spool, TrackingLost, unreachable
-from resnet_mnist.tracking.store import HEARTBEAT_S, retry_conflicts, retry_locked, store_lock
+from resnet_mnist.tracking.ownership import HEARTBEAT_S
+from resnet_mnist.tracking.sqlite import store_lock
+from resnet_mnist.tracking.store import retry_conflicts, retry_locked
 
 #: Scores of the best checkpoint (the logged model), linked to the split they were measured on.
 MODEL_METRICS = {"best_dev_accuracy": "dev", "test_accuracy": "test", "test_loss": "test"}

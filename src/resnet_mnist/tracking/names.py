@@ -36,7 +36,7 @@ ARCHITECTURE = "architecture"
 PRESET = "preset"
 SEEDS = "seeds"
 
-#: Who owns a RUNNING run (`tracking.store.owner_alive` reads them) and how it was continued.
+#: Who owns a RUNNING run (`tracking.ownership.owner_alive` reads them) and how it was continued.
 OWNER_HOST = "owner.host"
 OWNER_PID = "owner.pid"
 OWNER_STARTED = "owner.started"

@@ -38,7 +38,8 @@ from resnet_mnist.tracking.logger import (
 )
 from resnet_mnist.tracking.names import DEFAULT_EXPERIMENT
 from resnet_mnist.tracking.offline import Spool, StopWhenLost, unreachable
-from resnet_mnist.tracking.store import RunBusy, check_store, owner_alive, run_claim
+from resnet_mnist.tracking.ownership import RunBusy, owner_alive, run_claim
+from resnet_mnist.tracking.store import check_store
 
 
 class ResumeError(ProjectError, RuntimeError):

@@ -1,9 +1,9 @@
 """Access to the tracking store: which one, whether it answers, and writing to it safely.
 
 The default store is embedded (`sqlite:///mlflow.db`, artifacts in `./mlruns`);
-`$MLFLOW_TRACKING_URI` switches to a server. Several processes may share one sqlite file: its
-first-time set-up is serialised by a file lock and "database is locked" writes are retried.
-MLflow is imported where it is used, so that the CLI starts (and refuses bad input) without it.
+`$MLFLOW_TRACKING_URI` switches to a server. Several processes may share one sqlite file: it is
+created whole (`tracking.sqlite`), and "database is locked" writes are retried. MLflow is imported
+where it is used, so that the CLI starts (and refuses bad input) without it.
 """
 
 from __future__ import annotations
@@ -12,16 +12,12 @@ import logging
 import os
 import re
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from functools import partial
-from pathlib import Path
+from collections.abc import Callable
 from typing import TypeVar
 
 from resnet_mnist.runtime.env import overridden
 from resnet_mnist.runtime.errors import ProjectError, first_line
-from resnet_mnist.tracking import names
-from resnet_mnist.tracking.views import CURVES_VIEW, save_curves_view
+from resnet_mnist.tracking.sqlite import open_store
 
 T = TypeVar("T")
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
@@ -64,29 +60,6 @@ def quiet_retried_locks() -> None:
     log = logging.getLogger("mlflow.store.db.utils")
     if not any(isinstance(f, RetriedLock) for f in log.filters):
         log.addFilter(RetriedLock())
-
-
-@contextmanager
-def store_lock(uri: str) -> Iterator[None]:
-    """Serialise first-time set-up of a sqlite store between processes.
-
-    Several processes opening a new `mlflow.db` at once all run MLflow's schema migrations and
-    collide ("duplicate column name"); the same goes for creating one experiment or dataset twice.
-    A file lock beside the database makes the first process do it and the others wait.
-    """
-    if not uri.startswith("sqlite:///"):
-        yield
-        return
-    import fcntl
-
-    db = Path(uri.removeprefix("sqlite:///"))
-    db.parent.mkdir(parents=True, exist_ok=True)
-    with open(db.with_name(db.name + ".lock"), "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def retry_locked(call: Callable[[], T], attempts: int = 20) -> T:
@@ -135,11 +108,10 @@ def check_store(timeout_s: int = 5) -> str:
     MLflow's HTTP client retries with back-off for minutes by default; for this one probe the
     retries are off and the timeout short (unless the user set them), so a server that is not
     there fails in seconds. One that accepted the connection but is slow to answer (a read
-    timeout) is alive: it is asked once more, patiently. A sqlite store is created (schema
-    migrated) here, under a lock.
+    timeout) is alive: it is asked once more, patiently. A sqlite store is created here, whole
+    (`tracking.sqlite.open_store`).
     """
     from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
 
     from resnet_mnist.tracking.offline import set_by_user
 
@@ -151,8 +123,7 @@ def check_store(timeout_s: int = 5) -> str:
     uri = configure()
     if not uri.startswith(("http://", "https://")):
         try:
-            with store_lock(uri):
-                MlflowClient().search_experiments(max_results=1)
+            open_store(uri)
         except Exception as exc:  # noqa: BLE001 - sqlite/SQLAlchemy/MLflow errors all mean this
             raise TrackingUnavailable(
                 f"the tracking store {uri} cannot be opened ({first_line(exc)}). If it is a damaged file, "
@@ -203,81 +174,6 @@ def timed_out_reading(exc: BaseException) -> bool:
     return "Read timed out" in str(exc) or "ReadTimeoutError" in str(exc)
 
 
-#: MLflow 3's UI opens an experiment in its GenAI view unless the experiment says it holds model
-#: training; the tag alone does not switch the view, the URL query below does.
-EXPERIMENT_KIND = {names.EXPERIMENT_KIND: "custom_model_development"}
-TRAINING_VIEW = "workflowType=machine_learning"
-UI_DEFAULT = "http://127.0.0.1:5000"
-CURVES_QUERY = f"compareRunsMode=CHART&viewStateShareKey={CURVES_VIEW}"
-
-
-def experiment_id(name: str) -> str:
-    """The id of experiment `name`, created on first use (under the store lock), tagged as a
-    model-training experiment and given the training-curves chart view."""
-    import mlflow
-    from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient()
-    found = client.get_experiment_by_name(name)
-    if found is None:
-        with store_lock(mlflow.get_tracking_uri()):
-            found = client.get_experiment_by_name(name)
-            if found is None:
-                try:
-                    created = client.create_experiment(name, tags=EXPERIMENT_KIND)
-                except MlflowException as exc:
-                    # A tracking server has no lock of ours: another client created it first.
-                    if not already_exists(exc):
-                        raise
-                    found = client.get_experiment_by_name(name)
-                else:
-                    retry_conflicts(partial(save_curves_view, client, created, EXPERIMENT_KIND))
-                    return created
-    if found is None:
-        raise TrackingUnavailable(f"experiment {name!r} could be neither found nor created")
-    mark_training_experiment(found.experiment_id)
-    return found.experiment_id
-
-
-def mark_training_experiment(experiment_id: str) -> None:
-    """Tag an experiment (e.g. one `mlflow run --experiment-name` made) as model training, with
-    the training-curves chart view.
-
-    Several trainings may start at once on a new experiment: its creator and the others then
-    write the same tags together, and on a server one insert loses on the unique key (seen with
-    PostgreSQL: four trainings, one ended with `UniqueViolation` on `experiment_tag_pk`). The
-    loser writes again, over a row that now exists, with the same value.
-    """
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient()
-    tags = client.get_experiment(experiment_id).tags
-    if tags.get(names.EXPERIMENT_KIND) is None:
-        for key, value in EXPERIMENT_KIND.items():
-            retry_conflicts(partial(client.set_experiment_tag, experiment_id, key, value))
-    retry_conflicts(partial(save_curves_view, client, experiment_id, tags))
-
-
-def ui_link(
-    experiment: str, run_id: str | None = None, base: str | None = None, *, curves: bool = False
-) -> str:
-    """A link that opens the MLflow UI's Model training view on an experiment (or one run); with
-    `curves`, the experiment's chart view with the training curves first (`tracking.views`).
-
-    The base is the tracking server when there is one, else where `make ui` serves the local
-    store.
-    """
-    import mlflow
-
-    uri = mlflow.get_tracking_uri()
-    base = base or (uri.rstrip("/") if uri.startswith(("http://", "https://")) else UI_DEFAULT)
-    if curves:
-        return f"{base}/#/experiments/{experiment}/runs?{TRAINING_VIEW}&{CURVES_QUERY}"
-    page = f"experiments/{experiment}" + (f"/runs/{run_id}" if run_id else "")
-    return f"{base}/#/{page}?{TRAINING_VIEW}"
-
-
 def take_project_run() -> str | None:
     """The run `mlflow run` created for this process (it passes `MLFLOW_RUN_ID`), if any.
 
@@ -285,96 +181,3 @@ def take_project_run() -> str | None:
     never resumes that run by itself; the caller decides which run it becomes.
     """
     return os.environ.pop("MLFLOW_RUN_ID", None) or None
-
-
-# -- run ownership ------------------------------------------------------------------------------
-
-#: A training process refreshes its run's heartbeat at least this often while it trains.
-HEARTBEAT_S = 30
-#: A run on another host whose heartbeat is older than this is taken to have lost its owner.
-STALE_AFTER_S = 300
-OWNER_TAGS = (names.OWNER_HOST, names.OWNER_PID, names.OWNER_STARTED, names.OWNER_HEARTBEAT)
-
-
-def owner_tags() -> dict[str, str]:
-    """Who owns a run: this host, this process and when it started (a reused pid is not the
-    same owner), and a first heartbeat."""
-    import socket
-
-    import psutil
-
-    return {
-        names.OWNER_HOST: socket.gethostname(),
-        names.OWNER_PID: str(os.getpid()),
-        names.OWNER_STARTED: f"{psutil.Process().create_time():.3f}",
-        names.OWNER_HEARTBEAT: f"{time.time():.0f}",
-    }
-
-
-def owner_alive(tags: dict[str, str], now: float | None = None) -> bool | None:
-    """Whether the process that owns a RUNNING run still exists.
-
-    Same host: the process with that pid and start time is alive. Another host: its heartbeat is
-    younger than STALE_AFTER_S. None when the run records no owner (made by another tool).
-    """
-    import socket
-
-    import psutil
-
-    if names.OWNER_PID not in tags:
-        return None
-    if tags.get(names.OWNER_HOST) == socket.gethostname():
-        try:
-            started = psutil.Process(int(tags[names.OWNER_PID])).create_time()
-        except (psutil.NoSuchProcess, ValueError):
-            return False
-        return abs(started - float(tags.get(names.OWNER_STARTED, "0"))) < 1.0
-    heartbeat = float(tags.get(names.OWNER_HEARTBEAT, "0"))
-    return (now or time.time()) - heartbeat < STALE_AFTER_S
-
-
-class RunBusy(RuntimeError):
-    """Another process is training this run."""
-
-
-@contextmanager
-def run_claim(run_id: str) -> Iterator[None]:
-    """Hold a run for this process while it trains (sqlite store: an exclusive file lock beside
-    the database, released by the OS when the process dies). Raises RunBusy when another process
-    holds it. Other stores rely on the owner tags and the heartbeat."""
-    with claim(f"run-{run_id}", f"run {run_id} is being trained by another process"):
-        yield
-
-
-@contextmanager
-def claim(name: str, busy: str, wait_s: float = 0.0) -> Iterator[None]:
-    """Hold `name` (a run, a study cell) for this process in this store: on sqlite an exclusive
-    file lock beside the database, which the OS releases when its holder dies, so a claim is
-    never left behind by a killed process. Waits up to `wait_s` for a holder to finish or die,
-    then raises RunBusy(`busy`). Other stores hold nothing here: owner tags and heartbeats decide."""
-    import mlflow
-
-    uri = mlflow.get_tracking_uri()
-    if not uri.startswith("sqlite:///"):
-        yield
-        return
-    import fcntl
-
-    db = Path(uri.removeprefix("sqlite:///"))
-    folder = db.with_name(f"{db.name}.locks")
-    folder.mkdir(parents=True, exist_ok=True)
-    deadline = time.monotonic() + wait_s
-    # The lock files stay: removing one while another process opens it would let two hold it.
-    with open(folder / name.replace("/", "_"), "w") as fh:
-        while True:
-            try:
-                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    raise RunBusy(busy) from None
-                time.sleep(0.5)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
