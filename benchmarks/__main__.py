@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 
 from benchmarks import bench as B
-from resnet_mnist.config.settings import Device
+from resnet_mnist.config.placement import Device
 from resnet_mnist.core.device import resolve_device
 
 console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 160)

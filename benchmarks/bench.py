@@ -71,7 +71,6 @@ def step_throughput(
     device), with the given precision and memory format."""
     config = dataclasses.replace(
         build_config("seed", True),
-        device=device.type,
         precision="bf16" if bf16 else "fp32",
         channels_last="true" if channels_last else "false",
     )
@@ -175,8 +174,10 @@ def cli_train_seconds(
     )
 
 
-def fit_seconds(config: TrainConfig, device: torch.device, callbacks: list[Callback]) -> float:
-    tensors = load_tensors(config, device)
+def fit_seconds(
+    config: TrainConfig, device: torch.device, callbacks: list[Callback], data_root: str
+) -> float:
+    tensors = load_tensors(config, device, data_root)
     model = build_model(config, device)
     start = time.perf_counter()
     Trainer(config, model, callbacks).fit(tensors)
@@ -184,7 +185,9 @@ def fit_seconds(config: TrainConfig, device: torch.device, callbacks: list[Callb
     return time.perf_counter() - start
 
 
-def tracking_overhead(config: TrainConfig, device: torch.device, repeats: int) -> dict[str, Any]:
+def tracking_overhead(
+    config: TrainConfig, device: torch.device, repeats: int, data_root: str
+) -> dict[str, Any]:
     """Training with the MLflow callback against the same training without it, interleaved."""
     import mlflow
 
@@ -195,10 +198,10 @@ def tracking_overhead(config: TrainConfig, device: torch.device, repeats: int) -
         mlflow.set_experiment("bench")
         on, off, inside = [], [], []
         for _ in range(repeats):
-            off.append(fit_seconds(config, device, []))
+            off.append(fit_seconds(config, device, [], data_root))
             with mlflow.start_run() as run:
                 tracker = MlflowTracker(run.info.run_id)
-                on.append(fit_seconds(config, device, [tracker]))
+                on.append(fit_seconds(config, device, [tracker], data_root))
                 inside.append(tracker.log_seconds / on[-1])
     ratios = [a / b for a, b in zip(on, off, strict=True)]
     # The on/off ratio carries the machine's noise; the time spent inside MLflow calls during
@@ -229,8 +232,8 @@ class AccuracyClock(Callback):
 
 def time_to_accuracy(device: torch.device, data_root: str) -> dict[str, Any]:
     """Full preset with the test split as the evaluated split: seconds until >= 99.0 / 99.5 %."""
-    config = dataclasses.replace(build_config("full", True), data_root=data_root, device=device.type)
-    tensors = load_tensors(config, device)
+    config = build_config("full", True)
+    tensors = load_tensors(config, device, data_root)
     tensors.dev = tensors.test  # the clock watches test accuracy, as the target is stated
     clock = AccuracyClock((0.99, 0.995))
     model = build_model(config, device)
@@ -259,14 +262,14 @@ def book_experiment(
     (stage by stage), the book-style loop in this process and as a script of its own, and the
     Lightning peer as a script of its own under the `peer` interpreter (`R.peer_python`, when
     there is one)."""
-    config = R.book_config(residual, device, data_root, quick)
+    config = R.book_config(residual, quick)
     variant = "true" if residual else "false"
     ours: list[TrainProcess] = []
     loops, scripts, peers = [], [], []
     for _ in range(repeats):
         log(f"book setting, use_residual={variant}: resnet-mnist train against the references")
         ours.append(cli_train_seconds(variant, workdir, data_root, device, R.quick_args() if quick else []))
-        loops.append(R.book_loop(config, device, workdir))
+        loops.append(R.book_loop(config, device, workdir, data_root))
         scripts.append(R.as_process("book_loop", residual, workdir, data_root, device, quick))
         if peer:
             peers.append(R.as_process("lightning_peer", residual, workdir, data_root, device, quick, peer[0]))
@@ -341,9 +344,7 @@ def run(
     report["lightning"] = peer[1] if peer else None
 
     log("tracking overhead (residual, seed preset)")
-    report["tracking_overhead"] = tracking_overhead(
-        R.book_config(True, device, data_root, quick), device, repeats
-    )
+    report["tracking_overhead"] = tracking_overhead(R.book_config(True, quick), device, repeats, data_root)
     if with_time_to_accuracy:
         log("time to accuracy (full preset)")
         report["time_to_accuracy"] = time_to_accuracy(device, data_root)

@@ -49,9 +49,9 @@ def quick_args() -> list[str]:
     return [f"--{key.replace('_', '-')}={value}" for key, value in QUICK.items()]
 
 
-def book_config(residual: bool, device: torch.device, data_root: str, quick: bool) -> TrainConfig:
+def book_config(residual: bool, quick: bool) -> TrainConfig:
     """The book's setting (seed preset) as the bench measures it (`QUICK` when `quick`)."""
-    config = dataclasses.replace(build_config("seed", residual), data_root=data_root, device=device.type)
+    config = build_config("seed", residual)
     return dataclasses.replace(config, **QUICK) if quick else config
 
 
@@ -79,14 +79,14 @@ class PilDataset(torch.utils.data.Dataset):
         return self.transform(image), int(self.split.labels[index])
 
 
-def book_loop(config: TrainConfig, device: torch.device, workdir: Path) -> dict[str, float]:
+def book_loop(
+    config: TrainConfig, device: torch.device, workdir: Path, data_root: str = ""
+) -> dict[str, float]:
     """The book's RunnerV3 loop: DataLoader over PIL items, `.item()` every step, dev evaluation
     every `eval_steps`, best model saved to disk, best model scored on test. Returns its seconds
     and accuracies, for a side-by-side ratio."""
     start = time.perf_counter()
-    splits = D.book_split(
-        D.load(config.data_root or None), config.train_size, config.dev_size, config.test_size
-    )
+    splits = D.book_split(D.load(data_root or None), config.train_size, config.dev_size, config.test_size)
     torch.manual_seed(config.seed)
     loaders = {
         name: torch.utils.data.DataLoader(
@@ -154,7 +154,9 @@ def peer_python() -> tuple[str, str] | None:
     return (python, probe.stdout.strip()) if probe.returncode == 0 else None
 
 
-def lightning_peer(config: TrainConfig, device: torch.device, workdir: Path) -> dict[str, Any]:
+def lightning_peer(
+    config: TrainConfig, device: torch.device, workdir: Path, data_root: str = ""
+) -> dict[str, Any]:
     """The book's setting as a Lightning user writes it: a LightningModule, `MLFlowLogger` on a
     sqlite store with `log_model=True`, `ModelCheckpoint` on dev accuracy, dev evaluation every
     `eval_steps` steps, the best checkpoint scored on test. Data preprocessed once into tensors,
@@ -165,7 +167,7 @@ def lightning_peer(config: TrainConfig, device: torch.device, workdir: Path) -> 
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loggers import MLFlowLogger
 
-    tensors = load_tensors(config, torch.device("cpu"))
+    tensors = load_tensors(config, torch.device("cpu"), data_root)
     L.seed_everything(config.seed, verbose=False)
     loaders = {
         name: torch.utils.data.DataLoader(
@@ -256,9 +258,9 @@ def as_process(
     data_root = str(Path(data_root or D.default_root()).resolve())
     script = (
         "import json, torch; from pathlib import Path; from benchmarks import reference as R; "
-        f"config = R.book_config({residual}, torch.device({device.type!r}), {data_root!r}, "
-        f"{quick}); result = R.{reference}(config, torch.device({device.type!r}), "
-        f"Path({str(workdir)!r})); from resnet_mnist.runtime.timeline import peak_mib; "
+        f"config = R.book_config({residual}, {quick}); "
+        f"result = R.{reference}(config, torch.device({device.type!r}), "
+        f"Path({str(workdir)!r}), {data_root!r}); from resnet_mnist.runtime.timeline import peak_mib; "
         "print(json.dumps(result | {'peak_mib': peak_mib()}))"
     )
     start = time.perf_counter()

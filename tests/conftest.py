@@ -258,9 +258,10 @@ def copy_store(template: Path, dest: Path) -> str:
 #: Both variants of the smoke preset trained in one process (one start-up instead of two).
 TRAIN_SMOKE_PAIR = """
 from resnet_mnist.config.settings import build_config
+from resnet_mnist.tracking.request import RunRequest
 from resnet_mnist.tracking.runner import train
 for residual in (False, True):
-    train(build_config("smoke", residual), "resnet18-mnist")
+    train(RunRequest(build_config("smoke", residual), experiment="resnet18-mnist"))
 """
 
 

@@ -16,6 +16,7 @@ from resnet_mnist.analysis import selection as SEL
 from resnet_mnist.analysis.scoring import FullSplitScorer
 from resnet_mnist.config.settings import build_config
 from resnet_mnist.core.figures import History
+from resnet_mnist.tracking.request import RunRequest
 from resnet_mnist.tracking.runner import train
 from tests.conftest import REAL_ROOT, copy_store
 
@@ -368,7 +369,9 @@ def overridden(trained):
         mp.setenv("RESNET_MNIST_DATA", str(REAL_ROOT))
         mlflow.set_tracking_uri(uri)
         ids = {
-            name: train(build_config("smoke", name != "plain", {"lr": 0.02}), OTHER).run_id
+            name: train(
+                RunRequest(build_config("smoke", name != "plain", {"lr": 0.02}), experiment=OTHER)
+            ).run_id
             for name in ("plain", "residual-old", "residual")
         }
     return ids

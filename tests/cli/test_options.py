@@ -1,5 +1,6 @@
-"""The CLI's hyper-parameter options follow from TrainConfig: every field is an option of its type,
-given values reach the config, bad ones stop before anything runs (in-process, fast)."""
+"""The CLI's options follow from TrainConfig and Placement: every field is an option of its type,
+given values reach the run request's settings or placement, bad ones stop before anything runs
+(in-process, fast)."""
 
 from __future__ import annotations
 
@@ -10,9 +11,11 @@ import pytest
 from typer.testing import CliRunner
 
 from resnet_mnist.cli.app import app
-from resnet_mnist.cli.options import config_option_names, flag
-from resnet_mnist.config.settings import FIELDS, TYPES, TrainConfig
+from resnet_mnist.cli.options import OPTION_FIELDS, OPTION_TYPES, config_option_names, flag
+from resnet_mnist.config.placement import PLACEMENT_FIELDS
+from resnet_mnist.config.settings import FIELDS
 from resnet_mnist.tracking import runner
+from resnet_mnist.tracking.request import RunRequest
 
 cli = CliRunner()
 
@@ -22,12 +25,12 @@ def flat(text: str) -> str:
 
 
 @pytest.fixture
-def captured(monkeypatch: pytest.MonkeyPatch) -> list[TrainConfig]:
-    """Replace training by a recorder of the config it would have trained."""
-    seen: list[TrainConfig] = []
+def captured(monkeypatch: pytest.MonkeyPatch) -> list[RunRequest]:
+    """Replace training by a recorder of the run request it would have trained."""
+    seen: list[RunRequest] = []
 
-    def fake_train(config: TrainConfig, *args: Any, **kwargs: Any) -> None:
-        seen.append(config)
+    def fake_train(request: RunRequest, *args: Any, **kwargs: Any) -> None:
+        seen.append(request)
         raise SystemExit(0)
 
     monkeypatch.setattr(runner, "train", fake_train)
@@ -37,7 +40,7 @@ def captured(monkeypatch: pytest.MonkeyPatch) -> list[TrainConfig]:
 
 def other_value(name: str) -> tuple[str, Any]:
     """A valid value for field `name` that differs from its default: (as typed, as parsed)."""
-    kind, default = TYPES[name], FIELDS[name].default
+    kind, default = OPTION_TYPES[name], OPTION_FIELDS[name].default
     if kind is bool:
         return str(not default).lower(), not default
     if name == "depth":
@@ -53,16 +56,16 @@ def other_value(name: str) -> tuple[str, Any]:
 
 
 def test_every_field_but_the_preset_name_is_an_option() -> None:
-    assert set(config_option_names()) == set(FIELDS) - {"preset"}
+    assert set(config_option_names()) == (set(FIELDS) | set(PLACEMENT_FIELDS)) - {"preset"}
     out = cli.invoke(app, ["train", "--help"], terminal_width=200)
     assert out.exit_code == 0
     for name in config_option_names():
         assert flag(name) in out.output, name
-        assert FIELDS[name].metadata["help"].split()[0] in out.output, name
+        assert OPTION_FIELDS[name].metadata["help"].split()[0] in out.output, name
 
 
 @pytest.mark.parametrize("spelling", ["dash", "underscore"])
-def test_every_option_reaches_the_config(captured: list[TrainConfig], spelling: str) -> None:
+def test_every_option_reaches_the_request(captured: list[RunRequest], spelling: str) -> None:
     args = ["train", "--preset", "smoke"]
     for name in config_option_names():
         option = flag(name) if spelling == "dash" else f"--{name}"
@@ -71,16 +74,17 @@ def test_every_option_reaches_the_config(captured: list[TrainConfig], spelling: 
         args += [option, other_value(name)[0]]
     out = cli.invoke(app, args)
     assert out.exit_code == 0, out.output
-    (config,) = captured
+    (request,) = captured
     for name in config_option_names():
-        assert getattr(config, name) == other_value(name)[1], name
-    assert config.preset == "smoke"
+        where = request.placement if name in PLACEMENT_FIELDS else request.config
+        assert getattr(where, name) == other_value(name)[1], name
+    assert request.config.preset == "smoke"
 
 
-def test_options_not_given_keep_the_preset(captured: list[TrainConfig]) -> None:
+def test_options_not_given_keep_the_preset(captured: list[RunRequest]) -> None:
     out = cli.invoke(app, ["train", "--preset", "seed", "--use-residual", "false"])
     assert out.exit_code == 0, out.output
-    (config,) = captured
+    config = captured[0].config
     assert (config.lr, config.batch_size, config.epochs, config.use_residual) == (0.005, 64, 5, False)
 
 
@@ -97,10 +101,11 @@ def test_options_not_given_keep_the_preset(captured: list[TrainConfig]) -> None:
         (["--preset", "nope"], "unknown preset 'nope'; known presets:"),
         (["--resume", "abc", "--lr", "0.1"], "drop --lr"),
         (["--resume", "abc", "--nproc", "2"], "--resume continues in one process"),
+        (["--sync-bn", "true", "--device", "cpu"], "sync_bn needs CUDA"),
     ],
 )
 def test_bad_options_exit_2_before_training(
-    captured: list[TrainConfig], args: list[str], message: str
+    captured: list[RunRequest], args: list[str], message: str
 ) -> None:
     out = cli.invoke(app, ["train", "--preset", "smoke", *args])
     assert out.exit_code == 2, out.output

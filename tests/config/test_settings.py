@@ -35,7 +35,6 @@ def test_overrides_win_and_none_keeps_preset() -> None:
         ({"eval_steps": -1}, "eval_steps=-1"),
         ({"dev_size": 10001}, "dev_size=10001 must be in 1..10000"),
         ({"train_size": 50001}, "train_size=50001"),
-        ({"device": "tpu"}, "device='tpu'"),
         ({"normalize": "zscore"}, "normalize='zscore'"),
     ],
 )

@@ -51,11 +51,9 @@ def test_the_pen_gets_bolder_or_thinner(batch: torch.Tensor) -> None:
 
 
 def test_an_augmented_run_resumes_exactly(real_root) -> None:
-    config = dataclasses.replace(
-        build_config("smoke", True), data_root=str(real_root), epochs=1, augment=True
-    )
+    config = dataclasses.replace(build_config("smoke", True), epochs=1, augment=True)
     config = dataclasses.replace(config, train_size=320, batch_size=32, dev_size=100, test_size=100)
-    tensors = load_tensors(config, CPU)
+    tensors = load_tensors(config, CPU, str(real_root))
     whole = Recorder()
     Trainer(config, build_model(config, CPU), [whole]).fit(tensors)
     stop = threading.Event()

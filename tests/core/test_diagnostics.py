@@ -13,12 +13,15 @@ import torch.nn.functional as F
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
+from resnet_mnist.config.placement import Placement
 from resnet_mnist.config.settings import TrainConfig, build_config
 from resnet_mnist.core.diagnostics import block_lesion, grad_norms, init_statistics
 from resnet_mnist.core.figures import plot_diagnostics
 from resnet_mnist.core.model import blocks, build_resnet
 from resnet_mnist.core.trainer import Callback, Result, Tensors, Trainer, build_model
 from resnet_mnist.tracking.logger import MlflowTracker
+from resnet_mnist.tracking.plots import log_diagnostics
+from resnet_mnist.tracking.request import RunRequest
 from resnet_mnist.tracking.runner import train
 
 CPU = torch.device("cpu")
@@ -154,7 +157,6 @@ def test_diagnostics_do_not_change_training() -> None:
         log_steps=2,
         lr=0.1,
         momentum=0.9,
-        device="cpu",
         seed=3,
     )
     tensors = random_tensors()
@@ -184,8 +186,8 @@ def test_diagnostics_do_not_change_training() -> None:
 
 
 def test_tracked_smoke_run_records_diagnostics(store, real_root) -> None:
-    config = build_config("smoke", True, {"diagnostics": True, "epochs": 1, "data_root": str(real_root)})
-    trained = train(config, experiment="exp")
+    config = build_config("smoke", True, {"diagnostics": True, "epochs": 1})
+    trained = train(RunRequest(config, Placement(data_root=str(real_root)), "exp"))
     client, run_id = MlflowClient(), trained.run_id
     stages = ["stem", "stage1", "stage2", "stage3", "stage4", "head"]
 
@@ -225,7 +227,7 @@ def test_resumed_tracker_sends_no_diagnostic_twice(store) -> None:
         (8, 1.0),
         (16, 2.0),
     ]
-    tracker.log_diagnostics("t")
+    log_diagnostics(client, run_id, "t")
     assert [a.path for a in client.list_artifacts(run_id, "plots")] == ["plots/diagnostics.png"]
 
 

@@ -68,7 +68,6 @@ def tiny_config():
         momentum=0.9,
         eval_steps=3,
         log_steps=2,
-        device="cpu",
     )
 
 

@@ -52,8 +52,8 @@ class Recorder(Callback):
 
 @pytest.fixture(scope="module")
 def smoke(real_root):
-    config = dataclasses.replace(build_config("smoke", True), data_root=str(real_root))
-    return config, load_tensors(config, CPU)
+    config = build_config("smoke", True)
+    return config, load_tensors(config, CPU, str(real_root))
 
 
 def train(config, tensors) -> Recorder:

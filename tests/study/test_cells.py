@@ -14,6 +14,7 @@ import psutil
 import pytest
 from mlflow.tracking import MlflowClient
 
+from resnet_mnist.config.placement import Placement
 from resnet_mnist.study import cells as C
 from resnet_mnist.study import execution as E
 from resnet_mnist.study import spec as S
@@ -102,7 +103,7 @@ def test_the_grid_submits_every_rate_first_then_each_groups_seeds(store: str) ->
     # all 8 rate-search cells before any seed, deepest first
     assert keys[:8] == [S.cell_key(g, lr, 0) for g in spec.groups() for lr in spec.lrs]
     assert keys[0].startswith("resnet14-plain")
-    assert len(keys) == spec.cells() == 4 * (2 + 2) and len(set(keys)) == len(keys)
+    assert len(keys) == spec.cell_count() == 4 * (2 + 2) and len(set(keys)) == len(keys)
     assert result.lrs == {
         "resnet14-plain": 0.05,
         "resnet14-residual": 0.02,
@@ -116,7 +117,7 @@ def test_the_grid_submits_every_rate_first_then_each_groups_seeds(store: str) ->
     assert client.get_run(home.run_id).data.tags[f"{names.STUDY_LR}resnet8-plain"] == "0.05"
     order = engine.submitted[0]
     assert order.tracking_uri == store and order.study_run_id == home.run_id and order.threads == 1
-    assert Path(order.config.data_root).is_absolute()
+    assert Path(order.placement.data_root).is_absolute()
 
 
 def test_a_failed_cell_leaves_its_group_unseeded_and_the_study_incomplete(store: str) -> None:
@@ -161,7 +162,14 @@ def test_a_cell_is_trained_once_and_a_dead_attempt_ended_with_its_reason(store: 
     group, key = spec.groups()[0], S.cell_key(spec.groups()[0], 0.02, 0)
     config = S.cell_config(spec, group, 0.02, 0)
     order = C.order_for(
-        config, key, "lr-search", spec.name, home.run_id, (home.experiment, home.experiment_id), 1
+        config,
+        Placement(),
+        key,
+        "lr-search",
+        spec.name,
+        home.run_id,
+        (home.experiment, home.experiment_id),
+        1,
     )
     # attempt 1 died on another node before its first checkpoint: RUNNING, its owner gone
     pid, started = dead_pid()

@@ -29,10 +29,10 @@ def test_study_files_load_and_list_every_cell() -> None:
     spec = S.load_study("cpu")
     assert spec.preset == "study-cpu" and spec.depths == (8, 20, 56)
     # per (depth, variant): every rate at seed 0, then the other seeds at the chosen rate
-    assert spec.cells() == 3 * 2 * (len(spec.lrs) + len(spec.seeds) - 1) == 30
+    assert spec.cell_count() == 3 * 2 * (len(spec.lrs) + len(spec.seeds) - 1) == 30
     assert [g.name for g in spec.groups()][:2] == ["resnet56-plain", "resnet56-residual"]
     assert S.load_study("gpu").depths == (20, 32, 44, 56, 110)
-    assert S.load_study("tiny", depths=[14], seeds=[3], lrs=[0.1]).cells() == 2
+    assert S.load_study("tiny", depths=[14], seeds=[3], lrs=[0.1]).cell_count() == 2
     assert S.load_study("cpu").key() == S.load_study("cpu").key()
     assert S.load_study("cpu").key() != S.load_study("cpu", seeds=[0, 1]).key()
 

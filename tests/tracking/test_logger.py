@@ -10,21 +10,24 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
+from resnet_mnist.config.placement import Placement
 from resnet_mnist.config.settings import build_config
 from resnet_mnist.core import calibration as C
 from resnet_mnist.core import data as D
 from resnet_mnist.core.model import build_resnet
 from resnet_mnist.core.trainer import Callback
+from resnet_mnist.tracking.request import RunRequest
 from resnet_mnist.tracking.runner import train
 
 
 @pytest.fixture
-def smoke_config(real_root):
-    return dataclasses.replace(build_config("smoke", True), data_root=str(real_root))
+def smoke(real_root) -> RunRequest:
+    """The smoke preset's residual run, in experiment `exp`, reading the real MNIST files."""
+    return RunRequest(build_config("smoke", True), Placement(data_root=str(real_root)), "exp")
 
 
-def test_finished_run_records_everything(store, smoke_config, mnist, tmp_path) -> None:
-    trained = train(smoke_config, experiment="exp")
+def test_finished_run_records_everything(store, smoke, mnist, tmp_path) -> None:
+    trained = train(smoke)
     run_id, result, model_uri = trained.run_id, trained.result, trained.model_uri
     client = MlflowClient()
     run = client.get_run(run_id)
@@ -33,10 +36,11 @@ def test_finished_run_records_everything(store, smoke_config, mnist, tmp_path) -
     assert client.get_experiment(run.info.experiment_id).name == "exp"
     params = run.data.params
     assert params["lr"] == "0.01" and params["batch_size"] == "32" and params["preset"] == "smoke"
-    assert params["variant"] == "residual" and params["device"] == "cpu"
-    assert "data_root" not in params
+    assert params["variant"] == "residual"
+    assert "data_root" not in params and "device" not in params  # where it ran is no setting
     tags = run.data.tags
     assert tags["run_type"] == "train" and tags["torch_version"].startswith("2.14")
+    assert tags["device"] == "cpu"
 
     total = 16 * 3
     train_loss = client.get_metric_history(run_id, "train_loss")
@@ -106,7 +110,7 @@ def test_finished_run_records_everything(store, smoke_config, mnist, tmp_path) -
     network = build_resnet(18, True).eval()
     network.load_state_dict(result.best_state)
     with torch.no_grad():
-        logits = network(D.Preprocess(smoke_config.normalize)(torch.from_numpy(digits)))
+        logits = network(D.Preprocess(smoke.config.normalize)(torch.from_numpy(digits)))
     assert np.allclose(C.calibrated(logits, temperature).numpy(), probs, atol=1e-5)
 
 
@@ -122,9 +126,9 @@ class Boom(Callback):
 @pytest.mark.parametrize(
     "exc,status", [(RuntimeError("disk full"), "FAILED"), (KeyboardInterrupt(), "KILLED")]
 )
-def test_runs_never_stay_running(store, smoke_config, exc, status) -> None:
+def test_runs_never_stay_running(store, smoke, exc, status) -> None:
     with pytest.raises(type(exc)):
-        train(smoke_config, experiment="exp", callbacks=[Boom(exc)])
+        train(smoke, callbacks=[Boom(exc)])
     runs = MlflowClient().search_runs([mlflow.get_experiment_by_name("exp").experiment_id])
     assert [r.info.status for r in runs] == [status]
     run = runs[0]
@@ -136,22 +140,21 @@ def test_runs_never_stay_running(store, smoke_config, exc, status) -> None:
     }
 
 
-def test_non_finite_loss_fails_with_step_tag(store, smoke_config) -> None:
-    config = dataclasses.replace(smoke_config, lr=1e30)
+def test_non_finite_loss_fails_with_step_tag(store, smoke) -> None:
     with pytest.raises(Exception, match="non-finite"):
-        train(config, experiment="exp")
+        train(smoke.with_settings(dataclasses.replace(smoke.config, lr=1e30)))
     run = MlflowClient().search_runs([mlflow.get_experiment_by_name("exp").experiment_id])[0]
     assert run.info.status == "FAILED"
     assert run.data.tags["failure_reason"] == "NonFiniteLossError"
     assert int(run.data.tags["failed_at_step"]) >= 0
 
 
-def test_a_stop_before_training_makes_no_run(store, smoke_config) -> None:
+def test_a_stop_before_training_makes_no_run(store, smoke) -> None:
     import threading
 
     stop = threading.Event()
     stop.set()
     with pytest.raises(KeyboardInterrupt):
-        train(smoke_config, experiment="exp", stop=stop)
+        train(smoke, stop=stop)
     exp = mlflow.get_experiment_by_name("exp")
     assert exp is None or MlflowClient().search_runs([exp.experiment_id]) == []

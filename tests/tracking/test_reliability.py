@@ -566,6 +566,7 @@ def test_a_server_lost_while_results_are_written_keeps_the_finished_training(
     from resnet_mnist.config.settings import build_config
     from resnet_mnist.core.trainer import Callback
     from resnet_mnist.tracking.offline import TrackingLost
+    from resnet_mnist.tracking.request import RunRequest
     from resnet_mnist.tracking.runner import resume, train
 
     port, url, env = server_to_lose(tmp_path)
@@ -582,14 +583,14 @@ def test_a_server_lost_while_results_are_written_keeps_the_finished_training(
             stop_server(server, signal.SIGKILL)
 
     try:
-        reference = train(build_config("smoke", True), run_name="reference")
+        reference = train(RunRequest(build_config("smoke", True), run_name="reference"))
         with pytest.raises(TrackingLost) as lost:
-            train(build_config("smoke", True), callbacks=[ServerDiesAtTheEnd()])
+            train(RunRequest(build_config("smoke", True)), callbacks=[ServerDiesAtTheEnd()])
         assert mlflow.active_run() is None
         spool = lost.value.spool
         assert lost.value.step == 48 and spool.checkpoint is not None
         server = start_mlflow_server(tmp_path, port)
-        done = resume(spool.run_id)
+        done = resume(RunRequest.resuming(spool.run_id))
         client = MlflowClient(url)
         run = client.get_run(done.run_id)
         assert run.info.status == "FINISHED" and not spool.path.exists()

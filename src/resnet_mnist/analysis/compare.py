@@ -19,7 +19,7 @@ import numpy as np
 from mlflow.entities import Metric, Run
 from mlflow.tracking import MlflowClient
 
-from resnet_mnist.analysis.registry import crown
+from resnet_mnist.analysis.registry import Crowning, crown
 from resnet_mnist.analysis.scoring import FullSplitScorer
 from resnet_mnist.analysis.selection import describe, run_label, variant_of, vet
 from resnet_mnist.analysis.stats import METRICS, Stats, require_both_variants, statistics, verdict
@@ -208,41 +208,13 @@ def compare(
     scorer = FullSplitScorer(client, data_root)
     summaries = summarize(client, vetted.runs, scorer, stop)
     stats = statistics(summaries)
-    text = verdict(stats)
     mismatch = describe(vetted.mismatch)
-    if mismatch:
-        text += (
-            f" Caution (--allow-mismatch): the runs differ in more than the variant, so the "
-            f"difference is not the shortcuts' alone: {mismatch}."
-        )
     set_aside = [r.info.run_id for r in vetted.set_aside]
-    if set_aside:
-        text += (
-            " Set aside as older duplicates of a variant and seed (the newest is compared): "
-            + ", ".join(map(run_label, vetted.set_aside))
-            + "."
-        )
+    text = judged(stats, mismatch, vetted.set_aside)
     rows = table_rows(summaries)
-    out_dir.mkdir(parents=True, exist_ok=True)
     presets = sorted({r.data.tags.get(names.PRESET, "?") for r in vetted.runs})
-    depths = ",".join(sorted({str(s.depth) for s in summaries}))
-    title = f"ResNet{depths} on MNIST, plain vs residual ({', '.join(presets)})"
-    stem = out_dir / "comparison"
-    files = plot(summaries, stem, title) + write_table(COLUMNS, rows, stem)
-    ids = [s.run_id for s in summaries]
-    tags = {
-        names.RUN_TYPE: names.COMPARISON,
-        "compared_run_ids": ",".join(ids),
-        names.PRESET: ",".join(presets),
-        names.DEPTH: depths,
-        "dev_winner": stats.dev_winner,
-        "statistic": stats.metric,
-        "selected_by": "dev_accuracy_full",
-    }
-    if mismatch:
-        tags["settings_mismatch"] = mismatch[:5000]
-    if set_aside:
-        tags["set_aside_run_ids"] = ",".join(set_aside)
+    files = figures_and_table(summaries, rows, presets, out_dir)
+    tags = comparison_tags(summaries, stats, presets, mismatch, set_aside)
     crowning = None
     name = f"compare-{'-'.join(presets)}"
     # No signal cuts a write to the comparison run in half (nor falls between creating it and
@@ -260,52 +232,11 @@ def compare(
             safe_point(stop)
             mlflow.set_tags(tags)
             log_mean_curves(client, run.info.run_id, summaries)
-            mlflow.log_metrics(
-                {
-                    "diff_dev_accuracy_full": stats.diff,
-                    "diff_ci_low": stats.ci[0],
-                    "diff_ci_high": stats.ci[1],
-                    "n_plain": stats.n["plain"],
-                    "n_residual": stats.n["residual"],
-                    "diff_test_accuracy_full": (
-                        stats.mean["residual"]["test_accuracy_full"]
-                        - stats.mean["plain"]["test_accuracy_full"]
-                    ),
-                    **{f"{v}_{k}_mean": stats.mean[v][k] for v in VARIANTS for k in METRICS},
-                }
-            )
+            mlflow.log_metrics(statistics_metrics(stats))
             safe_point(stop)
             if model_name:
-                best = max(
-                    (s for s in summaries if s.variant == stats.dev_winner), key=lambda s: s.dev_accuracy_full
-                )
-                crowning = crown(
-                    client,
-                    best,
-                    model_name,
-                    {
-                        "variant": best.variant,
-                        "depth": str(best.depth),
-                        "preset": ",".join(presets),
-                        "dev_accuracy_full": f"{best.dev_accuracy_full:.4f}",
-                        "best_dev_accuracy": f"{best.best_dev_accuracy:.4f}",
-                        "test_accuracy_full": f"{best.test_accuracy_full:.4f}",
-                        "selected_by": "dev_accuracy_full",
-                        "compared_runs": ",".join(ids),
-                        "comparison_run": run.info.run_id,
-                    }
-                    | ({"settings_mismatch": mismatch[:5000]} if mismatch else {}),
-                    scorer,
-                )
+                crowning = crown_best(client, summaries, stats, model_name, tags, run.info.run_id, scorer)
                 text += f" {crowning.note[0].upper()}{crowning.note[1:]}."
-                mlflow.set_tags(
-                    {
-                        "champion_version": crowning.version,
-                        "champion_run": crowning.run_id,
-                        "champion_moved": str(crowning.moved).lower(),
-                        "champion_note": crowning.note,
-                    }
-                )
             safe_point(stop)
             mlflow.set_tag(names.NOTE, text)
             (out_dir / "verdict.txt").write_text(text + "\n")
@@ -325,3 +256,101 @@ def compare(
         set_aside,
         mismatch,
     )
+
+
+def judged(stats: Stats, mismatch: str, set_aside: list[Run]) -> str:
+    """The verdict, with what the reader must know about the runs behind it."""
+    text = verdict(stats)
+    if mismatch:
+        text += (
+            f" Caution (--allow-mismatch): the runs differ in more than the variant, so the "
+            f"difference is not the shortcuts' alone: {mismatch}."
+        )
+    if set_aside:
+        text += (
+            " Set aside as older duplicates of a variant and seed (the newest is compared): "
+            + ", ".join(map(run_label, set_aside))
+            + "."
+        )
+    return text
+
+
+def figures_and_table(
+    summaries: list[RunSummary], rows: list[list[str]], presets: list[str], out_dir: Path
+) -> list[Path]:
+    """The comparison's figure and table, written to `out_dir` (`comparison.*`)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    depths = ",".join(sorted({str(s.depth) for s in summaries}))
+    title = f"ResNet{depths} on MNIST, plain vs residual ({', '.join(presets)})"
+    stem = out_dir / "comparison"
+    return plot(summaries, stem, title) + write_table(COLUMNS, rows, stem)
+
+
+def comparison_tags(
+    summaries: list[RunSummary], stats: Stats, presets: list[str], mismatch: str, set_aside: list[str]
+) -> dict[str, str]:
+    """What the comparison run is and compared: tags to search and group by."""
+    tags = {
+        names.RUN_TYPE: names.COMPARISON,
+        names.COMPARED_RUN_IDS: ",".join(s.run_id for s in summaries),
+        names.PRESET: ",".join(presets),
+        names.DEPTH: ",".join(sorted({str(s.depth) for s in summaries})),
+        names.DEV_WINNER: stats.dev_winner,
+        names.STATISTIC: stats.metric,
+        names.SELECTED_BY: names.SELECTION_METRIC,
+    }
+    if mismatch:
+        tags[names.SETTINGS_MISMATCH] = mismatch[:5000]
+    if set_aside:
+        tags[names.SET_ASIDE_RUN_IDS] = ",".join(set_aside)
+    return tags
+
+
+def statistics_metrics(stats: Stats) -> dict[str, float]:
+    """The comparison's numbers as the comparison run's metrics."""
+    return {
+        "diff_dev_accuracy_full": stats.diff,
+        "diff_ci_low": stats.ci[0],
+        "diff_ci_high": stats.ci[1],
+        "n_plain": stats.n["plain"],
+        "n_residual": stats.n["residual"],
+        "diff_test_accuracy_full": (
+            stats.mean["residual"]["test_accuracy_full"] - stats.mean["plain"]["test_accuracy_full"]
+        ),
+        **{f"{v}_{k}_mean": stats.mean[v][k] for v in VARIANTS for k in METRICS},
+    }
+
+
+def crown_best(
+    client: MlflowClient,
+    summaries: list[RunSummary],
+    stats: Stats,
+    model_name: str,
+    tags: dict[str, str],
+    comparison_run: str,
+    scorer: FullSplitScorer,
+) -> Crowning:
+    """Offer the dev winner's best run to `@champion` (`crown` decides) and tag the comparison
+    run with what became of it."""
+    best = max((s for s in summaries if s.variant == stats.dev_winner), key=lambda s: s.dev_accuracy_full)
+    version_tags = {
+        names.VARIANT: best.variant,
+        names.DEPTH: str(best.depth),
+        names.PRESET: tags[names.PRESET],
+        names.SELECTION_METRIC: f"{best.dev_accuracy_full:.4f}",
+        "best_dev_accuracy": f"{best.best_dev_accuracy:.4f}",
+        "test_accuracy_full": f"{best.test_accuracy_full:.4f}",
+        names.SELECTED_BY: names.SELECTION_METRIC,
+        names.COMPARED_RUNS: tags[names.COMPARED_RUN_IDS],
+        names.COMPARISON_RUN: comparison_run,
+    } | ({names.SETTINGS_MISMATCH: tags[names.SETTINGS_MISMATCH]} if names.SETTINGS_MISMATCH in tags else {})
+    crowning = crown(client, best, model_name, version_tags, scorer)
+    mlflow.set_tags(
+        {
+            names.CHAMPION_VERSION: crowning.version,
+            names.CHAMPION_RUN: crowning.run_id,
+            names.CHAMPION_MOVED: str(crowning.moved).lower(),
+            names.CHAMPION_NOTE: crowning.note,
+        }
+    )
+    return crowning

@@ -52,8 +52,8 @@ def champion_dev_accuracy(
     """The full-dev accuracy of a registered version: its tag, else its run's metric, else its
     run scored now (a version registered before full-dev scoring); None when it has no run left
     to score."""
-    if "dev_accuracy_full" in version.tags:
-        return float(version.tags["dev_accuracy_full"])
+    if names.SELECTION_METRIC in version.tags:
+        return float(version.tags[names.SELECTION_METRIC])
     try:
         run = client.get_run(version.run_id) if version.run_id else None
     except MlflowException:

@@ -17,6 +17,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from resnet_mnist.analysis.summary import VARIANTS, CompareError
+from resnet_mnist.config.placement import PLACEMENT_PARAMS
 from resnet_mnist.config.settings import FIELDS, ConfigError, TrainConfig, build_config, coerce
 from resnet_mnist.runtime.errors import first_line
 from resnet_mnist.tracking import names
@@ -93,20 +94,9 @@ def ensure_runs(
 
 # -- which runs may be compared -----------------------------------------------------------------
 
-#: Params that say which run of a pair it is, or where and how it ran, not what it learned; never
-#: part of a run's settings. (The per-process batch sizes follow from batch_size and world_size.)
-NOT_SETTINGS = frozenset(
-    {
-        "use_residual",
-        "variant",
-        "seed",
-        "device",
-        "data_root",
-        "backend",
-        "global_batch_size",
-        "per_rank_batch_size",
-    }
-)
+#: Params that say which run of a pair it is, or where and how it ran (`PLACEMENT_PARAMS`), not
+#: what it learned; never part of a run's settings.
+NOT_SETTINGS = frozenset({"use_residual", "variant", "seed"}) | PLACEMENT_PARAMS
 NOT_LOGGED = "(not logged)"
 
 
@@ -166,9 +156,8 @@ def run_label(run: Run) -> str:
 def differences(runs: list[Run]) -> dict[str, dict[str, list[Run]]]:
     """The settings on which `runs` disagree: name -> value -> the runs that hold it."""
     each = [(run, settings(run)) for run in runs]
-    names = sorted(set().union(*(s for _, s in each)))
     out = {}
-    for name in names:
+    for name in sorted(set().union(*(s for _, s in each))):
         by_value: dict[str, list[Run]] = {}
         for run, s in each:
             by_value.setdefault(s.get(name, NOT_LOGGED), []).append(run)

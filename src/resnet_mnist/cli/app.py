@@ -4,6 +4,8 @@ the project's run becomes."""
 
 from __future__ import annotations
 
+import inspect
+import re
 from typing import Annotated
 
 import typer
@@ -39,13 +41,44 @@ app.command()(runs.links)
 
 
 @app.callback()
-@app.callback()
 def main_options(
     debug: Annotated[
         bool, typer.Option(help=f"Show the traceback of an unexpected error (or set {DEBUG_ENV}=1).")
     ] = False,
 ) -> None:
     """MLflow-tracked ResNet18 with and without residual connections on MNIST."""
+
+
+def _paragraphs(doc: str | None) -> str | None:
+    """`doc` with the source's line wraps undone inside each paragraph: Typer's rich mode keeps
+    single newlines after the first paragraph, so its wrapped lines would reach the terminal as
+    mid-sentence breaks. Blank lines, list items (`- `, `* `), indented lines and paragraphs
+    marked with click's `\\b` keep their lines (Typer reads the mark on the first paragraph only,
+    and would print it on the others)."""
+    if doc is None:
+        return None
+    paragraphs = inspect.cleandoc(doc).split("\n\n")
+    for i, p in enumerate(paragraphs):
+        if not p.startswith("\b"):
+            paragraphs[i] = re.sub(r"\n(?![ \t]|[-*] )", " ", p)
+        elif i:
+            paragraphs[i] = p.removeprefix("\b").lstrip("\n")
+    return "\n\n".join(paragraphs)
+
+
+def _unwrap_help(group: typer.Typer) -> None:
+    """Every verb's (and the group callback's) help as paragraphs, for `--help` at any width."""
+    for command in group.registered_commands:
+        command.help = _paragraphs(command.help or inspect.getdoc(command.callback))
+    callback = group.registered_callback
+    if callback is not None and not isinstance(callback.help, str) and callback.callback:
+        callback.help = _paragraphs(inspect.getdoc(callback.callback))
+    for sub in group.registered_groups:
+        if sub.typer_instance is not None:
+            _unwrap_help(sub.typer_instance)
+
+
+_unwrap_help(app)  # after the last verb and the callback are registered
 
 
 def main() -> None:

@@ -10,7 +10,7 @@ import typer
 from rich.table import Table
 
 from resnet_mnist.cli.common import RootOption, console, parse_seeds
-from resnet_mnist.config.settings import Device
+from resnet_mnist.config.placement import Device
 from resnet_mnist.runtime.signals import stop_on_signals
 from resnet_mnist.tracking.names import DEFAULT_EXPERIMENT, MODEL_NAME
 
@@ -68,15 +68,15 @@ def compare(
 
     Under `mlflow run -e compare` the project's run is the comparison run.
     """
-    import dataclasses
-
     from mlflow.tracking import MlflowClient
 
     from resnet_mnist.analysis import compare as C
     from resnet_mnist.analysis import selection as SEL
     from resnet_mnist.cli.progress import for_console
+    from resnet_mnist.config.placement import Placement
     from resnet_mnist.tracking import runner
     from resnet_mnist.tracking.experiments import ui_link
+    from resnet_mnist.tracking.request import RunRequest
     from resnet_mnist.tracking.store import check_store, take_project_run
 
     seed_list = parse_seeds(seeds)
@@ -84,16 +84,15 @@ def compare(
     check_store()
     client = MlflowClient()
     root = str(data_root) if data_root else ""
+    place = Placement(device, root)
     started = time.perf_counter()
 
     with stop_on_signals() as stop:
 
         def train_one(config, parent):
-            config = dataclasses.replace(config, device=device, data_root=root)
             console.print(f"training {config.architecture} seed {config.seed} ({config.preset})")
-            return runner.train(
-                config, experiment, callbacks=[for_console(console)], parent_run_id=parent, stop=stop
-            ).run_id
+            request = RunRequest(config, place, experiment, parent_run_id=parent)
+            return runner.train(request, [for_console(console)], stop=stop).run_id
 
         selected = SEL.choose_runs(
             client,

@@ -11,7 +11,7 @@ from rich.table import Table
 
 from resnet_mnist.cli.boundary import fail
 from resnet_mnist.cli.common import RootOption, console, parse_numbers, parse_seeds
-from resnet_mnist.config.settings import Device
+from resnet_mnist.config.placement import Device
 from resnet_mnist.runtime.signals import stop_on_signals
 from resnet_mnist.tracking.names import STUDY_EXPERIMENT
 
@@ -81,6 +81,7 @@ def study(
     """
     from mlflow.tracking import MlflowClient
 
+    from resnet_mnist.config.placement import Placement
     from resnet_mnist.study import execution as E
     from resnet_mnist.study import spec as S
     from resnet_mnist.study.report import TABLE, study_report, unfinished
@@ -114,8 +115,8 @@ def study(
         with cluster.RayEngine(at) as engine, stop_on_signals() as stop:
             say(engine.describe())
             engine.check_fits(spec.resources)
-            say(f"study {spec.name}: {spec.cells()} cells, each asking for {spec.resources}")
-            E.run_grid(engine, client, home, spec, stop, say, {"device": device, "data_root": root})
+            say(f"study {spec.name}: {spec.cell_count()} cells, each asking for {spec.resources}")
+            E.run_grid(engine, client, home, spec, stop, say, Placement(device, root))
     if not report and not report_only:
         return
     missing = unfinished(client, home, spec)

@@ -10,16 +10,13 @@ import typer
 from rich.table import Table
 
 from resnet_mnist.cli.common import console, drop_options
-from resnet_mnist.cli.options import flag, with_config_options
+from resnet_mnist.cli.options import flag, split_options, with_config_options
 from resnet_mnist.runtime.signals import stop_on_signals
 from resnet_mnist.runtime.timeline import mark
 from resnet_mnist.tracking.names import DEFAULT_EXPERIMENT
 
 if TYPE_CHECKING:
     from resnet_mnist.tracking.runner import Trained
-
-
-RESUME_OVERRIDES = ("device", "data_root")
 
 
 @with_config_options
@@ -41,7 +38,7 @@ def train(
         typer.Option(
             help="Continue this KILLED/FAILED run (or one whose process or tracking server went "
             "away) from its resumable checkpoint, in the same run, with its logged settings "
-            "(only --device and --root may change)."
+            "(only where it runs, --device and --root, may change)."
         ),
     ] = None,
     experiment: Annotated[str, typer.Option(help="MLflow experiment name.")] = DEFAULT_EXPERIMENT,
@@ -55,18 +52,21 @@ def train(
     Under `mlflow run` the project's run is the training run.
     """
     from resnet_mnist.cli.progress import for_console
+    from resnet_mnist.config.placement import placement
     from resnet_mnist.config.settings import build_config
     from resnet_mnist.core import distributed
     from resnet_mnist.core.device import resolve_device
     from resnet_mnist.tracking import runner
+    from resnet_mnist.tracking.request import RunRequest
     from resnet_mnist.tracking.store import take_project_run
 
     mark("imports")
-    given = {k: v for k, v in settings.items() if v is not None}
+    given, where = split_options(settings)
+    place = placement(where)
     if resume:
         if nproc > 1:
             raise typer.BadParameter("--resume continues in one process; drop --nproc", param_hint="--nproc")
-        ignored = [flag(k) for k in given if k not in RESUME_OVERRIDES]
+        ignored = [flag(k) for k in given]
         if ignored:
             raise typer.BadParameter(
                 f"--resume continues with the run's logged settings; drop {', '.join(ignored)}",
@@ -82,31 +82,26 @@ def train(
                 highlight=False,
             )
         with stop_on_signals() as stop:
-            trained = runner.resume(
-                resume, given.get("data_root", ""), given.get("device"), [for_console(console)], stop
-            )
+            trained = runner.resume(RunRequest.resuming(resume, place), [for_console(console)], stop)
     else:
         config = build_config(preset, given.pop("use_residual", True), given)
+        place.validate(config)
         if nproc > 1 and not distributed.launched():
             # Validated above; now the same command runs again as every rank of one job.
             code = distributed.launch(nproc, drop_options(sys.argv[1:], ("--nproc",)))
             if code == 130:
                 raise KeyboardInterrupt("distributed run stopped")
             raise typer.Exit(code)
-        dist = distributed.init(resolve_device(config.device).type) if distributed.launched() else None
+        dist = distributed.init(resolve_device(place.device).type) if distributed.launched() else None
         main_rank = dist is None or dist.is_main
         project_run = take_project_run()
         try:
             with stop_on_signals() as stop:
-                trained = runner.train(
-                    config,
-                    experiment,
-                    run_name,
-                    callbacks=[for_console(console)] if main_rank else [],
-                    run_id=project_run if main_rank else None,
-                    dist=dist,
-                    stop=stop,
+                request = RunRequest(
+                    config, place, experiment, run_name, adopt=project_run if main_rank else None
                 )
+                callbacks = [for_console(console)] if main_rank else []
+                trained = runner.train(request, callbacks, dist, stop)
         finally:
             distributed.close()
         if not main_rank:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -49,12 +50,6 @@ class Switch(StrEnum):
     false = "false"
 
 
-class Device(StrEnum):
-    auto = "auto"
-    cpu = "cpu"
-    cuda = "cuda"
-
-
 class Normalize(StrEnum):
     """The input normalisations of `config.space.NORMALIZATIONS` (a test keeps the two equal)."""
 
@@ -70,7 +65,8 @@ def setting(default: Any, help: str, **meta: Any) -> Any:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Every setting a training run uses; all of it (but local paths) is logged as MLflow params."""
+    """Every setting of a training run: logged as MLflow params, compared between runs and kept in
+    the checkpoint. Where it runs is a `config.placement.Placement`."""
 
     use_residual: bool = setting(
         True, "ResNet18 with shortcuts (true) or the plain network without them (false).", preset=False
@@ -101,7 +97,6 @@ class TrainConfig:
         "model reads digits as people bring them (off in the book's setting).",
     )
     seed: int = setting(100, "Torch seed: initial weights and batch order.")
-    device: Device = setting(Device.auto, "auto picks CUDA when available.")
     precision: Precision = setting(Precision.auto, "auto: bf16 autocast on CUDA, fp32 on CPU.")
     channels_last: Switch = setting(Switch.auto, "channels_last memory format (auto: on CUDA).")
     compile: bool = setting(False, "torch.compile the model (eager with a warning if it fails).")
@@ -115,13 +110,6 @@ class TrainConfig:
         "block-lesion test after training.",
     )
     sync_bn: bool = setting(False, "SyncBatchNorm across processes under --nproc (CUDA only).")
-    data_root: str = setting(
-        "",
-        "Data root (files in ROOT/MNIST/raw); default $RESNET_MNIST_DATA or ./data.",
-        log=False,
-        flag="--root",
-        preset=False,
-    )
 
     @property
     def variant(self) -> str:
@@ -133,10 +121,8 @@ class TrainConfig:
         return f"resnet{self.depth}-{self.variant}"
 
     def params(self) -> dict[str, Any]:
-        """The values to log: everything except local paths, plus the variant."""
-        return {
-            f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.metadata.get("log", True)
-        } | {"variant": self.variant}
+        """The values to log: every setting, plus the variant."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)} | {"variant": self.variant}
 
     def validate(self) -> TrainConfig:
         try:
@@ -178,10 +164,6 @@ class TrainConfig:
                 f"weight_decay={self.weight_decay} must be >= 0",
             ),
             (0 <= self.label_smoothing < 1, f"label_smoothing={self.label_smoothing} must be in [0, 1)"),
-            (
-                not self.sync_bn or self.device != "cpu",
-                "sync_bn needs CUDA (PyTorch's SyncBatchNorm has no CPU kernel)",
-            ),
         ]
         for name, kind in TYPES.items():
             if isinstance(kind, type) and issubclass(kind, StrEnum):
@@ -194,6 +176,7 @@ class TrainConfig:
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+DEFAULTS = TrainConfig()
 TYPES: dict[str, Any] = typing.get_type_hints(TrainConfig)
 TRUE, FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
 
@@ -211,11 +194,15 @@ def parse_bool(value: str | bool) -> bool:
 
 
 def coerce(name: str, value: Any) -> Any:
-    """A value for field `name` from text (logged params, `-P`) or YAML, in the field's type.
+    """A value for setting `name` from text (logged params, `-P`) or YAML, in the field's type.
 
     Raises ValueError with a message that says what was expected.
     """
-    kind = TYPES[name]
+    return coerce_as(TYPES[name], name, value)
+
+
+def coerce_as(kind: Any, name: str, value: Any) -> Any:
+    """`value` as type `kind` (bool, int, float, str or an enum) for the field `name`."""
     if kind is bool:
         return parse_bool(value)
     if isinstance(value, bool):
@@ -233,10 +220,22 @@ def coerce(name: str, value: Any) -> Any:
         raise ValueError(f"{name} must be of type {kind.__name__}, got {value!r}") from None
 
 
-def from_params(params: dict[str, str], **overrides: Any) -> TrainConfig:
-    """Rebuild the config a run logged (MLflow params are strings), e.g. to resume it."""
+def from_params(params: Mapping[str, str]) -> TrainConfig:
+    """Rebuild the settings a run logged (MLflow params are strings), e.g. to resume it; what
+    is not a setting (the device an older run logged, DDP's world) is not read."""
     values = {name: coerce(name, raw) for name, raw in params.items() if name in FIELDS}
-    return TrainConfig(**(values | overrides)).validate()
+    return TrainConfig(**values).validate()
+
+
+def differing_settings(logged: Mapping[str, str], config: TrainConfig) -> list[str]:
+    """The settings on which values logged as text (a run's params, a checkpoint's) and `config`
+    disagree: the one settings equality. A setting absent from `logged` (its run predates it)
+    holds its default; what is not a setting (the device, the variant's name) is not compared."""
+    return sorted(
+        k
+        for k, v in config.params().items()
+        if k in FIELDS and not (same_value(k, logged[k], v) if k in logged else getattr(DEFAULTS, k) == v)
+    )
 
 
 def same_value(name: str, logged: str, value: Any) -> bool:

@@ -10,6 +10,8 @@ in torchvision.
 a 3x3 stem, three stages of n blocks with 16/32/64 channels, and the paper's parameter-free
 shortcut (option A: subsample, then zero-pad the new channels), so the plain and residual networks
 have exactly the same parameters. `build_resnet(depth, use_residual)` picks the family by depth.
+Both families are `StagedResNet`s: one `_make_layer` builds every stage, with the widths taken
+from `STAGE_CHANNELS` and `CIFAR_CHANNELS`.
 
 With `use_residual=False` a block is a plain conv-BN-ReLU-conv-BN-ReLU stack and has no 1x1
 projection: the book built the projection in both variants but never used it in the plain one, so
@@ -28,7 +30,9 @@ from torch import nn
 
 from resnet_mnist.config.space import IMAGENET_BLOCKS, family
 
+#: The ImageNet-style stages' widths (torchvision's); the stem has the first.
 STAGE_CHANNELS = (64, 128, 256, 512)
+#: He et al.'s CIFAR stages' widths; the stem has the first.
 CIFAR_CHANNELS = (16, 32, 64)
 
 
@@ -115,7 +119,41 @@ def make_stage(
     )
 
 
-class ResNet(nn.Module):
+class StagedResNet(nn.Module):
+    """What both families share, as torchvision's `ResNet`: stages of `block`s, each built by
+    `_make_layer`, which keeps `inplanes` (the width the next stage takes in) up to date.
+
+    A subclass builds its stem (`conv1`, `bn1`; setting `inplanes` to the stem's width), then its
+    stages in order as `layer1`, `layer2`, ... with `_make_layer`, then `fc`.
+    """
+
+    block: type[ResBlock] = ResBlock
+    conv1: nn.Conv2d
+    bn1: nn.BatchNorm2d
+    fc: nn.Linear
+
+    def __init__(self, depth: int, use_residual: bool) -> None:
+        super().__init__()
+        self.use_residual, self.depth = use_residual, depth
+        self.inplanes = 0
+
+    def _make_layer(self, out_channels: int, count: int, stride: int = 1) -> nn.Sequential:
+        """A stage of `count` blocks from `inplanes` to `out_channels`, the first with `stride`."""
+        layer = make_stage(self.block, self.inplanes, out_channels, count, stride, self.use_residual)
+        self.inplanes = out_channels
+        return layer
+
+    def stages(self) -> dict[str, nn.Module]:
+        """The network in order, for per-stage diagnostics: stem, the stages, the classifier."""
+        layers = [module for name, module in self.named_children() if name.startswith("layer")]
+        return {
+            "stem": nn.ModuleList([self.conv1, self.bn1]),
+            **{f"stage{i}": layer for i, layer in enumerate(layers, start=1)},
+            "head": self.fc,
+        }
+
+
+class ResNet(StagedResNet):
     """The ImageNet-style ResNet for `in_channels`-channel images, `blocks` per stage;
     `use_residual=False` gives the plain network."""
 
@@ -126,33 +164,19 @@ class ResNet(nn.Module):
         num_classes: int = 10,
         use_residual: bool = True,
     ) -> None:
-        super().__init__()
-        self.use_residual = use_residual
-        self.depth = 2 + 2 * sum(blocks)
-        self.conv1 = nn.Conv2d(in_channels, 64, 7, stride=2, padding=3, bias=False)
-        self.bn1 = nn.BatchNorm2d(64)
+        super().__init__(2 + 2 * sum(blocks), use_residual)
+        widths = STAGE_CHANNELS
+        self.inplanes = widths[0]
+        self.conv1 = nn.Conv2d(in_channels, self.inplanes, 7, stride=2, padding=3, bias=False)
+        self.bn1 = nn.BatchNorm2d(self.inplanes)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
-        self.layer1 = self._make_layer(64, 64, blocks[0], stride=1)
-        self.layer2 = self._make_layer(64, 128, blocks[1], stride=2)
-        self.layer3 = self._make_layer(128, 256, blocks[2], stride=2)
-        self.layer4 = self._make_layer(256, 512, blocks[3], stride=2)
+        self.layer1 = self._make_layer(widths[0], blocks[0])
+        self.layer2 = self._make_layer(widths[1], blocks[1], stride=2)
+        self.layer3 = self._make_layer(widths[2], blocks[2], stride=2)
+        self.layer4 = self._make_layer(widths[3], blocks[3], stride=2)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(512, num_classes)
-
-    def _make_layer(self, in_channels: int, out_channels: int, count: int, stride: int) -> nn.Sequential:
-        return make_stage(ResBlock, in_channels, out_channels, count, stride, self.use_residual)
-
-    def stages(self) -> dict[str, nn.Module]:
-        """The network in order, for per-stage diagnostics: stem, the stages, the classifier."""
-        return {
-            "stem": nn.ModuleList([self.conv1, self.bn1]),
-            "stage1": self.layer1,
-            "stage2": self.layer2,
-            "stage3": self.layer3,
-            "stage4": self.layer4,
-            "head": self.fc,
-        }
+        self.fc = nn.Linear(widths[3], num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
@@ -167,9 +191,11 @@ class ResNet18(ResNet):
         super().__init__(IMAGENET_BLOCKS[18], in_channels, num_classes, use_residual)
 
 
-class CifarResNet(nn.Module):
+class CifarResNet(StagedResNet):
     """He et al.'s CIFAR-10 ResNet of depth 6n+2: 3x3 stem with 16 channels, three stages of n
     blocks (16/32/64 channels, the last two starting with stride 2), average pool, linear."""
+
+    block = CifarBlock
 
     def __init__(
         self,
@@ -178,34 +204,23 @@ class CifarResNet(nn.Module):
         num_classes: int = 10,
         use_residual: bool = True,
     ) -> None:
-        super().__init__()
         if family(depth) != "cifar":
             raise ValueError(f"depth={depth} is not 6n+2; CifarResNet takes 20, 32, 44, 56, 110…")
+        super().__init__(depth, use_residual)
         n = (depth - 2) // 6
-        self.use_residual, self.depth = use_residual, depth
-        self.conv1 = nn.Conv2d(in_channels, 16, 3, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(16)
+        widths = CIFAR_CHANNELS
+        self.inplanes = widths[0]
+        self.conv1 = nn.Conv2d(in_channels, self.inplanes, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(self.inplanes)
         self.relu = nn.ReLU(inplace=True)
-        self.layer1 = self._make_layer(16, 16, n, stride=1)
-        self.layer2 = self._make_layer(16, 32, n, stride=2)
-        self.layer3 = self._make_layer(32, 64, n, stride=2)
+        self.layer1 = self._make_layer(widths[0], n)
+        self.layer2 = self._make_layer(widths[1], n, stride=2)
+        self.layer3 = self._make_layer(widths[2], n, stride=2)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(64, num_classes)
+        self.fc = nn.Linear(widths[2], num_classes)
         for m in self.modules():  # He initialisation, as the paper
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-
-    def _make_layer(self, in_channels: int, out_channels: int, count: int, stride: int) -> nn.Sequential:
-        return make_stage(CifarBlock, in_channels, out_channels, count, stride, self.use_residual)
-
-    def stages(self) -> dict[str, nn.Module]:
-        return {
-            "stem": nn.ModuleList([self.conv1, self.bn1]),
-            "stage1": self.layer1,
-            "stage2": self.layer2,
-            "stage3": self.layer3,
-            "head": self.fc,
-        }
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.relu(self.bn1(self.conv1(x)))

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from resnet_mnist.config.settings import TrainConfig
+from resnet_mnist.config.settings import TrainConfig, differing_settings
 from resnet_mnist.core import data as D
 from resnet_mnist.core.augment import augment, generator_for
 from resnet_mnist.core.device import Speed
@@ -128,9 +128,10 @@ def build_model(config: TrainConfig, device: torch.device) -> nn.Module:
     return build_resnet(config.depth, config.use_residual, in_channels=1, num_classes=10).to(device)
 
 
-def load_tensors(config: TrainConfig, device: torch.device) -> Tensors:
-    """Read, split and preprocess MNIST once, straight onto `device`."""
-    mnist = D.load(config.data_root or None)
+def load_tensors(config: TrainConfig, device: torch.device, data_root: str = "") -> Tensors:
+    """Read MNIST from `data_root` (default: `core.data.default_root`), split and preprocess it
+    once, straight onto `device`."""
+    mnist = D.load(data_root or None)
     splits = D.book_split(mnist, config.train_size, config.dev_size, config.test_size)
     train, dev, test = (
         D.to_tensors(splits[name], config.normalize, device) for name in ("train", "dev", "test")
@@ -230,7 +231,11 @@ class Trainer:
         )
 
     def _compiled(self) -> nn.Module:
-        """torch.compile (CUDA graphs via reduce-overhead there); eager if it cannot compile."""
+        """`self.model` wrapped in torch.compile (CUDA graphs via reduce-overhead there).
+
+        Compilation is lazy, on the first call. Only `_first_step` (global step 0) falls back to
+        eager when it fails; a run resumed from a checkpoint starts past step 0, so there a
+        compiler failure is raised, not caught."""
         mode = "reduce-overhead" if self.device.type == "cuda" else None
         return torch.compile(self.model, mode=mode)  # type: ignore[return-value]  # an nn.Module
 
@@ -459,8 +464,7 @@ class Trainer:
     def _restore(self, ckpt: dict) -> TrainState:
         if ckpt.get("format") != CHECKPOINT_FORMAT:
             raise CheckpointError("not a resnet-mnist resume checkpoint")
-        mine = {k: str(v) for k, v in self.config.params().items()}
-        differs = sorted(k for k in ckpt["params"] if k != "device" and ckpt["params"][k] != mine.get(k))
+        differs = differing_settings(ckpt["params"], self.config)
         if differs:
             raise CheckpointError(f"checkpoint was made with other settings: {', '.join(differs)}")
         self.model_without_ddp.load_state_dict(ckpt["model"])

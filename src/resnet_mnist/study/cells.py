@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
+from resnet_mnist.config.placement import Placement
 from resnet_mnist.config.settings import TrainConfig
 from resnet_mnist.runtime.errors import ProjectError
 from resnet_mnist.tracking import names
@@ -59,6 +60,7 @@ class CellOrder:
     key: str
     phase: str
     config: TrainConfig
+    placement: Placement
     threads: int
     client_settings: dict[str, str] = field(default_factory=dict)
 
@@ -78,6 +80,7 @@ class CellOutcome:
 
 def order_for(
     config: TrainConfig,
+    placement: Placement,
     key: str,
     phase: str,
     study: str,
@@ -94,7 +97,7 @@ def order_for(
 
     from resnet_mnist.core.data import default_root
 
-    config = dataclasses.replace(config, data_root=os.path.abspath(config.data_root or default_root()))
+    root = os.path.abspath(placement.data_root or default_root())
     return CellOrder(
         tracking_uri=absolute_uri(mlflow.get_tracking_uri()),
         experiment=experiment[0],
@@ -104,6 +107,7 @@ def order_for(
         key=key,
         phase=phase,
         config=config,
+        placement=dataclasses.replace(placement, data_root=root),
         threads=threads,
         client_settings={k: os.environ[k] for k in CLIENT_SETTINGS if k in os.environ},
     )
@@ -138,7 +142,7 @@ def train_cell(order: CellOrder, node: str, stop: threading.Event | None = None)
 
     _adopt(order)
     torch.set_num_threads(order.threads)
-    data.fetch(order.config.data_root or None)  # this node's copy, fetched and verified if missing
+    data.fetch(order.placement.data_root)  # this node's copy, fetched and verified if missing
     client = MlflowClient()
     busy = f"cell {order.key} is being trained by another process"
     try:
@@ -180,6 +184,7 @@ def _attempt(
     """Resume the newest stopped or dead attempt that left a checkpoint, else train afresh; dead
     attempts that are not continued are ended with their reason."""
     from resnet_mnist.tracking import runner
+    from resnet_mnist.tracking.request import RunRequest
 
     attempt = 1 + max((int(r.data.tags.get(names.STUDY_ATTEMPT, "1")) for r in runs), default=0)
     continuable = [
@@ -198,19 +203,19 @@ def _attempt(
         names.STUDY_PHASE: order.phase,
         names.STUDY_ATTEMPT: str(attempt),
         names.STUDY_NODE: node,
-        "study": order.study,
+        names.STUDY_NAME: order.study,
     }
-    config = order.config
     if chosen is None:
         tags[names.STUDY_NODES] = _history(runs[-1:], node)
-        trained = runner.train(
-            config, order.experiment, tags=tags, parent_run_id=order.study_run_id, stop=stop
+        request = RunRequest(
+            order.config, order.placement, order.experiment, parent_run_id=order.study_run_id, tags=tags
         )
+        trained = runner.train(request, stop=stop)
         return _outcome(order, client.get_run(trained.run_id), "trained")
     tags[names.STUDY_NODES] = _history([chosen], node)
     for key, value in tags.items():
         client.set_tag(chosen.info.run_id, key, value)
-    resumed = runner.resume(chosen.info.run_id, config.data_root, config.device, stop=stop)
+    resumed = runner.resume(RunRequest.resuming(chosen.info.run_id, order.placement), stop=stop)
     return _outcome(order, client.get_run(resumed.run_id), "resumed")
 
 

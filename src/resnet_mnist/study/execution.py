@@ -10,12 +10,13 @@ import threading
 import time
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
 import mlflow
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
+from resnet_mnist.config.placement import Placement
 from resnet_mnist.runtime.errors import ProjectError
 from resnet_mnist.study.cells import CellOrder, CellOutcome, order_for
 from resnet_mnist.study.spec import Group, Resources, StudySpec, cell_config, cell_key, choose_lr
@@ -59,13 +60,13 @@ def study_run(client: MlflowClient, experiment_id: str, spec: StudySpec, run_id:
     query = names.runs_where(names.STUDY, {names.STUDY_KEY: key})
     tags = {
         names.RUN_TYPE: names.STUDY,
-        "study": spec.name,
+        names.STUDY_NAME: spec.name,
         names.STUDY_KEY: key,
         names.PRESET: spec.preset,
-        "study.depths": ",".join(map(str, spec.depths)),
-        "study.seeds": ",".join(map(str, spec.seeds)),
-        "study.lrs": ",".join(map(str, spec.lrs)),
-        "study.cells": str(spec.cells()),
+        names.STUDY_DEPTHS: ",".join(map(str, spec.depths)),
+        names.STUDY_SEEDS: ",".join(map(str, spec.seeds)),
+        names.STUDY_LRS: ",".join(map(str, spec.lrs)),
+        names.STUDY_CELLS: str(spec.cell_count()),
     }
     with store_lock(mlflow.get_tracking_uri()):
         found = client.search_runs(
@@ -158,7 +159,7 @@ def run_grid(
     spec: StudySpec,
     stop: threading.Event,
     log: Callable[[str], None],
-    overrides: dict[str, Any] | None = None,
+    placement: Placement | None = None,
 ) -> GridResult:
     """Train every cell of the grid that has not finished. Parallelism is the engine's slots,
     not the number of groups: every seed-0 cell of the rate grid is submitted at once (deepest
@@ -169,9 +170,10 @@ def run_grid(
     searched: dict[str, dict[float, float]] = {g.name: {} for g in spec.groups()}
 
     def submit(planned: Planned) -> None:
-        config = cell_config(spec, planned.group, planned.lr, planned.seed, overrides)
+        config = cell_config(spec, planned.group, planned.lr, planned.seed)
         order = order_for(
             config,
+            placement or Placement(),
             planned.key,
             planned.phase,
             spec.name,

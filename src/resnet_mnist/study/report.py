@@ -243,9 +243,11 @@ def unfinished(client: MlflowClient, home: StudyHome, spec: StudySpec) -> str | 
     missing = missing_cells(spec, cells)
     if not missing:
         return None
-    client.set_tag(home.run_id, names.STUDY_STATUS, f"{spec.cells() - missing}/{spec.cells()} cells")
+    client.set_tag(
+        home.run_id, names.STUDY_STATUS, f"{spec.cell_count() - missing}/{spec.cell_count()} cells"
+    )
     return (
-        f"{missing} of {spec.cells()} cells have not finished (stopped, or failed); "
+        f"{missing} of {spec.cell_count()} cells have not finished (stopped, or failed); "
         f"rerun `resnet-mnist study --study {spec.name}` to train them, or `--report-only` "
         "once a study driven elsewhere has finished them"
     )

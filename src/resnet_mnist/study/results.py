@@ -11,6 +11,7 @@ from mlflow.entities import Run
 from resnet_mnist.analysis.stats import Interval, t_interval
 from resnet_mnist.config.space import VARIANTS
 from resnet_mnist.study.spec import StudySpec, cell_key, choose_lr
+from resnet_mnist.tracking import names
 
 DIAGNOSTIC_PREFIXES = ("grad_norm/", "init/", "lesion/")
 
@@ -48,7 +49,7 @@ def to_cell(run: Run) -> Cell:
         variant=t.get("variant", "?"),
         lr=float(p["lr"]),
         seed=int(p["seed"]),
-        phase=t.get("study.phase", ""),
+        phase=t.get(names.STUDY_PHASE, ""),
         final_train_loss=m.get("train_epoch_loss", math.nan),
         dev_accuracy=m.get("best_dev_accuracy", math.nan),
         dev_size=int(p.get("dev_size", 0)),

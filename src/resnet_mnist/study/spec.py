@@ -78,7 +78,8 @@ class StudySpec:
         """Deepest first (they take longest, so they start first), plain before residual."""
         return [Group(d, v == "residual") for d in sorted(self.depths, reverse=True) for v in VARIANTS]
 
-    def cells(self) -> int:
+    def cell_count(self) -> int:
+        """How many cells the grid trains: every rate on the first seed, then the other seeds."""
         return len(self.groups()) * (len(self.lrs) + len(self.seeds) - 1)
 
 
@@ -188,12 +189,9 @@ def load_study(
     return spec
 
 
-def cell_config(
-    spec: StudySpec, group: Group, lr: float, seed: int, overrides: dict[str, Any] | None = None
-) -> TrainConfig:
-    return build_config(
-        spec.preset, group.use_residual, (overrides or {}) | {"depth": group.depth, "lr": lr, "seed": seed}
-    )
+def cell_config(spec: StudySpec, group: Group, lr: float, seed: int) -> TrainConfig:
+    """One cell's settings: the study's preset at the group's depth and variant, a rate, a seed."""
+    return build_config(spec.preset, group.use_residual, {"depth": group.depth, "lr": lr, "seed": seed})
 
 
 def choose_lr(dev_accuracy: dict[float, float]) -> float:

@@ -1,15 +1,19 @@
-"""A run's checkpoints as artifacts: where they live and the one way they are read back, with
-`weights_only=True` so that loading a checkpoint from a store never runs code."""
+"""A run's checkpoints: the callback that writes them (Lightning's `ModelCheckpoint`: the file is
+written here, the logger only uploads it), where they live as artifacts, and the one way they are
+read back, with `weights_only=True` so that loading a checkpoint from a store never runs code."""
 
 from __future__ import annotations
 
+import os
 import pickle
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from mlflow.exceptions import MlflowException
 
+from resnet_mnist.core.trainer import Callback
 from resnet_mnist.runtime.errors import ProjectError, first_line
 
 #: Replaced at every save while a run trains; what `resume` continues from.
@@ -46,3 +50,27 @@ def fetch_checkpoint(run_id: str, artifact: str) -> dict:
         except (MlflowException, OSError) as exc:
             raise MissingCheckpoint(first_line(exc)) from None
         return load_checkpoint(path)
+
+
+def write(content: dict, path: Path) -> Path:
+    """`content` (plain tensors and values) to `path`, whole: written beside it, then renamed."""
+    partial = path.with_name(path.name + ".partial")
+    torch.save(content, partial)
+    os.replace(partial, path)
+    return path
+
+
+class CheckpointWriter(Callback):
+    """Writes each resumable checkpoint the Trainer makes to `folder/resume.pt` (replacing the
+    last) and hands the file and its step to `saved`: the logger, which uploads it."""
+
+    def __init__(self, folder: Path, saved: Callable[[Path, int], None]) -> None:
+        self.folder, self.saved = folder, saved
+
+    def on_checkpoint(self, step: int, checkpoint: dict) -> None:
+        self.saved(write(checkpoint, self.folder / Path(RESUME).name), step)
+
+
+def write_best(state: dict[str, torch.Tensor], folder: Path) -> Path | None:
+    """The best-dev `state_dict` as `folder/best_model.pt`; None before any evaluation."""
+    return write(state, folder / Path(BEST).name) if state else None

@@ -1,5 +1,5 @@
-"""The MLflow side of a training run: the callback that records the Trainer's events, and the
-artifacts written around it (dataset inputs, complexity, curves, checkpoints, the model).
+"""The callback that records a training run's events in MLflow: metrics, the owner's heartbeat,
+the checkpoint files the checkpoint callback wrote (Lightning's `after_save_checkpoint`).
 
 Store I/O only: no training decisions here. Per-step metrics are buffered and sent with
 `MlflowClient.log_batch` whenever the Trainer reports its losses (every `log_steps`), so tracking
@@ -10,56 +10,29 @@ boundary (see `offline`).
 
 from __future__ import annotations
 
-import tempfile
 import time
-import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 
 import mlflow
-import numpy as np
-import torch
-from mlflow.data.numpy_dataset import from_numpy
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
-from torch import nn
 
-from resnet_mnist.config.settings import TrainConfig
-from resnet_mnist.core import data as D
 from resnet_mnist.core.calibration import Calibration
-from resnet_mnist.core.complexity import Complexity, format_table
-from resnet_mnist.core.diagnostics import GRAD_NORM, LESION
-from resnet_mnist.core.figures import History
-from resnet_mnist.core.model import DigitClassifier
-from resnet_mnist.core.trainer import Callback, Result, Tensors, Trainer
+from resnet_mnist.core.trainer import Callback, Result
 from resnet_mnist.tracking import names
+from resnet_mnist.tracking.artifacts import naming
 from resnet_mnist.tracking.batches import MAX_BATCH
-from resnet_mnist.tracking.checkpoints import BEST, RESUME
+from resnet_mnist.tracking.checkpoints import RESUME
 from resnet_mnist.tracking.history import TIME_METRICS
-from resnet_mnist.tracking.lifecycle import active_run_id, version
 from resnet_mnist.tracking.offline import Spool, TrackingLost, unreachable
 from resnet_mnist.tracking.ownership import HEARTBEAT_S
-from resnet_mnist.tracking.sqlite import store_lock
-from resnet_mnist.tracking.store import retry_conflicts, retry_locked
+from resnet_mnist.tracking.store import retry_locked
 
 #: Scores of the best checkpoint (the logged model), linked to the split they were measured on.
 MODEL_METRICS = {"best_dev_accuracy": "dev", "test_accuracy": "test", "test_loss": "test"}
-
-
-@contextmanager
-def naming(run_id: str, artifact: str) -> Iterator[None]:
-    """An OSError while writing an artifact (a full disk) names the file; MLflow's does not."""
-    try:
-        yield
-    except OSError as exc:
-        if exc.filename is None:
-            try:
-                exc.filename = f"{MlflowClient().get_run(run_id).info.artifact_uri}/{artifact}"
-            except Exception:  # noqa: BLE001 - the store may be what failed: name what we know
-                exc.filename = artifact
-        raise
 
 
 class MlflowTracker(Callback):
@@ -70,7 +43,7 @@ class MlflowTracker(Callback):
     links dev and test scores to the split they were measured on, so that MLflow shows them per
     dataset. `spool` is set once the tracking server has stopped answering: from then on nothing
     is sent, everything is kept there, and `on_lost` is told (what to do about it is a policy of
-    its own, `offline.StopWhenLost`). The run's figures are drawn from what was logged.
+    its own, `offline.StopWhenLost`).
     """
 
     def __init__(
@@ -92,12 +65,8 @@ class MlflowTracker(Callback):
         self.datasets = datasets or {}
         self.result: Result | None = None
         self.heartbeat = time.time()
-        self.trainer: Trainer | None = None
         self.spool: Spool | None = None
         self.cause: BaseException | None = None
-
-    def on_start(self, trainer: Trainer, total_steps: int) -> None:
-        self.trainer = trainer
 
     def go_offline(self, exc: BaseException) -> None:
         """The server is gone: keep everything from now on, and say so (`on_lost`)."""
@@ -118,14 +87,13 @@ class MlflowTracker(Callback):
                 raise
             self.go_offline(exc)
 
-    def lost(self) -> TrackingLost:
-        """The error to end the command with once training has stopped: where things are kept.
-        The trainer's state is kept as the checkpoint unless a stop already kept one."""
+    def lost(self, step: int, checkpoint: Callable[[], dict]) -> TrackingLost:
+        """The error to end the command with once training has stopped at `step`: where things
+        are kept. The training's `checkpoint()` is kept unless a stop already kept one."""
         assert self.spool is not None and self.cause is not None
         self.flush()
-        if self.spool.checkpoint is None and self.trainer is not None:
-            self.spool.keep_checkpoint(self.trainer.checkpoint())
-        step = self.trainer.state.step if self.trainer is not None else 0
+        if self.spool.checkpoint is None:
+            self.spool.keep_checkpoint(checkpoint())
         self.spool.release()
         return TrackingLost(self.spool, step, self.cause)
 
@@ -160,20 +128,17 @@ class MlflowTracker(Callback):
     def on_step(self, step: int, epoch: int, loss: float) -> None:
         self._add("train_loss", loss, step)
 
-    def on_checkpoint(self, step: int, checkpoint: dict) -> None:
-        """A resumable checkpoint (`checkpoints/resume.pt`), replaced at each save; kept in the
-        spool instead once the server is gone."""
+    def after_save_checkpoint(self, path: Path, step: int) -> None:
+        """Upload the resumable checkpoint the checkpoint callback wrote (`checkpoints/resume.pt`,
+        replaced at each save); keep it in the spool instead once the server is gone."""
         self.flush()
         if self.spool is None:
             with self.offline_on_loss():
-                with tempfile.TemporaryDirectory() as tmp:
-                    path = Path(tmp) / "resume.pt"
-                    torch.save(checkpoint, path)
-                    with naming(self.run_id, RESUME):
-                        self.client.log_artifact(self.run_id, str(path), "checkpoints")
+                with naming(self.run_id, RESUME):
+                    self.client.log_artifact(self.run_id, str(path), "checkpoints")
                 self.client.set_tag(self.run_id, names.RESUME_STEP, str(step))
         if self.spool is not None:
-            self.spool.keep_checkpoint(checkpoint)
+            self.spool.keep_checkpoint_file(path)
 
     def on_log(self, step: int, epoch: int, loss: float, images_per_s: float) -> None:
         self.flush()
@@ -206,22 +171,6 @@ class MlflowTracker(Callback):
         self.flush()
         self._add("tracking_log_seconds", self.log_seconds, result.steps)
         self.flush()
-
-    def log_diagnostics(self, title: str) -> None:
-        """`plots/diagnostics.png` (gradient norms per stage, the lesion test), drawn from the
-        diagnostics the run logged, when it logged any."""
-        keys = [k for k in self.client.get_run(self.run_id).data.metrics if k.startswith((GRAD_NORM, LESION))]
-        series = {k: {m.step: m.value for m in self.client.get_metric_history(self.run_id, k)} for k in keys}
-        grads = {k.removeprefix(GRAD_NORM): v for k, v in series.items() if k.startswith(GRAD_NORM)}
-        lesion = {k.removeprefix(LESION): v[max(v)] for k, v in series.items() if k.startswith(LESION) and v}
-        if not grads and not lesion:
-            return
-        from resnet_mnist.core.figures import plot_diagnostics  # matplotlib: after training (`log_curves`)
-
-        with tempfile.TemporaryDirectory() as tmp:
-            path = plot_diagnostics(grads, lesion, Path(tmp) / "diagnostics.png", title)
-            with naming(self.run_id, "plots/diagnostics.png"):
-                self.client.log_artifact(self.run_id, str(path), "plots")
 
     def log_calibration(self, model_id: str, calibration: Calibration) -> None:
         """The test split's expected calibration error before and after the temperature, in the
@@ -260,101 +209,3 @@ class MlflowTracker(Callback):
             dataset_name=dataset.name if dataset else None,
             dataset_digest=dataset.digest if dataset else None,
         )
-
-
-def mnist_datasets(config: TrainConfig, tensors: Tensors) -> dict[str, mlflow.data.Dataset]:
-    """The run's MNIST splits as MLflow datasets: digest from the official SHA-256s and the split
-    size, so the same subset is the same dataset in every run."""
-    source = str(D.raw_dir(config.data_root or None).resolve())
-    sizes = tensors.sizes()
-    datasets: dict[str, mlflow.data.Dataset] = {}
-    for key in ("train", "dev", "test"):
-        labels = getattr(tensors, key)[1].cpu().numpy()
-        with warnings.catch_warnings():
-            # MLflow registers its local-file source class twice and warns that a path is
-            # ambiguous between the two identical candidates.
-            warnings.filterwarnings("ignore", message="The specified dataset source")
-            datasets[key] = from_numpy(
-                labels,
-                source=source,
-                name=f"mnist-{key}",
-                digest=D.split_digest(key, sizes[key]),
-            )
-    return datasets
-
-
-def log_inputs(datasets: dict[str, mlflow.data.Dataset]) -> None:
-    """Record the splits as the run's dataset inputs (training, dev, test contexts)."""
-    for context, key in (("training", "train"), ("dev", "dev"), ("test", "test")):
-        # Datasets are shared by the experiment: two processes adding the same one at once
-        # collide on a unique key, so this is serialised (sqlite) or retried (a server).
-        with store_lock(mlflow.get_tracking_uri()):
-            retry_conflicts(partial(mlflow.log_input, datasets[key], context=context))
-
-
-def log_complexity(c: Complexity) -> None:
-    mlflow.log_metrics({"param_count": c.param_count, "macs": c.macs, "flops": c.flops})
-    mlflow.log_text(format_table(c), "summary/layers.txt")
-
-
-def log_best_checkpoint(state: dict[str, torch.Tensor]) -> None:
-    """`checkpoints/best_model.pt`: the best-dev state_dict, at the end or after a failure (so
-    nothing learned is lost). Plain tensors: it loads with `weights_only=True`."""
-    if not state:
-        return
-    with tempfile.TemporaryDirectory() as tmp:
-        checkpoint = Path(tmp) / "best_model.pt"
-        torch.save(state, checkpoint)
-        with naming(active_run_id(), BEST):
-            mlflow.log_artifact(str(checkpoint), "checkpoints")
-
-
-def log_model(
-    model: nn.Module, normalize: str, example_images: np.ndarray, step: int, temperature: float = 1.0
-) -> str:
-    """Log the model (torch.export `pt2` format, no pickle) wrapped to take raw 28x28 digits and
-    answer calibrated probabilities (`temperature`, kept as the LoggedModel's param too).
-
-    The signature is uint8 (N, 28, 28), as MNIST and PIL images come; MLflow enforces tensor
-    dtypes strictly, so float images are cast to uint8 by the caller (`resnet-mnist predict` does).
-    `step` is the best checkpoint's: MLflow links the run's metrics at that step (dev and test
-    scores, with their datasets) to the LoggedModel, so the Models tab and `search_logged_models`
-    can rank models by them. Returns the LoggedModel's id.
-    """
-    classifier = DigitClassifier(model, D.Preprocess(normalize), temperature).to("cpu").eval()
-    example = np.ascontiguousarray(example_images, dtype=np.uint8).copy()
-    with torch.inference_mode():
-        output = classifier(torch.from_numpy(example)).numpy()
-    signature = mlflow.models.infer_signature(example, output)
-    with naming(active_run_id(), "model"):
-        info = mlflow.pytorch.log_model(
-            classifier,
-            name="model",
-            signature=signature,
-            input_example=example,
-            pip_requirements=[
-                f"torch=={version(torch)}",
-                f"mlflow=={version(mlflow)}",
-                f"numpy=={version(np)}",
-            ],
-            step=step,
-            model_type="image-classifier",
-        )
-    # MLflow 3 keeps the model as a LoggedModel; registering its own URI avoids a lookup.
-    mlflow.set_tag(names.LOGGED_MODEL_URI, info.model_uri)
-    mlflow.log_model_params({names.TEMPERATURE: repr(float(temperature))}, info.model_id)
-    return info.model_id
-
-
-def log_curves(history: History, variant: str, title: str) -> None:
-    # matplotlib is imported here, once training is over: imported with MLflow at start-up it
-    # adds its memory to the peak that training's tensors reach (and the import time is the same)
-    from resnet_mnist.core.figures import plot_curves
-
-    with tempfile.TemporaryDirectory() as tmp:
-        # PNG only: the PDF, for papers, is made for the comparison figure (`compare`).
-        for path in plot_curves(
-            {variant: [history]}, Path(tmp) / "curves.png", title=title, formats=("png",)
-        ):
-            with naming(active_run_id(), f"plots/{path.name}"):
-                mlflow.log_artifact(str(path), "plots")

@@ -21,6 +21,7 @@ CHAMPION_URI = f"models:/{MODEL_NAME}@{CHAMPION}"
 PARENT_RUN_ID = "mlflow.parentRunId"
 NOTE = "mlflow.note.content"
 EXPERIMENT_KIND = "mlflow.experimentKind"
+GIT_COMMIT = "mlflow.source.git.commit"
 
 #: What a run is: the value of its `run_type` tag.
 RUN_TYPE = "run_type"
@@ -35,6 +36,10 @@ DEPTH = "depth"
 ARCHITECTURE = "architecture"
 PRESET = "preset"
 SEEDS = "seeds"
+#: Where and with what it ran: the device (`cuda:0`, `cpu`; placement, not a setting) and versions.
+DEVICE = "device"
+TORCH_VERSION = "torch_version"
+MLFLOW_VERSION = "mlflow_version"
 
 #: Who owns a RUNNING run (`tracking.ownership.owner_alive` reads them) and how it was continued.
 OWNER_HOST = "owner.host"
@@ -45,16 +50,38 @@ RESUME_STEP = "resume_step"
 RESUMED_FROM_STEP = "resumed_from_step"
 TAKEN_OVER_FROM = "taken_over_from"
 FAILURE_REASON = "failure_reason"
+ERROR = "error"
+STOPPED_AT_STEP = "stopped_at_step"
+FAILED_AT_STEP = "failed_at_step"
 OFFLINE_REPLAYED = "offline.replayed"
 LOGGED_MODEL_URI = "logged_model_uri"
 #: the LoggedModel's param: the temperature its probabilities are divided by (core.calibration)
 TEMPERATURE = "temperature"
+
+#: A comparison run's keys (its verdict is its note), and those it gives the champion's version.
+COMPARED_RUN_IDS = "compared_run_ids"
+DEV_WINNER = "dev_winner"
+STATISTIC = "statistic"
+SELECTED_BY = "selected_by"
+SELECTION_METRIC = "dev_accuracy_full"
+SETTINGS_MISMATCH = "settings_mismatch"
+SET_ASIDE_RUN_IDS = "set_aside_run_ids"
+CHAMPION_VERSION = "champion_version"
+CHAMPION_RUN = "champion_run"
+CHAMPION_MOVED = "champion_moved"
+CHAMPION_NOTE = "champion_note"
+COMPARED_RUNS = "compared_runs"
+COMPARISON_RUN = "comparison_run"
 
 #: The study run's keys (its cells are training runs under it).
 STUDY_KEY = "study.key"
 STUDY_STATUS = "study.status"
 STUDY_RUN = "study.run"
 STUDY_LR = "study.lr."
+STUDY_DEPTHS = "study.depths"
+STUDY_SEEDS = "study.seeds"
+STUDY_LRS = "study.lrs"
+STUDY_CELLS = "study.cells"
 #: A cell's keys: its stable name in the grid, which phase chose it, which attempt at it this run
 #: is, the Ray node that trained it, and every node that tried, in order (`node:outcome`).
 STUDY_CELL = "study.cell"
@@ -62,6 +89,8 @@ STUDY_PHASE = "study.phase"
 STUDY_ATTEMPT = "study.attempt"
 STUDY_NODE = "study.node"
 STUDY_NODES = "study.nodes"
+#: A cell's study, by name (`study` tag; the study run's own key is STUDY_KEY).
+STUDY_NAME = "study"
 
 
 def quote(value: str) -> str:

@@ -199,6 +199,9 @@ class Spool:
         torch.save(checkpoint, buffer)
         _replace(self.path / "resume.pt", buffer.getvalue())
 
+    def keep_checkpoint_file(self, path: Path) -> None:
+        _replace(self.path / "resume.pt", path.read_bytes())
+
     @property
     def checkpoint(self) -> Path | None:
         path = self.path / "resume.pt"

@@ -1,13 +1,16 @@
 """Train or resume one variant as one tracked MLflow run: validate, load, track, fit, log.
 
-Everything that can fail on bad input (device, data files, store) fails before the run starts.
-With `dist` (torchrun) every rank trains and only rank 0 talks to MLflow.
+Both take one `RunRequest`. Everything that can fail on bad input (device, data files, store)
+fails before the run starts. With `dist` (torchrun) every rank trains and only rank 0 talks to
+MLflow.
 """
 
 from __future__ import annotations
 
+import tempfile
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 
 import mlflow
 from mlflow.entities import Run
@@ -24,21 +27,28 @@ from resnet_mnist.runtime.errors import ProjectError
 from resnet_mnist.runtime.signals import safe_point, shielded
 from resnet_mnist.runtime.timeline import mark
 from resnet_mnist.tracking import names
-from resnet_mnist.tracking.checkpoints import RESUME, MissingCheckpoint, RefusedCheckpoint, fetch_checkpoint
-from resnet_mnist.tracking.history import last_logged_steps, read_history
-from resnet_mnist.tracking.lifecycle import fail_unfinished_models, tracked_run
-from resnet_mnist.tracking.logger import (
-    MlflowTracker,
-    log_best_checkpoint,
+from resnet_mnist.tracking.artifacts import (
+    log_checkpoint,
     log_complexity,
-    log_curves,
     log_inputs,
     log_model,
     mnist_datasets,
 )
-from resnet_mnist.tracking.names import DEFAULT_EXPERIMENT
+from resnet_mnist.tracking.checkpoints import (
+    RESUME,
+    CheckpointWriter,
+    MissingCheckpoint,
+    RefusedCheckpoint,
+    fetch_checkpoint,
+    write_best,
+)
+from resnet_mnist.tracking.history import last_logged_steps
+from resnet_mnist.tracking.lifecycle import fail_unfinished_models, tracked_run
+from resnet_mnist.tracking.logger import MlflowTracker
 from resnet_mnist.tracking.offline import Spool, StopWhenLost, unreachable
 from resnet_mnist.tracking.ownership import RunBusy, owner_alive, run_claim
+from resnet_mnist.tracking.plots import log_curves, log_diagnostics
+from resnet_mnist.tracking.request import RunRequest
 from resnet_mnist.tracking.store import check_store
 
 
@@ -57,21 +67,17 @@ class Trained:
 
 
 def train(
-    config: TrainConfig,
-    experiment: str = DEFAULT_EXPERIMENT,
-    run_name: str | None = None,
+    request: RunRequest,
     callbacks: list[Callback] | None = None,
-    tags: dict[str, str] | None = None,
-    parent_run_id: str | None = None,
-    run_id: str | None = None,
     dist: Dist | None = None,
     stop: threading.Event | None = None,
 ) -> Trained:
-    """Train one variant inside one MLflow run: a new one, or `run_id` (the `mlflow run` one)."""
-    device = resolve_device(config.device)
+    """Train one variant inside one MLflow run: a new one, or the one `request` adopts."""
+    config, placement = request.validate().config, request.placement
+    device = resolve_device(placement.device)
     if dist is not None:
         device = device_for(dist, device)
-    tensors = load_tensors(config, device)
+    tensors = load_tensors(config, device, placement.data_root)
     if dist is not None and not dist.is_main:
         result = Trainer(config, build_model(config, device), [], dist, stop).fit(tensors)
         return Trained("", result, "", config)
@@ -84,7 +90,7 @@ def train(
     mark("complexity")
     if stop is not None and stop.is_set():  # Ctrl-C while loading: no run to make
         raise KeyboardInterrupt("stopped before training started")
-    with tracked_run(config, experiment, run_name, str(device), tags, parent_run_id, run_id) as run:
+    with tracked_run(request, str(device)) as run:
         if dist is not None:
             mlflow.log_params(
                 {
@@ -94,7 +100,7 @@ def train(
                     "per_rank_batch_size": -(-config.batch_size // dist.world),
                 }
             )
-        datasets = mnist_datasets(config, tensors)
+        datasets = mnist_datasets(tensors, placement.data_root)
         log_inputs(datasets)
         log_complexity(complexity)
         mlflow.log_text(str(model), "summary/model.txt")
@@ -104,14 +110,13 @@ def train(
 
 
 def resume(
-    run_id: str,
-    data_root: str = "",
-    device: str | None = None,
+    request: RunRequest,
     callbacks: list[Callback] | None = None,
     stop: threading.Event | None = None,
 ) -> Trained:
-    """Continue a KILLED or FAILED run, or a RUNNING one whose owner is gone, from its
-    `checkpoints/resume.pt`, in the same run. What this machine kept while the tracking server was
+    """Continue `request.resume`, a KILLED or FAILED run or a RUNNING one whose owner is gone,
+    from its `checkpoints/resume.pt`, in the same run, with its logged settings wherever
+    `request` places it. What this machine kept while the tracking server was
     gone (`offline.Spool`) is sent first, and its checkpoint is the one continued from.
 
     Only one process trains a run at a time (`run_claim`). Metrics already in the store are not
@@ -120,6 +125,9 @@ def resume(
     """
     from mlflow.exceptions import MlflowException
 
+    run_id, placement = request.resume, request.placement
+    if run_id is None:
+        raise ValueError("resume() needs a request that names the run to resume")
     check_store()
     client = MlflowClient()
     try:
@@ -132,23 +140,25 @@ def resume(
             run = client.get_run(run_id)  # as it is now that this process holds it
             taken_over = resumable(run)
             fail_unfinished_models(client, run)
-            overrides = {"data_root": data_root} | ({"device": device} if device else {})
-            config = from_params(run.data.params, **overrides)
+            request = request.with_settings(from_params(run.data.params)).validate()
+            config = request.config
             spool = Spool.find(run_id)
             if spool is not None:  # kept while the server was gone: send it first
                 spool.replay(client)
             checkpoint = _download_checkpoint(run_id)
-            dev = resolve_device(config.device)
-            tensors = load_tensors(config, dev)
+            dev = resolve_device(placement.device)
+            tensors = load_tensors(config, dev, placement.data_root)
             _import_dynamo()
             model = build_model(config, dev)
             logged = last_logged_steps(client, run_id)
-            with tracked_run(config, run_id=run_id, resume=True) as active:
+            with tracked_run(request, str(dev)) as active:
                 mlflow.set_tag(names.RESUMED_FROM_STEP, str(checkpoint["state"]["step"]))
                 if taken_over:
                     mlflow.set_tag(names.TAKEN_OVER_FROM, taken_over)
                 tracker = MlflowTracker(
-                    active.info.run_id, logged=logged, datasets=mnist_datasets(config, tensors)
+                    active.info.run_id,
+                    logged=logged,
+                    datasets=mnist_datasets(tensors, placement.data_root),
                 )
                 return _fit(config, model, tensors, tracker, callbacks, checkpoint, None, stop)
     except RunBusy as exc:
@@ -208,31 +218,34 @@ def _fit(
     stop: threading.Event | None,
 ) -> Trained:
     """Train inside the active run, keep what was learned on failure, log the results."""
-    policy = StopWhenLost()
-    tracker.on_lost = policy.server_lost
-    trainer = Trainer(config, model, [tracker, policy, *(callbacks or [])], dist, stop)
-    try:
-        result = trainer.fit(tensors, resume=checkpoint)
-    except BaseException as exc:
-        tracker.flush()
-        if tracker.spool is not None:  # the server went away: it stopped at a step boundary
-            raise tracker.lost() from exc
-        log_best_checkpoint(trainer.best_state)
-        raise
-    if tracker.spool is not None:  # gone during the last steps: keep the end of training
-        raise tracker.lost()
-    mark("training")
-    # What follows writes the results; no signal cuts a write in half. A stop asked for meanwhile
-    # is honoured between the writes, and the run then ends KILLED. If the server goes away now,
-    # the finished training is kept, and a resume writes the results again.
-    with shielded():
+    with tempfile.TemporaryDirectory(prefix="resnet-mnist-checkpoints-") as tmp:
+        folder = Path(tmp)
+        policy = StopWhenLost()
+        tracker.on_lost = policy.server_lost
+        writer = CheckpointWriter(folder, tracker.after_save_checkpoint)
+        trainer = Trainer(config, model, [tracker, writer, policy, *(callbacks or [])], dist, stop)
         try:
-            _log_results(config, model, tensors, tracker, result, stop)
-        except Exception as exc:
-            if not unreachable(exc):
-                raise
-            tracker.go_offline(exc)
-            raise tracker.lost() from exc
+            result = trainer.fit(tensors, resume=checkpoint)
+        except BaseException as exc:
+            tracker.flush()
+            if tracker.spool is not None:  # the server went away: it stopped at a step boundary
+                raise tracker.lost(trainer.state.step, trainer.checkpoint) from exc
+            log_checkpoint(write_best(trainer.best_state, folder))
+            raise
+        if tracker.spool is not None:  # gone during the last steps: keep the end of training
+            raise tracker.lost(trainer.state.step, trainer.checkpoint)
+        mark("training")
+        # What follows writes the results; no signal cuts a write in half. A stop asked for
+        # meanwhile is honoured between the writes, and the run then ends KILLED. If the server
+        # goes away now, the finished training is kept, and a resume writes the results again.
+        with shielded():
+            try:
+                _log_results(config, model, tensors, tracker, result, folder, stop)
+            except Exception as exc:
+                if not unreachable(exc):
+                    raise
+                tracker.go_offline(exc)
+                raise tracker.lost(trainer.state.step, trainer.checkpoint) from exc
     return Trained(tracker.run_id, result, f"runs:/{tracker.run_id}/model", config)
 
 
@@ -242,15 +255,16 @@ def _log_results(
     tensors: Tensors,
     tracker: MlflowTracker,
     result: Result,
+    folder: Path,
     stop: threading.Event | None,
 ) -> None:
     safe_point(stop)
-    log_best_checkpoint(result.best_state)
+    log_checkpoint(write_best(result.best_state, folder))
     mark("checkpoint")
     active = mlflow.active_run()
     name = (active.info.run_name if active else None) or ""
-    log_curves(read_history(tracker.client, tracker.run_id), config.architecture, name)
-    tracker.log_diagnostics(name)
+    log_curves(tracker.client, tracker.run_id, config.architecture, name)
+    log_diagnostics(tracker.client, tracker.run_id, name)
     mark("curves")
     safe_point(stop)
     try:
