@@ -40,6 +40,11 @@ MlflowClient(sys.argv[1]).search_experiments(max_results=1)
 """
 
 
+def revision(db: Path) -> str | None:
+    state = schema_state(db)
+    return state[0] if state else None
+
+
 def wait_on(what: str, check, procs: list[subprocess.Popen], limit_s: float = 300) -> None:
     """Poll until `check()` holds; fail when one of `procs` ended first (or after limit_s, a
     bound for a hung test, not a timing)."""
@@ -62,7 +67,7 @@ def test_a_store_another_program_is_creating_is_waited_for(tmp_path: Path) -> No
         stderr=subprocess.PIPE,
     )
     wait_on("the other program's half-way point", gate.with_suffix(".paused").exists, [other])
-    assert schema_state(db)[0] not in (None, _get_latest_schema_revision())
+    assert revision(db) not in (None, _get_latest_schema_revision())
     errors = tmp_path / "ours.err"
     with open(errors, "w") as err:
         ours = subprocess.Popen(
@@ -78,14 +83,14 @@ def test_a_store_another_program_is_creating_is_waited_for(tmp_path: Path) -> No
     assert other.wait(timeout=300) == 0, other.communicate()
     assert ours.wait(timeout=300) == 0, errors.read_text()
     assert "cannot be opened" not in errors.read_text()
-    assert schema_state(db)[0] == _get_latest_schema_revision()
+    assert revision(db) == _get_latest_schema_revision()
     assert [e.name for e in MlflowClient(uri).search_experiments()] == ["Default"]
 
 
 def test_a_new_store_is_made_whole_and_in_place(tmp_path: Path) -> None:
     db = tmp_path / "sub" / "mlflow.db"
     open_store(f"sqlite:///{db}")
-    assert schema_state(db)[0] == _get_latest_schema_revision()
+    assert revision(db) == _get_latest_schema_revision()
     assert sorted(p.name for p in db.parent.iterdir()) == ["mlflow.db", "mlflow.db.lock"]
     assert [e.name for e in MlflowClient(f"sqlite:///{db}").search_experiments()] == ["Default"]
 
@@ -96,4 +101,12 @@ def test_a_file_no_one_is_creating_is_opened_as_it_is(tmp_path: Path, capsys, mo
     db.touch()  # an empty file: sqlite's empty database, which MLflow migrates in place
     open_store(f"sqlite:///{db}")
     assert "waiting while another program creates or upgrades it" in capsys.readouterr().err
-    assert schema_state(db)[0] == _get_latest_schema_revision()
+    assert revision(db) == _get_latest_schema_revision()
+
+
+def test_a_file_that_is_no_database_is_not_waited_for(tmp_path: Path, capsys) -> None:
+    db = tmp_path / "mlflow.db"
+    db.write_bytes(b"this is not a database" * 100)
+    assert schema_state(db) is None
+    sqlite.wait_while_created(db)  # returns at once: MLflow then reports the damaged file
+    assert capsys.readouterr().err == ""

@@ -90,9 +90,10 @@ def build_aside(db: Path) -> None:
         aside.unlink(missing_ok=True)
 
 
-def schema_state(db: Path) -> tuple[str | None, int]:
+def schema_state(db: Path) -> tuple[str | None, int] | None:
     """The store's schema revision (None before it has one) and its number of tables, read
-    without writing or waiting; a store busy with a migration step reads as (None, -1)."""
+    without writing or waiting; a store busy with a migration step reads as (None, -1). None
+    when the file is not a sqlite database at all: damaged, not being created."""
     try:
         con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=0)
     except sqlite3.Error:
@@ -104,8 +105,10 @@ def schema_state(db: Path) -> tuple[str | None, int]:
         except sqlite3.OperationalError:
             row = None
         return (row[0] if row else None), tables
-    except sqlite3.Error:
-        return None, -1
+    except sqlite3.OperationalError:
+        return None, -1  # locked by a writer: a migration step in progress
+    except sqlite3.DatabaseError:
+        return None  # "file is not a database"
     finally:
         con.close()
 
@@ -118,7 +121,7 @@ def wait_while_created(db: Path) -> None:
 
     head = _get_latest_schema_revision()
     state = schema_state(db)
-    if state[0] == head:
+    if state is None or state[0] == head:
         return
     print(
         f"the tracking store {db} is not at MLflow's schema yet: waiting while another program "
@@ -127,7 +130,7 @@ def wait_while_created(db: Path) -> None:
         flush=True,
     )
     since = time.monotonic()
-    while state[0] != head and time.monotonic() - since < STILL_S:
+    while state is not None and state[0] != head and time.monotonic() - since < STILL_S:
         time.sleep(LOOK_S)
         now = schema_state(db)
         if now != state:
