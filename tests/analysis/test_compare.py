@@ -53,6 +53,7 @@ def client(trained, monkeypatch):
     return MlflowClient(uri)
 
 
+@pytest.mark.slow  # a pair of real trainings (`smoke_pair`, a process of its own)
 def test_default_selection_is_latest_run_per_variant(trained, client) -> None:
     _, _, ids = trained
     runs = SEL.select_runs(client, EXP, "smoke")
@@ -62,6 +63,7 @@ def test_default_selection_is_latest_run_per_variant(trained, client) -> None:
     assert [r.info.run_id for r in only] == [ids["residual"]]
 
 
+@pytest.mark.slow  # a pair of real trainings (`smoke_pair`, a process of its own)
 def test_existing_runs_with_same_params_are_reused(trained, client) -> None:
     _, _, ids = trained
     exp_id = client.get_experiment_by_name(EXP).experiment_id
@@ -194,6 +196,7 @@ def test_champion_loads_by_alias(trained, client, tmp_path) -> None:
     assert (probs.argmax(1) == mnist.test_labels[:100]).mean() > 0.5
 
 
+@pytest.mark.slow  # a pair of real trainings (`smoke_pair`, a process of its own)
 def test_only_one_variant_is_a_clear_error(trained, client, tmp_path) -> None:
     _, _, ids = trained
     with pytest.raises(C.CompareError, match="found only: residual"):
@@ -206,9 +209,9 @@ def test_only_one_variant_is_a_clear_error(trained, client, tmp_path) -> None:
         )
 
 
-def test_missing_experiment_is_a_clear_error(client) -> None:
+def test_missing_experiment_is_a_clear_error(store: str) -> None:
     with pytest.raises(C.CompareError, match="does not exist"):
-        SEL.select_runs(client, "no-such-experiment", "seed")
+        SEL.select_runs(MlflowClient(), "no-such-experiment", "seed")
 
 
 def summary(variant: str, seed: int, acc: float, dev: float = 0.9) -> C.RunSummary:
@@ -259,8 +262,9 @@ def test_single_seed_verdict_says_seed_noise_is_unmeasured() -> None:
     assert "residual wins" in text and "not measured" in text
 
 
-def test_seed_groups_are_reused(client) -> None:
-    exp_id = client.get_experiment_by_name(EXP).experiment_id
+def test_seed_groups_are_reused(store: str) -> None:
+    client = MlflowClient()
+    exp_id = client.create_experiment(EXP)
     first = SEL.seed_group(client, exp_id, "smoke", [0, 1])
     assert SEL.seed_group(client, exp_id, "smoke", [0, 1]) == first
     assert SEL.seed_group(client, exp_id, "smoke", [0, 1, 2]) != first
