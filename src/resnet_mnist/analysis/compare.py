@@ -213,8 +213,10 @@ def compare(
     text = judged(stats, mismatch, vetted.set_aside)
     rows = table_rows(summaries)
     presets = sorted({r.data.tags.get(names.PRESET, "?") for r in vetted.runs})
-    files = figures_and_table(summaries, rows, presets, out_dir)
-    tags = comparison_tags(summaries, stats, presets, mismatch, set_aside)
+    depths = ",".join(sorted({str(s.depth) for s in summaries}))
+    title = f"ResNet{depths} on MNIST, plain vs residual ({', '.join(presets)})"
+    files = figures_and_table(summaries, rows, title, out_dir)
+    tags = comparison_tags(summaries, stats, presets, depths, mismatch, set_aside)
     crowning = None
     name = f"compare-{'-'.join(presets)}"
     # No signal cuts a write to the comparison run in half (nor falls between creating it and
@@ -276,25 +278,28 @@ def judged(stats: Stats, mismatch: str, set_aside: list[Run]) -> str:
 
 
 def figures_and_table(
-    summaries: list[RunSummary], rows: list[list[str]], presets: list[str], out_dir: Path
+    summaries: list[RunSummary], rows: list[list[str]], title: str, out_dir: Path
 ) -> list[Path]:
     """The comparison's figure and table, written to `out_dir` (`comparison.*`)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    depths = ",".join(sorted({str(s.depth) for s in summaries}))
-    title = f"ResNet{depths} on MNIST, plain vs residual ({', '.join(presets)})"
     stem = out_dir / "comparison"
     return plot(summaries, stem, title) + write_table(COLUMNS, rows, stem)
 
 
 def comparison_tags(
-    summaries: list[RunSummary], stats: Stats, presets: list[str], mismatch: str, set_aside: list[str]
+    summaries: list[RunSummary],
+    stats: Stats,
+    presets: list[str],
+    depths: str,
+    mismatch: str,
+    set_aside: list[str],
 ) -> dict[str, str]:
     """What the comparison run is and compared: tags to search and group by."""
     tags = {
         names.RUN_TYPE: names.COMPARISON,
         names.COMPARED_RUN_IDS: ",".join(s.run_id for s in summaries),
         names.PRESET: ",".join(presets),
-        names.DEPTH: ",".join(sorted({str(s.depth) for s in summaries})),
+        names.DEPTH: depths,
         names.DEV_WINNER: stats.dev_winner,
         names.STATISTIC: stats.metric,
         names.SELECTED_BY: names.SELECTION_METRIC,

@@ -233,8 +233,12 @@ def differing_settings(logged: Mapping[str, str], config: TrainConfig) -> list[s
     holds its default; what is not a setting (the device, the variant's name) is not compared."""
     return sorted(
         k
-        for k, v in config.params().items()
-        if k in FIELDS and not (same_value(k, logged[k], v) if k in logged else getattr(DEFAULTS, k) == v)
+        for k in FIELDS
+        if not (
+            same_value(k, logged[k], getattr(config, k))
+            if k in logged
+            else getattr(DEFAULTS, k) == getattr(config, k)
+        )
     )
 
 

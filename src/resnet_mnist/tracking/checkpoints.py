@@ -4,7 +4,6 @@ read back, with `weights_only=True` so that loading a checkpoint from a store ne
 
 from __future__ import annotations
 
-import os
 import pickle
 import tempfile
 from collections.abc import Callable
@@ -53,10 +52,9 @@ def fetch_checkpoint(run_id: str, artifact: str) -> dict:
 
 
 def write(content: dict, path: Path) -> Path:
-    """`content` (plain tensors and values) to `path`, whole: written beside it, then renamed."""
-    partial = path.with_name(path.name + ".partial")
-    torch.save(content, partial)
-    os.replace(partial, path)
+    """`content` (plain tensors and values) saved as `path`, in a folder of the training's own:
+    nothing reads it until the save has returned, and the spool copies what it keeps whole."""
+    torch.save(content, path)
     return path
 
 

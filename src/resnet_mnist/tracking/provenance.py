@@ -68,7 +68,8 @@ class SystemMetrics:
 
     The monitor is ours, not the one `start_run(log_system_metrics=True)` would keep, so that the
     run's ending decides how it stops: `finish` sends the last samples first; `abandon` (the
-    tracking server is gone) does not wait for a send in flight.
+    tracking server is gone) does not wait for a send in flight. It stops once, whichever is
+    asked first (a run's ending may find the server gone after `finish`, and `abandon` then).
     """
 
     def __init__(self, run_id: str, resumed: bool) -> None:
@@ -78,13 +79,18 @@ class SystemMetrics:
             samples_before_logging=1,
             resume_logging=resumed,
         )
+        self.stopped = False
 
     def start(self) -> SystemMetrics:
         self.monitor.start()
         return self
 
     def finish(self) -> None:
-        self.monitor.finish()
+        if not self.stopped:
+            self.stopped = True
+            self.monitor.finish()
 
     def abandon(self) -> None:
-        threading.Thread(target=self.monitor.finish, daemon=True, name="metrics-stop").start()
+        if not self.stopped:
+            self.stopped = True
+            threading.Thread(target=self.monitor.finish, daemon=True, name="metrics-stop").start()

@@ -61,9 +61,9 @@ def open_store(uri: str) -> None:
     from mlflow.tracking import MlflowClient
 
     db = sqlite_path(uri)
-    if db is not None and not db.exists():
-        build_aside(db)
     if db is not None:
+        if not db.exists():
+            build_aside(db)
         wait_while_created(db)
     with store_lock(uri):
         MlflowClient(uri).search_experiments(max_results=1)
