@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -141,6 +141,16 @@ def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, empty_store: Path) ->
 
     mlflow.set_tracking_uri(uri)
     return uri
+
+
+@pytest.fixture
+def own_threads() -> Iterator[None]:
+    """A study cell or a tune trial sets this process's torch threads to its own; put them back."""
+    import torch
+
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
 
 
 def child_env(env: dict[str, str] | None = None) -> dict[str, str]:

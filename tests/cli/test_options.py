@@ -45,6 +45,8 @@ def other_value(name: str) -> tuple[str, Any]:
         return str(not default).lower(), not default
     if name == "depth":
         return "20", 20
+    if name == "warmup_steps":  # fewer than the training's steps (7 of batch 7 over 7 images)
+        return "3", 3
     if kind is int:
         return "7", 7
     if kind is float:

@@ -36,6 +36,9 @@ def test_overrides_win_and_none_keeps_preset() -> None:
         ({"dev_size": 10001}, "dev_size=10001 must be in 1..10000"),
         ({"train_size": 50001}, "train_size=50001"),
         ({"normalize": "zscore"}, "normalize='zscore'"),
+        ({"warmup_steps": 80}, "warmup_steps=80 must be in 0..79"),
+        ({"warmup_steps": -1}, "warmup_steps=-1 must be in 0..79"),
+        ({"warmup_steps": 1, "schedule": "onecycle"}, "warmup_steps=1 cannot shape onecycle's rise"),
     ],
 )
 def test_invalid_values_are_refused(overrides: dict, message: str) -> None:

@@ -17,6 +17,7 @@ from resnet_mnist.core.trainer import (
     Trainer,
     build_model,
     load_tensors,
+    schedule,
 )
 
 CPU = torch.device("cpu")
@@ -152,3 +153,27 @@ def test_stop_request_ends_at_the_next_boundary_with_a_checkpoint(smoke) -> None
     ((step, checkpoint),) = recorder.checkpoints
     assert step == 2 and checkpoint["state"]["step"] == 2
     assert recorder.result is None
+
+
+def rates(config, total: int) -> list[float]:
+    """The rate of each of `total` steps under the config's schedule."""
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=config.lr)
+    scheduler = schedule(config, optimizer, total)
+    out = []
+    for _ in range(total):
+        out.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+    return out
+
+
+def test_warm_up_climbs_linearly_to_the_rate_then_the_schedule_goes_on() -> None:
+    config = build_config("seed", True, {"lr": 0.1, "warmup_steps": 4})
+    assert rates(config, 6) == pytest.approx([0.025, 0.05, 0.075, 0.1, 0.1, 0.1])
+    assert rates(dataclasses.replace(config, warmup_steps=0), 3) == [0.1] * 3
+    onecycle = dataclasses.replace(config, schedule="onecycle")
+    risen = rates(onecycle, 20)
+    assert max(risen) == pytest.approx(0.1) and risen.index(max(risen)) == 3  # the peak at step 4
+    own = rates(dataclasses.replace(onecycle, warmup_steps=0), 20)
+    assert own.index(max(own)) == 5  # OneCycleLR's own rise: 30 % of the steps, as before

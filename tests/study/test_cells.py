@@ -7,7 +7,7 @@ import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Hashable, Iterator
+from collections.abc import Hashable
 from pathlib import Path
 
 import psutil
@@ -116,7 +116,7 @@ def test_the_grid_submits_every_rate_first_then_each_groups_seeds(store: str) ->
     )
     assert client.get_run(home.run_id).data.tags[f"{names.STUDY_LR}resnet8-plain"] == "0.05"
     order = engine.submitted[0]
-    assert order.tracking_uri == store and order.study_run_id == home.run_id and order.threads == 1
+    assert order.reach.tracking_uri == store and order.study_run_id == home.run_id and order.threads == 1
     assert Path(order.placement.data_root).is_absolute()
 
 
@@ -141,16 +141,6 @@ def dead_pid() -> tuple[int, float]:
     started = psutil.Process(proc.pid).create_time()
     proc.wait()
     return proc.pid, started
-
-
-@pytest.fixture
-def own_threads() -> Iterator[None]:
-    """`train_cell` sets this process's torch threads to the cell's; put them back."""
-    import torch
-
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.mark.slow

@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from resnet_mnist.cli import compare, data, model, pad, predict, runs, study, train
+from resnet_mnist.cli import compare, data, model, pad, predict, runs, study, train, tune
 from resnet_mnist.cli.boundary import DEBUG_ENV, ErrorBoundary
 from resnet_mnist.runtime import timeline
 from resnet_mnist.runtime.signals import ignore_signals_at_exit, leave, own_process
@@ -32,6 +32,7 @@ data_app.command("presented")(data.presented)
 app.command()(train.train)
 app.command()(compare.compare)
 app.command()(study.study)
+app.command()(tune.tune)
 app.command()(predict.predict)
 app.command()(pad.pad)
 app.command()(model.summary)

@@ -84,6 +84,11 @@ class TrainConfig:
     nesterov: bool = setting(False, "Nesterov momentum (needs momentum > 0).")
     weight_decay: float = setting(0.0, "L2 weight decay (>= 0).")
     schedule: Schedule = setting(Schedule.constant, "Learning-rate schedule.")
+    warmup_steps: int = setting(
+        0,
+        "Steps over which the rate climbs linearly to lr (0: none; with onecycle, 0 keeps its own "
+        "rise over the first 30 % of the steps and N sets that rise to N steps).",
+    )
     label_smoothing: float = setting(0.0, "Cross-entropy label smoothing in [0, 1).")
     eval_steps: int = setting(15, "Evaluate on dev every N steps and at the last step (0: only at the last).")
     log_steps: int = setting(15, "Fetch and report the training loss every N steps.")
@@ -120,6 +125,10 @@ class TrainConfig:
         """`resnet18-plain`, `resnet56-residual`: depth and variant, as runs are named."""
         return f"resnet{self.depth}-{self.variant}"
 
+    def total_steps(self) -> int:
+        """The optimiser steps of the whole training (the global batch under --nproc)."""
+        return -(-max(self.train_size, 1) // max(self.batch_size, 1)) * max(self.epochs, 1)
+
     def params(self) -> dict[str, Any]:
         """The values to log: every setting, plus the variant."""
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)} | {"variant": self.variant}
@@ -138,6 +147,15 @@ class TrainConfig:
             (self.epochs >= 1, f"epochs={self.epochs} must be >= 1"),
             (self.eval_steps >= 0, f"eval_steps={self.eval_steps} must be >= 0 (0: at the end)"),
             (self.log_steps >= 1, f"log_steps={self.log_steps} must be >= 1"),
+            (
+                0 <= self.warmup_steps < self.total_steps(),
+                f"warmup_steps={self.warmup_steps} must be in 0..{self.total_steps() - 1} "
+                "(fewer than the training's steps)",
+            ),
+            (
+                self.schedule != "onecycle" or self.warmup_steps != 1,
+                "warmup_steps=1 cannot shape onecycle's rise (use 0 for its own, or 2 or more)",
+            ),
             (
                 self.checkpoint_every >= 0,
                 f"checkpoint_every={self.checkpoint_every} must be >= 0 (0: only when stopped)",

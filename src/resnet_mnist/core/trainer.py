@@ -81,6 +81,16 @@ class CheckpointError(ProjectError, ValueError):
     """A resume checkpoint that is not ours or was made with other settings."""
 
 
+class EarlyStop(Exception):
+    """A callback ended training on purpose before its last step (a search's pruner judged the
+    trial unpromising at `step`): its run ends KILLED with `reason`, not FAILED."""
+
+    def __init__(self, step: int, reason: str) -> None:
+        super().__init__(reason)
+        self.step = step
+        self.reason = reason
+
+
 class StopRequested(KeyboardInterrupt):
     """Training stopped at a clean step boundary on request (Ctrl-C or SIGTERM)."""
 
@@ -182,6 +192,22 @@ class StepPlan:
     @property
     def flush(self) -> bool:
         return self.log or self.evaluate or self.checkpoint or self.stop
+
+
+def schedule(
+    cfg: TrainConfig, optimizer: torch.optim.Optimizer, total: int
+) -> torch.optim.lr_scheduler.LRScheduler | None:
+    """The rate's schedule over `total` steps: onecycle (its rise `warmup_steps` long when set),
+    or constant after a linear warm-up of `warmup_steps` (none at 0)."""
+    warmup = cfg.warmup_steps
+    if cfg.schedule == "onecycle":
+        rise = min(warmup, total - 1) / total if warmup > 1 else 0.3  # 0.3: OneCycleLR's own
+        return torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=cfg.lr, total_steps=total, pct_start=rise
+        )
+    if warmup > 0:
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
+    return None
 
 
 class Trainer:
@@ -299,11 +325,7 @@ class Trainer:
         # -- set-up: schedule, data order, state (fresh or restored) --
         per_epoch = D.steps_per_epoch(len(tensors.train[1]), cfg.batch_size)
         total = per_epoch * cfg.epochs
-        self.scheduler = None
-        if cfg.schedule == "onecycle":
-            self.scheduler = torch.optim.lr_scheduler.OneCycleLR(
-                self.optimizer, max_lr=cfg.lr, total_steps=total
-            )
+        self.scheduler = schedule(cfg, self.optimizer, total)
         generator = torch.Generator().manual_seed(cfg.seed)
         self.state = TrainState(epoch_rng=generator.get_state())
         if resume is not None:
@@ -438,12 +460,16 @@ class Trainer:
             self.model_without_ddp, *tensors.dev, self.config.eval_batch_size, self.speed, self.dist
         )
         st.eval_time += time.perf_counter() - t0
-        self._emit("on_eval", step, dev_loss, dev_acc)
-        if dev_acc > st.best_accuracy:
+        # the best is kept before the callbacks hear of the evaluation: one may end training
+        # here (a pruned trial), and what it learned up to now is still its best checkpoint
+        improved = dev_acc > st.best_accuracy
+        if improved:
             st.best_accuracy, st.best_step = dev_acc, step
             st.best_state = {
                 k: v.detach().to("cpu", copy=True) for k, v in self.model_without_ddp.state_dict().items()
             }
+        self._emit("on_eval", step, dev_loss, dev_acc)
+        if improved:
             self._emit("on_best", step, dev_acc)
 
     def checkpoint(self) -> dict:

@@ -10,10 +10,9 @@ and names the node that made it. Knows nothing of Ray: `cluster` calls `train_ce
 from __future__ import annotations
 
 import math
-import os
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
@@ -21,24 +20,11 @@ from mlflow.tracking import MlflowClient
 from resnet_mnist.config.placement import Placement
 from resnet_mnist.config.settings import TrainConfig
 from resnet_mnist.runtime.errors import ProjectError
+from resnet_mnist.study.reach import Reach, data_root
 from resnet_mnist.tracking import names
 from resnet_mnist.tracking.lifecycle import fail_unfinished_models, same_params
 from resnet_mnist.tracking.ownership import STALE_AFTER_S, RunBusy, claim, owner_alive, run_claim
 
-#: MLflow client settings a cell takes from the driver: a Ray worker inherits its raylet's
-#: environment, not the driver's, and the team server's login must reach every node.
-CLIENT_SETTINGS = (
-    "MLFLOW_TRACKING_USERNAME",
-    "MLFLOW_TRACKING_PASSWORD",
-    "MLFLOW_TRACKING_TOKEN",
-    "MLFLOW_TRACKING_INSECURE_TLS",
-    "MLFLOW_TRACKING_SERVER_CERT_PATH",
-    "MLFLOW_HTTP_REQUEST_MAX_RETRIES",
-    "MLFLOW_HTTP_REQUEST_TIMEOUT",
-)
-#: What a driver's environment must not impose on a cell (`mlflow run` exports the project's run,
-#: which would override the cell's own; mlflow issue 15713).
-FOREIGN = ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME")
 #: How long a cell waits for another live attempt at it (a partitioned node's, say) to finish or
 #: go stale before it gives up: past the heartbeat's staleness, with a margin.
 LIVE_ATTEMPT_WAIT_S = STALE_AFTER_S + 60
@@ -52,7 +38,7 @@ class CellBusy(ProjectError, RuntimeError):
 class CellOrder:
     """Everything a task needs to train one cell, passed explicitly rather than inherited."""
 
-    tracking_uri: str
+    reach: Reach
     experiment: str
     experiment_id: str
     study: str
@@ -62,7 +48,6 @@ class CellOrder:
     config: TrainConfig
     placement: Placement
     threads: int
-    client_settings: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -93,13 +78,8 @@ def order_for(
     study's (name, id)."""
     import dataclasses
 
-    import mlflow
-
-    from resnet_mnist.core.data import default_root
-
-    root = os.path.abspath(placement.data_root or default_root())
     return CellOrder(
-        tracking_uri=absolute_uri(mlflow.get_tracking_uri()),
+        reach=Reach.here(),
         experiment=experiment[0],
         experiment_id=experiment[1],
         study=study,
@@ -107,17 +87,9 @@ def order_for(
         key=key,
         phase=phase,
         config=config,
-        placement=dataclasses.replace(placement, data_root=root),
+        placement=dataclasses.replace(placement, data_root=data_root(placement.data_root)),
         threads=threads,
-        client_settings={k: os.environ[k] for k in CLIENT_SETTINGS if k in os.environ},
     )
-
-
-def absolute_uri(uri: str) -> str:
-    """A sqlite store's path made absolute: a worker's working directory is not the driver's."""
-    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        return "sqlite:///" + os.path.abspath(uri.removeprefix("sqlite:///"))
-    return uri
 
 
 def attempts(client: MlflowClient, order: CellOrder) -> list[Run]:
@@ -140,7 +112,7 @@ def train_cell(order: CellOrder, node: str, stop: threading.Event | None = None)
 
     from resnet_mnist.core import data
 
-    _adopt(order)
+    order.reach.adopt()
     torch.set_num_threads(order.threads)
     data.fetch(order.placement.data_root)  # this node's copy, fetched and verified if missing
     client = MlflowClient()
@@ -154,14 +126,6 @@ def train_cell(order: CellOrder, node: str, stop: threading.Event | None = None)
             return _attempt(client, order, runs, node, stop)
     except RunBusy as exc:
         raise CellBusy(str(exc)) from None
-
-
-def _adopt(order: CellOrder) -> None:
-    """This process works for `order`'s store only, whatever its environment says."""
-    for key in FOREIGN:
-        os.environ.pop(key, None)
-    os.environ.update(order.client_settings)
-    os.environ["MLFLOW_TRACKING_URI"] = order.tracking_uri
 
 
 def _without_live_attempts(client: MlflowClient, order: CellOrder, busy: str) -> list[Run]:

@@ -1,6 +1,6 @@
-"""Where a study's cells run: Ray tasks, on an embedded local Ray (started and stopped with the
-command) or on an existing Ray cluster (`--address`, or `RAY_ADDRESS`). Only the study imports
-this module: `train`, `compare` and `predict` never pay for Ray.
+"""Where a study's cells and a search's trials run: Ray tasks, on an embedded local Ray (started
+and stopped with the command) or on an existing Ray cluster (`--address`, or `RAY_ADDRESS`). Only
+`study` and `tune` import this module: `train`, `compare` and `predict` never pay for Ray.
 
 Ray schedules the cells on the resources they ask for and retries a cell whose worker or node
 died (`RETRIES`); `cells.train_cell` makes each retry continue the dead attempt's run instead of
@@ -11,6 +11,7 @@ into a stop at the next step boundary.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 from collections.abc import Hashable
@@ -23,6 +24,7 @@ from resnet_mnist.runtime.errors import ProjectError, first_line
 from resnet_mnist.study.cells import CellOrder, CellOutcome
 from resnet_mnist.study.execution import CellFailed
 from resnet_mnist.study.spec import Resources
+from resnet_mnist.study.trials import TrialOrder, TrialOutcome
 
 #: How often Ray runs a cell again whose worker process or node died (not on an exception).
 RETRIES = 3
@@ -49,6 +51,16 @@ def train_task(order: CellOrder) -> CellOutcome:
 
     with stop_on_signals() as stop:
         return train_cell(order, node_label(), stop)
+
+
+@ray.remote(max_retries=RETRIES)
+def trial_task(order: TrialOrder) -> TrialOutcome:
+    """One trial of a search, in a Ray worker."""
+    from resnet_mnist.runtime.signals import stop_on_signals
+    from resnet_mnist.study.trials import run_trial
+
+    with stop_on_signals() as stop:
+        return run_trial(order, node_label(), stop)
 
 
 @dataclass(frozen=True)
@@ -151,14 +163,25 @@ class RayEngine:
             raise ClusterError(f"{message}; use --workers, --cpus-per-cell or --gpus-per-cell")
         logging.getLogger(__name__).warning("%s; the cells wait for such a node", message)
 
-    def submit(self, order: CellOrder, resources: Resources) -> Hashable:
-        return train_task.options(num_cpus=resources.cpus, num_gpus=resources.gpus).remote(order)
+    def slots(self, resources: Resources) -> int:
+        """How many tasks asking for `resources` the cluster runs at once (at least 1)."""
+        total = ray.cluster_resources()
+        fits = [total.get("CPU", 0) / resources.cpus if resources.cpus else math.inf]
+        if resources.gpus:
+            fits.append(total.get("GPU", 0) / resources.gpus)
+        return max(1, int(min(fits)))
+
+    def submit(self, order: CellOrder | TrialOrder, resources: Resources) -> Hashable:
+        options = {"num_cpus": resources.cpus, "num_gpus": resources.gpus}
+        if isinstance(order, TrialOrder):
+            return trial_task.options(**options).remote(order)
+        return train_task.options(**options).remote(order)
 
     def wait(self, handles: list[Hashable], timeout_s: float) -> list[Hashable]:
         ready, _ = ray.wait(handles, num_returns=len(handles), timeout=timeout_s, fetch_local=False)
         return list(ready)
 
-    def result(self, handle: Hashable) -> CellOutcome:
+    def result(self, handle: Hashable) -> CellOutcome | TrialOutcome:
         try:
             return ray.get(handle, timeout=60)  # type: ignore[call-overload]
         except RayTaskError as exc:

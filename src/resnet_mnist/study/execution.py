@@ -10,7 +10,7 @@ import threading
 import time
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import mlflow
 from mlflow.entities import Run
@@ -20,6 +20,7 @@ from resnet_mnist.config.placement import Placement
 from resnet_mnist.runtime.errors import ProjectError
 from resnet_mnist.study.cells import CellOrder, CellOutcome, order_for
 from resnet_mnist.study.spec import Group, Resources, StudySpec, cell_config, cell_key, choose_lr
+from resnet_mnist.study.trials import TrialOrder
 from resnet_mnist.tracking import names
 from resnet_mnist.tracking.experiments import experiment_id as find_experiment
 from resnet_mnist.tracking.sqlite import store_lock
@@ -38,12 +39,12 @@ class CellFailed(ProjectError, RuntimeError):
 class Engine(Protocol):
     """Runs cells somewhere: submit returns a handle, wait the handles that are done."""
 
-    def submit(self, order: CellOrder, resources: Resources) -> Hashable: ...
+    def submit(self, order: CellOrder | TrialOrder, resources: Resources) -> Hashable: ...
 
     def wait(self, handles: list[Hashable], timeout_s: float) -> list[Hashable]: ...
 
-    def result(self, handle: Hashable) -> CellOutcome:
-        """The cell's outcome, or CellFailed."""
+    def result(self, handle: Hashable) -> Any:
+        """The task's outcome (a CellOutcome, a TrialOutcome), or CellFailed."""
         ...
 
     def cancel(self, handles: list[Hashable]) -> None:
@@ -224,12 +225,14 @@ def run_grid(
 STOP_GRACE_S = 300.0
 
 
-def stop_cells(engine: Engine, pending: dict[Hashable, Planned], log: Callable[[str], None]) -> None:
+def stop_cells(
+    engine: Engine, pending: dict[Hashable, Any], log: Callable[[str], None], what: str = "cells"
+) -> None:
     """Cancel every cell and wait until each has ended: a running one stops at its next step
     boundary and ends KILLED with a resumable checkpoint (a rerun continues it). A second
     Ctrl-C here, or STOP_GRACE_S without an end, asks the cells again: they stop at once (their
     runs still end KILLED)."""
-    log(f"stopping {len(pending)} cells at their next step boundary (again to stop them at once)")
+    log(f"stopping {len(pending)} {what} at their next step boundary (again to stop them at once)")
     engine.cancel(list(pending))
     asked_again, deadline = False, time.monotonic() + STOP_GRACE_S
     while pending:
@@ -243,5 +246,5 @@ def stop_cells(engine: Engine, pending: dict[Hashable, Planned], log: Callable[[
             if asked_again or time.monotonic() <= deadline:
                 continue
         asked_again = True
-        log("stopping the cells at once")
+        log(f"stopping the {what} at once")
         engine.cancel(list(pending))

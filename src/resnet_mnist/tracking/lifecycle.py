@@ -2,7 +2,8 @@
 record who made it, and end it in the state that says what happened.
 
 A run always ends: FINISHED on success; KILLED on Ctrl-C or SIGTERM (tag `stopped_at_step` when
-training stopped cleanly with a resumable checkpoint); FAILED with tags `error` and
+training stopped cleanly with a resumable checkpoint) and when a callback stopped it early on
+purpose (a pruned trial: tags `stopped_early_at_step` and `failure_reason`); FAILED with tags `error` and
 `failure_reason` on any error (`failed_at_step` too for a non-finite loss). Never RUNNING, with
 one exception: a tracking server that stopped answering cannot be told anything, so its run stays
 RUNNING with a dead owner until `train --resume` takes it over (see `offline`).
@@ -19,7 +20,7 @@ from mlflow.entities import Run, RunStatus
 from mlflow.tracking import MlflowClient
 
 from resnet_mnist.config.settings import ConfigError, TrainConfig, differing_settings, same_value
-from resnet_mnist.core.trainer import NonFiniteLossError, StopRequested
+from resnet_mnist.core.trainer import EarlyStop, NonFiniteLossError, StopRequested
 from resnet_mnist.runtime.env import overridden
 from resnet_mnist.runtime.signals import shielded
 from resnet_mnist.tracking import names
@@ -140,6 +141,14 @@ def ended(run_id: str, metrics: SystemMetrics | None = None) -> Iterator[None]:
             | ({names.STOPPED_AT_STEP: str(step)} if step is not None else {}),
         )
         raise RunInterrupted(run_id, step) from exc
+    except EarlyStop as exc:
+        _end(
+            run_id,
+            metrics,
+            RunStatus.KILLED,
+            {names.FAILURE_REASON: exc.reason[:5000], names.STOPPED_EARLY_AT_STEP: str(exc.step)},
+        )
+        raise
     except BaseException as exc:
         _end(
             run_id,

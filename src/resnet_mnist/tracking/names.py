@@ -53,6 +53,7 @@ FAILURE_REASON = "failure_reason"
 ERROR = "error"
 STOPPED_AT_STEP = "stopped_at_step"
 FAILED_AT_STEP = "failed_at_step"
+STOPPED_EARLY_AT_STEP = "stopped_early_at_step"
 OFFLINE_REPLAYED = "offline.replayed"
 LOGGED_MODEL_URI = "logged_model_uri"
 #: the LoggedModel's param: the temperature its probabilities are divided by (core.calibration)
@@ -91,6 +92,26 @@ STUDY_NODE = "study.node"
 STUDY_NODES = "study.nodes"
 #: A cell's study, by name (`study` tag; the study run's own key is STUDY_KEY).
 STUDY_NAME = "study"
+
+#: Tuning: the experiment of tune runs and their trials, a tune run's type and keys, and a trial's
+#: number and the node that trained it.
+TUNE_EXPERIMENT = "resnet-mnist-tune"
+TUNE = "tune"
+TUNE_KEY = "tune.key"
+TUNE_STATUS = "tune.status"
+TUNE_RUN = "tune.run"
+TUNE_SPACE = "tune.space"
+TUNE_TRIALS = "tune.trials"
+TUNE_PRUNER = "tune.pruner"
+TUNE_SAMPLER = "tune.sampler"
+TUNE_BEST_TRIAL = "tune.best_trial"
+TUNE_BEST_RUN = "tune.best_run"
+TUNE_TRIAL = "tune.trial"
+TUNE_NODE = "tune.node"
+#: What Optuna's MLflow storage reads on a study run (its direction) and, on a trial's run, as
+#: its value and intermediate values: never logged by a training.
+OPTUNA_DIRECTION = "optuna.study_direction"
+OPTUNA_NUMBER = "numbers"
 
 
 def quote(value: str) -> str:
