@@ -25,7 +25,10 @@ def bench(
     repeats: Annotated[int, typer.Option(min=1, help="Repeats per measurement.")] = 3,
     quick: Annotated[
         bool,
-        typer.Option(help="Small sizes (512 / 100 / 100 images) and one epoch: a smoke test of the bench."),
+        typer.Option(
+            help="Small sizes (512 / 100 / 100 images), one epoch, the residual variant only: a smoke "
+            "test of the bench."
+        ),
     ] = False,
     time_to_accuracy: Annotated[
         bool, typer.Option(help="Also train the full preset to 99.0/99.5 % (minutes on GPU, hours on CPU).")

@@ -24,10 +24,12 @@ EXP = "resnet18-mnist"
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, smoke_pair):
-    """A copy of the session's store with one smoke run of each variant (`smoke_pair`)."""
+def trained(tmp_path_factory, smoke_compared):
+    """A copy of the session's store with one smoke run of each variant, both already scored on
+    the full splits by `resnet-mnist compare` (`smoke_compared`: the scoring is done once per
+    session; what it logged is what these tests read back)."""
     tmp = tmp_path_factory.mktemp("store")
-    uri = copy_store(smoke_pair, tmp)
+    uri = copy_store(smoke_compared, tmp)
     with pytest.MonkeyPatch.context() as mp:
         # first into the folder: MLflow fixes a store's artifact root (./mlruns) when it first
         # opens it, and experiments made later in this module must keep theirs in the copy
@@ -53,7 +55,7 @@ def client(trained, monkeypatch):
     return MlflowClient(uri)
 
 
-@pytest.mark.slow  # a pair of real trainings (`smoke_pair`, a process of its own)
+@pytest.mark.slow  # a pair of real trainings, scored (`smoke_compared`, processes of their own)
 def test_default_selection_is_latest_run_per_variant(trained, client) -> None:
     _, _, ids = trained
     runs = SEL.select_runs(client, EXP, "smoke")
@@ -63,7 +65,7 @@ def test_default_selection_is_latest_run_per_variant(trained, client) -> None:
     assert [r.info.run_id for r in only] == [ids["residual"]]
 
 
-@pytest.mark.slow  # a pair of real trainings (`smoke_pair`, a process of its own)
+@pytest.mark.slow  # a pair of real trainings, scored (`smoke_compared`, processes of their own)
 def test_existing_runs_with_same_params_are_reused(trained, client) -> None:
     _, _, ids = trained
     exp_id = client.get_experiment_by_name(EXP).experiment_id
@@ -196,7 +198,7 @@ def test_champion_loads_by_alias(trained, client, tmp_path) -> None:
     assert (probs.argmax(1) == mnist.test_labels[:100]).mean() > 0.5
 
 
-@pytest.mark.slow  # a pair of real trainings (`smoke_pair`, a process of its own)
+@pytest.mark.slow  # a pair of real trainings, scored (`smoke_compared`, processes of their own)
 def test_only_one_variant_is_a_clear_error(trained, client, tmp_path) -> None:
     _, _, ids = trained
     with pytest.raises(C.CompareError, match="found only: residual"):

@@ -10,7 +10,6 @@ stopped, so the cell is still mid-training when that lands, on a fast machine as
 
 from __future__ import annotations
 
-import csv
 import os
 import signal
 import socket
@@ -26,8 +25,17 @@ import pytest
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
-from resnet_mnist.tracking.names import STUDY_EXPERIMENT
-from tests.conftest import BIN, REPO, child_env
+from resnet_mnist.tracking.checkpoints import RESUME
+from tests.conftest import BIN, child_env
+from tests.study.conftest import (
+    ReferenceStudy,
+    cell_runs,
+    log_of,
+    numbers,
+    report_table,
+    start_study,
+    store_of,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
@@ -38,7 +46,6 @@ FAST_FAILURE_DETECTION = {
     "RAY_health_check_timeout_ms": "500",
     "RAY_health_check_initial_delay_ms": "0",
 }
-CELLS = 6  # two rates per variant at seed 0, then seed 1 at each variant's chosen rate
 
 
 def ray_env() -> dict[str, str]:
@@ -48,69 +55,6 @@ def ray_env() -> dict[str, str]:
         "RAY_AUTH_MODE": "token",
         "RAY_AUTH_TOKEN": os.urandom(16).hex(),
     } | FAST_FAILURE_DETECTION
-
-
-def study_file(tmp: Path) -> Path:
-    """The tiny study with 64 steps per cell (checkpoints every 8), in the test's folder."""
-    preset = tmp / "study-test.yaml"
-    preset.write_text((REPO / "mlproject" / "study-tiny.yaml").read_text().replace("epochs: 2", "epochs: 4"))
-    assert "epochs: 4" in preset.read_text()
-    path = tmp / "study.yaml"
-    path.write_text(
-        f"preset: {preset}\ndepths: [8]\nseeds: [0, 1]\nlrs: [0.02, 0.05]\nresources: {{cpus: 1}}\n"
-    )
-    return path
-
-
-def store_of(folder: Path) -> str:
-    return f"sqlite:///{folder / 'mlflow.db'}"
-
-
-def cell_runs(folder: Path) -> list[Run]:
-    client = MlflowClient(store_of(folder))
-    exp = client.get_experiment_by_name(STUDY_EXPERIMENT)
-    if exp is None:
-        return []
-    return [
-        r
-        for r in client.search_runs([exp.experiment_id], max_results=1000)
-        if r.data.tags.get("run_type") == "train"
-    ]
-
-
-def numbers(folder: Path) -> dict[str, tuple]:
-    """Each FINISHED cell's result, by cell key (exactly one run per key)."""
-    finished = [r for r in cell_runs(folder) if r.info.status == "FINISHED"]
-    keys = [r.data.tags["study.cell"] for r in finished]
-    assert len(keys) == len(set(keys)) == CELLS, sorted(keys)
-    return {
-        r.data.tags["study.cell"]: (
-            r.data.metrics["train_epoch_loss"],
-            r.data.metrics["best_dev_accuracy"],
-            r.data.metrics["test_accuracy"],
-        )
-        for r in finished
-    }
-
-
-def report_table(folder: Path) -> list[list[str]]:
-    """The report's table without its timings and run ids."""
-    with open(folder / "out" / "study.csv") as fh:
-        rows = list(csv.DictReader(fh))
-    return [[v for k, v in row.items() if k not in ("train time s", "run ids")] for row in rows]
-
-
-def start_study(folder: Path, env: dict[str, str], *args: str) -> subprocess.Popen:
-    """The study command as a user starts it in a terminal: its own process group."""
-    log = open(folder / "study.log", "w")
-    return subprocess.Popen(
-        [str(BIN / "resnet-mnist"), "study", "--study", str(study_file(folder)), "--out", "out", *args],
-        cwd=folder,
-        env=child_env(env | {"MLFLOW_TRACKING_URI": store_of(folder)}),
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
 
 
 def wait_for(
@@ -152,20 +96,10 @@ def frozen(pid: int) -> Iterator[None]:
             pass
 
 
-def log_of(folder: Path) -> str:
-    return (folder / "study.log").read_text()
-
-
-@pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The test study trained without interruption on an embedded Ray (the default) of 2 slots."""
-    folder = tmp_path_factory.mktemp("uninterrupted")
-    proc = start_study(folder, {}, "--workers", "2")
-    assert proc.wait(timeout=1200) == 0, log_of(folder)
-    text = log_of(folder)
-    assert "embedded local Ray: 1 node, 2 CPU slots" in text and text.count(" trained on ") == CELLS
-    assert {r.data.tags["study.attempt"] for r in cell_runs(folder)} == {"1"}
-    return folder
+@pytest.fixture
+def uninterrupted(reference_study: ReferenceStudy) -> Path:
+    """The folder of the test study trained without interruption (`reference_study`)."""
+    return reference_study.folder
 
 
 @pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
@@ -173,7 +107,9 @@ def test_a_stop_ends_every_cell_at_a_step_and_the_rerun_continues(
     tmp_path: Path, uninterrupted: Path, how: str
 ) -> None:
     """Ctrl-C in a terminal (SIGINT to the command's process group) or SIGTERM to the command
-    (Ray's driver installs a SIGTERM handler of its own that would end it at once)."""
+    (Ray's driver installs a SIGTERM handler of its own that would end it at once). Either leaves
+    the same store behind (the stopped cells KILLED with a resumable checkpoint), so the rerun
+    that continues them is shown once, after Ctrl-C."""
     proc = start_study(tmp_path, {}, "--workers", "2")
     cell = wait_for(
         "a cell training with a checkpoint", lambda: training_cell(tmp_path), proc, tmp_path / "study.log"
@@ -197,6 +133,10 @@ def test_a_stop_ends_every_cell_at_a_step_and_the_rerun_continues(
     assert "RUNNING" not in {r.info.status for r in after.values()}
     stopped = after[cell.info.run_id]
     assert stopped.info.status == "KILLED" and "stopped_at_step" in stopped.data.tags
+    client = MlflowClient(store_of(tmp_path))
+    assert RESUME in {f.path for f in client.list_artifacts(cell.info.run_id, "checkpoints")}
+    if how == "sigterm":
+        return
 
     rerun = start_study(tmp_path, {}, "--workers", "2")
     assert rerun.wait(timeout=1200) == 0, log_of(tmp_path)

@@ -21,6 +21,7 @@ from resnet_mnist.study import results as C
 from resnet_mnist.study import spec as S
 from resnet_mnist.tracking.names import STUDY_EXPERIMENT
 from tests.conftest import cli
+from tests.study.conftest import ReferenceStudy, log_of, store_of
 
 # -- the grid -----------------------------------------------------------------------------------
 
@@ -150,12 +151,6 @@ def test_report_figures_are_written(tmp_path: Path) -> None:
 # -- the whole study (slow tier) ----------------------------------------------------------------
 
 
-def own_store(tmp: Path) -> dict[str, str]:
-    """This test's own store: earlier in-process tests may have exported another one (MLflow's
-    `set_tracking_uri` sets MLFLOW_TRACKING_URI in the environment)."""
-    return {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp / 'mlflow.db'}"}
-
-
 def study_runs(tmp: Path) -> list:
     client = MlflowClient(f"sqlite:///{tmp / 'mlflow.db'}")
     exp = client.get_experiment_by_name(STUDY_EXPERIMENT)
@@ -164,13 +159,14 @@ def study_runs(tmp: Path) -> list:
 
 @pytest.mark.ray
 @pytest.mark.slow
-def test_study_end_to_end_then_nothing_to_train(tmp_path: Path) -> None:
-    early = cli("study", "--study", "tiny", "--report-only", cwd=tmp_path, env=own_store(tmp_path))
+def test_study_end_to_end_then_nothing_to_train(reference_study: ReferenceStudy) -> None:
+    """The shared reference study (`tests/study/conftest.py`), as a user's first study, then
+    asked again."""
+    early, folder = reference_study.early, reference_study.folder
     assert early.returncode == 1 and "6 of 6 cells have not finished" in early.stderr
-    first = cli("study", "--study", "tiny", "--out", "out", cwd=tmp_path, env=own_store(tmp_path))
-    assert first.returncode == 0, first.stderr
-    assert "embedded local Ray: 1 node" in first.stdout and first.stdout.count(" trained on ") == 6
-    runs = study_runs(tmp_path)
+    log = log_of(folder)
+    assert "embedded local Ray: 1 node" in log and log.count(" trained on ") == 6
+    runs = study_runs(folder)
     (parent,) = [r for r in runs if r.data.tags.get("run_type") == "study"]
     cells = [r for r in runs if r.data.tags.get("run_type") == "train"]
     assert len(cells) == 6 and all(r.info.status == "FINISHED" for r in cells)
@@ -189,7 +185,7 @@ def test_study_end_to_end_then_nothing_to_train(tmp_path: Path) -> None:
         == 1
     )
     assert all("grad_norm/stage1" in r.data.metrics and "lesion/none" in r.data.metrics for r in cells)
-    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    client = MlflowClient(store_of(folder))
     parent = client.get_run(parent.info.run_id)
     assert parent.data.tags["study.status"] == "complete"
     assert "At 8 layers" in parent.data.tags["mlflow.note.content"]
@@ -204,9 +200,12 @@ def test_study_end_to_end_then_nothing_to_train(tmp_path: Path) -> None:
         "study/lr_search.md",
         "study/verdict.md",
     } <= artifacts
-    assert (tmp_path / "out" / "verdict.md").read_text().startswith("# Study tiny")
+    assert (folder / "out" / "verdict.md").read_text().startswith("# Study study")
 
-    again = cli("study", "--study", "tiny", "--out", "out", cwd=tmp_path, env=own_store(tmp_path))
+    again = cli(
+        "study", "--study", str(folder / "study.yaml"), "--out", "out", cwd=folder,
+        env={"MLFLOW_TRACKING_URI": store_of(folder)},
+    )  # fmt: skip
     assert again.returncode == 0, again.stderr
     assert again.stdout.count(" reused on ") == 6 and " trained on " not in again.stdout
-    assert len(study_runs(tmp_path)) == len(runs)
+    assert len(study_runs(folder)) == len(runs)

@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
-from PIL import Image
 
 from resnet_mnist.core.distributed import free_port
 from tests.conftest import (
@@ -188,32 +187,6 @@ def test_unreachable_tracking_server_fails_fast(tmp_path: Path) -> None:
         )
     assert out.returncode == 1 and "does not answer" in out.stderr, out.stderr
     assert "Traceback" not in out.stderr
-
-
-@pytest.fixture
-def server(tmp_path: Path):
-    port = free_port()
-    proc = start_mlflow_server(tmp_path, port)
-    yield f"http://127.0.0.1:{port}"
-    stop_server(proc)
-
-
-def test_everything_through_a_tracking_server(tmp_path: Path, server: str, mnist) -> None:
-    env = {"MLFLOW_TRACKING_URI": server}
-    out = cli("compare", "--preset", "smoke", "--train-missing", cwd=tmp_path, env=env)
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert "models:/resnet18-mnist@champion" in out.stdout
-    client = MlflowClient(server)
-    trains = [r for r in runs(server) if r.data.tags.get("run_type") == "train"]
-    assert sorted(r.data.tags["variant"] for r in trains) == ["plain", "residual"]
-    assert all(r.info.artifact_uri.startswith("mlflow-artifacts:") for r in trains)
-    assert client.get_model_version_by_alias("resnet18-mnist", "champion")
-    assert not (tmp_path / "mlflow.db").exists(), "nothing may go to the local store"
-    digit = tmp_path / "digit.png"
-    Image.fromarray(mnist.test_images[0]).save(digit)
-    out = cli("predict", str(digit), cwd=tmp_path, env=env)
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert f"{digit}: {mnist.test_labels[0]}" in out.stdout
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="linux only")

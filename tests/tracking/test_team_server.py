@@ -1,7 +1,8 @@
 """A real team server: Debian's PostgreSQL (its own data directory, loopback only) behind
 `mlflow server --app-name basic-auth` with artifact proxying. An unauthenticated client is
 refused (401); with credentials, 4 trainings at once, then compare, the registry and predict, all
-through the server, every run FINISHED with every metric step present."""
+through the server (artifacts proxied, nothing in a local store), every run FINISHED with every
+metric step present."""
 
 from __future__ import annotations
 
@@ -170,6 +171,9 @@ def test_four_concurrent_trainings_then_compare_registry_and_predict(team_server
         exp = client.get_experiment_by_name("resnet18-mnist")
         runs = client.search_runs([exp.experiment_id], "tags.run_type = 'train'")
         assert len(runs) == 4 and {r.info.status for r in runs} == {"FINISHED"}
+        # artifacts proxied by the server, nothing written to a local store
+        assert all(r.info.artifact_uri.startswith("mlflow-artifacts:") for r in runs)
+        assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "mlruns").exists()
         for run in runs:
             steps = [m.step for m in client.get_metric_history(run.info.run_id, "train_loss")]
             assert sorted(steps) == list(range(48)), run.info.run_id
@@ -206,3 +210,4 @@ def test_four_concurrent_trainings_then_compare_registry_and_predict(team_server
     assert predicted.returncode == 0, predicted.stderr[-3000:]
     accuracy = float(predicted.stdout.strip().split()[-1])
     assert accuracy > 0.5
+    assert not (tmp_path / "mlflow.db").exists(), "nothing may go to a local store"
