@@ -144,7 +144,8 @@ def report(client: MlflowClient, home: TuneHome, spec: TuneSpec, out: Path) -> S
     ]
     columns = COLUMNS[:2] + spec.space.names() + COLUMNS[2:]
     rows = [
-        r[:2] + [t.settings[k] for k in spec.space.names()] + r[2:] for r, t in zip(rows, trials, strict=True)
+        r[:2] + [_short(t.settings[k]) for k in spec.space.names()] + r[2:]
+        for r, t in zip(rows, trials, strict=True)
     ]
     paths = write_table(columns, rows, out / "trials")
     paths.append(
@@ -161,6 +162,15 @@ def report(client: MlflowClient, home: TuneHome, spec: TuneSpec, out: Path) -> S
     return Summary(text, preset_path, best)
 
 
+def _short(text: str) -> str:
+    """A logged float with 4 significant digits (the run's params keep every digit)."""
+    try:
+        value = float(text)
+    except ValueError:
+        return text
+    return text if value.is_integer() and "." not in text and "e" not in text else f"{value:.4g}"
+
+
 def _words(
     spec: TuneSpec, trials: list[Trial], best: Trial | None, pruned: int, failed: int, saved: int, total: int
 ) -> str:
@@ -168,7 +178,7 @@ def _words(
     head = f"{len(trials)} trials of {base.architecture} ({base.preset}): {pruned} pruned, {failed} failed. "
     if best is None:
         return head + "No trial has completed yet."
-    settings = ", ".join(f"{k}={v}" for k, v in best.settings.items())
+    settings = ", ".join(f"{k}={_short(v)}" for k, v in best.settings.items())
     text = head + f"Best: trial {best.number}, dev accuracy {best.value:.2%}, with {settings}."
     if trials:
         all_steps = total * len(trials)
