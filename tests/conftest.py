@@ -177,6 +177,35 @@ def cli(
     )
 
 
+def mlflow_run_entry(
+    tmp_path: Path, uri: str, entry: str, *params: str, experiment: str
+) -> subprocess.CompletedProcess[str]:
+    """`mlflow run -e ENTRY` of this project in the local environment."""
+    env = os.environ.copy() | {"MLFLOW_TRACKING_URI": uri, "PATH": f"{BIN}:{os.environ['PATH']}"}
+    for key in ("MLFLOW_RUN_ID", "MLFLOW_EXPERIMENT_ID"):
+        env.pop(key, None)
+    args = [a for p in params for a in ("-P", p)]
+    return subprocess.run(
+        [
+            str(BIN / "mlflow"),
+            "run",
+            str(REPO),
+            "-e",
+            entry,
+            "--env-manager",
+            "local",
+            "--experiment-name",
+            experiment,
+            *args,
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+
+
 def run_python(
     *args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 900
 ) -> subprocess.CompletedProcess[str]:

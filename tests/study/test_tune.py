@@ -1,6 +1,6 @@
 """Tuning: one trial exactly once (`study.trials`, in this process against a real sqlite store and
-a real Optuna study in MLflow), and (slow tier, Ray) the whole `tune` through `mlflow run -e tune`
-then continued from the CLI, and a trial whose worker is killed on a loopback Ray cluster.
+a real Optuna study in MLflow), and (slow tier, Ray) the whole `tune` through `mlflow run -e tune`,
+and on a loopback Ray cluster a trial whose worker is killed, then the search continued.
 """
 
 from __future__ import annotations
@@ -27,8 +27,7 @@ from resnet_mnist.study import tune as T
 from resnet_mnist.study.spec import Resources
 from resnet_mnist.tracking import names
 from resnet_mnist.tracking.checkpoints import BEST
-from tests.cli.test_cli import mlflow_run_entry
-from tests.conftest import BIN, REPO, child_env, cli, copy_store
+from tests.conftest import BIN, REPO, child_env, cli, copy_store, mlflow_run_entry
 from tests.study.test_cells import dead_pid
 from tests.study.test_cluster import LoopbackCluster, frozen, ray_env, wait_for
 
@@ -134,31 +133,20 @@ def trials_in(uri: str, experiment: str) -> tuple[Run, list[Run]]:
 
 @pytest.mark.ray
 @pytest.mark.slow
-def test_mlflow_run_tune_then_a_larger_budget_continues_the_same_search(
+def test_mlflow_run_tune_makes_its_run_the_tune_run_and_reports_the_best(
     tmp_path: Path, empty_store: Path
 ) -> None:
     uri = copy_store(empty_store, tmp_path)
-    first = mlflow_run_entry(
+    done = mlflow_run_entry(
         tmp_path, uri, "tune", f"preset={TUNE}", "space=tiny", "trials=2", "workers=2", "pruner=none",
-        experiment="my-tune",
+        f"out={tmp_path / 'out'}", experiment="my-tune",
     )  # fmt: skip
-    assert first.returncode == 0, first.stderr[-3000:]
+    assert done.returncode == 0, done.stderr[-3000:]
     parent, trials = trials_in(uri, "my-tune")
     assert parent.data.tags["mlflow.project.entryPoint"] == "tune"  # the project's run is the tune run
     assert parent.data.tags[names.OPTUNA_DIRECTION] == "MAXIMIZE"
     assert len(trials) == 2 and {r.info.status for r in trials} == {"FINISHED"}
-
-    again = cli(
-        "tune", "--preset", TUNE, "--space", "tiny", "--trials", "3", "--workers", "2", "--pruner", "none",
-        "--experiment", "my-tune", "--out", "out", cwd=tmp_path, env={"MLFLOW_TRACKING_URI": uri},
-    )  # fmt: skip
-    assert again.returncode == 0, again.stderr[-3000:]
-    assert again.stdout.count(" complete, trained on ") == 1
-    parent, trials = trials_in(uri, "my-tune")
-    assert len(trials) == 3 and {r.info.status for r in trials} == {"FINISHED"}
-    assert sorted(r.data.tags[names.TUNE_TRIAL] for r in trials) == ["0", "1", "2"]
-    drawn = {(r.data.params["lr"], r.data.params["warmup_steps"]) for r in trials}
-    assert len(drawn) == 3  # a continued search draws no settings again
+    assert sorted(r.data.tags[names.TUNE_TRIAL] for r in trials) == ["0", "1"]
     best = max(trials, key=lambda r: r.data.metrics["best_dev_accuracy"])
     tags = parent.data.tags
     assert tags[names.TUNE_BEST_RUN] == best.info.run_id and tags[names.TUNE_STATUS] == "complete"
@@ -187,9 +175,12 @@ def trial_on(folder: Path, pids: set[int]) -> Run | None:
 
 @pytest.mark.ray
 @pytest.mark.slow
-def test_a_trial_whose_worker_is_killed_continues_in_its_run(tmp_path: Path) -> None:
+def test_a_trial_whose_worker_is_killed_continues_in_its_run_and_a_larger_budget_continues_the_search(
+    tmp_path: Path,
+) -> None:
     """SIGKILL to the worker process training a trial on the cluster's second node: Ray runs the
-    task again, which continues the trial from its checkpoint in the same run."""
+    task again, which continues the trial from its checkpoint in the same run. Then the same
+    search asked again on the cluster with a larger budget."""
     env = ray_env()
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     with LoopbackCluster(tmp_path, env) as cluster:
@@ -215,10 +206,25 @@ def test_a_trial_whose_worker_is_killed_continues_in_its_run(tmp_path: Path) -> 
         with frozen(worker):  # still mid-training when the kill lands
             os.kill(worker, signal.SIGKILL)
         assert proc.wait(timeout=1200) == 0, (tmp_path / "tune.log").read_text()[-3000:]
-    parent, trials = trials_in(uri, names.TUNE_EXPERIMENT)
-    assert len(trials) == 2 and {r.info.status for r in trials} == {"FINISHED"}
-    (killed,) = [r for r in trials if r.info.run_id == caught.info.run_id]
-    assert int(killed.data.tags[names.RESUMED_FROM_STEP]) >= int(caught.data.tags[names.RESUME_STEP])
-    assert killed.data.tags[names.TAKEN_OVER_FROM].startswith(f"{worker}@")
-    assert int(killed.data.tags[names.OWNER_PID]) != worker  # another worker process finished it
-    assert parent.data.tags[names.TUNE_STATUS] == "complete"
+        parent, trials = trials_in(uri, names.TUNE_EXPERIMENT)
+        assert len(trials) == 2 and {r.info.status for r in trials} == {"FINISHED"}
+        (killed,) = [r for r in trials if r.info.run_id == caught.info.run_id]
+        assert int(killed.data.tags[names.RESUMED_FROM_STEP]) >= int(caught.data.tags[names.RESUME_STEP])
+        assert killed.data.tags[names.TAKEN_OVER_FROM].startswith(f"{worker}@")
+        assert int(killed.data.tags[names.OWNER_PID]) != worker  # another worker process finished it
+        assert parent.data.tags[names.TUNE_STATUS] == "complete"
+
+        # asked again with a larger budget, the same search goes on: one more trial, none twice
+        again = cli(
+            "tune", "--preset", TUNE, "--space", "tiny", "--trials", "3", "--pruner", "none", "--epochs", "8",
+            "--address", cluster.address, cwd=tmp_path, env=env | {"MLFLOW_TRACKING_URI": uri},
+        )  # fmt: skip
+        assert again.returncode == 0, again.stderr[-3000:]
+        assert again.stdout.count(" complete, trained on ") == 1
+    after, trials = trials_in(uri, names.TUNE_EXPERIMENT)
+    assert after.info.run_id == parent.info.run_id and len(trials) == 3
+    assert {r.info.status for r in trials} == {"FINISHED"}
+    assert sorted(r.data.tags[names.TUNE_TRIAL] for r in trials) == ["0", "1", "2"]
+    drawn = {(r.data.params["lr"], r.data.params["warmup_steps"]) for r in trials}
+    assert len(drawn) == 3  # a continued search draws no settings again
+    assert after.data.metrics["trials_spent"] == 3 and after.data.tags[names.TUNE_TRIALS] == "3"

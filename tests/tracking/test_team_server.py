@@ -15,6 +15,7 @@ import tempfile
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -132,10 +133,26 @@ def test_an_unauthenticated_client_is_refused(team_server, tmp_path: Path) -> No
     assert "requires a login (401 Unauthorized)" in out.stderr and "Traceback" not in out.stderr
 
 
-def test_four_concurrent_trainings_then_compare_registry_and_predict(team_server, tmp_path: Path) -> None:
+SEED_ZERO = "tags.preset = 'smoke' and params.seed = '0'"
+
+
+@dataclass(frozen=True)
+class Team:
+    """Where the team's commands ran (their working folder), with what environment (the server
+    and the admin's login), and the server's URI."""
+
+    folder: Path
+    env: dict[str, str]
+    uri: str
+
+
+@pytest.fixture(scope="module")
+def four_trained(team_server, tmp_path_factory) -> Team:
+    """Four trainings started at once through the server (both variants, seeds 0 and 1)."""
     uri, login = team_server
+    folder = tmp_path_factory.mktemp("team-work")
     env = (
-        os.environ
+        dict(os.environ)
         | login
         | {"MLFLOW_TRACKING_URI": uri, "RESNET_MNIST_DATA": str(REAL_ROOT), "OMP_NUM_THREADS": "1"}
     )
@@ -153,19 +170,24 @@ def test_four_concurrent_trainings_then_compare_registry_and_predict(team_server
                 "--seed",
                 str(seed),
             ],
-            cwd=tmp_path,
+            cwd=folder,
             env=env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
-        )
+        )  # fmt: skip
         for residual in ("false", "true")
         for seed in range(2)
     ]
     errors = [p.communicate(timeout=900)[1] for p in procs]
     assert [p.returncode for p in procs] == [0] * 4, "\n".join(e[-1500:] for e in errors)
+    return Team(folder, env, uri)
 
-    client = MlflowClient(uri)
+
+def test_four_concurrent_trainings_all_finish_with_every_step(four_trained: Team) -> None:
+    team = four_trained
+    client = MlflowClient(team.uri)
+    login = {k: team.env[k] for k in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")}
     os.environ.update(login)  # this process reads the store through the server too
     try:
         exp = client.get_experiment_by_name("resnet18-mnist")
@@ -173,7 +195,7 @@ def test_four_concurrent_trainings_then_compare_registry_and_predict(team_server
         assert len(runs) == 4 and {r.info.status for r in runs} == {"FINISHED"}
         # artifacts proxied by the server, nothing written to a local store
         assert all(r.info.artifact_uri.startswith("mlflow-artifacts:") for r in runs)
-        assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "mlruns").exists()
+        assert not (team.folder / "mlflow.db").exists() and not (team.folder / "mlruns").exists()
         for run in runs:
             steps = [m.step for m in client.get_metric_history(run.info.run_id, "train_loss")]
             assert sorted(steps) == list(range(48)), run.info.run_id
@@ -182,32 +204,30 @@ def test_four_concurrent_trainings_then_compare_registry_and_predict(team_server
         for key in login:
             os.environ.pop(key, None)
 
-    compared = subprocess.run(
-        [
-            str(BIN / "resnet-mnist"),
-            "compare",
-            "--filter",
-            "tags.preset = 'smoke' and params.seed = '0'",
-            "--out",
-            "compare",
-        ],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+
+@pytest.fixture(scope="module")
+def compared(four_trained: Team) -> subprocess.CompletedProcess[str]:
+    """`compare` of the seed-0 pair through the server: scores, comparison run, @champion."""
+    team = four_trained
+    return subprocess.run(
+        [str(BIN / "resnet-mnist"), "compare", "--filter", SEED_ZERO, "--out", "compare"],
+        cwd=team.folder, env=team.env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+
+
+def test_compare_registers_the_champion_through_the_server(compared) -> None:
     assert compared.returncode == 0, compared.stderr[-3000:]
     assert "models:/resnet18-mnist@champion is version 1" in compared.stdout
+
+
+def test_predict_loads_the_champion_through_the_server(four_trained: Team, compared) -> None:
+    team = four_trained
+    assert compared.returncode == 0, compared.stderr[-3000:]
     predicted = subprocess.run(
         [str(BIN / "resnet-mnist"), "predict", "--mnist-test", "50"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+        cwd=team.folder, env=team.env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
     assert predicted.returncode == 0, predicted.stderr[-3000:]
     accuracy = float(predicted.stdout.strip().split()[-1])
     assert accuracy > 0.5
-    assert not (tmp_path / "mlflow.db").exists(), "nothing may go to a local store"
+    assert not (team.folder / "mlflow.db").exists(), "nothing may go to a local store"
