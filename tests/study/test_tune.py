@@ -27,6 +27,8 @@ from resnet_mnist.study import tune as T
 from resnet_mnist.study.spec import Resources
 from resnet_mnist.tracking import names
 from resnet_mnist.tracking.checkpoints import BEST
+from resnet_mnist.tracking.request import RunRequest
+from resnet_mnist.tracking.runner import ResumeError, resume
 from tests.conftest import BIN, REPO, child_env, cli, copy_store, mlflow_run_entry
 from tests.study.test_cells import dead_pid
 from tests.study.test_cluster import LoopbackCluster, frozen, ray_env, wait_for
@@ -90,6 +92,8 @@ def test_a_trial_is_its_training_run_pruned_complete_or_failed_and_never_trained
     assert frozen_trial.intermediate_values == {4: run.data.metrics["dev_accuracy"]}
     assert frozen_trial.value == pruned.value
     assert {f.path for f in client.list_artifacts(first.run_id, "checkpoints")} >= {BEST}
+    with pytest.raises(ResumeError, match="trial 0 of a tune search"):  # only its search continues it
+        resume(RunRequest.resuming(first.run_id))
 
     # complete: told its best dev accuracy before its run ends FINISHED, with a model
     search.ask()
@@ -228,3 +232,23 @@ def test_a_trial_whose_worker_is_killed_continues_in_its_run_and_a_larger_budget
     drawn = {(r.data.params["lr"], r.data.params["warmup_steps"]) for r in trials}
     assert len(drawn) == 3  # a continued search draws no settings again
     assert after.data.metrics["trials_spent"] == 3 and after.data.tags[names.TUNE_TRIALS] == "3"
+
+
+@pytest.mark.usefixtures("store")
+def test_settings_the_base_refuses_end_their_trial_failed_without_spending_budget(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    client = MlflowClient()
+    spec = tune_spec()
+    home = T.open_tune(client, spec, "tune-test")
+    engine = Recorded()
+    search = T.Search(engine, client, home, spec, 1, lambda line: None)  # type: ignore[arg-type]
+    monkeypatch.setattr(T, "suggest", lambda trial, space: {"lr": 0.01, "warmup_steps": 1000})
+    search.ask()
+    assert engine.orders == [] and search.broken == 1
+    (run,) = T.trial_runs(client, home)
+    assert run.info.status == "FAILED" and not T.counts(run)
+    assert run.data.tags[names.FAILURE_REASON].startswith(
+        "settings refused: warmup_steps=1000 must be in 0.."
+    )
+    assert trials_by_number(home)[0].state == optuna.trial.TrialState.FAIL

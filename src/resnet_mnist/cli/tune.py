@@ -96,12 +96,13 @@ def tune(
     base = build_config(preset, given.pop("use_residual", True), given)
     place.validate(base)
     searched = load_space(space).check_with(base)
-    evaluation = base.eval_steps or base.total_steps() - 1
+    # no trial is judged before its first evaluation nor while the search may still warm it up
+    warming = max((int(d.bounds()[1]) for d in searched.dimensions if d.name == "warmup_steps"), default=0)
     spec = T.TuneSpec(
         base,
         searched,
         trials,
-        PrunerSpec(pruner, startup_trials=3, warmup_steps=evaluation),
+        PrunerSpec(pruner, startup_trials=3, warmup_steps=max(base.eval_steps, warming)),
         sampler_seed,
         Resources(cpus_per_trial, gpus_per_trial),
     )
@@ -130,6 +131,10 @@ def tune(
         T.Search(engine, client, home, spec, slots, say, place).run(stop)
     summary = report(client, home, spec, out)
     say(summary.text)
-    say(f"best settings as a preset: {summary.preset_path}; trials in {out}/")
+    if summary.best is not None:
+        say(
+            f"best settings as a preset: {summary.preset_path} (train them: resnet-mnist train --preset "
+            f"{summary.preset_path} --use-residual {str(base.use_residual).lower()}); trials in {out}/"
+        )
     say(f"in the MLflow UI: {ui_link(home.experiment_id, home.run_id)}")
     console.print(f"wall time {time.perf_counter() - started:.1f} s")

@@ -3,9 +3,10 @@
 The trial's MLflow run is the one Optuna's MLflow storage made when the driver asked for the
 trial; the training adopts it, so the trial is an ordinary training run (our params, curves,
 checkpoint, model) nested under the tune run. The run's end status is the trial's state to
-Optuna (FINISHED: complete, KILLED: pruned, FAILED: failed), so the trial is told before its run
-ends: complete with its best dev accuracy when training ends, pruned at the evaluation where
-the pruner says so (the run then ends KILLED with the reason, `stopped_early_at_step`).
+Optuna (FINISHED: complete, KILLED: pruned, FAILED: failed), so nothing tells Optuna a state:
+the trial's value is written before its run ends, and the run's lifecycle ends it FINISHED when
+training and its results are done, or KILLED with the reason (`stopped_early_at_step`) at the
+evaluation where the pruner says so.
 
 A task that finds its trial's run FINISHED or pruned returns it. A run left RUNNING by a dead
 process (its worker was killed, its node died) or stopped by Ctrl-C continues from its last
@@ -39,7 +40,7 @@ if TYPE_CHECKING:
 
 #: How long a trial waits for another live process training it to finish or go stale.
 LIVE_ATTEMPT_WAIT_S = STALE_AFTER_S + 60
-COMPLETE, PRUNED, FAILED = "complete", "pruned", "failed"
+COMPLETE, PRUNED, FAILED, CONTINUE, BUSY = "complete", "pruned", "failed", "continue", "busy"
 
 
 class TrialBusy(ProjectError, RuntimeError):
@@ -104,26 +105,59 @@ class TrialOutcome:
 
 
 class TrialReporter(Callback):
-    """Feeds the pruner the dev accuracy of every evaluation the Trainer makes and tells the
-    trial its end: pruned (then training stops, `EarlyStop`) or complete."""
+    """Feeds the pruner the dev accuracy of every evaluation the Trainer makes, and gives the
+    trial its value before its run ends.
 
-    def __init__(self, trial: optuna.trial.Trial, pruner: PrunerSpec) -> None:
+    With Optuna's MLflow storage a trial's state *is* its run's status, so the reporter tells no
+    state: it writes the value as the storage's own `tell` does (the run's metric `value`), and
+    the run's lifecycle then ends the run FINISHED (complete) or, after `EarlyStop`, KILLED with
+    the reason (pruned). A trial is never pruned at its last evaluation: its training is done.
+    """
+
+    def __init__(self, trial: optuna.trial.Trial, pruner: PrunerSpec, last_step: int) -> None:
         self.trial = trial
         self.pruner = pruner
+        self.last_step = last_step
 
     def on_eval(self, step: int, dev_loss: float, dev_accuracy: float) -> None:
-        from optuna.trial import TrialState
-
         self.trial.report(dev_accuracy, step)
-        if self.trial.should_prune():
-            self.trial.study.tell(self.trial, state=TrialState.PRUNED)
+        if step < self.last_step and self.trial.should_prune():
+            self._value(dev_accuracy)  # as Optuna values a pruned trial: its last report
             raise EarlyStop(
                 step,
                 f"pruned at step {step} by the {self.pruner.kind} pruner (dev accuracy {dev_accuracy:.2%})",
             )
 
     def on_end(self, result: Result) -> None:
-        self.trial.study.tell(self.trial, result.best_dev_accuracy)
+        self._value(result.best_dev_accuracy)
+
+    def _value(self, value: float) -> None:
+        """The trial's value, written (with the reports still queued) before its run ends."""
+        from mlflow.entities import Metric
+
+        self.trial.storage.flush_all_batches()  # type: ignore[attr-defined]
+        run_id = str(self.trial._trial_id)
+        metric = Metric(names.OPTUNA_VALUE, value, int(time.time() * 1000), 1)
+        MlflowClient().log_batch(run_id, metrics=[metric], synchronous=True)
+
+
+def state_of(run: Run) -> str:
+    """A trial's state from its run: complete, pruned, failed, or `continue` (stopped, or left
+    RUNNING by a dead process or before its training started) or `busy` (a live process has it)."""
+    status, tags = run.info.status, run.data.tags
+    if status == "FINISHED":
+        return COMPLETE
+    if status == "FAILED":
+        return FAILED
+    if status == "KILLED":
+        return PRUNED if names.STOPPED_EARLY_AT_STEP in tags else CONTINUE
+    return BUSY if owner_alive(tags) else CONTINUE
+
+
+def counts(run: Run) -> bool:
+    """Whether a trial spent budget: it ended complete or pruned, or its training diverged."""
+    state = state_of(run)
+    return state in (COMPLETE, PRUNED) or (state == FAILED and names.FAILED_AT_STEP in run.data.tags)
 
 
 def run_trial(order: TrialOrder, node: str, stop: threading.Event | None = None) -> TrialOutcome:
@@ -167,14 +201,8 @@ def _without_live_owner(client: MlflowClient, order: TrialOrder, busy: str) -> R
 
 def _ended(order: TrialOrder, run: Run, node: str) -> TrialOutcome | None:
     """The outcome of a trial that has already ended, else None."""
-    tags, status = run.data.tags, run.info.status
-    if status == "FINISHED":
-        return outcome(order, run, COMPLETE, "reused", node)
-    if status == "KILLED" and names.STOPPED_EARLY_AT_STEP in tags:
-        return outcome(order, run, PRUNED, "reused", node)
-    if status == "FAILED":
-        return outcome(order, run, FAILED, "reused", node)
-    return None
+    state = state_of(run)
+    return outcome(order, run, state, "reused", node) if state in (COMPLETE, PRUNED, FAILED) else None
 
 
 def _attempt(
@@ -198,7 +226,8 @@ def _attempt(
         return _end_dead(client, order, run, node)
     study = optuna.load_study(study_name=order.study_name, storage=storage, pruner=order.pruner.build())
     # Optuna's MLflow storage uses run ids as trial ids (typed int in Optuna)
-    reporter = TrialReporter(optuna.trial.Trial(study, cast(int, order.run_id)), order.pruner)
+    trial = optuna.trial.Trial(study, cast(int, order.run_id))
+    reporter = TrialReporter(trial, order.pruner, order.config.total_steps() - 1)
     mine = {names.TUNE_TRIAL: str(order.number), names.TUNE_NODE: node}
     try:
         if not started:
@@ -216,7 +245,8 @@ def _attempt(
         else:
             for key, value in mine.items():
                 client.set_tag(order.run_id, key, value)
-            runner.resume(RunRequest.resuming(order.run_id, order.placement), [reporter], stop=stop)
+            resuming = RunRequest.resuming(order.run_id, order.placement)
+            runner.resume(resuming, [reporter], stop=stop, trial=True)
             how = "resumed"
     except EarlyStop:
         return outcome(
@@ -245,9 +275,7 @@ def _end_dead(client: MlflowClient, order: TrialOrder, run: Run, node: str) -> T
 
 def outcome(order: TrialOrder, run: Run, state: str, how: str, node: str) -> TrialOutcome:
     metrics, tags = run.data.metrics, run.data.tags
-    # a pruned trial's value is its last dev accuracy, as Optuna records it
-    key = {COMPLETE: "best_dev_accuracy", PRUNED: "dev_accuracy"}.get(state, "")
-    value = metrics.get(key, math.nan)
+    value = metrics.get(names.OPTUNA_VALUE, math.nan) if state in (COMPLETE, PRUNED) else math.nan
     return TrialOutcome(
         number=order.number,
         run_id=run.info.run_id,

@@ -33,7 +33,15 @@ from resnet_mnist.runtime.errors import ProjectError
 from resnet_mnist.study.execution import CellFailed, Engine, stop_cells
 from resnet_mnist.study.reach import Reach, data_root
 from resnet_mnist.study.spec import Resources
-from resnet_mnist.study.trials import COMPLETE, FAILED, PRUNED, PrunerSpec, TrialOrder, TrialOutcome
+from resnet_mnist.study.trials import (
+    COMPLETE,
+    CONTINUE,
+    PrunerSpec,
+    TrialOrder,
+    TrialOutcome,
+    counts,
+    state_of,
+)
 from resnet_mnist.tracking import names
 from resnet_mnist.tracking.experiments import experiment_id as find_experiment
 from resnet_mnist.tracking.ownership import owner_alive
@@ -162,40 +170,21 @@ def trial_runs(client: MlflowClient, home: TuneHome) -> list[Run]:
 
 
 def suggest(trial: Any, space: SearchSpace) -> dict[str, Any]:
-    """The trial's value of every dimension, asked of the sampler."""
+    """The trial's value of every dimension, asked of the sampler (an enum's choices as plain
+    text: Optuna stores categorical values as JSON)."""
     values: dict[str, Any] = {}
     for dim in space.dimensions:
         if dim.choices:
-            pick = trial.suggest_categorical(
+            values[dim.name] = trial.suggest_categorical(
                 dim.name, [str(c) if isinstance(c, str) else c for c in dim.choices]
             )
-            values[dim.name] = dim.kind(pick) if isinstance(pick, str) else pick
         elif dim.kind is int:
             low, high = dim.bounds()
             values[dim.name] = trial.suggest_int(dim.name, int(low), int(high), log=dim.log)
         else:
             low, high = dim.bounds()
             values[dim.name] = trial.suggest_float(dim.name, low, high, log=dim.log)
-    return values
-
-
-def state_of(run: Run) -> str:
-    """A trial's state from its run: complete, pruned, failed, or `continue` (stopped, or left
-    RUNNING by a dead process or before its training started) or `busy` (a live process has it)."""
-    status, tags = run.info.status, run.data.tags
-    if status == "FINISHED":
-        return COMPLETE
-    if status == "FAILED":
-        return FAILED
-    if status == "KILLED":
-        return PRUNED if names.STOPPED_EARLY_AT_STEP in tags else "continue"
-    return "busy" if owner_alive(tags) else "continue"
-
-
-def counts(run: Run) -> bool:
-    """Whether a trial spent budget: it ended complete or pruned, or its training diverged."""
-    state = state_of(run)
-    return state in (COMPLETE, PRUNED) or (state == FAILED and names.FAILED_AT_STEP in run.data.tags)
+    return values_of(values, space)
 
 
 @dataclass
@@ -239,6 +228,8 @@ class Search:
         self.result = SearchResult()
         self.spent = 0
         self.broken = 0
+        #: trials that failed without spending budget after which the command gives up
+        self.failure_limit = max(3, spec.trials)
 
     def run(self, stop: threading.Event) -> SearchResult:
         self._continue_unfinished()
@@ -247,6 +238,7 @@ class Search:
                 not stop.is_set()
                 and len(self.pending) < self.slots
                 and self.spent + len(self.pending) < self.spec.trials
+                and self.broken < self.failure_limit
             ):
                 self.ask()
             if not self.pending:
@@ -256,7 +248,7 @@ class Search:
                 raise KeyboardInterrupt("search stopped")
             for handle in self.engine.wait(list(self.pending), 0.5):
                 self._collect(handle)
-            if self.broken >= max(3, self.spec.trials):
+            if self.broken >= self.failure_limit:
                 stop_cells(self.engine, self.pending, self.log, "trials")
                 break
         if self.spent < self.spec.trials:
@@ -282,13 +274,15 @@ class Search:
         self.spent = sum(counts(r) for r in runs.values())
         for trial in self.study.get_trials(deepcopy=False):
             run = runs.get(str(trial._trial_id))
-            if run is None or state_of(run) != "continue":
+            if run is None or state_of(run) != CONTINUE:
                 continue
             if set(trial.params) != set(self.spec.space.names()):
                 fail_unsettled(self.client, run)
                 continue
             self.log(f"trial {trial.number}: continued ({run.info.status.lower()} before)")
-            self._submit(run.info.run_id, trial.number, self.spec.config_for(trial.params))
+            self._submit(
+                run.info.run_id, trial.number, self.spec.config_for(values_of(trial.params, self.spec.space))
+            )
 
     def ask(self) -> None:
         """One new trial from the sampler, submitted; refused settings end it FAILED."""
@@ -301,27 +295,51 @@ class Search:
         try:
             config = self.spec.config_for(values)
         except ConfigError as exc:
-            self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
             self.client.set_tag(run_id, names.FAILURE_REASON, f"settings refused: {exc}")
+            self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
             self.result.failures.append(f"trial {trial.number}: settings refused: {exc}")
             self.broken += 1
             return
         self._submit(run_id, trial.number, config)
 
     def _collect(self, handle: Hashable) -> None:
+        """An ended task: its outcome logged, its trial counted as its run says (as a rerun
+        would count it); a trial Ray gave up on is ended FAILED, not left RUNNING."""
         order = self.pending.pop(handle)
         try:
             outcome: TrialOutcome = self.engine.result(handle)
         except CellFailed as exc:
             self.result.failures.append(f"trial {order.number}: {exc}")
             self.log(f"trial {order.number} failed: {exc}")
-            spent = counts(self.client.get_run(order.run_id))
+            end_lost(self.client, order.run_id, str(exc))
         else:
             self.result.outcomes.append(outcome)
             self.log(describe(outcome, order, self.spec.space.names()))
-            spent = outcome.state in (COMPLETE, PRUNED)
+        spent = counts(self.client.get_run(order.run_id))
         self.spent += spent
         self.broken += not spent
+
+
+def end_lost(client: MlflowClient, run_id: str, reason: str) -> None:
+    """End FAILED, with the reason, a trial whose task failed while its run is still RUNNING
+    with no live owner (Ray ran out of retries): else it would stay in flight for ever."""
+    from resnet_mnist.tracking.ownership import RunBusy, run_claim
+
+    run = client.get_run(run_id)
+    if run.info.status != "RUNNING" or owner_alive(run.data.tags):
+        return
+    try:
+        with run_claim(run_id):
+            client.set_tag(run_id, names.FAILURE_REASON, reason[:5000])
+            client.set_terminated(run_id, "FAILED")
+    except RunBusy:
+        pass  # its owner holds it after all: it ends it itself
+
+
+def values_of(params: dict[str, Any], space: SearchSpace) -> dict[str, Any]:
+    """A trial's values as the settings take them (a choice of an enum setting as that enum)."""
+    kinds = {d.name: d.kind for d in space.dimensions}
+    return {k: kinds[k](v) if isinstance(v, str) else v for k, v in params.items() if k in kinds}
 
 
 def fail_unsettled(client: MlflowClient, run: Run) -> None:

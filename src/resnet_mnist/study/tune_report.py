@@ -14,10 +14,11 @@ from mlflow.entities import Metric, Run
 from mlflow.tracking import MlflowClient
 
 from resnet_mnist.analysis.tables import write_table
-from resnet_mnist.config.settings import FIELDS, TrainConfig
+from resnet_mnist.config.settings import FIELDS, TrainConfig, coerce
+from resnet_mnist.config.space import ConfigError
 from resnet_mnist.core.figures import save_figure
-from resnet_mnist.study.trials import COMPLETE, FAILED, PRUNED
-from resnet_mnist.study.tune import TuneHome, TuneSpec, counts, state_of, trial_runs
+from resnet_mnist.study.trials import COMPLETE, FAILED, PRUNED, counts, state_of
+from resnet_mnist.study.tune import TuneHome, TuneSpec, trial_runs
 from resnet_mnist.tracking import names
 
 COLUMNS = ["trial", "state", "dev accuracy", "steps", "run id", "reason"]
@@ -47,13 +48,12 @@ class Summary:
 
 def trials_of(client: MlflowClient, home: TuneHome, spec: TuneSpec) -> list[Trial]:
     """Every trial by number; a pruned trial's value is its last dev accuracy."""
-    total = spec.base.total_steps()
     out = []
     for run in trial_runs(client, home):
         state = state_of(run)
         metrics, tags = run.data.metrics, run.data.tags
-        value = metrics.get("best_dev_accuracy" if state == COMPLETE else "dev_accuracy", math.nan)
-        steps = total if state == COMPLETE else _steps(run)
+        value = metrics.get(names.OPTUNA_VALUE, math.nan)
+        steps = total_steps(spec, run) if state == COMPLETE else _steps(run)
         out.append(
             Trial(
                 number=int(tags.get(names.TUNE_TRIAL, tags.get(names.OPTUNA_NUMBER, "-1"))),
@@ -66,6 +66,16 @@ def trials_of(client: MlflowClient, home: TuneHome, spec: TuneSpec) -> list[Tria
             )
         )
     return sorted(out, key=lambda t: t.number)
+
+
+def total_steps(spec: TuneSpec, run: Run) -> int:
+    """The steps a trial's whole training has (a searched batch size or epochs change them)."""
+    params = run.data.params
+    searched = {k: coerce(k, params[k]) for k in spec.space.names() if k in params}
+    try:
+        return spec.config_for(searched).total_steps()
+    except ConfigError:
+        return spec.base.total_steps()
 
 
 def _steps(run: Run) -> int:
@@ -116,6 +126,8 @@ def best_preset(base: TrainConfig, best: Trial) -> str:
     header = (
         f"# The best settings tune found for {base.architecture} on preset {base.preset}: trial "
         f"{best.number}, dev accuracy {best.value:.2%} (run {best.run_id}).\n"
+        f"# A preset holds no variant: resnet-mnist train --preset FILE --use-residual "
+        f"{str(base.use_residual).lower()}\n"
     )
     return header + yaml.safe_dump(values, sort_keys=False)
 
@@ -127,9 +139,10 @@ def report(client: MlflowClient, home: TuneHome, spec: TuneSpec, out: Path) -> S
     best = max(done, key=lambda t: t.value) if done else None
     pruned = [t for t in trials if t.state == PRUNED]
     failed = [t for t in trials if t.state == FAILED]
-    total = spec.base.total_steps()
-    saved = sum(total - t.steps for t in pruned)
-    spent = sum(counts(r) for r in trial_runs(client, home))
+    runs = {r.info.run_id: r for r in trial_runs(client, home)}
+    totals = {t.run_id: total_steps(spec, runs[t.run_id]) for t in trials}
+    saved = sum(totals[t.run_id] - t.steps for t in pruned)
+    spent = sum(counts(r) for r in runs.values())
     out.mkdir(parents=True, exist_ok=True)
     rows = [
         [
@@ -157,7 +170,7 @@ def report(client: MlflowClient, home: TuneHome, spec: TuneSpec, out: Path) -> S
     if best is not None:
         preset_path.write_text(best_preset(spec.base, best))
         paths.append(preset_path)
-    text = _words(spec, trials, best, len(pruned), len(failed), saved, total)
+    text = _words(spec, trials, best, len(pruned), len(failed), saved, sum(totals.values()))
     _log(client, home, spec, paths, text, best, spent, len(pruned), len(failed), saved)
     return Summary(text, preset_path, best)
 
@@ -172,7 +185,13 @@ def _short(text: str) -> str:
 
 
 def _words(
-    spec: TuneSpec, trials: list[Trial], best: Trial | None, pruned: int, failed: int, saved: int, total: int
+    spec: TuneSpec,
+    trials: list[Trial],
+    best: Trial | None,
+    pruned: int,
+    failed: int,
+    saved: int,
+    all_steps: int,
 ) -> str:
     base = spec.base
     head = f"{len(trials)} trials of {base.architecture} ({base.preset}): {pruned} pruned, {failed} failed. "
@@ -180,8 +199,7 @@ def _words(
         return head + "No trial has completed yet."
     settings = ", ".join(f"{k}={_short(v)}" for k, v in best.settings.items())
     text = head + f"Best: trial {best.number}, dev accuracy {best.value:.2%}, with {settings}."
-    if trials:
-        all_steps = total * len(trials)
+    if all_steps:
         text += (
             f" Pruning stopped {pruned} trials early and saved {saved} of {all_steps} training steps "
             f"({saved / all_steps:.0%})."

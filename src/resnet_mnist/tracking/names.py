@@ -112,6 +112,7 @@ TUNE_NODE = "tune.node"
 #: its value and intermediate values: never logged by a training.
 OPTUNA_DIRECTION = "optuna.study_direction"
 OPTUNA_NUMBER = "numbers"
+OPTUNA_VALUE = "value"
 
 
 def quote(value: str) -> str:

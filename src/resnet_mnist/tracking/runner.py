@@ -113,6 +113,7 @@ def resume(
     request: RunRequest,
     callbacks: list[Callback] | None = None,
     stop: threading.Event | None = None,
+    trial: bool = False,
 ) -> Trained:
     """Continue `request.resume`, a KILLED or FAILED run or a RUNNING one whose owner is gone,
     from its `checkpoints/resume.pt`, in the same run, with its logged settings wherever
@@ -121,7 +122,8 @@ def resume(
 
     Only one process trains a run at a time (`run_claim`). Metrics already in the store are not
     sent again, so the histories have no duplicates; on a CPU the resumed run ends with the same
-    metrics as an uninterrupted one.
+    metrics as an uninterrupted one. A tune trial's run is continued only by its search (`trial`):
+    its end is the trial's state, which the search's reporter must see.
     """
     from mlflow.exceptions import MlflowException
 
@@ -134,11 +136,11 @@ def resume(
         run = client.get_run(run_id)
     except MlflowException as exc:
         raise ResumeError(f"no run {run_id!r} in {mlflow.get_tracking_uri()}: {exc}") from None
-    resumable(run)
+    resumable(run, trial)
     try:
         with run_claim(run_id):
             run = client.get_run(run_id)  # as it is now that this process holds it
-            taken_over = resumable(run)
+            taken_over = resumable(run, trial)
             fail_unfinished_models(client, run)
             request = request.with_settings(from_params(run.data.params)).validate()
             config = request.config
@@ -175,12 +177,18 @@ def _import_dynamo() -> None:
     mark("torch_dynamo")
 
 
-def resumable(run: Run) -> str:
+def resumable(run: Run, trial: bool = False) -> str:
     """Why `run` may be resumed, or a ResumeError saying why not. Returns the dead owner
-    (`pid@host`) when a RUNNING run is being taken over, else ""."""
+    (`pid@host`) when a RUNNING run is being taken over, else "". A tune trial's run is resumed
+    only for its search (`trial`)."""
     tags, status = run.data.tags, run.info.status
     if status == "FINISHED":
         raise ResumeError(f"run {run.info.run_id} is already FINISHED; nothing to resume")
+    if names.TUNE_TRIAL in tags and not trial:
+        raise ResumeError(
+            f"run {run.info.run_id} is trial {tags[names.TUNE_TRIAL]} of a tune search: its end is the "
+            "trial's state, so `resnet-mnist tune` continues it (run the same tune command again)"
+        )
     if status != "RUNNING":
         return ""
     owner = f"pid {tags.get(names.OWNER_PID, '?')} on {tags.get(names.OWNER_HOST, '?')}"
