@@ -1,8 +1,7 @@
 """The test study, shared by the study's tests: its file (the tiny study with 64 steps per cell),
 how a test starts it as a user would, what its store and report hold, and one uninterrupted run
-of it through `mlflow run -e study` on an embedded Ray of 2 slots, made once per session (the
-`ray` tests share one worker): the study's end-to-end test checks it, and every stopped or killed
-study must end with its numbers.
+of it on an embedded Ray of 2 slots, made once per session (the `ray` tests share one worker), as
+the study's end-to-end test checks it and the reference every stopped or killed study must match.
 """
 
 from __future__ import annotations
@@ -17,7 +16,7 @@ from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
 from resnet_mnist.tracking.names import STUDY_EXPERIMENT
-from tests.conftest import BIN, REPO, child_env, cli, mlflow_run_entry
+from tests.conftest import BIN, REPO, child_env, cli
 
 CELLS = 6  # two rates per variant at seed 0, then seed 1 at each variant's chosen rate
 
@@ -101,19 +100,14 @@ class ReferenceStudy:
 @pytest.fixture(scope="session")
 def reference_study(tmp_path_factory: pytest.TempPathFactory) -> ReferenceStudy:
     """The test study trained without interruption on an embedded Ray (the default) of 2 slots,
-    through `mlflow run -e study` (the project's run becomes the study run), after
-    `--report-only` was asked of its empty store. Read only."""
+    after `--report-only` was asked of its empty store. Read only."""
     folder = tmp_path_factory.mktemp("uninterrupted")
-    path = study_file(folder)
-    empty = {"MLFLOW_TRACKING_URI": f"sqlite:///{folder / 'early.db'}"}  # asking makes the study run
-    early = cli("study", "--study", str(path), "--report-only", cwd=folder, env=empty)
-    # MLflow runs a local project's command in the project's folder: every path absolute
-    done = mlflow_run_entry(
-        folder, store_of(folder), "study", f"study={path}", "workers=2", f"out={folder / 'out'}",
-        experiment=STUDY_EXPERIMENT,
+    early = cli(
+        "study", "--study", str(study_file(folder)), "--report-only", cwd=folder,
+        env={"MLFLOW_TRACKING_URI": store_of(folder)},
     )  # fmt: skip
-    (folder / "study.log").write_text(done.stdout + done.stderr)
-    assert done.returncode == 0, log_of(folder)[-3000:]
+    proc = start_study(folder, {}, "--workers", "2")
+    assert proc.wait(timeout=1200) == 0, log_of(folder)
     text = log_of(folder)
     assert "embedded local Ray: 1 node, 2 CPU slots" in text and text.count(" trained on ") == CELLS
     assert {r.data.tags["study.attempt"] for r in cell_runs(folder)} == {"1"}
