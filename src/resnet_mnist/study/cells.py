@@ -14,7 +14,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from mlflow.entities import Run
+from mlflow.entities import Run, RunStatus
 from mlflow.tracking import MlflowClient
 
 from resnet_mnist.config.placement import Placement
@@ -22,8 +22,8 @@ from resnet_mnist.config.settings import TrainConfig
 from resnet_mnist.runtime.errors import ProjectError
 from resnet_mnist.study.reach import Reach, data_root
 from resnet_mnist.tracking import names
-from resnet_mnist.tracking.lifecycle import fail_unfinished_models, same_params
-from resnet_mnist.tracking.ownership import STALE_AFTER_S, RunBusy, claim, owner_alive, run_claim
+from resnet_mnist.tracking.lifecycle import end_abandoned, same_params
+from resnet_mnist.tracking.ownership import STALE_AFTER_S, RunBusy, claim, owner_alive
 
 #: How long a cell waits for another live attempt at it (a partitioned node's, say) to finish or
 #: go stale before it gives up: past the heartbeat's staleness, with a margin.
@@ -198,13 +198,7 @@ def _end_dead(client: MlflowClient, run: Run, next_attempt: int) -> None:
         f"(pid {tags.get(names.OWNER_PID, '?')} on {tags.get(names.OWNER_HOST, '?')}) died before "
         f"its first checkpoint; attempt {next_attempt} trains the cell again"
     )
-    try:
-        with run_claim(run.info.run_id):
-            fail_unfinished_models(client, run)
-            client.set_tag(run.info.run_id, names.FAILURE_REASON, reason)
-            client.set_terminated(run.info.run_id, "FAILED")
-    except RunBusy:
-        pass  # its owner still holds it after all: it ends it itself
+    end_abandoned(client, run.info.run_id, RunStatus.FAILED, reason)
 
 
 def _outcome(order: CellOrder, run: Run, how: str) -> CellOutcome:

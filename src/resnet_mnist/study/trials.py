@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
-from mlflow.entities import Run
+from mlflow.entities import Run, RunStatus
 from mlflow.tracking import MlflowClient
 
 from resnet_mnist.config.placement import Placement
@@ -32,8 +32,8 @@ from resnet_mnist.core.trainer import Callback, EarlyStop, Result
 from resnet_mnist.runtime.errors import ProjectError
 from resnet_mnist.study.reach import Reach
 from resnet_mnist.tracking import names
-from resnet_mnist.tracking.lifecycle import fail_unfinished_models
-from resnet_mnist.tracking.ownership import STALE_AFTER_S, RunBusy, claim, owner_alive, run_claim
+from resnet_mnist.tracking.lifecycle import end_abandoned
+from resnet_mnist.tracking.ownership import STALE_AFTER_S, RunBusy, claim, owner_alive
 
 if TYPE_CHECKING:
     import optuna
@@ -263,13 +263,7 @@ def _end_dead(client: MlflowClient, order: TrialOrder, run: Run, node: str) -> T
         f"{tags.get(names.TUNE_NODE, '?')}) died before its first checkpoint; the search asks for "
         "another trial"
     )
-    try:
-        with run_claim(run.info.run_id):
-            fail_unfinished_models(client, run)
-            client.set_tag(run.info.run_id, names.FAILURE_REASON, reason)
-            client.set_terminated(run.info.run_id, "FAILED")
-    except RunBusy:
-        pass  # its owner still holds it after all: it ends it itself
+    end_abandoned(client, run.info.run_id, RunStatus.FAILED, reason)
     return outcome(order, client.get_run(run.info.run_id), FAILED, "ended", node)
 
 

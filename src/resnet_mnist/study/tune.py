@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import mlflow
-from mlflow.entities import Run
+from mlflow.entities import Run, RunStatus
 from mlflow.tracking import MlflowClient
 
 from resnet_mnist.config.placement import Placement
@@ -44,6 +44,7 @@ from resnet_mnist.study.trials import (
 )
 from resnet_mnist.tracking import names
 from resnet_mnist.tracking.experiments import experiment_id as find_experiment
+from resnet_mnist.tracking.lifecycle import end_abandoned
 from resnet_mnist.tracking.ownership import owner_alive
 from resnet_mnist.tracking.sqlite import store_lock
 
@@ -323,17 +324,9 @@ class Search:
 def end_lost(client: MlflowClient, run_id: str, reason: str) -> None:
     """End FAILED, with the reason, a trial whose task failed while its run is still RUNNING
     with no live owner (Ray ran out of retries): else it would stay in flight for ever."""
-    from resnet_mnist.tracking.ownership import RunBusy, run_claim
-
     run = client.get_run(run_id)
-    if run.info.status != "RUNNING" or owner_alive(run.data.tags):
-        return
-    try:
-        with run_claim(run_id):
-            client.set_tag(run_id, names.FAILURE_REASON, reason[:5000])
-            client.set_terminated(run_id, "FAILED")
-    except RunBusy:
-        pass  # its owner holds it after all: it ends it itself
+    if run.info.status == "RUNNING" and not owner_alive(run.data.tags):
+        end_abandoned(client, run_id, RunStatus.FAILED, reason)
 
 
 def values_of(params: dict[str, Any], space: SearchSpace) -> dict[str, Any]:

@@ -232,11 +232,18 @@ def running_runs(client: MlflowClient, experiment: str) -> list[tuple[Run, bool 
 def end_stale(client: MlflowClient, run_id: str) -> bool:
     """End a run whose owner is gone as KILLED (it stays resumable); False when another process
     holds it (it is being resumed)."""
+    return end_abandoned(client, run_id, RunStatus.KILLED, "owner gone (resnet-mnist stale)")
+
+
+def end_abandoned(client: MlflowClient, run_id: str, status: int, reason: str) -> bool:
+    """End a run whose owner is gone, under the run's claim: its LoggedModels still PENDING
+    FAILED, the reason, then `status`. False when another process holds the run after all (it
+    ends the run itself)."""
     try:
         with run_claim(run_id):
             fail_unfinished_models(client, client.get_run(run_id))
-            client.set_tag(run_id, names.FAILURE_REASON, "owner gone (resnet-mnist stale)")
-            client.set_terminated(run_id, RunStatus.to_string(RunStatus.KILLED))
+            client.set_tag(run_id, names.FAILURE_REASON, reason[:5000])
+            client.set_terminated(run_id, RunStatus.to_string(status))
     except RunBusy:
         return False
     return True
