@@ -221,7 +221,9 @@ class Search:
         self.study = optuna.load_study(
             study_name=home.study_name, storage=self.storage, pruner=spec.pruner.build()
         )
-        self.study.sampler = spec.sampler(len(self.study.get_trials(deepcopy=False)))
+        # every trial is read back from MLflow (several requests each): once, here
+        self.asked = self.study.get_trials(deepcopy=False)
+        self.study.sampler = spec.sampler(len(self.asked))
         where = placement or Placement()
         self.placement = dataclasses.replace(where, data_root=data_root(where.data_root))
         self.reach = Reach.here()
@@ -273,7 +275,7 @@ class Search:
         """Count the trials that spent budget; submit those a stop or a dead process left."""
         runs = {r.info.run_id: r for r in trial_runs(self.client, self.home)}
         self.spent = sum(counts(r) for r in runs.values())
-        for trial in self.study.get_trials(deepcopy=False):
+        for trial in self.asked:
             run = runs.get(str(trial._trial_id))
             if run is None or state_of(run) != CONTINUE:
                 continue

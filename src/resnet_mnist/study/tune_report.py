@@ -46,10 +46,11 @@ class Summary:
     best: Trial | None
 
 
-def trials_of(client: MlflowClient, home: TuneHome, spec: TuneSpec) -> list[Trial]:
-    """Every trial by number; a pruned trial's value is its last dev accuracy."""
+def trials_of(runs: list[Run], spec: TuneSpec) -> list[Trial]:
+    """Every trial of the search's runs by number; a pruned trial's value is its last dev
+    accuracy."""
     out = []
-    for run in trial_runs(client, home):
+    for run in runs:
         state = state_of(run)
         metrics, tags = run.data.metrics, run.data.tags
         value = metrics.get(names.OPTUNA_VALUE, math.nan)
@@ -134,12 +135,12 @@ def best_preset(base: TrainConfig, best: Trial) -> str:
 
 def report(client: MlflowClient, home: TuneHome, spec: TuneSpec, out: Path) -> Summary:
     """Write and log the search's table, figure, best preset and note; returns the summary."""
-    trials = trials_of(client, home, spec)
+    runs = {r.info.run_id: r for r in trial_runs(client, home)}
+    trials = trials_of(list(runs.values()), spec)
     done = [t for t in trials if t.state == COMPLETE]
     best = max(done, key=lambda t: t.value) if done else None
     pruned = [t for t in trials if t.state == PRUNED]
     failed = [t for t in trials if t.state == FAILED]
-    runs = {r.info.run_id: r for r in trial_runs(client, home)}
     totals = {t.run_id: total_steps(spec, runs[t.run_id]) for t in trials}
     saved = sum(totals[t.run_id] - t.steps for t in pruned)
     spent = sum(counts(r) for r in runs.values())
