@@ -486,3 +486,66 @@ def test_concurrent_compares_leave_the_better_model_as_champion(
     assert float(champion.tags["dev_accuracy_full"]) == pytest.approx(pairs[best][1], abs=1e-4)
     assert champion.run_id in {r.info.run_id for r in pairs[best][0]}
     assert any("champion stays" in " ".join(o.stdout.split()) or "≥" in o.stdout for o in results.values())
+
+
+# -- a tuned comparison: each variant at its own search's best settings -------------------------
+
+
+def tune_run(client: MlflowClient, variant: str, settings: dict, preset: str = "smoke", **base) -> str:
+    """A complete tune search as `tune` leaves it: its tags, and its best trial's run with the
+    params that trial trained (the preset's, `base` overrides, the searched `settings`)."""
+    from resnet_mnist.tracking import names
+
+    exp = client.get_experiment_by_name(names.TUNE_EXPERIMENT)
+    exp_id = exp.experiment_id if exp else client.create_experiment(names.TUNE_EXPERIMENT)
+    config = build_config(preset, variant == "residual", base | settings)
+    best = client.create_run(exp_id)
+    for key, value in config.params().items():
+        client.log_param(best.info.run_id, key, value)
+    client.set_terminated(best.info.run_id, "FINISHED")
+    tags = {
+        names.RUN_TYPE: names.TUNE,
+        names.PRESET: preset,
+        names.ARCHITECTURE: config.architecture,
+        names.TUNE_STATUS: "complete",
+        names.TUNE_BEST_RUN: best.info.run_id,
+        names.TUNE_BEST_SETTINGS: json.dumps(settings),
+    }
+    run = client.create_run(exp_id, tags=tags)
+    client.set_terminated(run.info.run_id, "FINISHED")
+    return run.info.run_id
+
+
+def test_a_tuned_comparison_trains_each_variant_at_its_own_searchs_settings(store: str) -> None:
+    client = MlflowClient()
+    with pytest.raises(C.CompareError, match="no complete tune search of preset 'smoke' for the plain"):
+        SEL.tuned_settings(client, "smoke")
+    plain = tune_run(client, "plain", {"lr": 0.05, "momentum": 0.5})
+    with pytest.raises(C.CompareError, match="run `resnet-mnist tune --preset smoke --use-residual true`"):
+        SEL.tuned_settings(client, "smoke")
+    tune_run(client, "residual", {"lr": 0.02})
+    # a newer search of another base (more epochs) is not the preset's
+    tune_run(client, "residual", {"lr": 0.3}, epochs=5)
+    tuned = SEL.tuned_settings(client, "smoke")
+    assert tuned["plain"] == SEL.Tuned(plain, {"lr": 0.05, "momentum": 0.5})
+    assert tuned["residual"].settings == {"lr": 0.02}
+    trained: list = []
+
+    def train(config, parent):
+        trained.append(config)
+        run = client.create_run(client.get_experiment_by_name(EXP).experiment_id)
+        for key, value in config.params().items():
+            client.log_param(run.info.run_id, key, value)
+        client.set_tag(run.info.run_id, "run_type", "train")
+        client.set_terminated(run.info.run_id, "FINISHED")
+        return run.info.run_id
+
+    client.create_experiment(EXP)
+    runs = SEL.choose_runs(client, EXP, "smoke", train=train, tuned=tuned)
+    assert [(c.variant, c.lr, c.momentum, c.epochs) for c in trained] == [
+        ("plain", 0.05, 0.5, 3),
+        ("residual", 0.02, 0.0, 3),
+    ]
+    # asked again, the tuned runs are found, not trained again
+    again = SEL.choose_runs(client, EXP, "smoke", train=train, tuned=tuned)
+    assert [r.info.run_id for r in again] == [r.info.run_id for r in runs] and len(trained) == 2

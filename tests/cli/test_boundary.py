@@ -67,6 +67,10 @@ def test_expected_failures_of_the_store_and_compare_are_one_line(
             ["compare", "--filter", "params.lr ==== 3"],
             "error: --filter 'params.lr ==== 3' is not an MLflow search string MLflow accepts",
         ),
+        (
+            ["compare", "--tuned", "--preset", "smoke"],
+            "error: no complete tune search of preset 'smoke' for the plain network",
+        ),
     ]
     for args, line in cases:
         out = cli.invoke(app, args, terminal_width=300)

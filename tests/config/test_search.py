@@ -67,7 +67,8 @@ def test_a_space_must_make_valid_settings_with_its_preset(tmp_path: Path) -> Non
     with pytest.raises(ConfigError, match="warmup_steps=1 with the preset"):
         load_space(str(path)).check_with(onecycle)
     assert load_space(str(path)).check_with(dataclasses.replace(onecycle, schedule="constant"))
-    with pytest.raises(ConfigError, match="unknown search space 'nope'; known search spaces: default, tiny"):
+    known = "default, study-cpu, study-gpu, tiny"
+    with pytest.raises(ConfigError, match=f"unknown search space 'nope'; known search spaces: {known}"):
         load_space("nope")
 
 

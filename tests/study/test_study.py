@@ -27,10 +27,12 @@ from tests.study.conftest import ReferenceStudy, log_of, store_of
 
 
 def test_study_files_load_and_list_every_cell() -> None:
-    spec = S.load_study("cpu")
+    spec = S.load_study("cpu-grid")
     assert spec.preset == "study-cpu" and spec.depths == (8, 20, 56)
     # per (depth, variant): every rate at seed 0, then the other seeds at the chosen rate
     assert spec.cell_count() == 3 * 2 * (len(spec.lrs) + len(spec.seeds) - 1) == 30
+    # tuned: every seed at the search's choice (the trials are the searches')
+    assert S.load_study("cpu").cell_count() == 3 * 2 * 4 and S.load_study("cpu").tune is not None
     assert [g.name for g in spec.groups()][:2] == ["resnet56-plain", "resnet56-residual"]
     assert S.load_study("gpu").depths == (20, 32, 44, 56, 110)
     assert S.load_study("tiny", depths=[14], seeds=[3], lrs=[0.1]).cell_count() == 2

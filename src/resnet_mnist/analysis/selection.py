@@ -6,10 +6,13 @@ and seed the newest is kept and the older set aside, by name.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import mlflow
 from mlflow.entities import Run
@@ -64,6 +67,55 @@ def seed_group(client: MlflowClient, experiment_id: str, preset: str, seeds: lis
 TrainFn = Callable[[TrainConfig, str | None], str]
 
 
+@dataclass(frozen=True)
+class Tuned:
+    """A variant's tuned settings: the newest complete search of the preset for it."""
+
+    tune_run_id: str
+    settings: dict[str, Any]
+
+
+def tuned_settings(client: MlflowClient, preset: str) -> dict[str, Tuned]:
+    """Each variant's settings from its newest complete `tune` search of exactly `preset` (its
+    best trial trained the preset's settings apart from the searched ones); a CompareError
+    naming the command when a variant has none."""
+    exp = client.get_experiment_by_name(names.TUNE_EXPERIMENT)
+    out = {}
+    for variant in VARIANTS:
+        base = build_config(preset, variant == "residual")
+        query = (
+            names.runs_where(names.TUNE, {names.PRESET: base.preset, names.ARCHITECTURE: base.architecture})
+            + f" and tags.`{names.TUNE_STATUS}` = 'complete'"
+        )
+        runs = (
+            []
+            if exp is None
+            else client.search_runs(
+                [exp.experiment_id], query, order_by=["attributes.start_time DESC"], max_results=50
+            )
+        )
+        found = next((t for r in runs if (t := _tuned(client, r, base)) is not None), None)
+        if found is None:
+            raise CompareError(
+                f"no complete tune search of preset {preset!r} for the {variant} network in "
+                f"experiment {names.TUNE_EXPERIMENT!r}: run `resnet-mnist tune --preset {preset} "
+                f"--use-residual {str(variant == 'residual').lower()}` first"
+            )
+        out[variant] = found
+    return out
+
+
+def _tuned(client: MlflowClient, tune_run: Run, base: TrainConfig) -> Tuned | None:
+    """The search's best settings, if its best trial trained `base` apart from them."""
+    tags = tune_run.data.tags
+    if names.TUNE_BEST_SETTINGS not in tags or names.TUNE_BEST_RUN not in tags:
+        return None
+    chosen = {k: coerce(k, v) for k, v in json.loads(tags[names.TUNE_BEST_SETTINGS]).items()}
+    best = client.get_run(tags[names.TUNE_BEST_RUN])
+    trained = dataclasses.replace(base, **chosen, seed=int(best.data.params.get("seed", base.seed)))
+    return Tuned(tune_run.info.run_id, chosen) if same_params(best, trained) else None
+
+
 def ensure_runs(
     client: MlflowClient,
     experiment_id: str,
@@ -72,8 +124,10 @@ def ensure_runs(
     train: TrainFn,
     overrides: dict | None = None,
     force: bool = False,
+    per_variant: dict[str, dict[str, Any]] | None = None,
 ) -> list[str]:
-    """Make sure each variant has a FINISHED run per seed with the preset's parameters.
+    """Make sure each variant has a FINISHED run per seed with the preset's parameters (and
+    `per_variant`'s own settings for it, a tuned comparison's).
 
     A run with the same parameters is reused unless `force`; missing ones are trained with
     `train(config, parent_run_id)`. With `seeds`, runs are children of one seed-group run.
@@ -85,7 +139,11 @@ def ensure_runs(
     ids = []
     for variant in VARIANTS:
         for seed in list[int | None](seeds) if seeds else [None]:
-            extra = (overrides or {}) | ({"seed": seed} if seed is not None else {})
+            extra = (
+                (overrides or {})
+                | (per_variant or {}).get(variant, {})
+                | ({"seed": seed} if seed is not None else {})
+            )
             config = build_config(preset, variant == "residual", extra)
             match = None if force else next((r for r in existing if same_params(r, config)), None)
             ids.append(match.info.run_id if match else train(config, parent))
@@ -300,18 +358,22 @@ def choose_runs(
     force: bool = False,
     allow_mismatch: bool = False,
     train: TrainFn | None = None,
+    tuned: dict[str, Tuned] | None = None,
 ) -> list[Run]:
     """The runs a comparison uses: exactly `run_ids`, or those `where` finds, or (with seeds,
-    `train_missing` or `force`) the preset's runs with any missing one trained by `train`, or else
-    the newest matching runs of the preset. A CompareError when there are none."""
+    `train_missing`, `force` or `tuned` settings) the preset's runs with any missing one trained
+    by `train`, or else the newest matching runs of the preset. A CompareError when there are
+    none."""
     if run_ids:
         selected = select_runs(client, experiment, run_ids=run_ids)
     elif where:
         selected = select_runs(client, experiment, where=where)
-    elif seeds or train_missing or force:
+    elif seeds or train_missing or force or tuned:
         if train is None:
             raise ValueError("training missing runs needs a train function")
-        ids = ensure_runs(client, find_experiment(experiment), preset, seeds, train, force=force)
+        per_variant = {v: t.settings for v, t in (tuned or {}).items()}
+        exp_id = find_experiment(experiment)
+        ids = ensure_runs(client, exp_id, preset, seeds, train, force=force, per_variant=per_variant)
         selected = [client.get_run(i) for i in ids]
     else:
         selected = select_runs(client, experiment, preset, allow_mismatch=allow_mismatch)

@@ -12,7 +12,7 @@ from rich.table import Table
 from resnet_mnist.cli.common import RootOption, console, parse_seeds
 from resnet_mnist.config.placement import Device
 from resnet_mnist.runtime.signals import stop_on_signals
-from resnet_mnist.tracking.names import DEFAULT_EXPERIMENT, MODEL_NAME
+from resnet_mnist.tracking.names import DEFAULT_EXPERIMENT, MODEL_NAME, TUNED_FROM
 
 
 def compare(
@@ -28,6 +28,14 @@ def compare(
         bool, typer.Option(help="Train a variant that has no FINISHED run with the preset's parameters.")
     ] = False,
     force: Annotated[bool, typer.Option(help="Retrain even when matching runs exist.")] = False,
+    tuned: Annotated[
+        bool,
+        typer.Option(
+            help="Compare each variant at its own tuned settings: the best of its newest complete "
+            "`resnet-mnist tune` search of the preset (trained when missing; with --seeds, per seed). "
+            "The default compares both at the preset's settings, as the book does."
+        ),
+    ] = False,
     runs: Annotated[str | None, typer.Option(help="Compare exactly these run ids (comma list).")] = None,
     filter: Annotated[
         str | None,
@@ -79,6 +87,8 @@ def compare(
     from resnet_mnist.tracking.request import RunRequest
     from resnet_mnist.tracking.store import check_store, take_project_run
 
+    if tuned and (runs or filter):
+        raise typer.BadParameter("--tuned chooses (or trains) the runs itself", param_hint="--runs/--filter")
     seed_list = parse_seeds(seeds)
     project_run = take_project_run()
     check_store()
@@ -87,11 +97,17 @@ def compare(
     place = Placement(device, root)
     started = time.perf_counter()
 
+    tuned_from = SEL.tuned_settings(client, preset) if tuned else {}
+    for variant, found in tuned_from.items():
+        settings = ", ".join(f"{k}={v}" for k, v in sorted(found.settings.items()))
+        console.print(f"{variant}: tuned settings {settings} (tune run {found.tune_run_id})", highlight=False)
+
     with stop_on_signals() as stop:
 
         def train_one(config, parent):
             console.print(f"training {config.architecture} seed {config.seed} ({config.preset})")
-            request = RunRequest(config, place, experiment, parent_run_id=parent)
+            tags = {TUNED_FROM: tuned_from[config.variant].tune_run_id} if tuned_from else {}
+            request = RunRequest(config, place, experiment, parent_run_id=parent, tags=tags)
             return runner.train(request, [for_console(console)], stop=stop).run_id
 
         selected = SEL.choose_runs(
@@ -105,6 +121,7 @@ def compare(
             force=force,
             allow_mismatch=allow_mismatch,
             train=train_one,
+            tuned=tuned_from,
         )
         result = C.compare(
             client,
@@ -114,7 +131,8 @@ def compare(
             model_name if register else None,
             root or None,
             run_id=project_run,
-            allow_mismatch=allow_mismatch,
+            # tuned, the variants differ in their searched settings by design (the verdict says so)
+            allow_mismatch=allow_mismatch or tuned,
             stop=stop,
         )
     table = Table(title="plain vs residual")

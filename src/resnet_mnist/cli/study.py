@@ -21,7 +21,8 @@ def study(
         str,
         typer.Option(
             "--study",
-            help="cpu (this 2-core machine, < 30 min), gpu (the full grid), tiny (tests), or a YAML file.",
+            help="cpu (this 2-core machine, tuned, < 45 min), cpu-grid (the two-rate grid), gpu (the "
+            "full grid, tuned), tiny and tiny-tuned (tests), or a YAML file.",
         ),
     ] = "cpu",
     depths: Annotated[
@@ -87,6 +88,7 @@ def study(
     from resnet_mnist.study.report import TABLE, study_report, unfinished
     from resnet_mnist.tracking.experiments import ui_link
     from resnet_mnist.tracking.store import check_store, take_project_run
+    from resnet_mnist.tracking.views import SEARCH_VIEW, SEEDS_VIEW
 
     spec = S.load_study(
         name,
@@ -116,7 +118,14 @@ def study(
             say(engine.describe())
             engine.check_fits(spec.resources)
             say(f"study {spec.name}: {spec.cell_count()} cells, each asking for {spec.resources}")
-            E.run_grid(engine, client, home, spec, stop, say, Placement(device, root))
+            if spec.tune:
+                from resnet_mnist.study.tuned import TunedGrid
+
+                say(f"tuned first: {spec.tune.describe()}")
+                slots = engine.slots(spec.resources)
+                TunedGrid(engine, client, home, spec, slots, say, Placement(device, root)).run(stop)
+            else:
+                E.run_grid(engine, client, home, spec, stop, say, Placement(device, root))
     if not report and not report_only:
         return
     missing = unfinished(client, home, spec)
@@ -135,4 +144,7 @@ def study(
     say(result.verdict)
     say(f"figures, tables and verdict in {out}/; study run {home.run_id}")
     say(f"in the MLflow UI: {ui_link(home.experiment_id, home.run_id)}")
+    say(f"the seeds by network: {ui_link(home.experiment_id, view=SEEDS_VIEW)}")
+    if spec.tune:
+        say(f"the searches: {ui_link(home.experiment_id, view=SEARCH_VIEW)}")
     console.print(f"wall time {time.perf_counter() - started:.1f} s")

@@ -84,10 +84,10 @@ def tune(
     from resnet_mnist.study import cluster
     from resnet_mnist.study import tune as T
     from resnet_mnist.study.spec import Resources
-    from resnet_mnist.study.trials import PrunerSpec
     from resnet_mnist.study.tune_report import report
     from resnet_mnist.tracking.experiments import ui_link
     from resnet_mnist.tracking.store import check_store, take_project_run
+    from resnet_mnist.tracking.views import SEARCH_VIEW
 
     if pruner not in ("median", "halving", "none"):
         raise typer.BadParameter("use median, halving or none", param_hint="--pruner")
@@ -96,13 +96,11 @@ def tune(
     base = build_config(preset, given.pop("use_residual", True), given)
     place.validate(base)
     searched = load_space(space).check_with(base)
-    # no trial is judged before its first evaluation nor while the search may still warm it up
-    warming = max((int(d.bounds()[1]) for d in searched.dimensions if d.name == "warmup_steps"), default=0)
     spec = T.TuneSpec(
         base,
         searched,
         trials,
-        PrunerSpec(pruner, startup_trials=3, warmup_steps=max(base.eval_steps, warming)),
+        T.pruner_for(pruner, base, searched),
         sampler_seed,
         Resources(cpus_per_trial, gpus_per_trial),
     )
@@ -137,4 +135,5 @@ def tune(
             f"{summary.preset_path} --use-residual {str(base.use_residual).lower()}); trials in {out}/"
         )
     say(f"in the MLflow UI: {ui_link(home.experiment_id, home.run_id)}")
+    say(f"the trials' settings against dev accuracy: {ui_link(home.experiment_id, view=SEARCH_VIEW)}")
     console.print(f"wall time {time.perf_counter() - started:.1f} s")

@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Protocol
 
 import mlflow
@@ -19,13 +20,24 @@ from mlflow.tracking import MlflowClient
 from resnet_mnist.config.placement import Placement
 from resnet_mnist.runtime.errors import ProjectError
 from resnet_mnist.study.cells import CellOrder, CellOutcome, order_for
-from resnet_mnist.study.spec import Group, Resources, StudySpec, cell_config, cell_key, choose_lr
+from resnet_mnist.study.spec import (
+    Chosen,
+    Group,
+    Resources,
+    StudySpec,
+    cell_config,
+    cell_key,
+    choose_lr,
+    chosen_settings,
+)
 from resnet_mnist.study.trials import TrialOrder
 from resnet_mnist.tracking import names
 from resnet_mnist.tracking.experiments import experiment_id as find_experiment
 from resnet_mnist.tracking.sqlite import store_lock
+from resnet_mnist.tracking.store import retry_conflicts
+from resnet_mnist.tracking.views import save_search_views
 
-SEARCH, SEEDS = "lr-search", "seeds"
+SEARCH, SEEDS, TUNED = "lr-search", "seeds", "tuned"
 
 
 class StudyIncomplete(ProjectError, RuntimeError):
@@ -66,9 +78,12 @@ def study_run(client: MlflowClient, experiment_id: str, spec: StudySpec, run_id:
         names.PRESET: spec.preset,
         names.STUDY_DEPTHS: ",".join(map(str, spec.depths)),
         names.STUDY_SEEDS: ",".join(map(str, spec.seeds)),
-        names.STUDY_LRS: ",".join(map(str, spec.lrs)),
         names.STUDY_CELLS: str(spec.cell_count()),
     }
+    if spec.tune:
+        tags[names.STUDY_TUNE] = spec.tune.describe()
+    else:
+        tags[names.STUDY_LRS] = ",".join(map(str, spec.lrs))
     with store_lock(mlflow.get_tracking_uri()):
         found = client.search_runs(
             [experiment_id], query, order_by=["attributes.start_time ASC"], max_results=1
@@ -110,6 +125,7 @@ def open_study(
     run_id = study_run(client, exp_id, spec, project_run)
     if project_run and project_run != run_id:
         client.set_tag(project_run, names.STUDY_RUN, run_id)
+    retry_conflicts(partial(save_search_views, client, exp_id, True))
     return StudyHome(exp_id, experiment, run_id)
 
 
@@ -124,16 +140,16 @@ def cells_of(client: MlflowClient, experiment_id: str, study_run_id: str) -> lis
 
 @dataclass(frozen=True)
 class Planned:
-    """A cell submitted to the engine."""
+    """A cell submitted to the engine: its group, rate (or tuned settings) and seed."""
 
     group: Group
-    lr: float
+    chosen: Chosen
     seed: int
     phase: str
 
     @property
     def key(self) -> str:
-        return cell_key(self.group, self.lr, self.seed)
+        return cell_key(self.group, self.chosen, self.seed)
 
 
 @dataclass
@@ -142,6 +158,15 @@ class GridResult:
 
     lrs: dict[str, float] = field(default_factory=dict)
     failures: list[str] = field(default_factory=list)
+
+    def check(self) -> None:
+        """StudyIncomplete when anything failed."""
+        if self.failures:
+            raise StudyIncomplete(
+                f"{len(self.failures)} cells failed:\n  "
+                + "\n  ".join(self.failures)
+                + "\nrerun the command to train what is missing (finished cells are kept)"
+            )
 
 
 def describe(planned: Planned, outcome: CellOutcome) -> str:
@@ -171,18 +196,7 @@ def run_grid(
     searched: dict[str, dict[float, float]] = {g.name: {} for g in spec.groups()}
 
     def submit(planned: Planned) -> None:
-        config = cell_config(spec, planned.group, planned.lr, planned.seed)
-        order = order_for(
-            config,
-            placement or Placement(),
-            planned.key,
-            planned.phase,
-            spec.name,
-            home.run_id,
-            (home.experiment, home.experiment_id),
-            spec.resources.threads,
-        )
-        pending[engine.submit(order, spec.resources)] = planned
+        pending[submit_cell(engine, home, spec, planned, placement)] = planned
 
     for group in spec.groups():
         for lr in spec.lrs:
@@ -193,17 +207,11 @@ def run_grid(
             raise KeyboardInterrupt("study stopped")
         for handle in engine.wait(list(pending), 0.5):
             planned = pending.pop(handle)
-            try:
-                outcome = engine.result(handle)
-            except CellFailed as exc:
-                result.failures.append(f"{planned.key}: {exc}")
-                log(f"{planned.key} ({planned.phase}) failed: {exc}")
-                continue
-            log(describe(planned, outcome))
-            if planned.phase != SEARCH:
+            outcome = collect_cell(engine, handle, planned, result, log)
+            if outcome is None or planned.phase != SEARCH:
                 continue
             rates = searched[planned.group.name]
-            rates[planned.lr] = outcome.dev_accuracy
+            rates[chosen_settings(planned.chosen)["lr"]] = outcome.dev_accuracy
             if len(rates) == len(spec.lrs):
                 best = choose_lr(rates)
                 result.lrs[planned.group.name] = best
@@ -211,13 +219,39 @@ def run_grid(
                 log(f"{planned.group.name}: lr {best:g} chosen on dev; its other seeds submitted")
                 for seed in spec.seeds[1:]:
                     submit(Planned(planned.group, best, seed, SEEDS))
-    if result.failures:
-        raise StudyIncomplete(
-            f"{len(result.failures)} cells failed:\n  "
-            + "\n  ".join(result.failures)
-            + "\nrerun the command to train what is missing (finished cells are kept)"
-        )
+    result.check()
     return result
+
+
+def submit_cell(
+    engine: Engine, home: StudyHome, spec: StudySpec, planned: Planned, placement: Placement | None
+) -> Hashable:
+    """One cell to the engine, as an order with this driver's store and data folder."""
+    order = order_for(
+        cell_config(spec, planned.group, planned.chosen, planned.seed),
+        placement or Placement(),
+        planned.key,
+        planned.phase,
+        spec.name,
+        home.run_id,
+        (home.experiment, home.experiment_id),
+        spec.resources.threads,
+    )
+    return engine.submit(order, spec.resources)
+
+
+def collect_cell(
+    engine: Engine, handle: Hashable, planned: Planned, result: GridResult, log: Callable[[str], None]
+) -> CellOutcome | None:
+    """An ended cell's outcome, logged; a failure is recorded in `result` (None)."""
+    try:
+        outcome: CellOutcome = engine.result(handle)
+    except CellFailed as exc:
+        result.failures.append(f"{planned.key}: {exc}")
+        log(f"{planned.key} ({planned.phase}) failed: {exc}")
+        return None
+    log(describe(planned, outcome))
+    return outcome
 
 
 #: How long a stopped study waits for its cells to end KILLED with a checkpoint (the step in

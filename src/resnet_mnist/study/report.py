@@ -27,6 +27,8 @@ from resnet_mnist.study.execution import StudyHome, cells_of
 from resnet_mnist.study.figures import plot_depth, plot_diagnostics, plot_fig6
 from resnet_mnist.study.results import Cell, DepthResult, analyse, duplicated_cells, missing_cells, to_cell
 from resnet_mnist.study.spec import StudySpec
+from resnet_mnist.study.tune_report import best_so_far, plot_best_so_far
+from resnet_mnist.study.tuned import GroupSearch, group_searches, tuned_settings
 from resnet_mnist.tracking import names
 from resnet_mnist.tracking.batches import log_metrics_batched
 from resnet_mnist.tracking.history import read_history
@@ -34,9 +36,19 @@ from resnet_mnist.tracking.history import read_history
 # -- the verdict --------------------------------------------------------------------------------
 
 
-def verdict(results: list[DepthResult]) -> str:
-    """One paragraph per depth, then the degradation problem: deep against shallow, per variant."""
-    lines = []
+def settings_text(settings: dict[str, object]) -> str:
+    """A group's chosen settings in a line: the grid's rate alone, or every tuned setting."""
+    if set(settings) == {"lr"}:
+        return f"{settings['lr']:g}"
+    return ", ".join(
+        f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in sorted(settings.items())
+    )
+
+
+def verdict(results: list[DepthResult], tuning: str = "") -> str:
+    """One paragraph per depth, then the degradation problem: deep against shallow, per variant;
+    a tuned study's budget first."""
+    lines = [tuning] if tuning else []
     for r in results:
         gap, acc = r.loss_gap, r.accuracy_gap
         loss = {v: r.train_loss[v].mean for v in VARIANTS}
@@ -62,8 +74,12 @@ def verdict(results: list[DepthResult]) -> str:
             f"plain {devs['plain']:.2f} %"
             f" (residual - plain {acc.text('+.2f', 100)} points"
             f"{'' if acc.excludes_zero() else ', within the noise'}). "
-            f"Learning rates chosen on dev: plain {r.lr['plain']:g}, residual "
-            f"{r.lr['residual']:g}."
+            + (
+                f"Settings each search chose on dev: plain {settings_text(r.settings['plain'])}; "
+                f"residual {settings_text(r.settings['residual'])}."
+                if tuning
+                else f"Learning rates chosen on dev: plain {r.lr['plain']:g}, residual {r.lr['residual']:g}."
+            )
         )
         lines.append(text)
     for shallow, deep in zip(results, results[1:], strict=False):  # He et al.'s question, depth by depth
@@ -98,7 +114,7 @@ def verdict(results: list[DepthResult]) -> str:
 TABLE = (
     "depth",
     "variant",
-    "lr (chosen on dev)",
+    "chosen on dev",
     "seeds",
     "final train loss",
     "dev acc",
@@ -108,6 +124,59 @@ TABLE = (
     "run ids",
 )
 SEARCH_TABLE = ("depth", "variant", "lr", "dev acc", "final train loss", "chosen", "run id")
+TUNING_TABLE = (
+    "group",
+    "trials",
+    "pruned",
+    "failed",
+    "best dev acc (selection)",
+    "chosen",
+    "steps saved by pruning",
+    "tune run",
+)
+
+
+def tuning_rows(searches: list[GroupSearch]) -> list[list[str]]:
+    rows = []
+    for s in searches:
+        found, best = s.found, s.found.best if s.found else None
+        rows.append(
+            [
+                s.group.name,
+                str(len(found.trials)) if found else "0",
+                str(found.pruned) if found else "",
+                str(found.failed) if found else "",
+                f"{100 * best.value:.2f} % (trial {best.number})" if best else "",
+                settings_text(s.chosen) if s.chosen else "",
+                f"{found.saved} of {found.all_steps}" if found else "",
+                s.home.run_id if s.home else "",
+            ]
+        )
+    return rows
+
+
+def tuning_text(spec: StudySpec, searches: list[GroupSearch]) -> str:
+    """The budget every group had, and what pruning saved over all the searches."""
+    assert spec.tune is not None
+    base = searches[0].spec.base
+    trials = sum(len(s.found.trials) for s in searches if s.found)
+    pruned = sum(s.found.pruned for s in searches if s.found)
+    saved = sum(s.found.saved for s in searches if s.found)
+    steps = sum(s.found.all_steps for s in searches if s.found)
+    text = (
+        f"Every (depth, variant) group was tuned with the same budget: {spec.tune.trials} trials of "
+        f"{base.epochs} epochs ({base.total_steps()} steps), TPE over "
+        f"{', '.join(searches[0].spec.space.names())} "
+        f"(space {spec.tune.space}), each trial on selection seed {spec.tune.seed}, chosen by dev accuracy "
+        f"on {base.dev_size:,} dev images; the seeds scored below "
+        f"({', '.join(map(str, spec.seeds))}) chose nothing. "
+    )
+    if steps:
+        text += (
+            f"Pruning ({spec.tune.pruner}) stopped {pruned} of {trials} trials early and saved {saved:,} "
+            f"of {steps:,} training steps ({saved / steps:.0%})."
+        )
+    return text
 
 
 def table_rows(results: list[DepthResult]) -> list[list[str]]:
@@ -124,7 +193,7 @@ def table_rows(results: list[DepthResult]) -> list[list[str]]:
                 [
                     str(r.depth),
                     v,
-                    f"{r.lr[v]:g}",
+                    settings_text(r.settings[v]),
                     ",".join(str(c.seed) for c in cells),
                     cell(r.train_loss[v]),
                     cell(r.dev_accuracy[v], 100, ".2f") + " %",
@@ -170,19 +239,26 @@ def study_report(
 ) -> Report:
     """Judge a finished grid and log everything to the study run (and to `out_dir`)."""
     cells = [to_cell(r) for r in cells_of(client, experiment_id, study_run_id)]
-    results, search = analyse(spec, cells)
+    searches = group_searches(client, spec, experiment_id) if spec.tune else []
+    results, search = analyse(spec, cells, tuned_settings(searches))
     for r in results:  # the curves of the cells the figure draws
         for cell in (c for v in VARIANTS for c in r.cells[v]):
             history = read_history(client, cell.run_id)
             cell.steps, cell.train_loss = history.steps, history.train_loss
-    text = verdict(results)
+    text = verdict(results, tuning_text(spec, searches) if spec.tune else "")
     rows = table_rows(results)
     out_dir.mkdir(parents=True, exist_ok=True)
     files = [plot_fig6(results, out_dir / "fig6_train_loss.png"), plot_depth(results, out_dir / "depth.png")]
     diagnostics = plot_diagnostics(results, out_dir / "diagnostics.png")
     files += [diagnostics] if diagnostics else []
     files += write_table(TABLE, rows, out_dir / "study")
-    files += write_table(SEARCH_TABLE, search_rows(results, search), out_dir / "lr_search")
+    if spec.tune:
+        curves = {s.group.name: best_so_far(s.found.trials) for s in searches if s.found}
+        title = f"study {spec.name}: each group's search ({spec.tune.trials} trials)"
+        files.append(plot_best_so_far(curves, out_dir / "tuning.png", title))
+        files += write_table(TUNING_TABLE, tuning_rows(searches), out_dir / "tuning")
+    else:
+        files += write_table(SEARCH_TABLE, search_rows(results, search), out_dir / "lr_search")
     (out_dir / "verdict.md").write_text(f"# Study {spec.name}: where shortcuts matter\n\n{text}\n")
     files.append(out_dir / "verdict.md")
     _log(client, study_run_id, results, text, files)
@@ -232,6 +308,7 @@ def unfinished(client: MlflowClient, home: StudyHome, spec: StudySpec) -> str | 
     """None once every cell of the grid has exactly one FINISHED run; otherwise how many have
     none and how to train them, or which have several (the study run is tagged with the count)."""
     cells = [to_cell(r) for r in cells_of(client, home.experiment_id, home.run_id)]
+    searches = group_searches(client, spec, home.experiment_id) if spec.tune else []
     twice = duplicated_cells(cells)
     if twice:
         client.set_tag(home.run_id, names.STUDY_STATUS, f"{len(twice)} cells finished twice")
@@ -240,14 +317,16 @@ def unfinished(client: MlflowClient, home: StudyHome, spec: StudySpec) -> str | 
             "judged: " + "; ".join(twice) + ". Delete the extra runs in the MLflow UI (or "
             "`mlflow runs delete`), then `--report-only`"
         )
-    missing = missing_cells(spec, cells)
+    tuned = tuned_settings(searches)
+    missing = missing_cells(spec, cells, tuned)
     if not missing:
         return None
+    searching = f" ({len(searches) - len(tuned)} searches not done)" if len(tuned) < len(searches) else ""
     client.set_tag(
         home.run_id, names.STUDY_STATUS, f"{spec.cell_count() - missing}/{spec.cell_count()} cells"
     )
     return (
-        f"{missing} of {spec.cell_count()} cells have not finished (stopped, or failed); "
+        f"{missing} of {spec.cell_count()} cells have not finished{searching} (stopped, or failed); "
         f"rerun `resnet-mnist study --study {spec.name}` to train them, or `--report-only` "
         "once a study driven elsewhere has finished them"
     )

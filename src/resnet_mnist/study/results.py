@@ -4,13 +4,15 @@ each variant's chosen rate: the statistics the verdict, tables and figures are d
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from mlflow.entities import Run
 
 from resnet_mnist.analysis.stats import Interval, t_interval
 from resnet_mnist.config.space import VARIANTS
-from resnet_mnist.study.spec import StudySpec, cell_key, choose_lr
+from resnet_mnist.study.spec import StudySpec, cell_key, choose_lr, chosen_settings
 from resnet_mnist.tracking import names
 
 DIAGNOSTIC_PREFIXES = ("grad_norm/", "init/", "lesion/")
@@ -32,6 +34,8 @@ class Cell:
     test_accuracy: float
     param_count: int
     train_time_s: float
+    #: the run's cell key (its `study.cell` tag); derived from the rate when not given
+    cell: str = ""
     diagnostics: dict[str, float] = field(default_factory=dict)
     steps: list[int] = field(default_factory=list, repr=False)
     train_loss: list[float] = field(default_factory=list, repr=False)
@@ -39,6 +43,10 @@ class Cell:
     @property
     def group(self) -> str:
         return f"resnet{self.depth}-{self.variant}"
+
+    @property
+    def key(self) -> str:
+        return self.cell or cell_key(self.group, self.lr, self.seed)
 
 
 def to_cell(run: Run) -> Cell:
@@ -56,6 +64,7 @@ def to_cell(run: Run) -> Cell:
         test_accuracy=m.get("test_accuracy", math.nan),
         param_count=int(m.get("param_count", 0)),
         train_time_s=m.get("train_time_s", math.nan),
+        cell=t.get(names.STUDY_CELL, ""),
         diagnostics={k: v for k, v in m.items() if k.startswith(DIAGNOSTIC_PREFIXES)},
     )
 
@@ -65,6 +74,7 @@ class DepthResult:
     """Plain against residual at one depth, at each variant's chosen rate."""
 
     depth: int
+    #: each variant's rate: chosen from the grid, or by its search (or the preset's)
     lr: dict[str, float]
     cells: dict[str, list[Cell]]
     train_loss: dict[str, Interval]
@@ -73,6 +83,8 @@ class DepthResult:
     loss_gap: Interval
     #: residual - plain full-dev accuracy, paired by seed
     accuracy_gap: Interval
+    #: each variant's chosen settings (the grid's: its rate alone)
+    settings: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def paired(cells: dict[str, list[Cell]], key: str, sign: int) -> Interval:
@@ -81,57 +93,66 @@ def paired(cells: dict[str, list[Cell]], key: str, sign: int) -> Interval:
     return t_interval([sign * (by_seed["plain"][s] - by_seed["residual"][s]) for s in seeds])
 
 
-def analyse(spec: StudySpec, cells: list[Cell]) -> tuple[list[DepthResult], list[Cell]]:
-    """Per depth, the cells at each variant's chosen rate and their statistics; also the rate
-    search cells (seed 0 at every rate)."""
-    search = [c for c in cells if c.seed == spec.seeds[0] and c.lr in spec.lrs]
+Tuned = Mapping[str, Mapping[str, Any]]
+
+
+def analyse(
+    spec: StudySpec, cells: list[Cell], tuned: Tuned | None = None
+) -> tuple[list[DepthResult], list[Cell]]:
+    """Per depth, the cells at each variant's chosen settings and their statistics; also the
+    rate search cells (seed 0 at every rate of a grid). A tuned study's settings are `tuned`,
+    by group name (what each group's search chose)."""
+    search = [] if spec.tune else [c for c in cells if c.seed == spec.seeds[0] and c.lr in spec.lrs]
     results = []
     for depth in sorted(spec.depths):
-        lr, chosen = {}, {}
+        settings, chosen = {}, {}
         for variant in VARIANTS:
-            group = [c for c in cells if c.depth == depth and c.variant == variant]
-            lr[variant] = choose_lr(
-                {c.lr: c.dev_accuracy for c in search if c.depth == depth and c.variant == variant}
-            )
-            by_seed = {c.seed: c for c in group if c.lr == lr[variant]}
+            name = f"resnet{depth}-{variant}"
+            settings[variant] = dict(_chosen(spec, name, search, tuned) or {})
+            keys = {cell_key(name, settings[variant], s): s for s in spec.seeds}
+            by_seed = {keys[c.key]: c for c in cells if c.group == name and c.key in keys}
             chosen[variant] = [by_seed[s] for s in spec.seeds if s in by_seed]
         results.append(
             DepthResult(
                 depth,
-                lr,
+                {v: float(settings[v].get("lr", math.nan)) for v in VARIANTS},
                 chosen,
                 {v: t_interval([c.final_train_loss for c in chosen[v]]) for v in VARIANTS},
                 {v: t_interval([c.dev_accuracy for c in chosen[v]]) for v in VARIANTS},
                 paired(chosen, "final_train_loss", 1),
                 paired(chosen, "dev_accuracy", -1),
+                settings,
             )
         )
     return results, search
 
 
-def missing_cells(spec: StudySpec, cells: list[Cell]) -> int:
-    """How many cells of the grid have not finished (the rate search must be complete first)."""
-    have = {(c.depth, c.variant, c.lr, c.seed) for c in cells}
+def _chosen(spec: StudySpec, group: str, search: list[Cell], tuned: Tuned | None) -> dict[str, Any] | None:
+    """A group's settings: its search's choice, or the grid rate best on dev (None: not yet)."""
+    if spec.tune:
+        found = (tuned or {}).get(group)
+        return None if found is None else dict(found)
+    rates = {c.lr: c.dev_accuracy for c in search if c.group == group}
+    if len(rates) < len(spec.lrs):
+        return None
+    return chosen_settings(choose_lr(rates))
+
+
+def missing_cells(spec: StudySpec, cells: list[Cell], tuned: Tuned | None = None) -> int:
+    """How many cells of the grid have not finished (a group's rate search, or its tune search,
+    must be complete first)."""
+    have = {c.key for c in cells}
+    search = [] if spec.tune else [c for c in cells if c.seed == spec.seeds[0] and c.lr in spec.lrs]
     missing = 0
     for group in spec.groups():
-        variant = "residual" if group.use_residual else "plain"
-        searched = {
-            lr: next(
-                (
-                    c
-                    for c in cells
-                    if (c.depth, c.variant, c.lr, c.seed) == (group.depth, variant, lr, spec.seeds[0])
-                ),
-                None,
-            )
-            for lr in spec.lrs
-        }
-        missing += sum(c is None for c in searched.values())
-        if any(c is None for c in searched.values()):
-            missing += len(spec.seeds) - 1
+        if not spec.tune:
+            missing += len(spec.lrs) - sum(c.group == group.name for c in search)
+        settings = _chosen(spec, group.name, search, tuned)
+        if settings is None:
+            missing += len(spec.seeds) - (0 if spec.tune else 1)
             continue
-        lr = choose_lr({lr: c.dev_accuracy for lr, c in searched.items() if c is not None})
-        missing += sum((group.depth, variant, lr, s) not in have for s in spec.seeds[1:])
+        seeds = spec.seeds if spec.tune else spec.seeds[1:]
+        missing += sum(cell_key(group, settings, s) not in have for s in seeds)
     return missing
 
 
@@ -140,5 +161,5 @@ def duplicated_cells(cells: list[Cell]) -> list[str]:
     judged (which run would stand for it?)."""
     runs: dict[str, list[str]] = {}
     for c in cells:
-        runs.setdefault(cell_key(c.group, c.lr, c.seed), []).append(c.run_id)
+        runs.setdefault(c.key, []).append(c.run_id)
     return [f"{key} ({', '.join(ids)})" for key, ids in sorted(runs.items()) if len(ids) > 1]

@@ -19,6 +19,7 @@ import math
 import threading
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import mlflow
@@ -47,6 +48,8 @@ from resnet_mnist.tracking.experiments import experiment_id as find_experiment
 from resnet_mnist.tracking.lifecycle import end_abandoned
 from resnet_mnist.tracking.ownership import owner_alive
 from resnet_mnist.tracking.sqlite import store_lock
+from resnet_mnist.tracking.store import retry_conflicts
+from resnet_mnist.tracking.views import save_search_views
 
 
 class SearchIncomplete(ProjectError, RuntimeError):
@@ -107,12 +110,24 @@ class TuneHome:
     study_name: str
 
 
+def pruner_for(kind: str, base: TrainConfig, space: SearchSpace) -> PrunerSpec:
+    """The pruner, patient enough: no trial is judged before its first evaluation, nor while the
+    search may still be warming it up."""
+    warming = max((int(d.bounds()[1]) for d in space.dimensions if d.name == "warmup_steps"), default=0)
+    return PrunerSpec(kind, startup_trials=3, warmup_steps=max(base.eval_steps, warming))
+
+
 def open_tune(
-    client: MlflowClient, spec: TuneSpec, experiment: str, project_run: str | None = None
+    client: MlflowClient,
+    spec: TuneSpec,
+    experiment: str,
+    project_run: str | None = None,
+    parent: tuple[str, str] | None = None,
 ) -> TuneHome:
     """The tune run for this search, found by name or created (as `project_run` when given, the
     run `mlflow run -e tune` made; when the search already exists, that run points to it with
-    the tag `tune.run`). Creation is serialised on sqlite."""
+    the tag `tune.run`). A study's search is created nested under `parent`, (the study run's
+    id, the group's name). Creation is serialised on sqlite."""
     from mlflow.optuna.storage import MlflowStorage
 
     if project_run:
@@ -125,17 +140,35 @@ def open_tune(
     with store_lock(mlflow.get_tracking_uri()):
         found = storage.get_study_id_by_name_if_exists(name)
         if found is None:
-            run_id = _new_tune_run(client, storage, spec, project_run)
+            run_id = _new_tune_run(client, storage, spec, project_run, parent)
         else:
             run_id = str(found)
             if project_run and project_run != run_id:
                 client.set_tag(project_run, names.TUNE_RUN, run_id)
+    if parent is None:  # a study's searches live in its experiment, which has its own views
+        retry_conflicts(partial(save_search_views, client, exp_id, False))
     return TuneHome(exp_id, experiment, run_id, name)
 
 
-def _new_tune_run(client: MlflowClient, storage: Any, spec: TuneSpec, project_run: str | None) -> str:
+def find_tune(client: MlflowClient, spec: TuneSpec, experiment_id: str) -> TuneHome | None:
+    """The search's tune run, if it exists (read only)."""
+    from mlflow.optuna.storage import MlflowStorage
+
+    found = MlflowStorage(experiment_id).get_study_id_by_name_if_exists(spec.study_name)
+    if found is None:
+        return None
+    return TuneHome(experiment_id, client.get_experiment(experiment_id).name, str(found), spec.study_name)
+
+
+def _new_tune_run(
+    client: MlflowClient,
+    storage: Any,
+    spec: TuneSpec,
+    project_run: str | None,
+    parent: tuple[str, str] | None,
+) -> str:
     """The Optuna study's run: `project_run` renamed and given the study's direction, or a new
-    run made by the storage; tagged with what the search tunes."""
+    run made by the storage; tagged with what the search tunes (and the study it serves)."""
     from optuna.study import StudyDirection
 
     if project_run:
@@ -153,6 +186,8 @@ def _new_tune_run(client: MlflowClient, storage: Any, spec: TuneSpec, project_ru
         names.DEPTH: str(spec.base.depth),
         names.TUNE_SPACE: "; ".join(d.describe() for d in spec.space.dimensions),
     }
+    if parent:
+        tags |= {names.PARENT_RUN_ID: parent[0], names.STUDY_GROUP: parent[1]}
     for key, value in tags.items():
         client.set_tag(run_id, key, value)
     if not project_run:  # a container: `tune.status` says how far the search is
@@ -235,14 +270,10 @@ class Search:
         self.failure_limit = max(3, spec.trials)
 
     def run(self, stop: threading.Event) -> SearchResult:
-        self._continue_unfinished()
+        """The whole search on its own: trials until the budget is spent (see the class)."""
+        self.start()
         while True:
-            while (
-                not stop.is_set()
-                and len(self.pending) < self.slots
-                and self.spent + len(self.pending) < self.spec.trials
-                and self.broken < self.failure_limit
-            ):
+            while not stop.is_set() and len(self.pending) < self.slots and self.wants():
                 self.ask()
             if not self.pending:
                 break
@@ -250,18 +281,34 @@ class Search:
                 stop_cells(self.engine, self.pending, self.log, "trials")
                 raise KeyboardInterrupt("search stopped")
             for handle in self.engine.wait(list(self.pending), 0.5):
-                self._collect(handle)
-            if self.broken >= self.failure_limit:
+                self.collect(handle)
+            if self.gave_up:
                 stop_cells(self.engine, self.pending, self.log, "trials")
                 break
-        if self.spent < self.spec.trials:
-            failures = self.result.failures
-            raise SearchIncomplete(
-                f"{self.spent} of {self.spec.trials} trials ended; {len(failures)} failed:\n  "
-                + "\n  ".join(failures)
-                + "\nrerun the command to go on (ended trials are kept)"
-            )
+        if not self.complete:
+            raise SearchIncomplete(self.incomplete())
         return self.result
+
+    def wants(self) -> bool:
+        """Whether another trial may be asked for: budget left, beyond the trials in flight."""
+        return self.spent + len(self.pending) < self.spec.trials and not self.gave_up
+
+    @property
+    def gave_up(self) -> bool:
+        """Too many trials failed without spending budget: the search stops asking."""
+        return self.broken >= self.failure_limit
+
+    @property
+    def complete(self) -> bool:
+        return self.spent >= self.spec.trials
+
+    def incomplete(self) -> str:
+        failures = self.result.failures
+        return (
+            f"{self.spent} of {self.spec.trials} trials ended; {len(failures)} failed:\n  "
+            + "\n  ".join(failures)
+            + "\nrerun the command to go on (ended trials are kept)"
+        )
 
     def _submit(self, run_id: str, number: int, config: TrainConfig) -> None:
         order = TrialOrder(
@@ -271,7 +318,7 @@ class Search:
         )  # fmt: skip
         self.pending[self.engine.submit(order, self.spec.resources)] = order
 
-    def _continue_unfinished(self) -> None:
+    def start(self) -> None:
         """Count the trials that spent budget; submit those a stop or a dead process left."""
         runs = {r.info.run_id: r for r in trial_runs(self.client, self.home)}
         self.spent = sum(counts(r) for r in runs.values())
@@ -305,7 +352,7 @@ class Search:
             return
         self._submit(run_id, trial.number, config)
 
-    def _collect(self, handle: Hashable) -> None:
+    def collect(self, handle: Hashable) -> None:
         """An ended task: its outcome logged, its trial counted as its run says (as a rerun
         would count it); a trial Ray gave up on is ended FAILED, not left RUNNING."""
         order = self.pending.pop(handle)

@@ -4,6 +4,7 @@ preset file, and what pruning saved; all logged to the tune run, whose note says
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from dataclasses import dataclass
@@ -35,6 +36,45 @@ class Trial:
     settings: dict[str, str]
     run_id: str
     reason: str
+
+
+@dataclass(frozen=True)
+class Findings:
+    """A search's trials read back: the best complete one, and what pruning saved."""
+
+    trials: list[Trial]
+    best: Trial | None
+    pruned: int
+    failed: int
+    #: training steps pruning saved, of all the steps the trials would have trained
+    saved: int
+    all_steps: int
+    #: trials that spent budget (complete, pruned, diverged)
+    spent: int
+
+    def chosen(self, spec: TuneSpec) -> dict[str, object] | None:
+        """The best trial's searched settings, typed as the settings take them."""
+        if self.best is None:
+            return None
+        return {k: coerce(k, v) for k, v in self.best.settings.items() if k in spec.space.names()}
+
+
+def findings(runs: list[Run], spec: TuneSpec) -> Findings:
+    """What a search's trial runs came to."""
+    by_id = {r.info.run_id: r for r in runs}
+    trials = trials_of(runs, spec)
+    done = [t for t in trials if t.state == COMPLETE]
+    pruned = [t for t in trials if t.state == PRUNED]
+    totals = {t.run_id: total_steps(spec, by_id[t.run_id]) for t in trials}
+    return Findings(
+        trials=trials,
+        best=max(done, key=lambda t: t.value) if done else None,
+        pruned=len(pruned),
+        failed=sum(t.state == FAILED for t in trials),
+        saved=sum(totals[t.run_id] - t.steps for t in pruned),
+        all_steps=sum(totals.values()),
+        spent=sum(counts(r) for r in runs),
+    )
 
 
 @dataclass(frozen=True)
@@ -135,15 +175,8 @@ def best_preset(base: TrainConfig, best: Trial) -> str:
 
 def report(client: MlflowClient, home: TuneHome, spec: TuneSpec, out: Path) -> Summary:
     """Write and log the search's table, figure, best preset and note; returns the summary."""
-    runs = {r.info.run_id: r for r in trial_runs(client, home)}
-    trials = trials_of(list(runs.values()), spec)
-    done = [t for t in trials if t.state == COMPLETE]
-    best = max(done, key=lambda t: t.value) if done else None
-    pruned = [t for t in trials if t.state == PRUNED]
-    failed = [t for t in trials if t.state == FAILED]
-    totals = {t.run_id: total_steps(spec, runs[t.run_id]) for t in trials}
-    saved = sum(totals[t.run_id] - t.steps for t in pruned)
-    spent = sum(counts(r) for r in runs.values())
+    found = findings(trial_runs(client, home), spec)
+    trials, best = found.trials, found.best
     out.mkdir(parents=True, exist_ok=True)
     rows = [
         [
@@ -171,8 +204,8 @@ def report(client: MlflowClient, home: TuneHome, spec: TuneSpec, out: Path) -> S
     if best is not None:
         preset_path.write_text(best_preset(spec.base, best))
         paths.append(preset_path)
-    text = _words(spec, trials, best, len(pruned), len(failed), saved, sum(totals.values()))
-    _log(client, home, spec, paths, text, best, spent, len(pruned), len(failed), saved)
+    text = _words(spec, found)
+    _log(client, home, spec, paths, text, found)
     return Summary(text, preset_path, best)
 
 
@@ -185,25 +218,20 @@ def _short(text: str) -> str:
     return text if value.is_integer() and "." not in text and "e" not in text else f"{value:.4g}"
 
 
-def _words(
-    spec: TuneSpec,
-    trials: list[Trial],
-    best: Trial | None,
-    pruned: int,
-    failed: int,
-    saved: int,
-    all_steps: int,
-) -> str:
-    base = spec.base
-    head = f"{len(trials)} trials of {base.architecture} ({base.preset}): {pruned} pruned, {failed} failed. "
+def _words(spec: TuneSpec, found: Findings) -> str:
+    base, best = spec.base, found.best
+    head = (
+        f"{len(found.trials)} trials of {base.architecture} ({base.preset}): {found.pruned} pruned, "
+        f"{found.failed} failed. "
+    )
     if best is None:
         return head + "No trial has completed yet."
     settings = ", ".join(f"{k}={_short(v)}" for k, v in best.settings.items())
     text = head + f"Best: trial {best.number}, dev accuracy {best.value:.2%}, with {settings}."
-    if all_steps:
+    if found.all_steps:
         text += (
-            f" Pruning stopped {pruned} trials early and saved {saved} of {all_steps} training steps "
-            f"({saved / all_steps:.0%})."
+            f" Pruning stopped {found.pruned} trials early and saved {found.saved} of "
+            f"{found.all_steps} training steps ({found.saved / found.all_steps:.0%})."
         )
     return text
 
@@ -214,13 +242,10 @@ def _log(
     spec: TuneSpec,
     paths: list[Path],
     text: str,
-    best: Trial | None,
-    spent: int,
-    pruned: int,
-    failed: int,
-    saved: int,
+    found: Findings,
 ) -> None:
     now = int(time.time() * 1000)
+    best, spent = found.best, found.spent
     tags = {
         names.TUNE_STATUS: "complete" if spent >= spec.trials else "searching",
         names.TUNE_TRIALS: str(spec.trials),
@@ -229,14 +254,18 @@ def _log(
         names.NOTE: text,
     }
     if best is not None:
-        tags |= {names.TUNE_BEST_TRIAL: str(best.number), names.TUNE_BEST_RUN: best.run_id}
+        tags |= {
+            names.TUNE_BEST_TRIAL: str(best.number),
+            names.TUNE_BEST_RUN: best.run_id,
+            names.TUNE_BEST_SETTINGS: json.dumps(found.chosen(spec), default=str),
+        }
     for key, value in tags.items():
         client.set_tag(home.run_id, key, value)
     metrics: dict[str, float] = {
         "trials_spent": spent,
-        "trials_pruned": pruned,
-        "trials_failed": failed,
-        "pruning_saved_steps": saved,
+        "trials_pruned": found.pruned,
+        "trials_failed": found.failed,
+        "pruning_saved_steps": found.saved,
     }
     if best is not None:
         metrics["best_dev_accuracy"] = best.value

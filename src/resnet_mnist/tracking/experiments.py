@@ -67,10 +67,16 @@ def mark_training_experiment(experiment_id: str) -> None:
 
 
 def ui_link(
-    experiment: str, run_id: str | None = None, base: str | None = None, *, curves: bool = False
+    experiment: str,
+    run_id: str | None = None,
+    base: str | None = None,
+    *,
+    curves: bool = False,
+    view: str | None = None,
 ) -> str:
     """A link that opens the MLflow UI's Model training view on an experiment (or one run); with
-    `curves`, the experiment's chart view with the training curves first (`tracking.views`).
+    `curves`, the experiment's chart view with the training curves first, with `view` that saved
+    view's charts (`tracking.views`).
 
     The base is the tracking server when there is one, else where `make ui` serves the local
     store.
@@ -81,5 +87,8 @@ def ui_link(
     base = base or (uri.rstrip("/") if uri.startswith(("http://", "https://")) else UI_DEFAULT)
     if curves:
         return f"{base}/#/experiments/{experiment}/runs?{TRAINING_VIEW}&{CURVES_QUERY}"
+    if view:
+        query = f"compareRunsMode=CHART&viewStateShareKey={view}"
+        return f"{base}/#/experiments/{experiment}/runs?{TRAINING_VIEW}&{query}"
     page = f"experiments/{experiment}" + (f"/runs/{run_id}" if run_id else "")
     return f"{base}/#/{page}?{TRAINING_VIEW}"

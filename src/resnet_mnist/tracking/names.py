@@ -83,6 +83,8 @@ STUDY_DEPTHS = "study.depths"
 STUDY_SEEDS = "study.seeds"
 STUDY_LRS = "study.lrs"
 STUDY_CELLS = "study.cells"
+#: A tuned study's budget in words (in place of `study.lrs`).
+STUDY_TUNE = "study.tune"
 #: A cell's keys: its stable name in the grid, which phase chose it, which attempt at it this run
 #: is, the Ray node that trained it, and every node that tried, in order (`node:outcome`).
 STUDY_CELL = "study.cell"
@@ -92,6 +94,10 @@ STUDY_NODE = "study.node"
 STUDY_NODES = "study.nodes"
 #: A cell's study, by name (`study` tag; the study run's own key is STUDY_KEY).
 STUDY_NAME = "study"
+#: A tuned study's search: the (depth, variant) group its tune run chooses settings for.
+STUDY_GROUP = "study.group"
+#: On a tuned study's run: the settings each group's search chose (`study.tuned.resnet56-plain`).
+STUDY_TUNED = "study.tuned."
 
 #: Tuning: the experiment of tune runs and their trials, a tune run's type and keys, and a trial's
 #: number and the node that trained it.
@@ -106,6 +112,10 @@ TUNE_PRUNER = "tune.pruner"
 TUNE_SAMPLER = "tune.sampler"
 TUNE_BEST_TRIAL = "tune.best_trial"
 TUNE_BEST_RUN = "tune.best_run"
+#: The best trial's searched settings as JSON (what `compare --tuned` trains with).
+TUNE_BEST_SETTINGS = "tune.best_settings"
+#: On a run `compare --tuned` trained: the tune run whose settings it used.
+TUNED_FROM = "tuned_from"
 TUNE_TRIAL = "tune.trial"
 TUNE_NODE = "tune.node"
 #: What Optuna's MLflow storage reads on a study run (its direction) and, on a trial's run, as

@@ -1,5 +1,7 @@
-"""The training curves first: a saved chart view of each training experiment, as the MLflow UI
-saves one itself (Views → "Save as new view").
+"""Saved chart views, as the MLflow UI saves one itself (Views → "Save as new view"): the
+training curves first in each training experiment; in the tune and study experiments, the search
+(a parallel-coordinates chart: the searched settings against dev accuracy) and, in the study's,
+the scored runs grouped by network (the mean over seeds, and the min–max band).
 
 MLflow's chart view has no server-side default layout: it shows prefixed sections first, then
 "Model metrics" in name order, so a run's one-off scores (`best_dev_accuracy`, `flops`, …) fill
@@ -33,14 +35,40 @@ CREATED_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 
 _SECTIONS = {CURVES_SECTION: "curves", "Model metrics": "model", "System metrics": "system"}
 
+#: The search view: every setting a search space may hold, against the search's value.
+SEARCH_VIEW = "resnet-mnist-search"
+SEARCH_VIEW_TAG = SHARED_VIEW_STATE + SEARCH_VIEW
+SEARCH_VIEW_NAME = "Search: settings and dev accuracy"
+SEARCH_SECTION = "Search"
+SEARCHED = ("lr", "momentum", "weight_decay", "warmup_steps")
+#: The seeds view: a study's scored runs grouped by network (`architecture`: depth and variant).
+SEEDS_VIEW = "resnet-mnist-seeds"
+SEEDS_VIEW_TAG = SHARED_VIEW_STATE + SEEDS_VIEW
+SEEDS_VIEW_NAME = "Seeds by network: mean and min-max"
+SEEDS_SECTION = "Seeds by network"
+#: The study's scored runs: its tuned seeds or its grid's seeds (a run without the tag is none).
+SCORED = "tags.run_type = 'train' and tags.`study.phase` != 'lr-search'"
 
-def _line_chart(metric: str, section: str) -> dict[str, Any]:
+
+def _card(view: str, section: str, key: str, kind: str) -> dict[str, Any]:
+    """The fields every chart card has, as the UI writes them for a card it made itself."""
+    return {
+        "uuid": f"{view}-{key}",
+        "type": kind,
+        "runsCountToCompare": 10,
+        "metricSectionId": f"{view}-{section}",
+        "deleted": False,
+        "isGenerated": False,
+    }
+
+
+def _line_chart(metric: str, section: str, view: str = CURVES_VIEW) -> dict[str, Any]:
     """One line chart card, with the fields the UI writes for a chart it generates itself."""
     return {
-        "uuid": f"{CURVES_VIEW}-{metric}",
+        "uuid": f"{view}-{metric}",
         "type": "LINE",
         "runsCountToCompare": 10,
-        "metricSectionId": f"{CURVES_VIEW}-{_SECTIONS[section]}",
+        "metricSectionId": f"{view}-{_SECTIONS.get(section, 'main')}",
         "deleted": False,
         "isGenerated": False,
         "displayName": metric,
@@ -56,6 +84,70 @@ def _line_chart(metric: str, section: str) -> dict[str, Any]:
         "ignoreOutliers": False,
         "useGlobalXaxisKey": True,
         "useGlobalLineSmoothing": True,
+    }
+
+
+def _parallel_chart(metric: str) -> dict[str, Any]:
+    """Parallel coordinates over every run the filter shows (not only the first ten)."""
+    return _card(SEARCH_VIEW, "main", "parallel", "PARALLEL") | {
+        "displayName": f"searched settings and {metric}",
+        "selectedParams": list(SEARCHED),
+        "selectedMetrics": [metric],
+        "showAllRuns": True,
+    }
+
+
+def _bar_chart(metric: str) -> dict[str, Any]:
+    return _card(SEEDS_VIEW, "main", metric, "BAR") | {"displayName": metric, "metricKey": metric}
+
+
+def _sections(view: str, first: str) -> list[dict[str, Any]]:
+    """Our section first, then the UI's own (it files every other metric there)."""
+    own = [{"uuid": f"{view}-main", "name": first, "display": True, "isReordered": False, "deleted": False}]
+    return [{**s, "isGenerated": False} for s in own] + [
+        {
+            "uuid": f"{view}-{key}",
+            "name": name,
+            "display": True,
+            "isReordered": False,
+            "deleted": False,
+            "isGenerated": True,
+        }
+        for name, key in list(_SECTIONS.items())[1:]
+    ]
+
+
+#: Runs listed by network: nested runs (trials under their tune run, cells under the study run)
+#: are listed flat, not hidden under a collapsed parent whose own charts are empty.
+BY_NETWORK = {"aggregateFunction": "average", "groupByKeys": [{"mode": "tag", "groupByData": "architecture"}]}
+
+
+def search_view_state(metric: str) -> dict[str, Any]:
+    """The training runs of a search (a tune experiment's trials; a study's trials and cells)
+    as one parallel-coordinates chart: each run a line through its settings to `metric`
+    (listed by network, but drawn one line a run)."""
+    return curves_view_state() | {
+        "searchFilter": "tags.run_type = 'train'",
+        "runsHiddenMode": "SHOW_ALL",
+        "compareRunCharts": [_parallel_chart(metric), _line_chart("train_loss", SEARCH_SECTION, SEARCH_VIEW)],
+        "compareRunSections": _sections(SEARCH_VIEW, SEARCH_SECTION),
+        "groupBy": BY_NETWORK,
+        "useGroupedValuesInCharts": False,
+    }
+
+
+def seeds_view_state() -> dict[str, Any]:
+    """A study's scored runs grouped by network: each group's mean over its seeds, with the band
+    from its lowest to its highest seed (the UI's grouped charts), for the measures the study
+    judges (final training loss, full-dev accuracy) and the training loss curve."""
+    charts = [_bar_chart("train_epoch_loss"), _bar_chart("best_dev_accuracy")]
+    return curves_view_state() | {
+        "searchFilter": SCORED,
+        "runsHiddenMode": "SHOW_ALL",
+        "compareRunCharts": [*charts, _line_chart("train_loss", SEEDS_SECTION, SEEDS_VIEW)],
+        "compareRunSections": _sections(SEEDS_VIEW, SEEDS_SECTION),
+        "groupBy": BY_NETWORK,
+        "useGroupedValuesInCharts": True,
     }
 
 
@@ -119,3 +211,17 @@ def save_curves_view(client: MlflowClient, experiment_id: str, tags: Mapping[str
     if CURVES_VIEW_TAG not in tags:
         view = encode_view(CURVES_VIEW_NAME, curves_view_state())
         client.set_experiment_tag(experiment_id, CURVES_VIEW_TAG, view)
+
+
+def save_search_views(client: MlflowClient, experiment_id: str, study: bool) -> None:
+    """Give a tune experiment the search view (its trials' value), or a study experiment the
+    search view (dev accuracy) and the seeds view, unless it has them (theirs are kept)."""
+    tags = client.get_experiment(experiment_id).tags
+    views = {
+        SEARCH_VIEW_TAG: (SEARCH_VIEW_NAME, search_view_state("best_dev_accuracy" if study else "value"))
+    }
+    if study:
+        views[SEEDS_VIEW_TAG] = (SEEDS_VIEW_NAME, seeds_view_state())
+    for tag, (name, state) in views.items():
+        if tag not in tags:
+            client.set_experiment_tag(experiment_id, tag, encode_view(name, state))
