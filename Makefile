@@ -61,8 +61,9 @@ compare: install
 	$(BIN)/resnet-mnist compare --preset $(PRESET) --train-missing \
 		$(if $(FORCE),--force,) $(if $(SEEDS),--seeds $(SEEDS),)
 
-# The residual study: depth x variant x seed as nested runs under one study run; finished cells
-# are kept, so a stopped study continues. STUDY=cpu (< 30 min here), gpu (the full grid), tiny.
+# The residual study: depth x variant x seed as nested runs under one study run, each (depth,
+# variant) tuned first with the same budget; finished trials and cells are kept, so a stopped study
+# continues. STUDY=cpu (tuned, < 45 min here), cpu-grid (the old two-rate grid), gpu, tiny.
 study: install
 	$(BIN)/resnet-mnist study --study $(STUDY) --workers $(WORKERS)
 

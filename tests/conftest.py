@@ -263,6 +263,33 @@ def champion(tmp_path_factory: pytest.TempPathFactory, real_root: Path) -> Champ
     return Champion(home, f"sqlite:///{home / 'mlflow.db'}", (home / "compare.out").read_text())
 
 
+@dataclass(frozen=True)
+class TunedStudy:
+    """The tiny tuned study as `mlflow run . -e study -P study=tiny-tuned -P workers=2` left it
+    (the project's run is the study run): both variants searched (2 trials each), their 2 seeds
+    trained at the choice, the report logged."""
+
+    home: Path
+    uri: str
+    printed: str  #: what the command printed
+
+
+@pytest.fixture(scope="session")
+def tuned_study(tmp_path_factory: pytest.TempPathFactory, real_root: Path, empty_store: Path) -> TunedStudy:
+    """Built once per session, read only. It starts Ray, so only tests marked `ray` (which share
+    one xdist worker: tests/conftest.py) may ask for it."""
+
+    def build(home: Path) -> None:
+        uri = copy_store(empty_store, home)
+        params = ("study=tiny-tuned", "workers=2")
+        out = mlflow_run_entry(home, uri, "study", *params, experiment="resnet-mnist-study")
+        assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+        (home / "study.out").write_text(out.stdout)
+
+    home = built_once(tmp_path_factory, "tuned-study", build)
+    return TunedStudy(home, f"sqlite:///{home / 'mlflow.db'}", (home / "study.out").read_text())
+
+
 def copy_store(template: Path, dest: Path) -> str:
     """A writable copy of the store in `template` (its sqlite file, artifacts and reports) in
     `dest`; returns its URI. MLflow records artifact locations as absolute paths, in the

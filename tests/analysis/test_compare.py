@@ -549,3 +549,8 @@ def test_a_tuned_comparison_trains_each_variant_at_its_own_searchs_settings(stor
     # asked again, the tuned runs are found, not trained again
     again = SEL.choose_runs(client, EXP, "smoke", train=train, tuned=tuned)
     assert [r.info.run_id for r in again] == [r.info.run_id for r in runs] and len(trained) == 2
+    # the verdict says the variants were compared at their own settings, not "Caution"
+    stats = C.statistics([summary("plain", 0, 0.95), summary("residual", 0, 0.99)])
+    text = C.judged(stats, "lr: 0.05 (plain 1) vs 0.02 (residual 2)", [], tuned=True)
+    assert "Each variant at its own tuned settings (--tuned)" in text and "Caution" not in text
+    assert "lr: 0.05 (plain 1) vs 0.02 (residual 2)" in text

@@ -12,7 +12,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from resnet_mnist.core import data as D
-from tests.conftest import BIN, REPO, cli, copy_store, mlflow_run_entry, two_cell_study
+from tests.conftest import BIN, REPO, cli, copy_store, mlflow_run_entry
 
 pytestmark = pytest.mark.slow  # real processes
 
@@ -195,21 +195,6 @@ def test_mlflow_run_compare_makes_its_run_the_comparison(tmp_path: Path, smoke_c
     assert comparison.data.tags["compared_run_ids"] == ",".join(
         r.info.run_id for r in sorted(trains, key=lambda r: r.data.tags["variant"])
     )
-
-
-@pytest.mark.ray
-def test_mlflow_run_study_makes_its_run_the_study_run(tmp_path: Path, empty_store: Path) -> None:
-    uri = copy_store(empty_store, tmp_path)
-    study = two_cell_study(tmp_path)
-    out = mlflow_run_entry(tmp_path, uri, "study", f"study={study}", experiment="my-study")
-    assert out.returncode == 0, out.stderr[-2000:]
-    found = runs_in(uri, "my-study")
-    (parent,) = [r for r in found if r.data.tags.get("run_type") == "study"]
-    assert parent.data.tags["mlflow.project.entryPoint"] == "study"
-    assert parent.data.tags["study.status"] == "complete"
-    cells = [r for r in found if r.data.tags.get("run_type") == "train"]
-    assert len(cells) == 2
-    assert {r.data.tags["mlflow.parentRunId"] for r in cells} == {parent.info.run_id}
 
 
 @pytest.mark.parametrize(

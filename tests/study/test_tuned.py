@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import threading
 from collections.abc import Hashable
 from pathlib import Path
@@ -22,7 +23,7 @@ from resnet_mnist.study.cells import CellOrder, CellOutcome
 from resnet_mnist.study.trials import COMPLETE, TrialOrder, TrialOutcome
 from resnet_mnist.study.tuned import TunedGrid, group_searches, tuned_settings
 from resnet_mnist.tracking import names
-from tests.conftest import cli
+from tests.conftest import TunedStudy
 
 
 def dev_of(order: TrialOrder) -> float:
@@ -134,23 +135,25 @@ def test_a_tune_section_is_checked(tmp_path: Path) -> None:
 
 @pytest.mark.ray
 @pytest.mark.slow
-def test_a_tiny_tuned_study_end_to_end(tmp_path: Path) -> None:
-    """`resnet-mnist study --study tiny-tuned` on an embedded Ray: both variants searched, their
-    seeds trained at the chosen settings, and the report says so."""
-    out = tmp_path / "report"
-    result = cli("study", "--study", "tiny-tuned", "--workers", "2", "--out", str(out), cwd=tmp_path)
-    assert result.returncode == 0, result.stdout + result.stderr
-    log = result.stdout
-    assert log.count("chosen on dev") == 2 and "tuned first: 2 trials per (depth, variant)" in log
-    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+def test_a_tiny_tuned_study_end_to_end(tuned_study: TunedStudy, tmp_path: Path) -> None:
+    """`mlflow run -e study` of the tiny tuned study on an embedded Ray (the session's
+    `tuned_study`): the project's run is the study run, both variants searched, their seeds
+    trained at the chosen settings, and the report says so."""
+    log = tuned_study.printed
+    assert len(re.findall(r"^resnet8-\w+: trial \d chosen on dev", log, re.MULTILINE)) == 2
+    assert "tuned first: 2 trials per (depth, variant)" in log
+    assert "the searches: http://127.0.0.1:5000/#/experiments/" in log
+    client = MlflowClient(tuned_study.uri)
     exp = client.get_experiment_by_name(names.STUDY_EXPERIMENT)
     assert exp is not None
     runs = client.search_runs([exp.experiment_id], max_results=100)
     (study,) = [r for r in runs if r.data.tags.get(names.RUN_TYPE) == names.STUDY]
+    assert study.data.tags["mlflow.project.entryPoint"] == "study"
     tunes = [r for r in runs if r.data.tags.get(names.RUN_TYPE) == names.TUNE]
     assert len(tunes) == 2 and all(t.data.tags[names.PARENT_RUN_ID] == study.info.run_id for t in tunes)
     trials = [r for r in runs if r.data.tags.get(names.PARENT_RUN_ID) in {t.info.run_id for t in tunes}]
     assert len(trials) == 4 and {r.data.params["seed"] for r in trials} == {"100"}
+    assert all(r.data.params["diagnostics"] == "False" for r in trials)
     cells = [
         r
         for r in runs
@@ -159,6 +162,10 @@ def test_a_tiny_tuned_study_end_to_end(tmp_path: Path) -> None:
     ]
     assert len(cells) == 4 and {r.data.params["seed"] for r in cells} == {"0", "1"}
     assert all(r.info.status == "FINISHED" and r.data.tags[names.STUDY_PHASE] == "tuned" for r in cells)
+    # each group's cells trained at the settings its search chose (tagged on the study run)
+    for cell in cells:
+        chosen = json.loads(study.data.tags[f"{names.STUDY_TUNED}{cell.data.tags['architecture']}"])
+        assert {k: cell.data.params[k] for k in chosen} == {k: str(v) for k, v in chosen.items()}
     note = study.data.tags[names.NOTE]
     assert note.startswith("Every (depth, variant) group was tuned with the same budget: 2 trials")
     assert "Settings each search chose on dev: plain lr" in note
@@ -166,5 +173,5 @@ def test_a_tiny_tuned_study_end_to_end(tmp_path: Path) -> None:
     artifacts = {f.path for f in client.list_artifacts(study.info.run_id, "study")}
     assert {"study/tuning.png", "study/tuning.md", "study/verdict.md"} <= artifacts
     assert "study/lr_search.md" not in artifacts
-    table = (out / "tuning.md").read_text()
+    table = Path(client.download_artifacts(study.info.run_id, "study/tuning.md", str(tmp_path))).read_text()
     assert "resnet8-plain" in table and "resnet8-residual" in table

@@ -193,6 +193,7 @@ def compare(
     run_id: str | None = None,
     allow_mismatch: bool = False,
     stop: threading.Event | None = None,
+    tuned: bool = False,
 ) -> Comparison:
     """Vet, summarise, plot, tabulate, judge, log a `comparison` run, and crown the dev winner.
 
@@ -201,22 +202,26 @@ def compare(
     accuracy; `crown` decides whether it takes `@champion`. The comparison run holds the
     variants' mean curves as step metrics, the statistics, the figure, table and verdict. It goes
     to `experiment_id` (the CLI uses `<experiment>-comparisons` so that it never crowds the
-    training runs' charts), or is `run_id` (the run `mlflow run -e compare` made).
+    training runs' charts), or is `run_id` (the run `mlflow run -e compare` made). `tuned` runs
+    (`compare --tuned`) differ in the settings each variant's search chose, by design: the
+    verdict and the tag `tuned` say so.
     """
-    vetted = vet(runs, allow_mismatch)
+    vetted = vet(runs, allow_mismatch or tuned)
     require_both_variants(str(variant_of(r)) for r in vetted.runs)  # before minutes of scoring
     scorer = FullSplitScorer(client, data_root)
     summaries = summarize(client, vetted.runs, scorer, stop)
     stats = statistics(summaries)
     mismatch = describe(vetted.mismatch)
     set_aside = [r.info.run_id for r in vetted.set_aside]
-    text = judged(stats, mismatch, vetted.set_aside)
+    text = judged(stats, mismatch, vetted.set_aside, tuned)
     rows = table_rows(summaries)
     presets = sorted({r.data.tags.get(names.PRESET, "?") for r in vetted.runs})
     depths = ",".join(sorted({str(s.depth) for s in summaries}))
     title = f"ResNet{depths} on MNIST, plain vs residual ({', '.join(presets)})"
     files = figures_and_table(summaries, rows, title, out_dir)
     tags = comparison_tags(summaries, stats, presets, depths, mismatch, set_aside)
+    if tuned:
+        tags[names.TUNED] = "true"
     crowning = None
     name = f"compare-{'-'.join(presets)}"
     # No signal cuts a write to the comparison run in half (nor falls between creating it and
@@ -260,10 +265,15 @@ def compare(
     )
 
 
-def judged(stats: Stats, mismatch: str, set_aside: list[Run]) -> str:
+def judged(stats: Stats, mismatch: str, set_aside: list[Run], tuned: bool = False) -> str:
     """The verdict, with what the reader must know about the runs behind it."""
     text = verdict(stats)
-    if mismatch:
+    if tuned:
+        text += (
+            " Each variant at its own tuned settings (--tuned): the difference is the shortcuts' "
+            f"together with what each variant's search found for it ({mismatch or 'the same settings'})."
+        )
+    elif mismatch:
         text += (
             f" Caution (--allow-mismatch): the runs differ in more than the variant, so the "
             f"difference is not the shortcuts' alone: {mismatch}."

@@ -99,7 +99,9 @@ def compare(
 
     tuned_from = SEL.tuned_settings(client, preset) if tuned else {}
     for variant, found in tuned_from.items():
-        settings = ", ".join(f"{k}={v}" for k, v in sorted(found.settings.items()))
+        settings = ", ".join(
+            f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(found.settings.items())
+        )
         console.print(f"{variant}: tuned settings {settings} (tune run {found.tune_run_id})", highlight=False)
 
     with stop_on_signals() as stop:
@@ -131,8 +133,8 @@ def compare(
             model_name if register else None,
             root or None,
             run_id=project_run,
-            # tuned, the variants differ in their searched settings by design (the verdict says so)
-            allow_mismatch=allow_mismatch or tuned,
+            allow_mismatch=allow_mismatch,
+            tuned=tuned,
             stop=stop,
         )
     table = Table(title="plain vs residual")

@@ -142,12 +142,14 @@ def plot_best_so_far(curves: dict[str, list[tuple[int, float]]], path: Path, tit
     """Best dev accuracy so far against trials, one line per search (the study draws both
     variants' searches in one figure)."""
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     fig, ax = plt.subplots(figsize=(6.5, 4))
     for label, curve in curves.items():
         if curve:
             ax.step([n for n, _ in curve], [100 * v for _, v in curve], where="post", label=label, marker="o")
     ax.set(xlabel="trial", ylabel="best dev accuracy so far (%)", title=title)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()

@@ -114,8 +114,10 @@ TUNE_BEST_TRIAL = "tune.best_trial"
 TUNE_BEST_RUN = "tune.best_run"
 #: The best trial's searched settings as JSON (what `compare --tuned` trains with).
 TUNE_BEST_SETTINGS = "tune.best_settings"
-#: On a run `compare --tuned` trained: the tune run whose settings it used.
+#: On a run `compare --tuned` trained: the tune run whose settings it used; on its comparison run,
+#: that the variants were compared at their tuned settings.
 TUNED_FROM = "tuned_from"
+TUNED = "tuned"
 TUNE_TRIAL = "tune.trial"
 TUNE_NODE = "tune.node"
 #: What Optuna's MLflow storage reads on a study run (its direction) and, on a trial's run, as
