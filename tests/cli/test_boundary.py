@@ -60,6 +60,9 @@ def test_expected_failures_of_the_store_and_compare_are_one_line(
 ) -> None:
     from resnet_mnist.tracking.experiments import experiment_id
 
+    # before anything was trained (in a process of its own, this was the seeded store's first call)
+    out = cli.invoke(app, ["compare", "--preset", "smoke"], terminal_width=300)
+    assert out.exit_code == 1 and "experiment 'resnet18-mnist' does not exist: train first" in out.output
     experiment_id("resnet18-mnist")
     cases = [
         (["compare", "--runs", "nope1,nope2"], "error: no run 'nope1' in"),
