@@ -106,6 +106,46 @@ def test_each_group_is_searched_with_the_same_budget_then_its_seeds_trained(stor
     assert sorted(o.key for o in again.orders) == sorted(c.key for c in cells)
 
 
+class StoppedAtOnce(Ending):
+    """Ctrl-C as the first trials were submitted, before any started: the first wait sets the
+    stop; every task then ends at the cancel without having run."""
+
+    def __init__(self, stop: threading.Event) -> None:
+        super().__init__()
+        self.stop, self.cancelled = stop, False
+
+    def wait(self, handles: list[Hashable], timeout_s: float) -> list[Hashable]:
+        self.stop.set()
+        return handles if self.cancelled else []
+
+    def cancel(self, handles: list[Hashable]) -> None:
+        self.cancelled = True
+
+
+def test_a_stop_before_the_trials_start_leaves_no_run_running_and_the_rerun_trains_them(
+    store: str,
+) -> None:
+    spec = S.load_study("tiny-tuned")
+    client = MlflowClient()
+    home = E.open_study(client, spec, "study-test")
+    stop = threading.Event()
+    engine = StoppedAtOnce(stop)
+    with pytest.raises(KeyboardInterrupt):
+        TunedGrid(engine, client, home, spec, 2, lambda line: None).run(stop)
+    asked = [o for o in engine.orders if isinstance(o, TrialOrder)]
+    assert len(asked) == 2  # one per group: the slots
+    for order in asked:
+        run = client.get_run(order.run_id)
+        assert run.info.status == "KILLED"
+        assert run.data.tags[names.FAILURE_REASON] == "stopped before its training started"
+    # the rerun trains those two trials in their runs, then asks for the rest of the budget
+    again = Ending()
+    TunedGrid(again, client, home, spec, 2, lambda line: None).run(threading.Event())
+    trials = [o for o in again.orders if isinstance(o, TrialOrder)]
+    assert [o.run_id for o in trials[:2]] == [o.run_id for o in asked] and len(trials) == 4
+    assert {client.get_run(o.run_id).info.status for o in trials} == {"FINISHED"}
+
+
 def test_a_tune_section_is_checked(tmp_path: Path) -> None:
     path = tmp_path / "s.yaml"
     for tune, message in (

@@ -278,16 +278,22 @@ class Search:
             if not self.pending:
                 break
             if stop.is_set():
-                stop_cells(self.engine, self.pending, self.log, "trials")
+                self.stop()
                 raise KeyboardInterrupt("search stopped")
             for handle in self.engine.wait(list(self.pending), 0.5):
                 self.collect(handle)
             if self.gave_up:
-                stop_cells(self.engine, self.pending, self.log, "trials")
+                self.stop()
                 break
         if not self.complete:
             raise SearchIncomplete(self.incomplete())
         return self.result
+
+    def stop(self) -> None:
+        """Cancel the trials in flight and wait until each has ended (see `stop_cells`)."""
+        orders = list(self.pending.values())
+        stop_cells(self.engine, self.pending, self.log, "trials")
+        end_unstarted(self.client, orders)
 
     def wants(self) -> bool:
         """Whether another trial may be asked for: budget left, beyond the trials in flight."""
@@ -376,6 +382,16 @@ def end_lost(client: MlflowClient, run_id: str, reason: str) -> None:
     run = client.get_run(run_id)
     if run.info.status == "RUNNING" and not owner_alive(run.data.tags):
         end_abandoned(client, run_id, RunStatus.FAILED, reason)
+
+
+def end_unstarted(client: MlflowClient, orders: list[TrialOrder]) -> None:
+    """End KILLED the trials a stop reached before their training took their run over: the run
+    the storage made when the trial was asked is RUNNING with no owner, and would look in flight
+    for ever. A rerun trains them (to `state_of` they are to be continued)."""
+    for order in orders:
+        run = client.get_run(order.run_id)
+        if run.info.status == "RUNNING" and names.OWNER_PID not in run.data.tags:
+            end_abandoned(client, order.run_id, RunStatus.KILLED, "stopped before its training started")
 
 
 def values_of(params: dict[str, Any], space: SearchSpace) -> dict[str, Any]:

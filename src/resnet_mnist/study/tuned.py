@@ -33,7 +33,17 @@ from resnet_mnist.study.execution import (
     submit_cell,
 )
 from resnet_mnist.study.spec import Group, StudySpec, trial_base
-from resnet_mnist.study.tune import Search, TuneHome, TuneSpec, find_tune, open_tune, pruner_for, trial_runs
+from resnet_mnist.study.trials import TrialOrder
+from resnet_mnist.study.tune import (
+    Search,
+    TuneHome,
+    TuneSpec,
+    end_unstarted,
+    find_tune,
+    open_tune,
+    pruner_for,
+    trial_runs,
+)
 from resnet_mnist.study.tune_report import Findings, findings
 from resnet_mnist.tracking import names
 
@@ -175,7 +185,9 @@ class TunedGrid:
         pending: dict[Hashable, Any] = dict(self.cells)
         for _, search in self.searches.values():
             pending |= search.pending
+        trials = [o for o in pending.values() if isinstance(o, TrialOrder)]
         stop_cells(self.engine, pending, self.log, "cells and trials")
+        end_unstarted(self.client, trials)
 
 
 def _prefixed(log: Callable[[str], None], prefix: str) -> Callable[[str], None]:
