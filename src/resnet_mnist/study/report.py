@@ -159,10 +159,11 @@ def tuning_text(spec: StudySpec, searches: list[GroupSearch]) -> str:
     """The budget every group had, and what pruning saved over all the searches."""
     assert spec.tune is not None
     base = searches[0].spec.base
-    trials = sum(len(s.found.trials) for s in searches if s.found)
-    pruned = sum(s.found.pruned for s in searches if s.found)
-    saved = sum(s.found.saved for s in searches if s.found)
-    steps = sum(s.found.all_steps for s in searches if s.found)
+    found = [s.found for s in searches if s.found]
+    trials = sum(len(f.trials) for f in found)
+    pruned = sum(f.pruned for f in found)
+    saved = sum(f.saved for f in found)
+    steps = sum(f.all_steps for f in found)
     text = (
         f"Every (depth, variant) group was tuned with the same budget: {spec.tune.trials} trials of "
         f"{base.epochs} epochs ({base.total_steps()} steps), TPE over "

@@ -74,8 +74,8 @@ class DepthResult:
     """Plain against residual at one depth, at each variant's chosen rate."""
 
     depth: int
-    #: each variant's rate: chosen from the grid, or by its search (or the preset's)
-    lr: dict[str, float]
+    #: each variant's chosen settings (the grid's: its rate alone)
+    settings: dict[str, dict[str, Any]]
     cells: dict[str, list[Cell]]
     train_loss: dict[str, Interval]
     dev_accuracy: dict[str, Interval]
@@ -83,8 +83,12 @@ class DepthResult:
     loss_gap: Interval
     #: residual - plain full-dev accuracy, paired by seed
     accuracy_gap: Interval
-    #: each variant's chosen settings (the grid's: its rate alone)
-    settings: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def lr(self) -> dict[str, float]:
+        """Each variant's rate: chosen from the grid, or by its search (NaN: the search left
+        the preset's)."""
+        return {v: float(self.settings[v].get("lr", math.nan)) for v in VARIANTS}
 
 
 def paired(cells: dict[str, list[Cell]], key: str, sign: int) -> Interval:
@@ -96,13 +100,19 @@ def paired(cells: dict[str, list[Cell]], key: str, sign: int) -> Interval:
 Tuned = Mapping[str, Mapping[str, Any]]
 
 
+def search_cells(spec: StudySpec, cells: list[Cell]) -> list[Cell]:
+    """A grid's rate-search cells: the first seed at every rate (a tuned study has none: its
+    searches are tune runs)."""
+    return [] if spec.tune else [c for c in cells if c.seed == spec.seeds[0] and c.lr in spec.lrs]
+
+
 def analyse(
     spec: StudySpec, cells: list[Cell], tuned: Tuned | None = None
 ) -> tuple[list[DepthResult], list[Cell]]:
     """Per depth, the cells at each variant's chosen settings and their statistics; also the
     rate search cells (seed 0 at every rate of a grid). A tuned study's settings are `tuned`,
     by group name (what each group's search chose)."""
-    search = [] if spec.tune else [c for c in cells if c.seed == spec.seeds[0] and c.lr in spec.lrs]
+    search = search_cells(spec, cells)
     results = []
     for depth in sorted(spec.depths):
         settings, chosen = {}, {}
@@ -115,13 +125,12 @@ def analyse(
         results.append(
             DepthResult(
                 depth,
-                {v: float(settings[v].get("lr", math.nan)) for v in VARIANTS},
+                settings,
                 chosen,
                 {v: t_interval([c.final_train_loss for c in chosen[v]]) for v in VARIANTS},
                 {v: t_interval([c.dev_accuracy for c in chosen[v]]) for v in VARIANTS},
                 paired(chosen, "final_train_loss", 1),
                 paired(chosen, "dev_accuracy", -1),
-                settings,
             )
         )
     return results, search
@@ -142,7 +151,7 @@ def missing_cells(spec: StudySpec, cells: list[Cell], tuned: Tuned | None = None
     """How many cells of the grid have not finished (a group's rate search, or its tune search,
     must be complete first)."""
     have = {c.key for c in cells}
-    search = [] if spec.tune else [c for c in cells if c.seed == spec.seeds[0] and c.lr in spec.lrs]
+    search = search_cells(spec, cells)
     missing = 0
     for group in spec.groups():
         if not spec.tune:

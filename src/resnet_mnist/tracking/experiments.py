@@ -15,7 +15,8 @@ from resnet_mnist.tracking.views import CURVES_VIEW, save_curves_view
 EXPERIMENT_KIND = {names.EXPERIMENT_KIND: "custom_model_development"}
 TRAINING_VIEW = "workflowType=machine_learning"
 UI_DEFAULT = "http://127.0.0.1:5000"
-CURVES_QUERY = f"compareRunsMode=CHART&viewStateShareKey={CURVES_VIEW}"
+#: The runs page's chart mode, opened on a saved view.
+VIEW_QUERY = "compareRunsMode=CHART&viewStateShareKey={}"
 
 
 def experiment_id(name: str) -> str:
@@ -85,10 +86,8 @@ def ui_link(
 
     uri = mlflow.get_tracking_uri()
     base = base or (uri.rstrip("/") if uri.startswith(("http://", "https://")) else UI_DEFAULT)
-    if curves:
-        return f"{base}/#/experiments/{experiment}/runs?{TRAINING_VIEW}&{CURVES_QUERY}"
+    view = CURVES_VIEW if curves else view
     if view:
-        query = f"compareRunsMode=CHART&viewStateShareKey={view}"
-        return f"{base}/#/experiments/{experiment}/runs?{TRAINING_VIEW}&{query}"
+        return f"{base}/#/experiments/{experiment}/runs?{TRAINING_VIEW}&{VIEW_QUERY.format(view)}"
     page = f"experiments/{experiment}" + (f"/runs/{run_id}" if run_id else "")
     return f"{base}/#/{page}?{TRAINING_VIEW}"

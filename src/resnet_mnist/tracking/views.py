@@ -62,15 +62,9 @@ def _card(view: str, section: str, key: str, kind: str) -> dict[str, Any]:
     }
 
 
-def _line_chart(metric: str, section: str, view: str = CURVES_VIEW) -> dict[str, Any]:
+def _line_chart(metric: str, view: str = CURVES_VIEW, section: str = "curves") -> dict[str, Any]:
     """One line chart card, with the fields the UI writes for a chart it generates itself."""
-    return {
-        "uuid": f"{view}-{metric}",
-        "type": "LINE",
-        "runsCountToCompare": 10,
-        "metricSectionId": f"{view}-{_SECTIONS.get(section, 'main')}",
-        "deleted": False,
-        "isGenerated": False,
+    return _card(view, section, metric, "LINE") | {
         "displayName": metric,
         "metricKey": metric,
         "lineSmoothness": 0,
@@ -101,19 +95,18 @@ def _bar_chart(metric: str) -> dict[str, Any]:
     return _card(SEEDS_VIEW, "main", metric, "BAR") | {"displayName": metric, "metricKey": metric}
 
 
-def _sections(view: str, first: str) -> list[dict[str, Any]]:
+def _sections(view: str, first: str, key: str = "main") -> list[dict[str, Any]]:
     """Our section first, then the UI's own (it files every other metric there)."""
-    own = [{"uuid": f"{view}-main", "name": first, "display": True, "isReordered": False, "deleted": False}]
-    return [{**s, "isGenerated": False} for s in own] + [
+    return [
         {
-            "uuid": f"{view}-{key}",
+            "uuid": f"{view}-{section_key}",
             "name": name,
             "display": True,
             "isReordered": False,
             "deleted": False,
-            "isGenerated": True,
+            "isGenerated": section_key != key,
         }
-        for name, key in list(_SECTIONS.items())[1:]
+        for name, section_key in [(first, key), *list(_SECTIONS.items())[1:]]
     ]
 
 
@@ -129,7 +122,7 @@ def search_view_state(metric: str) -> dict[str, Any]:
     return curves_view_state() | {
         "searchFilter": "tags.run_type = 'train'",
         "runsHiddenMode": "SHOW_ALL",
-        "compareRunCharts": [_parallel_chart(metric), _line_chart("train_loss", SEARCH_SECTION, SEARCH_VIEW)],
+        "compareRunCharts": [_parallel_chart(metric), _line_chart("train_loss", SEARCH_VIEW, "main")],
         "compareRunSections": _sections(SEARCH_VIEW, SEARCH_SECTION),
         "groupBy": BY_NETWORK,
         "useGroupedValuesInCharts": False,
@@ -144,7 +137,7 @@ def seeds_view_state() -> dict[str, Any]:
     return curves_view_state() | {
         "searchFilter": SCORED,
         "runsHiddenMode": "SHOW_ALL",
-        "compareRunCharts": [*charts, _line_chart("train_loss", SEEDS_SECTION, SEEDS_VIEW)],
+        "compareRunCharts": [*charts, _line_chart("train_loss", SEEDS_VIEW, "main")],
         "compareRunSections": _sections(SEEDS_VIEW, SEEDS_SECTION),
         "groupBy": BY_NETWORK,
         "useGroupedValuesInCharts": True,
@@ -165,18 +158,8 @@ def curves_view_state() -> dict[str, Any]:
         "columnOrder": [],
         "columnWidths": {},
         "runsHiddenMode": "FIRST_10_RUNS",
-        "compareRunCharts": [_line_chart(metric, CURVES_SECTION) for metric in CURVES],
-        "compareRunSections": [
-            {
-                "uuid": f"{CURVES_VIEW}-{key}",
-                "name": name,
-                "display": True,
-                "isReordered": False,
-                "deleted": False,
-                "isGenerated": name != CURVES_SECTION,
-            }
-            for name, key in _SECTIONS.items()
-        ],
+        "compareRunCharts": [_line_chart(metric) for metric in CURVES],
+        "compareRunSections": _sections(CURVES_VIEW, CURVES_SECTION, "curves"),
         "viewMaximized": False,
         "runListHidden": False,
         "isAccordionReordered": True,
