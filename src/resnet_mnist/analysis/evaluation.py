@@ -59,9 +59,10 @@ class Evaluation:
 
 @torch.inference_mode()
 def evaluate_model(
-    model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 1000
+    model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 256
 ) -> Evaluation:
-    """Run `model` (eval mode) over a preprocessed split and score every prediction."""
+    """Run `model` (eval mode) over a preprocessed split and score every prediction. Batches of
+    256 keep a batch's activations in cache (1,000 ran 1.3x slower on one thread)."""
     model.eval()
     logits = torch.cat([model(images[i : i + batch_size]).float() for i in range(0, len(labels), batch_size)])
     loss = F.cross_entropy(logits, labels).item()

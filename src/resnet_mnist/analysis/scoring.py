@@ -71,7 +71,8 @@ class FullSplitScorer:
         if not self.splits:
             self.splits = D.book_split(D.load(self.data_root), 1, D.DEV_SIZE, D.TEST_SIZE)
         if (name, normalize) not in self.tensors:
-            self.tensors[name, normalize] = D.to_tensors(self.splits[name], normalize)
+            images, labels = D.to_tensors(self.splits[name], normalize)
+            self.tensors[name, normalize] = images.contiguous(memory_format=torch.channels_last), labels
         return self.tensors[name, normalize]
 
     def _model(self, run: Run) -> torch.nn.Module:
@@ -92,7 +93,9 @@ class FullSplitScorer:
                 f"run {run_id}: its checkpoint is not a depth-{depth} "
                 f"{variant_of(run)} network ({first_line(exc)})"
             ) from None
-        return model
+        # Channels-last: oneDNN's convolutions read it without reordering each batch (measured
+        # with one thread on 10,000 images: 1.5x faster with batches of 256, docs/performance.md).
+        return model.to(memory_format=torch.channels_last)
 
     def __call__(self, run: Run) -> FullScores:
         metrics = dict(run.data.metrics)
