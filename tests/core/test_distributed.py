@@ -114,29 +114,32 @@ def test_two_processes_equal_one_on_a_batchnorm_free_model(tmp_path: Path) -> No
 
 
 @pytest.mark.slow
-def test_train_nproc_2_logs_one_run_like_a_single_process(tmp_path: Path, empty_store: Path) -> None:
+def test_train_nproc_2_logs_one_run_like_a_single_process(
+    tmp_path: Path, empty_store: Path, smoke_reference: dict
+) -> None:
+    """Against the session's uninterrupted single-process smoke run (`smoke_reference`, the
+    numbers `train --preset smoke` gives)."""
     uri = copy_store(empty_store, tmp_path)
     env = {"MLFLOW_TRACKING_URI": uri}
     out = cli("train", "--preset", "smoke", "--nproc", "2", "--run-name", "ddp", cwd=tmp_path, env=env)
     assert out.returncode == 0, out.stderr[-3000:]
-    assert cli("train", "--preset", "smoke", "--run-name", "single", cwd=tmp_path, env=env).returncode == 0
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name("resnet18-mnist")
     found = {r.info.run_name: r for r in client.search_runs([exp.experiment_id])}
-    assert set(found) == {"ddp", "single"}, "rank 1 must not log a run"
-    ddp, single = found["ddp"], found["single"]
+    assert set(found) == {"ddp"}, "rank 1 must not log a run"
+    ddp = found["ddp"]
     assert ddp.info.status == "FINISHED"
     assert {
         k: ddp.data.params[k] for k in ("world_size", "backend", "global_batch_size", "per_rank_batch_size")
     } == {"world_size": "2", "backend": "gloo", "global_batch_size": "32", "per_rank_batch_size": "16"}
     history = {key: client.get_metric_history(ddp.info.run_id, key) for key in ("train_loss", "dev_accuracy")}
     assert [m.step for m in history["train_loss"]] == list(range(48))
-    reference = client.get_metric_history(single.info.run_id, "dev_accuracy")
-    assert [m.step for m in history["dev_accuracy"]] == [m.step for m in reference]
+    reference = smoke_reference["values"]["dev_accuracy"]
+    assert sorted(m.step for m in history["dev_accuracy"]) == [step for step, _ in reference]
     # Not identical: on CPU BatchNorm normalises each rank's 16 images rather than all 32
     # (SyncBatchNorm has no CPU kernel), which changes the early steps. Both runs must still
     # learn alike: final dev accuracy within 0.10, and both far above chance.
-    final = history["dev_accuracy"][-1].value, reference[-1].value
+    final = max(history["dev_accuracy"], key=lambda m: m.step).value, reference[-1][1]
     assert abs(final[0] - final[1]) <= 0.10 and min(final) > 0.6
     assert ddp.data.metrics["test_accuracy"] > 0.6
 

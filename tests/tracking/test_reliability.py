@@ -123,11 +123,10 @@ def test_periodic_checkpoints(tmp_path: Path, empty_store: Path) -> None:
     assert run.data.tags["resume_step"] == "15"
 
 
-def test_resume_refusals(tmp_path: Path, empty_store: Path) -> None:
-    uri = copy_store(empty_store, tmp_path)
+def test_resume_refusals(tmp_path: Path, smoke_pair: Path) -> None:
+    uri = copy_store(smoke_pair, tmp_path)  # two FINISHED smoke runs
     env = {"MLFLOW_TRACKING_URI": uri}
-    assert cli("train", "--preset", "smoke", "--epochs", "1", cwd=tmp_path, env=env).returncode == 0
-    (finished,) = runs(uri)
+    finished = runs(uri)[0]
     out = cli("train", "--resume", finished.info.run_id, cwd=tmp_path, env=env)
     assert out.returncode == 1 and "already FINISHED" in out.stderr
     out = cli("train", "--resume", "0123456789abcdef", cwd=tmp_path, env=env)
@@ -554,7 +553,7 @@ def test_a_server_killed_under_a_distributed_run_ends_it_with_one_message_and_ex
 
 
 def test_a_server_lost_while_results_are_written_keeps_the_finished_training(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, smoke_reference: dict
 ) -> None:
     import mlflow
 
@@ -578,7 +577,6 @@ def test_a_server_lost_while_results_are_written_keeps_the_finished_training(
             stop_server(server, signal.SIGKILL)
 
     try:
-        reference = train(RunRequest(build_config("smoke", True), run_name="reference"))
         with pytest.raises(TrackingLost) as lost:
             train(RunRequest(build_config("smoke", True)), callbacks=[ServerDiesAtTheEnd()])
         assert mlflow.active_run() is None
@@ -591,6 +589,6 @@ def test_a_server_lost_while_results_are_written_keeps_the_finished_training(
         assert run.info.status == "FINISHED" and not spool.path.exists()
         assert run.data.tags["resumed_from_step"] == "48"
         assert mlflow.pyfunc.load_model(run.data.tags["logged_model_uri"])
-        assert_same_histories(url, done.run_id, histories(url, reference.run_id))
+        assert_same_histories(url, done.run_id, smoke_reference)
     finally:
         stop_server(server)

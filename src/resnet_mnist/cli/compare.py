@@ -76,6 +76,10 @@ def compare(
 
     Under `mlflow run -e compare` the project's run is the comparison run.
     """
+    if tuned and (runs or filter):  # refused before torch and MLflow load
+        raise typer.BadParameter("--tuned chooses (or trains) the runs itself", param_hint="--runs/--filter")
+    seed_list = parse_seeds(seeds)
+
     from mlflow.tracking import MlflowClient
 
     from resnet_mnist.analysis import compare as C
@@ -87,9 +91,6 @@ def compare(
     from resnet_mnist.tracking.request import RunRequest
     from resnet_mnist.tracking.store import check_store, take_project_run
 
-    if tuned and (runs or filter):
-        raise typer.BadParameter("--tuned chooses (or trains) the runs itself", param_hint="--runs/--filter")
-    seed_list = parse_seeds(seeds)
     project_run = take_project_run()
     check_store()
     client = MlflowClient()

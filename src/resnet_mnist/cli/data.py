@@ -8,7 +8,6 @@ from typing import Annotated
 import typer
 
 from resnet_mnist.cli.common import RootOption, console
-from resnet_mnist.core import data as D
 
 
 def fetch(root: RootOption = None) -> None:
@@ -16,6 +15,8 @@ def fetch(root: RootOption = None) -> None:
 
     Files already present and verified are kept; a second run downloads nothing.
     """
+    from resnet_mnist.core import data as D
+
     target = D.fetch(root)
     console.print(f"MNIST verified in {target}")
     for name, digest in D.SHA256.items():
@@ -28,6 +29,8 @@ def samples(
     root: RootOption = None,
 ) -> None:
     """Save the first N official test digits as PNG files named by their label (to try predict)."""
+    from resnet_mnist.core import data as D
+
     for path in D.save_test_digits(out, count, root):
         console.print(str(path), highlight=False)
 
@@ -45,6 +48,7 @@ def presented(
 ) -> None:
     """Save the first N official test digits as people bring them (drawn on pads of several sizes
     with thin and thick pens, ink on photographed paper), named INDEX-LABEL, to look at or predict."""
+    from resnet_mnist.core import data as D
     from resnet_mnist.core import presentations
 
     mnist = D.load(str(root) if root else None)

@@ -114,20 +114,23 @@ def predict(
     'not sure'. An unreadable file is reported on its line and the others are still classified;
     the exit code is then 1."""
     from resnet_mnist.inference import images as I
+
+    # What the options alone can refuse is refused before torch and MLflow load.
+    paths = list(I.expand(images or []))
+    if payload and not paths:
+        raise typer.BadParameter("--payload needs image files")
+    if not payload and not paths and mnist_test is None and presented is None and non_digits is None:
+        raise typer.BadParameter("give image files and/or --mnist-test N / --presented N / --non-digits N")
+    if not payload and log and presented is None:
+        raise typer.BadParameter("--log writes the scores of --presented: give --presented N too")
+
     from resnet_mnist.inference import predict as P
     from resnet_mnist.tracking.store import check_store
 
-    paths = list(I.expand(images or []))
     if payload:
-        if not paths:
-            raise typer.BadParameter("--payload needs image files")
         digits = [P.load_digit(p, preprocess.value) for p in paths]
         print(json.dumps({"inputs": [d.tolist() for d in digits]}, separators=(",", ":")))
         return
-    if not paths and mnist_test is None and presented is None and non_digits is None:
-        raise typer.BadParameter("give image files and/or --mnist-test N / --presented N / --non-digits N")
-    if log and presented is None:
-        raise typer.BadParameter("--log writes the scores of --presented: give --presented N too")
     check_store()
     model = None
 

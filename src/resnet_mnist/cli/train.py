@@ -51,16 +51,11 @@ def train(
 
     Under `mlflow run` the project's run is the training run.
     """
-    from resnet_mnist.cli.progress import for_console
     from resnet_mnist.config.placement import placement
     from resnet_mnist.config.settings import build_config
-    from resnet_mnist.core import distributed
-    from resnet_mnist.core.device import resolve_device
-    from resnet_mnist.tracking import runner
-    from resnet_mnist.tracking.request import RunRequest
-    from resnet_mnist.tracking.store import take_project_run
 
-    mark("imports")
+    # What the options alone can refuse is refused before torch and MLflow load (2 s here), so
+    # a mistyped command answers at once.
     given, where = split_options(settings)
     place = placement(where)
     if resume:
@@ -72,6 +67,19 @@ def train(
                 f"--resume continues with the run's logged settings; drop {', '.join(ignored)}",
                 param_hint="--resume",
             )
+    else:
+        config = build_config(preset, given.pop("use_residual", True), given)
+        place.validate(config)
+
+    from resnet_mnist.cli.progress import for_console
+    from resnet_mnist.core import distributed
+    from resnet_mnist.core.device import resolve_device
+    from resnet_mnist.tracking import runner
+    from resnet_mnist.tracking.request import RunRequest
+    from resnet_mnist.tracking.store import take_project_run
+
+    mark("imports")
+    if resume:
         from resnet_mnist.tracking.offline import Spool
 
         kept = Spool.find(resume)
@@ -84,8 +92,6 @@ def train(
         with stop_on_signals() as stop:
             trained = runner.resume(RunRequest.resuming(resume, place), [for_console(console)], stop)
     else:
-        config = build_config(preset, given.pop("use_residual", True), given)
-        place.validate(config)
         if nproc > 1 and not distributed.launched():
             # Validated above; now the same command runs again as every rank of one job.
             code = distributed.launch(nproc, drop_options(sys.argv[1:], ("--nproc",)))
