@@ -352,7 +352,7 @@ def test_ten_ctrl_c_while_a_run_ends_leave_it_killed_never_running(tmp_path: Pat
     """The burst lands after training, while the run logs its model and ends: it ends KILLED
     with its reason, exit 130, one line; never RUNNING, never FINISHED."""
     uri = copy_store(empty_store, tmp_path)
-    code, _, err = burst(start_train(tmp_path, uri), "[Test] best checkpoint")
+    code, _, err = burst(start_train(tmp_path, uri, "--epochs", "1"), "[Test] best checkpoint")
     (run,) = runs(uri)
     assert code == 130, err
     assert run.info.status == "KILLED"
@@ -419,7 +419,7 @@ def test_a_full_disk_while_writing_an_artifact_fails_the_run_naming_the_file(
         pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
     try:
         uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-        out = cli("train", "--preset", "smoke", cwd=tmp_path, env={"MLFLOW_TRACKING_URI": uri})
+        out = cli("train", "--preset", "smoke", "--epochs", "1", cwd=tmp_path, env={"MLFLOW_TRACKING_URI": uri})
         assert out.returncode == 1, out.stderr
         line = " ".join(out.stderr.split())
         assert "no space left on the device while writing" in line
