@@ -23,6 +23,12 @@ from pathlib import Path
 # cores wait on each other (measured: the suite's CPU time doubled). Set before torch loads.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+# The test processes load torch and MLflow and train in-process too: the collector as every
+# `resnet-mnist` process sets it (runtime/collector.py), before those imports.
+from resnet_mnist.runtime.collector import for_heavy_imports  # noqa: E402
+
+for_heavy_imports()
+
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from filelock import FileLock  # noqa: E402

@@ -419,7 +419,8 @@ def test_a_full_disk_while_writing_an_artifact_fails_the_run_naming_the_file(
         pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
     try:
         uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-        out = cli("train", "--preset", "smoke", "--epochs", "1", cwd=tmp_path, env={"MLFLOW_TRACKING_URI": uri})
+        env = {"MLFLOW_TRACKING_URI": uri}
+        out = cli("train", "--preset", "smoke", "--epochs", "1", cwd=tmp_path, env=env)
         assert out.returncode == 1, out.stderr
         line = " ".join(out.stderr.split())
         assert "no space left on the device while writing" in line

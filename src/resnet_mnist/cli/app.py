@@ -13,6 +13,7 @@ import typer
 from resnet_mnist.cli import compare, data, model, pad, predict, runs, study, train, tune
 from resnet_mnist.cli.boundary import DEBUG_ENV, ErrorBoundary
 from resnet_mnist.runtime import timeline
+from resnet_mnist.runtime.collector import for_heavy_imports
 from resnet_mnist.runtime.signals import ignore_signals_at_exit, leave, own_process
 from resnet_mnist.runtime.timeline import mark
 
@@ -85,6 +86,7 @@ _unwrap_help(app)  # after the last verb and the callback are registered
 def main() -> None:
     """The `resnet-mnist` command: its process ends as soon as the command has (`leave`)."""
     mark("startup")
+    for_heavy_imports()
     own_process()
     code: object = 0
     try:
