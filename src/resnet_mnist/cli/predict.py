@@ -117,11 +117,12 @@ def predict(
 
     # What the options alone can refuse is refused before torch and MLflow load.
     paths = list(I.expand(images or []))
-    if payload and not paths:
-        raise typer.BadParameter("--payload needs image files")
-    if not payload and not paths and mnist_test is None and presented is None and non_digits is None:
+    if payload:
+        if not paths:
+            raise typer.BadParameter("--payload needs image files")
+    elif not paths and mnist_test is None and presented is None and non_digits is None:
         raise typer.BadParameter("give image files and/or --mnist-test N / --presented N / --non-digits N")
-    if not payload and log and presented is None:
+    elif log and presented is None:
         raise typer.BadParameter("--log writes the scores of --presented: give --presented N too")
 
     from resnet_mnist.inference import predict as P

@@ -4,8 +4,8 @@ Those libraries leave about 600,000 long-lived objects. With CPython's default t
 10, 10) the collector ran nine full collections in a smoke `train` process, seven of them while
 the libraries were imported, each walking every object and freeing next to nothing: 1.5 s of a
 10 s process here. With a first generation of 100,000 allocations a full collection is rare (none
-in that process), while young cyclic garbage is still collected (11 times): the process took
-8.2-8.6 s instead of 9.6-10.0 s (docs/performance.md).
+in that process), while young cyclic garbage is still collected (11 times): whole processes took
+9.33 s instead of 10.44 s (medians of 3, docs/performance.md).
 """
 
 from __future__ import annotations

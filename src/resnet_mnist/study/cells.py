@@ -19,7 +19,6 @@ from mlflow.tracking import MlflowClient
 
 from resnet_mnist.config.placement import Placement
 from resnet_mnist.config.settings import TrainConfig
-from resnet_mnist.runtime.collector import for_heavy_imports
 from resnet_mnist.runtime.errors import ProjectError
 from resnet_mnist.study.reach import Reach, data_root
 from resnet_mnist.tracking import names
@@ -114,7 +113,6 @@ def train_cell(order: CellOrder, node: str, stop: threading.Event | None = None)
     from resnet_mnist.core import data
 
     order.reach.adopt()
-    for_heavy_imports()  # a Ray worker trains many runs
     torch.set_num_threads(order.threads)
     data.fetch(order.placement.data_root)  # this node's copy, fetched and verified if missing
     client = MlflowClient()

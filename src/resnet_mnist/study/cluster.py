@@ -46,9 +46,13 @@ def node_label() -> str:
 @ray.remote(max_retries=RETRIES)
 def train_task(order: CellOrder) -> CellOutcome:
     """One cell, in a Ray worker (imported here, in the worker, not at the driver's import)."""
+    from resnet_mnist.runtime.collector import for_heavy_imports
     from resnet_mnist.runtime.signals import stop_on_signals
     from resnet_mnist.study.cells import train_cell
 
+    # A worker trains run after run; torch and MLflow came with this module, the runs' model
+    # logging and figures still gain (the driver's `main` set it for its own process).
+    for_heavy_imports()
     with stop_on_signals() as stop:
         return train_cell(order, node_label(), stop)
 
@@ -56,9 +60,11 @@ def train_task(order: CellOrder) -> CellOutcome:
 @ray.remote(max_retries=RETRIES)
 def trial_task(order: TrialOrder) -> TrialOutcome:
     """One trial of a search, in a Ray worker."""
+    from resnet_mnist.runtime.collector import for_heavy_imports
     from resnet_mnist.runtime.signals import stop_on_signals
     from resnet_mnist.study.trials import run_trial
 
+    for_heavy_imports()  # as in `train_task`
     with stop_on_signals() as stop:
         return run_trial(order, node_label(), stop)
 

@@ -29,7 +29,6 @@ from mlflow.tracking import MlflowClient
 from resnet_mnist.config.placement import Placement
 from resnet_mnist.config.settings import TrainConfig
 from resnet_mnist.core.trainer import Callback, EarlyStop, Result
-from resnet_mnist.runtime.collector import for_heavy_imports
 from resnet_mnist.runtime.errors import ProjectError
 from resnet_mnist.study.reach import Reach
 from resnet_mnist.tracking import names
@@ -170,7 +169,6 @@ def run_trial(order: TrialOrder, node: str, stop: threading.Event | None = None)
     from resnet_mnist.core import data
 
     order.reach.adopt()
-    for_heavy_imports()  # a Ray worker trains many runs
     torch.set_num_threads(order.threads)
     data.fetch(order.placement.data_root)
     client = MlflowClient()
