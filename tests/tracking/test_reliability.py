@@ -3,6 +3,7 @@ refused pickles, and bad input that never leaves a RUNNING run."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import signal
@@ -482,10 +483,12 @@ def train_until_the_server_dies(
         if at in line:
             tree = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
             for p in tree:
-                p.suspend()
+                with contextlib.suppress(psutil.NoSuchProcess):  # a helper (`git`) may have ended
+                    p.suspend()
             stop_server(server, signal.SIGKILL)
             for p in tree:
-                p.resume()
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    p.resume()
             break
     _, err = proc.communicate(timeout=300)
     return proc, err
