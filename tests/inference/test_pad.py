@@ -163,7 +163,7 @@ def test_digits_drawn_with_the_mouse_are_read(page: Page, model, mnist: D.Mnist)
             page.mouse.up()
         read.append((answered(page), str(mnist.test_labels[index])))
         bars = page.locator("#bars .bar")
-        expect(bars).to_have_count(10)
+        expect(bars).to_have_count(10, timeout=WAIT_MS)
         page.screenshot(path=str(SHOTS / f"pad-drawn-{index}.png"))
     assert sum(a == b for a, b in read) >= DRAWN - 1, read
 
@@ -237,5 +237,7 @@ def test_a_tight_photo_is_shown_and_read_and_a_non_digit_is_not_sure(
     page.set_input_files("#file", str(unsure[0]))
     assert answered(page).startswith("not sure: perhaps ")
     assert page.locator("#answer").get_attribute("data-sure") == "false"
-    expect(page.locator("#bars .bar")).to_have_count(10)  # the guesses' probabilities are shown
+    expect(page.locator("#bars .bar")).to_have_count(
+        10, timeout=WAIT_MS
+    )  # the guesses' probabilities are shown
     page.screenshot(path=str(SHOTS / "pad-not-sure.png"))

@@ -91,10 +91,10 @@ def test_the_search_view_draws_every_trial_and_cell_through_its_settings(
 ) -> None:
     page.goto(links["the searches"])
     try:
-        expect(page.get_by_text("Search: settings and dev accuracy").first).to_be_visible()
+        expect(page.get_by_text("Search: settings and dev accuracy").first).to_be_visible(timeout=WAIT_MS)
         # the 4 trials and 4 scored cells, listed by network (flat, not under their parents)
         for name in ("resnet8-plain-trial-0", "resnet8-residual-trial-1", "resnet8-plain-seed1"):
-            expect(page.get_by_role("link", name=name, exact=True)).to_be_visible()
+            expect(page.get_by_role("link", name=name, exact=True)).to_be_visible(timeout=WAIT_MS)
         try:
             axes, painted = page.wait_for_function(PARALLEL, arg=AXES, timeout=WAIT_MS).json_value()
         except PlaywrightTimeoutError:
@@ -108,9 +108,9 @@ def test_the_search_view_draws_every_trial_and_cell_through_its_settings(
 def test_the_seeds_view_groups_the_scored_runs_by_network(links: dict[str, str], page: Page) -> None:
     page.goto(links["the seeds by network"])
     try:
-        expect(page.get_by_text("Group by: architecture")).to_be_visible()
+        expect(page.get_by_text("Group by: architecture")).to_be_visible(timeout=WAIT_MS)
         for network in ("resnet8-plain", "resnet8-residual"):
-            expect(page.get_by_text(f"Group: {network}", exact=True)).to_be_visible()
+            expect(page.get_by_text(f"Group: {network}", exact=True)).to_be_visible(timeout=WAIT_MS)
         expect(page.get_by_role("link", name="resnet8-plain-trial-0", exact=True)).to_have_count(0)
         # one bar per network: the mean of its two seeds' final training loss
         page.wait_for_function(
