@@ -49,9 +49,12 @@ FAST_FAILURE_DETECTION = {
 
 
 def ray_env() -> dict[str, str]:
-    """Token authentication with a token of this test's own (not ~/.ray's), no usage stats."""
+    """Token authentication with a token of this test's own (not ~/.ray's), no usage stats, and
+    workers at niceness 0, as docs/scaling.md starts a cluster whose machines do other work too
+    (here: the other tests)."""
     return {
         "RAY_USAGE_STATS_ENABLED": "0",
+        "RAY_worker_niceness": "0",
         "RAY_AUTH_MODE": "token",
         "RAY_AUTH_TOKEN": os.urandom(16).hex(),
     } | FAST_FAILURE_DETECTION
@@ -115,6 +118,8 @@ def test_a_stop_ends_every_cell_at_a_step_and_the_rerun_continues(
         "a cell training with a checkpoint", lambda: training_cell(tmp_path), proc, tmp_path / "study.log"
     )
     assert isinstance(cell, Run)
+    # the embedded Ray's workers compete for the CPU as any program does (Ray's default: nice 15)
+    assert psutil.Process(int(cell.data.tags["owner.pid"])).nice() == 0
     descendants = psutil.Process(proc.pid).children(recursive=True)
     with frozen(int(cell.data.tags["owner.pid"])):  # still mid-training when the stop lands
         if how == "ctrl-c":
