@@ -237,7 +237,6 @@ def test_a_tight_photo_is_shown_and_read_and_a_non_digit_is_not_sure(
     page.set_input_files("#file", str(unsure[0]))
     assert answered(page).startswith("not sure: perhaps ")
     assert page.locator("#answer").get_attribute("data-sure") == "false"
-    expect(page.locator("#bars .bar")).to_have_count(
-        10, timeout=WAIT_MS
-    )  # the guesses' probabilities are shown
+    # the guesses' probabilities are shown
+    expect(page.locator("#bars .bar")).to_have_count(10, timeout=WAIT_MS)
     page.screenshot(path=str(SHOTS / "pad-not-sure.png"))
