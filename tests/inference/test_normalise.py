@@ -229,3 +229,14 @@ def test_any_presentation_of_a_test_digit_is_framed_as_mnist_would(case) -> None
 @given(case=presentations())
 def test_any_presentation_up_to_2000_px_is_framed_as_mnist_would(case) -> None:
     check_framed_as_mnist(case)
+
+
+#: A phone photo's size (4004 x 3507 px, the digit 2,860 px tall) on uneven, noisy paper, saved as
+#: a JPEG: averaged down by 4 before anything else (`normalise.LARGE`).
+PHONE_PHOTO = Look(size=2860, margin=0.2, contrast=0.5, pen=2.0, light=0.2, noise=0.03, jpeg=80)
+
+
+@property_settings(1)
+@given(case=st.just((7, PHONE_PHOTO, 0)))
+def test_a_phone_photo_is_framed_as_mnist_would(case) -> None:
+    check_framed_as_mnist(case)
