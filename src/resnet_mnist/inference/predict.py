@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import itertools
+import logging
+import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,6 +14,7 @@ import numpy as np
 
 from resnet_mnist.inference import normalise as N
 from resnet_mnist.inference.images import PredictError, called, read_grey
+from resnet_mnist.inference.requirements import mismatches
 from resnet_mnist.runtime.env import overridden
 from resnet_mnist.runtime.errors import ProjectError
 
@@ -70,8 +73,11 @@ def load_model(uri: str, allow_untrusted: bool = False):
     try:
         # MLflow's download progress bars are not what a person asked to see
         quiet = {PICKLE_SWITCH: "true" if allow_untrusted else "false", PROGRESS_BARS: "false"}
-        with overridden(quiet):
-            return mlflow.pyfunc.load_model(uri)
+        with overridden(quiet), tempfile.TemporaryDirectory(prefix="resnet-mnist-model-") as tmp:
+            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp))
+            for mismatch in mismatches(local):  # MLflow's own check costs a second (requirements.py)
+                logging.getLogger(__name__).warning("model %s: %s", uri, mismatch)
+            return mlflow.pyfunc.load_model(str(local), suppress_warnings=True)
     except (MlflowException, OSError) as exc:
         if not allow_untrusted and "pickle" in str(exc).lower():
             raise PredictError(
