@@ -14,9 +14,9 @@ import numpy as np
 
 from resnet_mnist.inference import normalise as N
 from resnet_mnist.inference.images import PredictError, called, read_grey
-from resnet_mnist.inference.requirements import mismatches
 from resnet_mnist.runtime.env import overridden
 from resnet_mnist.runtime.errors import ProjectError
+from resnet_mnist.tracking.requirements import mismatches
 
 PREPROCESSING = ("mnist", "resize")  #: MNIST's normalisation; the naive whole-image resize
 BATCH = 256  #: images read, normalised and classified at a time (bounds memory on long lists)

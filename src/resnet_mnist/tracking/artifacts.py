@@ -25,6 +25,7 @@ from resnet_mnist.core.trainer import Tensors
 from resnet_mnist.tracking import names
 from resnet_mnist.tracking.lifecycle import active_run_id
 from resnet_mnist.tracking.provenance import version
+from resnet_mnist.tracking.requirements import checked_here
 from resnet_mnist.tracking.sqlite import store_lock
 from resnet_mnist.tracking.store import retry_conflicts
 
@@ -104,7 +105,7 @@ def log_model(
     with torch.inference_mode():
         output = classifier(torch.from_numpy(example)).numpy()
     signature = mlflow.models.infer_signature(example, output)
-    with naming(active_run_id(), "model"):
+    with naming(active_run_id(), "model"), checked_here():  # MLflow's check costs a second
         info = mlflow.pytorch.log_model(
             classifier,
             name="model",

@@ -1,8 +1,10 @@
-"""A loaded model's pins and Python version against this environment (inference/requirements.py),
-and the warning `load_model` gives for them in place of MLflow's own check."""
+"""A model's pins and Python version against this environment (tracking/requirements.py): the
+warning `load_model` gives in place of MLflow's own check, and the check that stands in for
+MLflow's while a model is logged."""
 
 from __future__ import annotations
 
+import importlib
 import logging
 import sys
 from importlib import metadata
@@ -11,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from resnet_mnist.inference.requirements import mismatches
+from resnet_mnist.tracking.requirements import MLFLOW_CHECK, checked_here, mismatches
 
 RUNNING = f"{sys.version_info.major}.{sys.version_info.minor}.{sys.version_info.micro}"
 
@@ -86,3 +88,43 @@ def test_loading_a_model_warns_of_its_differences(
         f"model {info.model_uri}: numpy (installed {metadata.version('numpy')}; "
         "the model requires numpy==0.0.1)"
     ]
+
+
+def test_mlflow_still_checks_requirements_where_the_logger_stands_in() -> None:
+    """If an MLflow release moves its check, `checked_here` stands in for nothing (its own check
+    runs, a second slower): this says so."""
+    assert callable(getattr(importlib.import_module(MLFLOW_CHECK[0]), MLFLOW_CHECK[1], None))
+
+
+def test_logging_a_model_warns_of_unmet_pins_without_mapping_every_distribution(
+    store: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import mlflow
+    from mlflow.utils import requirements_utils
+
+    scans = []
+    scan = requirements_utils.importlib_metadata.packages_distributions
+    monkeypatch.setattr(
+        requirements_utils.importlib_metadata, "packages_distributions", lambda: scans.append(1) or scan()
+    )
+
+    class Echo(mlflow.pyfunc.PythonModel):
+        def predict(self, context, model_input):
+            return model_input
+
+    def log_echo() -> None:
+        monkeypatch.setattr(requirements_utils, "_MODULES_TO_PACKAGES", None)  # nothing mapped yet
+        mlflow.pyfunc.log_model(name="echo", python_model=Echo(), pip_requirements=["numpy==0.0.1"])
+
+    mlflow.set_experiment("pins")
+    with mlflow.start_run(), caplog.at_level(logging.WARNING):
+        with checked_here():
+            log_echo()
+        assert scans == []
+        warned = [r.getMessage() for r in caplog.records if r.name == "resnet_mnist.tracking.requirements"]
+        assert warned == [
+            "the model's requirements are not this environment's: numpy (installed "
+            f"{metadata.version('numpy')}; the model requires numpy==0.0.1)"
+        ]
+        log_echo()  # outside the block, MLflow's own check maps every distribution again
+        assert scans == [1]
