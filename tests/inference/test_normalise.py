@@ -236,6 +236,7 @@ def test_any_presentation_up_to_2000_px_is_framed_as_mnist_would(case) -> None:
 PHONE_PHOTO = Look(size=2860, margin=0.2, contrast=0.5, pen=2.0, light=0.2, noise=0.03, jpeg=80)
 
 
+@pytest.mark.slow  # 14 megapixels drawn, blurred and saved as a JPEG by the test itself
 @property_settings(1)
 @given(case=st.just((7, PHONE_PHOTO, 0)))
 def test_a_phone_photo_is_framed_as_mnist_would(case) -> None:
