@@ -25,9 +25,9 @@ from packaging.requirements import InvalidRequirement, Requirement
 
 REQUIREMENTS = "requirements.txt"  #: MLflow's pip requirements, beside MLmodel
 MLMODEL = "MLmodel"
-#: Where MLflow keeps the check it makes while logging a model (mlflow/utils/environment.py calls
-#: it on the requirements it writes); tests/tracking/test_requirements.py checks it is still there.
-MLFLOW_CHECK = ("mlflow.utils.environment", "warn_dependency_requirement_mismatches")
+#: The check MLflow makes while logging a model: mlflow.utils.environment calls it on the
+#: requirements it writes; tests/tracking/test_requirements.py checks it is still there.
+MLFLOW_CHECK = "warn_dependency_requirement_mismatches"
 
 log = logging.getLogger(__name__)
 
@@ -71,10 +71,9 @@ def checked_here() -> Iterator[None]:
     """Inside the block, MLflow's requirement check while logging a model is `unmet`'s (the same
     warning, a second sooner). With an MLflow that no longer has that check where it was, its
     own runs."""
-    import importlib
+    from mlflow.utils import environment
 
-    module = importlib.import_module(MLFLOW_CHECK[0])
-    original = getattr(module, MLFLOW_CHECK[1], None)
+    original = getattr(environment, MLFLOW_CHECK, None)
     if original is None:
         yield
         return
@@ -83,11 +82,11 @@ def checked_here() -> Iterator[None]:
         for line in unmet(requirements):
             log.warning("the model's requirements are not this environment's: %s", line)
 
-    setattr(module, MLFLOW_CHECK[1], check)
+    setattr(environment, MLFLOW_CHECK, check)
     try:
         yield
     finally:
-        setattr(module, MLFLOW_CHECK[1], original)
+        setattr(environment, MLFLOW_CHECK, original)
 
 
 def _python_version(mlmodel: Path) -> str | None:
