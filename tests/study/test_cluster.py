@@ -11,6 +11,7 @@ stopped, so the cell is still mid-training when that lands, on a fast machine as
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -153,6 +154,18 @@ def test_a_stop_ends_every_cell_at_a_step_and_the_rerun_continues(
     assert report_table(tmp_path) == report_table(uninterrupted)
 
 
+def wait_until_started(node: subprocess.Popen, log: Path, limit_s: float = 600) -> bool:
+    """Whether `ray start` said it started (True) or ended first (False); fails the test if it
+    does neither in limit_s (a bound for a hung start, not a timing)."""
+    deadline = time.monotonic() + limit_s
+    while node.poll() is None:
+        if "Ray runtime started" in log.read_text():
+            return True
+        assert time.monotonic() < deadline, f"`ray start` hung:\n{log.read_text()[-3000:]}"
+        time.sleep(0.1)
+    return "Ray runtime started" in log.read_text()
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -161,45 +174,62 @@ def free_port() -> int:
 
 class LoopbackCluster:
     """A head and a second node on this machine, one CPU each, each `ray start --block` in its
-    own session (so that its processes can be found, and ended, by session)."""
+    own session (so that its processes can be found, and ended, by session).
+
+    A node that ends before it has started is started again, on fresh ports, up to
+    `START_ATTEMPTS` times: Ray gives a new node's raylet a fixed 30 s to register with the GCS
+    (ray/_private/node.py), and once, beside the team server's four trainings, a head ran out of
+    it ("The current node timed out during startup"). The start is this test's setting, not what
+    it tests; each failed attempt's output and Ray's own logs stay in the test's folder."""
+
+    START_ATTEMPTS = 3
 
     def __init__(self, folder: Path, env: dict[str, str]) -> None:
         self.folder, self.env = folder, env
         self.temp = Path(tempfile.mkdtemp(prefix="ray", dir="/tmp"))  # short: socket paths
         self.port = free_port()
-        self.address = f"127.0.0.1:{self.port}"
+        self.address = ""
         self.nodes: list[subprocess.Popen] = []
 
-    def start(self, *args: str) -> subprocess.Popen:
+    def start(self, *args: str, head: bool = False) -> subprocess.Popen:
         name = f"node{len(self.nodes)}"
+        for attempt in range(1, self.START_ATTEMPTS + 1):
+            proc = self._start(name, head, *args)
+            log = self.folder / f"{name}.log"
+            started = wait_until_started(proc, log)
+            if started:
+                self.nodes.append(proc)
+                return proc
+            self._end(proc)
+            log.rename(self.folder / f"{name}-attempt{attempt}.log")
+            if head:  # the failed head's session logs (gcs_server.out, raylet.err), then a new one
+                shutil.copytree(self.temp, self.folder / f"ray-attempt{attempt}", dirs_exist_ok=True)
+                shutil.rmtree(self.temp, ignore_errors=True)
+                self.temp.mkdir()
+                self.port = free_port()
+        raise AssertionError(
+            f"{name} did not start in {self.START_ATTEMPTS} attempts:\n"
+            + (self.folder / f"{name}-attempt{self.START_ATTEMPTS}.log").read_text()[-3000:]
+        )
+
+    def _start(self, name: str, head: bool, *args: str) -> subprocess.Popen:
         log = open(self.folder / f"{name}.log", "w")
         common = ["--node-ip-address=127.0.0.1", "--num-cpus=1", "--object-store-memory=80000000", "--block"]
         ports = ["--metrics-export-port", str(free_port()), "--dashboard-agent-listen-port", str(free_port())]
-        proc = subprocess.Popen(
+        if head:
+            ports += [f"--port={self.port}", "--ray-client-server-port", str(free_port())]
+            args = (f"--temp-dir={self.temp}", "--include-dashboard=false", *args)
+        return subprocess.Popen(
             [str(BIN / "ray"), "start", *args, *common, *ports],
             env=child_env(self.env),
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-        self.nodes.append(proc)
-        wait_for(
-            f"{name} to start",
-            lambda: "Ray runtime started" in (self.folder / f"{name}.log").read_text(),
-            proc,
-            self.folder / f"{name}.log",
-        )
-        return proc
 
     def __enter__(self) -> LoopbackCluster:
-        self.start(
-            "--head",
-            f"--port={self.port}",
-            f"--temp-dir={self.temp}",
-            "--include-dashboard=false",
-            "--ray-client-server-port",
-            str(free_port()),
-        )
+        self.start("--head", head=True)
+        self.address = f"127.0.0.1:{self.port}"
         self.start(f"--address={self.address}")
         return self
 
@@ -213,14 +243,17 @@ class LoopbackCluster:
                 continue
         return found
 
+    def _end(self, node: subprocess.Popen) -> None:
+        for p in self.processes(node):
+            try:
+                p.kill()
+            except psutil.NoSuchProcess:
+                pass
+        node.wait(timeout=60)
+
     def __exit__(self, *exc: object) -> None:
         for node in self.nodes:  # never `ray stop`: it stops every Ray on the machine
-            for p in self.processes(node):
-                try:
-                    p.kill()
-                except psutil.NoSuchProcess:
-                    pass
-            node.wait(timeout=60)
+            self._end(node)
         subprocess.run(["rm", "-rf", str(self.temp)], check=False)
 
 

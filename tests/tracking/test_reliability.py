@@ -97,33 +97,6 @@ def test_sigterm_then_resume_equals_uninterrupted(
     assert_same_histories(uri, done.info.run_id, smoke_reference)
 
 
-def test_ctrl_c_ends_killed_with_checkpoint(tmp_path: Path, empty_store: Path) -> None:
-    uri = copy_store(empty_store, tmp_path)
-    code, _, _ = stop_after(start_train(tmp_path, uri), "step: 8/48", signal.SIGINT)
-    assert code == 130
-    (run,) = runs(uri)
-    assert run.info.status == "KILLED"
-    assert run.data.tags["failure_reason"].startswith("interrupted")
-
-
-def test_periodic_checkpoints(tmp_path: Path, empty_store: Path) -> None:
-    uri = copy_store(empty_store, tmp_path)
-    out = cli(
-        "train",
-        "--preset",
-        "smoke",
-        "--epochs",
-        "1",
-        "--checkpoint-every",
-        "5",
-        cwd=tmp_path,
-        env={"MLFLOW_TRACKING_URI": uri},
-    )
-    assert out.returncode == 0, out.stderr
-    (run,) = runs(uri)
-    assert run.data.tags["resume_step"] == "15"
-
-
 def test_resume_refusals(tmp_path: Path, smoke_pair: Path) -> None:
     uri = copy_store(smoke_pair, tmp_path)  # two FINISHED smoke runs
     env = {"MLFLOW_TRACKING_URI": uri}
@@ -155,10 +128,13 @@ def test_resume_refusals(tmp_path: Path, smoke_pair: Path) -> None:
 
 
 def test_concurrent_writers_lose_nothing(tmp_path: Path) -> None:
+    """Four trainings of 16 steps write one store at once; each also checkpoints periodically,
+    seed 3 every 5 steps (its last resumable step is 15), the others every 4 (16)."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    every = {0: 4, 1: 4, 2: 4, 3: 5}
     procs = [
-        start_train(tmp_path, uri, "--epochs", "1", "--seed", str(seed), "--checkpoint-every", "4")
-        for seed in range(4)
+        start_train(tmp_path, uri, "--epochs", "1", "--seed", str(seed), "--checkpoint-every", str(n))
+        for seed, n in every.items()
     ]
     results = [p.communicate(timeout=600) for p in procs]
     assert [p.returncode for p in procs] == [0, 0, 0, 0], [err[-1500:] for _, err in results]
@@ -170,6 +146,8 @@ def test_concurrent_writers_lose_nothing(tmp_path: Path) -> None:
         assert steps == list(range(16))
         assert [m.step for m in client.get_metric_history(run.info.run_id, "dev_accuracy")] == [8, 15]
         assert set(FINAL) <= set(run.data.metrics)
+        n = every[int(run.data.params["seed"])]
+        assert run.data.tags["resume_step"] == str(16 // n * n)
 
 
 def test_unreachable_tracking_server_fails_fast(tmp_path: Path) -> None:
@@ -315,7 +293,9 @@ def test_kill_9_then_stale_then_one_of_two_resumes_takes_over(tmp_path: Path, em
         assert len(steps) == len(set(steps)) == count, key
 
 
-def test_a_running_run_with_a_live_owner_is_not_taken_over(tmp_path: Path, empty_store: Path) -> None:
+def test_a_running_run_with_a_live_owner_is_not_taken_over_and_ctrl_c_ends_it_killed(
+    tmp_path: Path, empty_store: Path
+) -> None:
     uri = copy_store(empty_store, tmp_path)
     # long enough (640 steps) that it is still training while the resume is refused
     proc = start_train(tmp_path, uri, "--epochs", "40")
@@ -327,9 +307,12 @@ def test_a_running_run_with_a_live_owner_is_not_taken_over(tmp_path: Path, empty
         out = cli("train", "--resume", run.info.run_id, cwd=tmp_path, env={"MLFLOW_TRACKING_URI": uri})
         assert out.returncode == 1 and "is alive; stop it first" in out.stderr
     finally:
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(signal.SIGINT)  # Ctrl-C; SIGTERM is test_sigterm_then_resume_equals_uninterrupted's
         proc.communicate(timeout=120)
-    assert runs(uri)[0].info.status == "KILLED"
+    assert proc.returncode == 130
+    (run,) = runs(uri)
+    assert run.info.status == "KILLED"
+    assert run.data.tags["failure_reason"].startswith("interrupted")
 
 
 def burst(proc: subprocess.Popen, marker: str, count: int = 10) -> tuple[int, str, str]:

@@ -105,6 +105,10 @@ def _token_auth_like_ray_start() -> None:
         os.environ["RAY_AUTH_MODE"] = "token"
 
 
+#: What Ray's bare Exception says when a new node's raylet has not registered with the GCS in the
+#: 30 s Ray allows it (ray/_private/node.py; seen beside a busy test run).
+STARTUP_TIMED_OUT = "timed out during startup"
+
 #: Ray's setting (an environment variable its raylet reads) for its worker processes' niceness.
 WORKER_NICENESS = "RAY_worker_niceness"
 
@@ -141,13 +145,20 @@ class RayEngine:
                 _token_auth_like_ray_start()
                 context = ray.init(address=self.at.address, log_to_driver=False, logging_level=logging.ERROR)
         except (ConnectionError, RuntimeError, ValueError) as exc:
-            where = (
-                "start an embedded Ray" if self.at.embedded else f"reach the Ray cluster at {self.at.address}"
-            )
-            raise ClusterError(f"could not {where}: {first_line(exc)}") from None
+            raise ClusterError(f"could not {self._what()}: {first_line(exc)}") from None
+        except Exception as exc:  # Ray's own start-up timeout is a bare Exception
+            if STARTUP_TIMED_OUT not in str(exc):
+                raise
+            raise ClusterError(
+                f"could not {self._what()}: its node did not start within Ray's fixed 30 s (a "
+                "machine busy with other work can take longer); run the command again"
+            ) from None
         self.startup_s = time.perf_counter() - started
         self.dashboard = getattr(context, "dashboard_url", "") or ""
         return self
+
+    def _what(self) -> str:
+        return "start an embedded Ray" if self.at.embedded else f"reach the Ray cluster at {self.at.address}"
 
     def __exit__(self, *exc: object) -> None:
         ray.shutdown()
