@@ -187,17 +187,19 @@ class LoopbackCluster:
     def __init__(self, folder: Path, env: dict[str, str]) -> None:
         self.folder, self.env = folder, env
         self.temp = Path(tempfile.mkdtemp(prefix="ray", dir="/tmp"))  # short: socket paths
-        self.port = free_port()
-        self.address = ""
+        self.port = free_port()  # the head's: a new one for each attempt at starting it
         self.nodes: list[subprocess.Popen] = []
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
 
     def start(self, *args: str, head: bool = False) -> subprocess.Popen:
         name = f"node{len(self.nodes)}"
         for attempt in range(1, self.START_ATTEMPTS + 1):
             proc = self._start(name, head, *args)
             log = self.folder / f"{name}.log"
-            started = wait_until_started(proc, log)
-            if started:
+            if wait_until_started(proc, log):
                 self.nodes.append(proc)
                 return proc
             self._end(proc)
@@ -229,7 +231,6 @@ class LoopbackCluster:
 
     def __enter__(self) -> LoopbackCluster:
         self.start("--head", head=True)
-        self.address = f"127.0.0.1:{self.port}"
         self.start(f"--address={self.address}")
         return self
 
